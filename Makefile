@@ -1,0 +1,34 @@
+# Everything the project needs is installed by these targets into .venv (Python 3.10+; 3.11 recommended).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint install sandbox clean
+
+## demo: start the local sandbox, send a templated report through HveHook, print the delivered .eml
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## sandbox: run the sandbox in the foreground and print AIRFLOW_CONN_HVE_DEFAULT for your own DAGs
+sandbox: $(STAMP)
+	$(BIN)/python -m airflow_provider_hve.sandbox --mailbox ./mailbox
+
+lint: $(STAMP)
+	$(BIN)/ruff check airflow_provider_hve tests scripts
+	$(BIN)/ruff format --check airflow_provider_hve tests scripts
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) mailbox .pytest_cache build *.egg-info

@@ -1,0 +1,108 @@
+"""E-mail address parsing and validation, done before any connection is opened.
+
+Syntax is checked by ``email-validator`` (RFC 5321/5322, internationalised domains turned into their
+ASCII form); display names are parsed by the standard library's header registry. Line breaks are refused
+outright: they are how header injection starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_FORBIDDEN = ("\r", "\n", "\0")
+
+
+class AddressError(ValueError):
+    """An address could not be parsed or is not valid; the message says why (and quotes the address)."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One validated address: ``addr_spec`` is what goes in the envelope, ``header`` what goes in a header."""
+
+    addr_spec: str
+    display_name: str = ""
+
+    @property
+    def header(self) -> str:
+        from email.headerregistry import Address
+
+        if not self.display_name:
+            return self.addr_spec
+        username, _, domain = self.addr_spec.rpartition("@")
+        return str(Address(display_name=self.display_name, username=username, domain=domain))
+
+
+def parse_mailbox(value: str) -> Mailbox:
+    """
+    Parse and validate one address, optionally with a display name (``Reports <r@contoso.com>``).
+
+    :param value: the address as a user wrote it.
+    :raises AddressError: with a one-line reason.
+    """
+    mailboxes = parse_addresses(value)
+    if len(mailboxes) != 1:
+        raise AddressError(f"{value!r} holds {len(mailboxes)} addresses where one was expected")
+    return mailboxes[0]
+
+
+def parse_addresses(value: str | Iterable[str] | None) -> list[Mailbox]:
+    """
+    Parse a comma/semicolon separated string or an iterable of strings into validated mailboxes.
+
+    Duplicates (same address, any case) are dropped, keeping the first.
+
+    :param value: ``"a@x.com, b@x.com"``, ``["a@x.com", "Bee <b@x.com>"]`` or ``None``.
+    :raises AddressError: for the first invalid entry.
+    """
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    result: list[Mailbox] = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise AddressError(f"{item!r} is a {type(item).__name__}, not an address string")
+        for mailbox in _parse_one_string(item):
+            key = mailbox.addr_spec.lower()
+            if key not in seen:
+                seen.add(key)
+                result.append(mailbox)
+    return result
+
+
+def _parse_one_string(text: str) -> list[Mailbox]:
+    from email.errors import HeaderParseError
+    from email.headerregistry import HeaderRegistry
+
+    if any(ch in text for ch in _FORBIDDEN):
+        raise AddressError(f"{text!r} contains a line break or NUL; addresses must be a single line")
+    # Outlook users paste "a@x.com; b@x.com"; RFC 5322 separates with commas.
+    normalised = text.replace(";", ",").strip().strip(",")
+    if not normalised:
+        return []
+    try:
+        header = HeaderRegistry()("to", normalised)
+    except (HeaderParseError, IndexError, ValueError) as exc:
+        raise AddressError(f"{text!r} cannot be parsed as an address list") from exc
+    mailboxes: list[Mailbox] = []
+    for group in header.groups:
+        for address in group.addresses:
+            mailboxes.append(_validated(address.display_name, address.addr_spec, text))
+    if header.defects or not mailboxes:
+        raise AddressError(f"{text!r} is not a valid address list")
+    return mailboxes
+
+
+def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
+    from email_validator import EmailNotValidError, validate_email
+
+    if "@" not in addr_spec:
+        raise AddressError(f"{original!r} has no '@domain'")
+    try:
+        # Syntax only: deliverability (DNS) is the server's business, and workers may have no DNS.
+        checked = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise AddressError(f"{addr_spec!r}: {exc}") from None
+    return Mailbox(addr_spec=checked.ascii_email or checked.normalized, display_name=display_name)

@@ -1,0 +1,382 @@
+"""Entra ID access tokens for HVE, through MSAL.
+
+* One MSAL application per credential per process (:func:`token_provider`), so every hook, task and thread
+  in a worker shares MSAL's in-memory token cache: N sends cost one token request.
+* HVE refuses tokens that expire within about 10 minutes (``501 5.5.127``) while MSAL hands back cached
+  tokens until 5 minutes before expiry, so a token with less than :data:`REFRESH_MARGIN` left is evicted
+  from MSAL's cache and a fresh one is requested.
+* Every token is registered with Airflow's secret masker before it is returned.
+* Entra's error answers become :class:`~airflow_provider_hve.exceptions.HveAuthError` with the likely
+  cause, the fix and the correlation id (see :mod:`airflow_provider_hve.diagnostics`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow_provider_hve.connection import AuthMode, HveConnectionConfig
+from airflow_provider_hve.diagnostics import describe_entra_error, entra_error_from_text
+from airflow_provider_hve.exceptions import HveAuthError, HveConfigError
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+REFRESH_MARGIN = 12 * 60
+"""Seconds of validity a token must still have to be used; HVE refuses tokens within ~10 minutes of expiry."""
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A bearer token for HVE; its value never appears in ``repr``."""
+
+    value: str = field(repr=False)
+    expires_on: float
+    source: str
+    """``identity_provider`` when Entra was asked, ``cache`` when MSAL's cache answered."""
+
+    @property
+    def expires_in(self) -> float:
+        return self.expires_on - time.time()
+
+
+class TokenProvider:
+    """
+    Get tokens for one credential; shared by every hook that uses the same credential.
+
+    Use :func:`token_provider` to get the shared instance rather than building one.
+
+    :param config: the validated connection.
+    """
+
+    def __init__(self, config: HveConnectionConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._app: Any = None
+        self.requests_sent = 0
+        """How many times Entra was asked for a token (cache hits excluded)."""
+
+    def get_token(self, *, force_refresh: bool = False) -> AccessToken:
+        """
+        Return a token valid for at least :data:`REFRESH_MARGIN` seconds if Entra grants one.
+
+        :param force_refresh: ignore cached tokens (used when HVE says the token expires soon).
+        :raises HveAuthError: Entra refused; the message says why and how to fix it.
+        """
+        with self._lock:
+            if force_refresh:
+                self._evict_access_tokens()
+            token = self._acquire()
+            if token.source == "cache" and token.expires_in < REFRESH_MARGIN:
+                log.info(
+                    "HVE token for connection %r expires in %d s, inside the %d s margin HVE enforces; "
+                    "requesting a new one.",
+                    self.config.conn_id,
+                    token.expires_in,
+                    REFRESH_MARGIN,
+                )
+                self._evict_access_tokens()
+                token = self._acquire()
+            if token.expires_in < REFRESH_MARGIN:
+                log.warning(
+                    "Entra issued a token for connection %r that expires in %d s; HVE may refuse it "
+                    "(501 5.5.127). Check this worker's clock and any token lifetime policy.",
+                    self.config.conn_id,
+                    token.expires_in,
+                )
+            return token
+
+    # -- MSAL ------------------------------------------------------------------------------------------
+
+    def _application(self) -> Any:
+        if self._app is None:
+            self._app = _build_application(self.config)
+        return self._app
+
+    def _acquire(self) -> AccessToken:
+        scopes = list(self.config.scopes)
+        try:
+            # Building the MSAL app runs tenant discovery: an unknown tenant fails here.
+            app = self._application()
+            if self.config.auth_mode is AuthMode.PASSWORD:
+                result = self._acquire_delegated(app, scopes)
+            else:
+                result = app.acquire_token_for_client(scopes=scopes)
+        except HveAuthError:
+            raise
+        except Exception as exc:
+            raise _translate_exception(self.config, exc) from exc
+        if not result or "access_token" not in result:
+            raise describe_entra_error(self.config, result or {})
+        source = result.get("token_source", "identity_provider")
+        if source != "cache":
+            self.requests_sent += 1
+        token = AccessToken(
+            value=result["access_token"],
+            expires_on=time.time() + float(result.get("expires_in", 0)),
+            source=source,
+        )
+        mask(token.value)
+        return token
+
+    def _acquire_delegated(self, app: Any, scopes: list[str]) -> dict[str, Any] | None:
+        accounts = app.get_accounts(username=self.config.account)
+        if accounts:
+            # Cached token, or a silent refresh with the refresh token: no password on the wire.
+            result = app.acquire_token_silent_with_error(scopes, account=accounts[0])
+            if result and "access_token" in result:
+                return result
+        return app.acquire_token_by_username_password(self.config.account, self.config.password, scopes=scopes)
+
+    def _evict_access_tokens(self) -> None:
+        app = self._application()
+        cache = app.token_cache
+        for item in list(cache.search(cache.CredentialType.ACCESS_TOKEN)):
+            cache.remove_at(item)
+
+
+_PROVIDERS: dict[tuple[Any, ...], TokenProvider] = {}
+_PROVIDERS_LOCK = threading.Lock()
+
+
+def token_provider(config: HveConnectionConfig) -> TokenProvider:
+    """Return the process-wide :class:`TokenProvider` for this credential, creating it once."""
+    key = _credential_key(config)
+    with _PROVIDERS_LOCK:
+        provider = _PROVIDERS.get(key)
+        if provider is None:
+            provider = _PROVIDERS[key] = TokenProvider(config)
+        return provider
+
+
+def clear_token_providers() -> None:
+    """Forget every MSAL application and cached token of this process (tests, credential rotation)."""
+    with _PROVIDERS_LOCK:
+        _PROVIDERS.clear()
+
+
+def _credential_key(config: HveConnectionConfig) -> tuple[Any, ...]:
+    # The secret is part of the identity of a credential (a rotated secret needs a new MSAL app, since
+    # MSAL caches a 400 for 60 s per app), but only as a digest.
+    digest = hashlib.sha256((config.password or "").encode()).hexdigest()
+    return (
+        config.auth_mode,
+        config.authority,
+        config.client_id,
+        config.account if config.auth_mode is AuthMode.PASSWORD else None,
+        config.scopes,
+        config.certificate_path,
+        config.certificate_thumbprint,
+        config.send_certificate_chain,
+        config.federated_token_file,
+        config.ca_bundle,
+        config.timeout,
+        digest,
+    )
+
+
+def _build_application(config: HveConnectionConfig) -> Any:
+    import msal
+
+    common: dict[str, Any] = {
+        "authority": config.authority,
+        "http_client": _entra_session(config),
+        # Only Microsoft's own hosts are known to its instance discovery; anything else (sovereign
+        # clouds are known, the sandbox is not) must skip it or MSAL calls login.microsoftonline.com.
+        "instance_discovery": _is_public_cloud(config.authority_host),
+        "timeout": config.timeout,
+    }
+    if config.auth_mode is AuthMode.PASSWORD:
+        return msal.PublicClientApplication(config.client_id, **common)
+    return msal.ConfidentialClientApplication(
+        config.client_id, client_credential=_client_credential(config), **common
+    )
+
+
+def _is_public_cloud(authority_host: str) -> bool:
+    return urlsplit(authority_host).hostname in {"login.microsoftonline.com", "login.microsoftonline.us"}
+
+
+def _client_credential(config: HveConnectionConfig) -> Any:
+    if config.auth_mode is AuthMode.CLIENT_SECRET:
+        return config.password
+    if config.auth_mode is AuthMode.WORKLOAD_IDENTITY:
+        path = config.federated_token_file
+        assert path is not None
+
+        def read_federated_token() -> str:
+            # Read on every token request: the kubelet rotates the projected token file.
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().strip()
+
+        return {"client_assertion": read_federated_token}
+    return _certificate_credential(config)
+
+
+def _certificate_credential(config: HveConnectionConfig) -> dict[str, Any]:
+    path = config.certificate_path
+    assert path is not None
+    if path.lower().endswith((".pfx", ".p12")):
+        credential: dict[str, Any] = {"private_key_pfx_path": path}
+        if config.password:
+            credential["passphrase"] = config.password
+        if config.send_certificate_chain:
+            credential["public_certificate"] = True
+        return credential
+    with open(path, encoding="utf-8") as handle:
+        pem = handle.read()
+    certificates = _pem_blocks(pem, "CERTIFICATE")
+    keys = [block for block in _pem_blocks(pem, None) if "PRIVATE KEY" in block.splitlines()[0]]
+    if not keys:
+        raise HveConfigError(
+            f"Connection {config.conn_id!r}: extra 'certificate_path' ({path}) holds no PEM private key. "
+            f"It must contain the private key and the certificate uploaded to the app registration."
+        )
+    credential = {"private_key": keys[0]}
+    if config.password:
+        credential["passphrase"] = config.password
+    if config.certificate_thumbprint:
+        credential["thumbprint"] = config.certificate_thumbprint
+    elif not certificates:
+        raise HveConfigError(
+            f"Connection {config.conn_id!r}: extra 'certificate_path' ({path}) holds no certificate; add it "
+            f"to the file or set extra 'certificate_thumbprint'."
+        )
+    if certificates and (config.send_certificate_chain or not config.certificate_thumbprint):
+        # MSAL derives the SHA-256 thumbprint from the certificate (and sends it as x5c).
+        credential["public_certificate"] = certificates[0]
+    return credential
+
+
+def _pem_blocks(pem: str, label: str | None) -> list[str]:
+    blocks: list[str] = []
+    lines: list[str] = []
+    for line in pem.splitlines():
+        if line.startswith("-----BEGIN"):
+            lines = [line]
+        elif line.startswith("-----END") and lines:
+            lines.append(line)
+            if label is None or lines[0] == f"-----BEGIN {label}-----":
+                blocks.append("\n".join(lines) + "\n")
+            lines = []
+        elif lines:
+            lines.append(line)
+    return blocks
+
+
+def _entra_session(config: HveConnectionConfig) -> requests.Session:
+    import requests
+
+    verify: str | bool = trust_store_file(config.ca_bundle) if config.ca_bundle else True
+    authority = urlsplit(config.authority_host)
+
+    class EntraSession(requests.Session):
+        """A requests session that keeps our trust store and works around an MSAL URL quirk."""
+
+        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+            # A per-request verify wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE; a session-level one
+            # does not (requests merges the environment over it).
+            if verify is not True:
+                kwargs.setdefault("verify", verify)
+            kwargs.setdefault("timeout", config.timeout)
+            return super().request(method, _restore_port(str(url), authority), *args, **kwargs)
+
+    return EntraSession()
+
+
+def _restore_port(url: str, authority: Any) -> str:
+    # MSAL's user realm discovery (password flow) builds https://<hostname>/common/userrealm/... and
+    # drops the authority's port; put it back when the authority has one.
+    if authority.port is None:
+        return url
+    parts = urlsplit(url)
+    if parts.hostname == authority.hostname and parts.port is None and "/userrealm/" in parts.path:
+        return parts._replace(netloc=authority.netloc).geturl()
+    return url
+
+
+_TRUST_STORES: dict[str, str] = {}
+
+
+def trust_store_file(ca_bundle: str) -> str:
+    """
+    Return a PEM file trusting the default CAs plus ``ca_bundle``, for requests.
+
+    requests trusts only the one file it is given, while ``ca_bundle`` adds to the trusted CAs. The
+    defaults are what requests would use otherwise: ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, certifi.
+    """
+    if ca_bundle in _TRUST_STORES and os.path.exists(_TRUST_STORES[ca_bundle]):
+        return _TRUST_STORES[ca_bundle]
+    import tempfile
+
+    import certifi
+
+    default = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    parts = []
+    for path in (default, ca_bundle):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                parts.append(handle.read().strip() + "\n")
+    fd, combined = tempfile.mkstemp(prefix="hve-ca-", suffix=".pem")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(parts))
+    _TRUST_STORES[ca_bundle] = combined
+    return combined
+
+
+def _translate_exception(config: HveConnectionConfig, exc: Exception) -> HveAuthError:
+    import requests
+
+    where = f"{config.authority_host} (connection {config.conn_id!r})"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return HveAuthError(
+            f"The TLS certificate of the Entra token endpoint {where} is not trusted. If a proxy or a "
+            f"private CA sits in between, put its CA certificate in a PEM file and set extra 'ca_bundle'."
+        )
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return HveAuthError(
+            f"Cannot reach the Entra token endpoint {where}: {type(exc).__name__}. Check extra "
+            f"'authority_host', DNS, and that this worker may open HTTPS connections to it (proxy settings "
+            f"come from HTTPS_PROXY)."
+        )
+    text = str(exc)
+    # MSAL re-raises a failed tenant discovery as a generic ValueError; Entra's answer is in the chain.
+    for link in _exception_chain(exc):
+        parsed = entra_error_from_text(str(link))
+        if parsed is not None:
+            return describe_entra_error(config, parsed)
+    return HveAuthError(
+        f"Getting a token from {where} failed: {type(exc).__name__}: {_first_line(text)}. Check extras "
+        f"'tenant_id' and 'authority_host'."
+    )
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def mask(value: str) -> None:
+    """Register ``value`` with Airflow's secret masker so it never shows in task logs."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - Airflow < 3.0 layouts
+        return
+    mask_secret(value)
+

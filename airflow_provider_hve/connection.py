@@ -1,0 +1,461 @@
+"""The ``hve`` Airflow connection, parsed once into a validated, immutable :class:`HveConnectionConfig`.
+
+Every error names the connection id and the field, says what is wrong and how to fix it, and never
+echoes a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_hve.exceptions import HveConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_ID = "hve_default"
+DEFAULT_HOST = "smtp.hve.mx.microsoft"
+DEPRECATED_HOSTS = frozenset({"smtp-hve.office365.com"})
+DEFAULT_PORT = 587
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_SCOPE = "https://outlook.office365.com/.default"
+DEFAULT_TIMEOUT = 30.0
+# Where AKS workload identity (and Azure's other federated setups) mount the service-account token.
+FEDERATED_TOKEN_FILE_ENV = "AZURE_FEDERATED_TOKEN_FILE"
+
+_LEGACY_EXTRA_PREFIX = "extra__hve__"
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+_TENANT_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+
+
+class AuthMode(str, enum.Enum):
+    """How the provider proves its identity to Entra ID."""
+
+    CLIENT_SECRET = "client_secret"
+    """Application permission ``Mail.Send``; the connection password is the client secret's *value*."""
+    CERTIFICATE = "certificate"
+    """Application permission; a certificate uploaded to the app registration signs the request."""
+    PASSWORD = "password"
+    """Delegated permission (public client, ROPC): the HVE account's own user name and password."""
+    WORKLOAD_IDENTITY = "workload_identity"
+    """Application permission; a federated token file (AKS workload identity) replaces the secret."""
+
+    @property
+    def is_app_only(self) -> bool:
+        return self is not AuthMode.PASSWORD
+
+
+EXTRA_FIELDS = (
+    "tenant_id",
+    "client_id",
+    "auth_mode",
+    "certificate_path",
+    "certificate_thumbprint",
+    "send_certificate_chain",
+    "federated_token_file",
+    "authority_host",
+    "scope",
+    "ca_bundle",
+    "from_email",
+    "timeout",
+)
+
+
+@dataclass(frozen=True)
+class HveConnectionConfig:
+    """
+    An ``hve`` connection, validated.
+
+    Build it with :meth:`from_connection` (an Airflow ``Connection``) or :meth:`from_fields`.
+    The secret never appears in ``repr``.
+
+    Example::
+
+        config = HveConnectionConfig.from_fields(
+            "hve_default",
+            login="reports@contoso.com",
+            password="<client secret value>",
+            extra={"tenant_id": "contoso.onmicrosoft.com", "client_id": "<app id>"},
+        )
+    """
+
+    conn_id: str
+    account: str
+    tenant_id: str
+    client_id: str
+    auth_mode: AuthMode = AuthMode.CLIENT_SECRET
+    password: str | None = field(default=None, repr=False)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    scopes: tuple[str, ...] = (DEFAULT_SCOPE,)
+    certificate_path: str | None = None
+    certificate_thumbprint: str | None = None
+    send_certificate_chain: bool = False
+    federated_token_file: str | None = None
+    ca_bundle: str | None = None
+    from_email: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def authority(self) -> str:
+        """The Entra authority URL MSAL is given: ``<authority_host>/<tenant_id>``."""
+        return f"{self.authority_host}/{self.tenant_id}"
+
+    @classmethod
+    def from_connection(cls, conn: Any, conn_id: str | None = None) -> HveConnectionConfig:
+        """
+        Validate an Airflow ``Connection`` of type ``hve``.
+
+        :param conn: the connection (anything with ``host``, ``port``, ``login``, ``password`` and
+            ``extra_dejson``).
+        :param conn_id: the id to name in errors; defaults to ``conn.conn_id``.
+        """
+        conn_id = conn_id or getattr(conn, "conn_id", None) or DEFAULT_CONN_ID
+        conn_type = getattr(conn, "conn_type", None)
+        if conn_type and conn_type != "hve":
+            raise HveConfigError(
+                f"Connection {conn_id!r} has conn_type {conn_type!r}; the HVE provider needs conn_type "
+                f"'hve'. Recreate it with type 'Microsoft 365 High Volume Email'."
+            )
+        try:
+            extra = conn.extra_dejson
+        except Exception as exc:
+            raise HveConfigError(
+                f"Connection {conn_id!r}: the 'extra' field is not valid JSON. Fix it in the connection."
+            ) from exc
+        return cls.from_fields(
+            conn_id,
+            host=conn.host,
+            port=conn.port,
+            login=conn.login,
+            password=conn.password,
+            extra=extra,
+        )
+
+    @classmethod
+    def from_fields(
+        cls,
+        conn_id: str,
+        *,
+        host: str | None = None,
+        port: int | str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        extra: Mapping[str, Any] | str | None = None,
+    ) -> HveConnectionConfig:
+        """Validate raw connection fields; see the README for what each one means."""
+        reader = _Reader(conn_id, _normalise_extra(conn_id, extra))
+
+        auth_mode = reader.choice("auth_mode", AuthMode, AuthMode.CLIENT_SECRET)
+        tenant_id = reader.tenant_id(auth_mode)
+        client_id = reader.guid("client_id", "the Application (client) ID on the app registration's Overview page")
+        account = _require_address(conn_id, "login", login, what="the HVE account address (the sender)")
+
+        password = password or None
+        certificate_path = reader.path("certificate_path") if auth_mode is AuthMode.CERTIFICATE else None
+        federated_token_file = None
+        if auth_mode in (AuthMode.CLIENT_SECRET, AuthMode.PASSWORD) and not password:
+            what = "client secret value" if auth_mode is AuthMode.CLIENT_SECRET else "HVE account's password"
+            raise HveConfigError(
+                f"Connection {conn_id!r}: field 'password' is empty; auth_mode {auth_mode.value!r} needs the "
+                f"{what} there. Set it in the connection's Password field."
+            )
+        if auth_mode is AuthMode.CERTIFICATE and certificate_path is None:
+            raise HveConfigError(
+                f"Connection {conn_id!r}: auth_mode 'certificate' needs extra 'certificate_path', the path of a "
+                f"PEM file holding the private key and the certificate uploaded to the app registration."
+            )
+        if auth_mode is AuthMode.WORKLOAD_IDENTITY:
+            federated_token_file = reader.path("federated_token_file") or _env_path(
+                conn_id, FEDERATED_TOKEN_FILE_ENV
+            )
+
+        return cls(
+            conn_id=conn_id,
+            account=account,
+            tenant_id=tenant_id,
+            client_id=client_id,
+            auth_mode=auth_mode,
+            password=password,
+            host=_host(conn_id, host),
+            port=_port(conn_id, port),
+            authority_host=reader.https_origin("authority_host", DEFAULT_AUTHORITY_HOST),
+            scopes=reader.scopes(auth_mode),
+            certificate_path=certificate_path,
+            certificate_thumbprint=reader.thumbprint("certificate_thumbprint"),
+            send_certificate_chain=reader.boolean("send_certificate_chain", False),
+            federated_token_file=federated_token_file,
+            ca_bundle=reader.path("ca_bundle"),
+            from_email=reader.from_email(),
+            timeout=reader.positive_number("timeout", DEFAULT_TIMEOUT),
+        )
+
+
+def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    if extra is None or extra == "":
+        return {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError as exc:
+            raise HveConfigError(
+                f"Connection {conn_id!r}: the 'extra' field is not valid JSON ({exc.msg}). Fix it in the "
+                f"connection."
+            ) from None
+    if not isinstance(extra, Mapping):
+        raise HveConfigError(f"Connection {conn_id!r}: the 'extra' field must be a JSON object.")
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        name = key[len(_LEGACY_EXTRA_PREFIX) :] if key.startswith(_LEGACY_EXTRA_PREFIX) else key
+        if name not in EXTRA_FIELDS:
+            hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1)
+            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise HveConfigError(
+                f"Connection {conn_id!r}: unknown extra field {name!r}.{suggestion} Known fields: "
+                f"{', '.join(EXTRA_FIELDS)}."
+            )
+        # The UI stores an emptied field as "" or null: both mean "not set".
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        out[name] = value.strip() if isinstance(value, str) else value
+    return out
+
+
+class _Reader:
+    """Reads typed extras, raising errors that name the connection and the field."""
+
+    def __init__(self, conn_id: str, extra: dict[str, Any]) -> None:
+        self.conn_id = conn_id
+        self.extra = extra
+
+    def _error(self, name: str, problem: str) -> HveConfigError:
+        return HveConfigError(f"Connection {self.conn_id!r}: extra field {name!r} {problem}")
+
+    def _str(self, name: str) -> str | None:
+        value = self.extra.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self._error(name, f"must be a string, got {type(value).__name__}.")
+        return value
+
+    def choice(self, name: str, enum_type: type[AuthMode], default: AuthMode) -> AuthMode:
+        value = self._str(name)
+        if value is None:
+            return default
+        try:
+            return enum_type(value.lower())
+        except ValueError:
+            allowed = ", ".join(m.value for m in enum_type)
+            raise self._error(name, f"is {value!r}; use one of: {allowed}.") from None
+
+    def tenant_id(self, auth_mode: AuthMode) -> str:
+        value = self._str("tenant_id")
+        if value is None:
+            raise self._error(
+                "tenant_id",
+                "is missing. Set it to the Directory (tenant) ID (a GUID) or the tenant's primary domain, "
+                "e.g. contoso.onmicrosoft.com.",
+            )
+        lowered = value.lower()
+        refused = {"common", "consumers"} | ({"organizations"} if auth_mode.is_app_only else set())
+        if lowered in refused:
+            raise self._error(
+                "tenant_id",
+                f"is {value!r}, which names no single tenant; auth_mode {auth_mode.value!r} needs your "
+                f"Directory (tenant) ID or primary domain.",
+            )
+        if not (_is_guid(value) or _TENANT_DOMAIN.match(value) or lowered == "organizations"):
+            raise self._error(
+                "tenant_id",
+                f"is {value!r}, neither a GUID nor a domain name. Copy the Directory (tenant) ID from the "
+                f"app registration's Overview page.",
+            )
+        return value
+
+    def guid(self, name: str, what: str) -> str:
+        value = self._str(name)
+        if value is None:
+            raise self._error(name, f"is missing. Set it to {what}.")
+        if not _is_guid(value):
+            raise self._error(name, f"is not a GUID. Set it to {what}.")
+        return value
+
+    def path(self, name: str) -> str | None:
+        value = self._str(name)
+        if value is None:
+            return None
+        expanded = os.path.expanduser(value)
+        if not os.path.isfile(expanded):
+            raise self._error(name, f"points to {value!r}, which is not a readable file on this worker.")
+        return expanded
+
+    def thumbprint(self, name: str) -> str | None:
+        value = self._str(name)
+        if value is None:
+            return None
+        cleaned = value.replace(":", "").replace(" ", "")
+        if not re.fullmatch(r"[0-9A-Fa-f]{40}", cleaned):
+            raise self._error(name, "must be the certificate's SHA-1 thumbprint: 40 hex digits.")
+        return cleaned.upper()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.extra.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise self._error(name, f"is {value!r}; use true or false.")
+
+    def positive_number(self, name: str, default: float) -> float:
+        value = self.extra.get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise self._error(name, f"is {value!r}; use a number of seconds, e.g. 30.") from None
+        if not number > 0:
+            raise self._error(name, f"is {value!r}; it must be greater than zero.")
+        return number
+
+    def https_origin(self, name: str, default: str) -> str:
+        value = self._str(name)
+        if value is None:
+            return default
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise self._error(
+                name,
+                f"is {value!r}; it must be an https:// URL such as {default} (tokens never travel over "
+                f"plain http).",
+            )
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise self._error(
+                name,
+                f"is {value!r}; give the host only (e.g. {default}), the tenant goes in 'tenant_id'.",
+            )
+        return f"https://{parts.netloc}"
+
+    def scopes(self, auth_mode: AuthMode) -> tuple[str, ...]:
+        value = self._str("scope")
+        if value is None:
+            return (DEFAULT_SCOPE,)
+        scopes = tuple(value.split())
+        for scope in scopes:
+            if urlsplit(scope).scheme != "https":
+                raise self._error(
+                    "scope", f"has {scope!r}; use a resource URL such as {DEFAULT_SCOPE}."
+                )
+            if auth_mode.is_app_only and not scope.endswith("/.default"):
+                raise self._error(
+                    "scope",
+                    f"has {scope!r}; application permissions are requested as '<resource>/.default', "
+                    f"e.g. {DEFAULT_SCOPE}.",
+                )
+        return scopes
+
+    def from_email(self) -> str | None:
+        value = self._str("from_email")
+        if value is None:
+            return None
+        # Imported here: addresses.py pulls in email_validator, which DAG parsing never needs.
+        from airflow_provider_hve.addresses import AddressError, parse_mailbox
+
+        try:
+            parse_mailbox(value)
+        except AddressError as exc:
+            raise self._error("from_email", f"is not a valid address: {exc}") from None
+        return value
+
+
+def _is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value.replace("-", "")) == 32
+
+
+def _host(conn_id: str, host: str | None) -> str:
+    host = (host or "").strip() or DEFAULT_HOST
+    if "://" in host or "/" in host or " " in host:
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field 'host' is {host!r}; give a bare host name such as {DEFAULT_HOST}."
+        )
+    if host.lower() in DEPRECATED_HOSTS:
+        log.warning(
+            "Connection %r uses %s, which Microsoft has announced as deprecated; switch 'host' to %s.",
+            conn_id,
+            host,
+            DEFAULT_HOST,
+        )
+    return host
+
+
+def _port(conn_id: str, port: int | str | None) -> int:
+    if port is None or port == "":
+        return DEFAULT_PORT
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field 'port' is {port!r}; use {DEFAULT_PORT}."
+        ) from None
+    if not 0 < number < 65536:
+        raise HveConfigError(f"Connection {conn_id!r}: field 'port' is {number}; use {DEFAULT_PORT}.")
+    if number == 465:
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field 'port' is 465 (implicit TLS); HVE takes STARTTLS on port "
+            f"{DEFAULT_PORT}. Set port to {DEFAULT_PORT}."
+        )
+    return number
+
+
+def _env_path(conn_id: str, variable: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        raise HveConfigError(
+            f"Connection {conn_id!r}: auth_mode 'workload_identity' needs extra 'federated_token_file' or "
+            f"the {variable} environment variable (set by AKS workload identity)."
+        )
+    if not os.path.isfile(value):
+        raise HveConfigError(
+            f"Connection {conn_id!r}: {variable} points to {value!r}, which is not a readable file."
+        )
+    return value
+
+
+def _require_address(conn_id: str, name: str, value: str | None, *, what: str) -> str:
+    from airflow_provider_hve.addresses import AddressError, parse_mailbox
+
+    if not value or not value.strip():
+        raise HveConfigError(f"Connection {conn_id!r}: field {name!r} is empty; set it to {what}.")
+    try:
+        mailbox = parse_mailbox(value.strip())
+    except AddressError as exc:
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field {name!r} is not a valid address ({exc}); set it to {what}."
+        ) from None
+    if mailbox.display_name:
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field {name!r} must be the bare address ({mailbox.addr_spec}); put a "
+            f"display name in extra 'from_email'."
+        )
+    return mailbox.addr_spec

@@ -1,0 +1,77 @@
+"""Errors raised by the HVE provider.
+
+One root, :class:`HveError`, and a few subclasses grouped by what the on-call engineer has to fix:
+
+* :class:`HveConfigError` - the connection or an argument is wrong; nothing was sent.
+* :class:`HveAuthError` - Entra ID refused the credential, or HVE refused the token (XOAUTH2).
+* :class:`HveConnectionError` - the SMTP server could not be reached or secured (TLS, STARTTLS).
+* :class:`HveSendError` - the server refused a message or some of its recipients.
+
+Every message names the connection id (and the field, where one is at fault), says what to do, and never
+contains a secret or a token. Low-level errors are translated once, at the boundary, and kept as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class HveError(AirflowException):
+    """Root of every error raised by the HVE provider."""
+
+
+class HveConfigError(HveError, ValueError):
+    """A connection field or an argument is missing or invalid; raised before anything is sent."""
+
+
+class HveAuthError(HveError):
+    """
+    Entra ID did not issue a token, or HVE refused the token during ``AUTH XOAUTH2``.
+
+    :param message: the diagnosis: likely cause and fix.
+    :param code: ``AADSTS7000215`` style code from Entra, or the SMTP reply code (``535``).
+    :param smtp_reply: the SMTP server's reply text, if the refusal came from HVE.
+    :param correlation_id: Entra's correlation id (what Microsoft support asks for).
+    :param trace_id: Entra's trace id.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        smtp_reply: str | None = None,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.smtp_reply = smtp_reply
+        self.correlation_id = correlation_id
+        self.trace_id = trace_id
+
+
+class HveConnectionError(HveError):
+    """The SMTP server could not be reached, did not offer STARTTLS, or failed certificate checks."""
+
+
+class HveSendError(HveError):
+    """
+    The server refused a message, or every one of its recipients.
+
+    :param message: what was refused and why.
+    :param refused: recipient address -> ``(code, reply text)`` for each refused recipient.
+    :param smtp_code: the SMTP reply code of a whole-message refusal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused: dict[str, tuple[int, str]] | None = None,
+        smtp_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.refused = dict(refused or {})
+        self.smtp_code = smtp_code

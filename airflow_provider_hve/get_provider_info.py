@@ -1,0 +1,125 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _field(label: str, type_: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"label": label, "description": description, "schema": {"type": [type_, "null"], **schema}}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata: connection form, hook, notifier and email backend."""
+    from airflow_provider_hve import __version__
+
+    return {
+        "package-name": "airflow-provider-hve",
+        "name": "Microsoft 365 High Volume Email (HVE)",
+        "description": "Send reports and alerts through Microsoft 365 High Volume Email with OAuth 2.0 "
+        "(Entra ID tokens, SMTP STARTTLS + SASL XOAUTH2).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Microsoft 365 High Volume Email (HVE)",
+                "external-doc-url": "https://learn.microsoft.com/exchange/mail-flow/high-volume-email",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Microsoft 365 High Volume Email (HVE)",
+                "python-modules": ["airflow_provider_hve.hooks.hve"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_hve.hooks.hve.HveHook",
+                "hook-name": "Microsoft 365 High Volume Email",
+                "connection-type": "hve",
+                "conn-fields": {
+                    "tenant_id": _field(
+                        "Tenant ID",
+                        "string",
+                        "Directory (tenant) ID, or the tenant's primary domain (contoso.onmicrosoft.com).",
+                    ),
+                    "client_id": _field(
+                        "Client ID", "string", "Application (client) ID of the Entra app registration."
+                    ),
+                    "auth_mode": _field(
+                        "Auth mode",
+                        "string",
+                        "client_secret (Password = secret value), certificate, password (delegated: Password "
+                        "= the HVE account's password) or workload_identity (AKS federated token).",
+                        default="client_secret",
+                        enum=["client_secret", "certificate", "password", "workload_identity"],
+                    ),
+                    "certificate_path": _field(
+                        "Certificate path",
+                        "string",
+                        "certificate mode: PEM file with the private key and certificate (or a .pfx); "
+                        "Password = its passphrase, if any.",
+                    ),
+                    "certificate_thumbprint": _field(
+                        "Certificate thumbprint",
+                        "string",
+                        "certificate mode, optional: SHA-1 thumbprint shown in Entra (else derived from the "
+                        "certificate).",
+                    ),
+                    "send_certificate_chain": _field(
+                        "Send certificate chain",
+                        "boolean",
+                        "certificate mode: send x5c (subject name/issuer authentication).",
+                        default=False,
+                    ),
+                    "federated_token_file": _field(
+                        "Federated token file",
+                        "string",
+                        "workload_identity mode: path of the federated token (default: "
+                        "$AZURE_FEDERATED_TOKEN_FILE).",
+                    ),
+                    "authority_host": _field(
+                        "Authority host",
+                        "string",
+                        "Entra host; https://login.microsoftonline.us for US Government, or the sandbox.",
+                        default="https://login.microsoftonline.com",
+                        format="url",
+                    ),
+                    "scope": _field(
+                        "Scope",
+                        "string",
+                        "Token scope (Exchange Online).",
+                        default="https://outlook.office365.com/.default",
+                    ),
+                    "ca_bundle": _field(
+                        "Extra CA bundle",
+                        "string",
+                        "Optional PEM file of extra CA certificates trusted for Entra and SMTP (TLS proxies, "
+                        "the sandbox).",
+                    ),
+                    "from_email": _field(
+                        "From",
+                        "string",
+                        "Default From header, may carry a display name: Reports <hve@contoso.com>.",
+                    ),
+                    "timeout": _field(
+                        "Timeout (s)", "number", "Network timeout in seconds.", default=30, minimum=1
+                    ),
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "extra"],
+                    "relabeling": {
+                        "host": "SMTP host",
+                        "login": "HVE account",
+                        "password": "Client secret / password",
+                    },
+                    "placeholders": {
+                        "host": "smtp.hve.mx.microsoft",
+                        "port": "587",
+                        "login": "reports@contoso.com",
+                        "password": "client secret value (not its ID)",
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,153 @@
+"""HveHook: an Airflow ``hve`` connection + Entra tokens + XOAUTH2 SMTP sessions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
+
+if TYPE_CHECKING:
+    from airflow_provider_hve.auth import TokenProvider
+    from airflow_provider_hve.smtp import HveSmtpSession, SendResult
+
+log = logging.getLogger(__name__)
+
+
+class HveHook(BaseHook):
+    """
+    Send mail through Microsoft 365 High Volume Email with OAuth 2.0 (SASL XOAUTH2).
+
+    Tokens come from Entra ID through MSAL and are shared by every hook of the process that uses the same
+    credential; sessions use STARTTLS with a verified certificate before any token is sent.
+
+    :param hve_conn_id: the ``hve`` connection to use.
+
+    Example::
+
+        hook = HveHook(hve_conn_id="hve_default")
+        result = hook.send_email(to="team@contoso.com", subject="Daily report", html_content="<p>Done</p>")
+
+        with hook.smtp_session() as session:  # many messages, one connection
+            for message, recipients in outbox:
+                session.send(message, recipients)
+    """
+
+    conn_name_attr = "hve_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = "hve"
+    hook_name = "Microsoft 365 High Volume Email"
+
+    def __init__(self, hve_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hve_conn_id = hve_conn_id
+
+    @cached_property
+    def config(self) -> HveConnectionConfig:
+        """The connection, fetched and validated once."""
+        return HveConnectionConfig.from_connection(self.get_connection(self.hve_conn_id), self.hve_conn_id)
+
+    @property
+    def token_provider(self) -> TokenProvider:
+        """The process-wide token provider for this connection's credential."""
+        from airflow_provider_hve.auth import token_provider
+
+        return token_provider(self.config)
+
+    def get_access_token(self, *, force_refresh: bool = False) -> str:
+        """
+        Return an access token for HVE valid for at least 12 more minutes.
+
+        The token is registered with Airflow's secret masker. Repeated calls (from any hook using the same
+        credential in this process) reuse the cached token.
+
+        :param force_refresh: ask Entra for a new token even if a cached one is still valid.
+        :raises HveAuthError: Entra refused; the message names the cause and the fix.
+        """
+        return self.token_provider.get_token(force_refresh=force_refresh).value
+
+    @contextmanager
+    def smtp_session(self) -> Iterator[HveSmtpSession]:
+        """Yield an authenticated session that sends many messages over one connection; QUIT on exit."""
+        from airflow_provider_hve.smtp import HveSmtpSession
+
+        session = HveSmtpSession(self.config, self.token_provider.get_token)
+        session.open()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def send_email(
+        self,
+        to: str | Iterable[str] | None,
+        subject: str,
+        html_content: str | None = None,
+        *,
+        text_content: str | None = None,
+        cc: str | Iterable[str] | None = None,
+        bcc: str | Iterable[str] | None = None,
+        reply_to: str | Iterable[str] | None = None,
+        from_email: str | None = None,
+        files: Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> SendResult:
+        """
+        Build, validate and send one message; every address is checked before connecting.
+
+        :param to: recipients, as a list or a comma/semicolon separated string.
+        :param subject: the subject line.
+        :param html_content: the HTML body.
+        :param text_content: a plain-text body (sent as the alternative to the HTML when both are given).
+        :param cc: Cc recipients.
+        :param bcc: Bcc recipients: in the envelope only, never in the headers.
+        :param reply_to: Reply-To addresses.
+        :param from_email: the From header (may carry a display name); defaults to the connection's
+            ``from_email`` extra, then to the HVE account. HVE sends only as the HVE account.
+        :param files: paths of files to attach.
+        :param headers: extra headers (``X-...``); structural headers are refused.
+        :return: accepted and refused recipients and the Message-ID.
+        """
+        from airflow_provider_hve.message import build_message
+
+        outgoing = build_message(
+            sender=from_email or self.config.from_email or self.config.account,
+            to=to,
+            subject=subject,
+            html_content=html_content,
+            text_content=text_content,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            files=files,
+            headers=headers,
+        )
+        with self.smtp_session() as session:
+            result = session.send(outgoing.message, outgoing.recipients)
+        log.info(
+            "HVE accepted %s for %d recipient(s)%s.",
+            result.message_id,
+            len(result.accepted),
+            f", refused {len(result.refused)}: {sorted(result.refused)}" if result.refused else "",
+        )
+        return result
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Get a token and complete STARTTLS + AUTH XOAUTH2 + QUIT; on failure return the diagnosis."""
+        from airflow_provider_hve.exceptions import HveError
+
+        try:
+            with self.smtp_session():
+                pass
+        except HveError as exc:
+            return False, str(exc)
+        config = self.config
+        return True, (
+            f"Connected to {config.host}:{config.port} with STARTTLS and authenticated as {config.account} "
+            f"(XOAUTH2, {config.auth_mode.value})."
+        )

@@ -1,0 +1,324 @@
+"""The XOAUTH2 SMTP session with HVE: connect, EHLO, STARTTLS, EHLO, AUTH XOAUTH2, send many, QUIT.
+
+Security rules enforced here, not left to smtplib: no token is ever written to a connection that has not
+completed STARTTLS with a verified certificate (smtplib would happily send AUTH in the clear), and the
+certificate's host name is checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_hve.auth import mask
+from airflow_provider_hve.diagnostics import describe_smtp_auth_reply
+from airflow_provider_hve.exceptions import HveAuthError, HveConnectionError, HveSendError
+
+if TYPE_CHECKING:
+    import smtplib
+
+    from airflow_provider_hve.auth import AccessToken
+    from airflow_provider_hve.connection import HveConnectionConfig
+
+log = logging.getLogger(__name__)
+
+MAX_RECIPIENTS_PER_TRANSACTION = 50
+"""HVE accepts at most 50 recipients per message; larger envelopes are split into several transactions."""
+
+TokenSource = Callable[..., "AccessToken"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the server did with one message: ``refused`` maps address -> (code, reply)."""
+
+    message_id: str
+    accepted: tuple[str, ...]
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form, e.g. for XCom."""
+        return {
+            "message_id": self.message_id,
+            "accepted": list(self.accepted),
+            "refused": {addr: [code, reply] for addr, (code, reply) in self.refused.items()},
+        }
+
+
+def xoauth2_string(account: str, token: str) -> str:
+    """Return the SASL XOAUTH2 initial response, before base64: ``user=...^Aauth=Bearer ...^A^A``."""
+    return f"user={account}\x01auth=Bearer {token}\x01\x01"
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Return a client TLS context: system CAs plus ``ca_bundle``, host names checked, TLS 1.2 or newer."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class HveSmtpSession:
+    """
+    One authenticated SMTP connection to HVE that sends many messages.
+
+    :param config: the validated connection.
+    :param get_token: returns an :class:`~airflow_provider_hve.auth.AccessToken`; called with
+        ``force_refresh=True`` once if HVE answers ``501 5.5.127`` (token about to expire).
+
+    Example::
+
+        with HveSmtpSession(config, provider.get_token) as session:
+            result = session.send(message, ["a@contoso.com"])
+    """
+
+    def __init__(self, config: HveConnectionConfig, get_token: TokenSource) -> None:
+        self.config = config
+        self._get_token = get_token
+        self._smtp: smtplib.SMTP | None = None
+        self.messages_sent = 0
+
+    def __enter__(self) -> HveSmtpSession:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None
+
+    def open(self) -> None:
+        """Connect, secure the connection with STARTTLS and authenticate with XOAUTH2."""
+        import smtplib
+
+        config = self.config
+        where = f"{config.host}:{config.port} (connection {config.conn_id!r})"
+        # Token first: an Entra problem is reported as such, and no SMTP connection idles meanwhile.
+        token = self._get_token()
+        try:
+            # The host given here is also the name the certificate is checked against at STARTTLS.
+            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout, local_hostname=_local_hostname())
+        except (OSError, smtplib.SMTPException) as exc:
+            raise HveConnectionError(
+                f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
+                f"'port' ({config.port}) and that this worker may open outbound connections to it."
+            ) from exc
+        try:
+            self._secure(smtp, where)
+            self._authenticate(smtp, token)
+        except BaseException:
+            _close_quietly(smtp)
+            raise
+        self._smtp = smtp
+
+    def close(self) -> None:
+        """Say QUIT and close; never raises."""
+        if self._smtp is not None:
+            smtp, self._smtp = self._smtp, None
+            try:
+                smtp.quit()
+            except Exception:
+                _close_quietly(smtp)
+
+    def send(
+        self, message: EmailMessage, recipients: Sequence[str], *, envelope_from: str | None = None
+    ) -> SendResult:
+        """
+        Send one message to ``recipients`` (To, Cc and Bcc addresses: the envelope).
+
+        Envelopes over :data:`MAX_RECIPIENTS_PER_TRANSACTION` are split into several transactions of the
+        same message, so every recipient receives it exactly once with the headers intact.
+
+        :param message: the message; must not carry a ``Bcc`` header.
+        :param recipients: validated envelope addresses.
+        :param envelope_from: MAIL FROM; defaults to the HVE account.
+        :return: accepted and refused recipients.
+        :raises HveSendError: the server refused the sender, the message, or every recipient.
+        """
+        import smtplib
+
+        if self._smtp is None:
+            raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
+        if not recipients:
+            raise HveSendError("The message has no recipients; give at least one To, Cc or Bcc address.")
+        sender = envelope_from or self.config.account
+        payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        accepted: list[str] = []
+        refused: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(recipients, MAX_RECIPIENTS_PER_TRANSACTION):
+            try:
+                chunk_refused = self._smtp.sendmail(sender, list(chunk), payload)
+            except smtplib.SMTPRecipientsRefused as exc:
+                chunk_refused = exc.recipients
+            except smtplib.SMTPSenderRefused as exc:
+                raise HveSendError(
+                    f"HVE refused the sender {sender} (connection {self.config.conn_id!r}): {exc.smtp_code} "
+                    f"{_text(exc.smtp_error)}. HVE sends only as the HVE account itself ({self.config.account});"
+                    f" nothing was sent{_partial(accepted)}.",
+                    refused=refused,
+                    smtp_code=exc.smtp_code,
+                ) from exc
+            except smtplib.SMTPDataError as exc:
+                raise HveSendError(
+                    f"HVE refused the message {message.get('Message-ID', '')} (connection "
+                    f"{self.config.conn_id!r}): {exc.smtp_code} {_text(exc.smtp_error)}{_partial(accepted)}.",
+                    refused=refused,
+                    smtp_code=exc.smtp_code,
+                ) from exc
+            except smtplib.SMTPServerDisconnected as exc:
+                self._smtp = None
+                raise HveConnectionError(
+                    f"HVE closed the connection (connection {self.config.conn_id!r}) while sending "
+                    f"{message.get('Message-ID', '')}{_partial(accepted)}: {exc}"
+                ) from exc
+            for address in chunk:
+                if address in chunk_refused:
+                    code, reply = chunk_refused[address]
+                    refused[address] = (code, _text(reply))
+                else:
+                    accepted.append(address)
+        self.messages_sent += 1
+        result = SendResult(message_id=str(message.get("Message-ID", "")), accepted=tuple(accepted), refused=refused)
+        if not accepted:
+            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in refused.items())
+            raise HveSendError(
+                f"HVE refused every recipient (connection {self.config.conn_id!r}): {details}. HVE delivers only "
+                f"to the tenant's accepted domains.",
+                refused=refused,
+            )
+        return result
+
+    # -- connection set-up -----------------------------------------------------------------------------
+
+    def _secure(self, smtp: smtplib.SMTP, where: str) -> None:
+        import smtplib
+
+        try:
+            smtp.ehlo()
+            if not smtp.has_extn("starttls"):
+                # Whatever else the server offers (AUTH included), a token never goes over plain text.
+                raise HveConnectionError(
+                    f"The SMTP server {where} does not offer STARTTLS, so no token was sent. HVE always "
+                    f"offers it on port 587: check 'host' and 'port', and whether a proxy strips STARTTLS."
+                )
+            smtp.starttls(context=tls_context(self.config.ca_bundle))
+            # starttls() forgets the EHLO answer; without a new EHLO, AUTH is not advertised and a later
+            # implicit EHLO resets the session (530 5.7.57 at MAIL FROM).
+            smtp.ehlo()
+        except ssl.SSLCertVerificationError as exc:
+            raise HveConnectionError(
+                f"The TLS certificate of the SMTP server {where} failed verification "
+                f"({exc.verify_message}); no token was sent. If a proxy or a private CA sits in between, put "
+                f"its CA certificate in a PEM file and set extra 'ca_bundle'."
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise HveConnectionError(
+                f"STARTTLS with the SMTP server {where} failed: {_describe_os_error(exc)}; no token was sent."
+            ) from exc
+
+    def _authenticate(self, smtp: smtplib.SMTP, token: AccessToken) -> None:
+        import smtplib
+
+        mechanisms = (smtp.esmtp_features.get("auth") or "").upper().split()
+        if "XOAUTH2" not in mechanisms:
+            raise HveConnectionError(
+                f"The SMTP server {self.config.host}:{self.config.port} (connection {self.config.conn_id!r}) "
+                f"does not offer AUTH XOAUTH2 (it offers: {' '.join(mechanisms) or 'no AUTH'}). Check that "
+                f"'host' is the HVE endpoint (smtp.hve.mx.microsoft)."
+            )
+        for attempt in (1, 2):
+            if attempt > 1:
+                token = self._get_token(force_refresh=True)
+            authobject = _XOAuth2(self.config.account, token.value)
+            try:
+                # Two steps (AUTH XOAUTH2, 334, response), as on Microsoft's HVE OAuth page.
+                smtp.auth("XOAUTH2", authobject, initial_response_ok=False)
+                return
+            except smtplib.SMTPAuthenticationError as exc:
+                reply = _text(exc.smtp_error)
+                if attempt == 1 and exc.smtp_code == 501 and "5.5.127" in reply:
+                    log.info(
+                        "HVE says the token expires soon (%s %s); refreshing it and retrying once.",
+                        exc.smtp_code,
+                        reply,
+                    )
+                    continue
+                raise describe_smtp_auth_reply(self.config, exc.smtp_code, reply) from None
+            except (OSError, smtplib.SMTPException) as exc:
+                raise HveConnectionError(
+                    f"The connection to {self.config.host}:{self.config.port} failed during AUTH "
+                    f"(connection {self.config.conn_id!r}): {_describe_os_error(exc)}"
+                ) from exc
+        raise HveAuthError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+class _XOAuth2:
+    """smtplib auth object: the XOAUTH2 response first, then an empty line after an error challenge."""
+
+    def __init__(self, account: str, token: str) -> None:
+        self._response = xoauth2_string(account, token)
+        self.calls = 0
+        mask(base64.b64encode(self._response.encode()).decode())
+
+    def __call__(self, challenge: bytes | None = None) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            return self._response
+        # A second 334 carries a base64 JSON error; the client must answer with an empty line and
+        # read the final 535.
+        return ""
+
+    def __repr__(self) -> str:
+        return "<XOAUTH2 response>"
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _partial(accepted: Iterable[str]) -> str:
+    done = list(accepted)
+    return f" (already accepted in earlier transactions: {', '.join(done)})" if done else ""
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _close_quietly(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except Exception:  # pragma: no cover - best effort on an already broken socket
+        pass
+
+
+_LOCAL_HOSTNAME: str | None = None
+
+
+def _local_hostname() -> str:
+    # smtplib would call socket.getfqdn() per connection, which can take seconds without working DNS.
+    global _LOCAL_HOSTNAME
+    if _LOCAL_HOSTNAME is None:
+        _LOCAL_HOSTNAME = socket.gethostname() or "localhost"
+    return _LOCAL_HOSTNAME
+

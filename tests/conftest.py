@@ -1,0 +1,78 @@
+"""Fixtures shared by the whole suite: an isolated AIRFLOW_HOME and a live local HVE sandbox."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Airflow reads its home when first imported: isolate it before anything imports airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hve-tests-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from airflow_provider_hve.auth import clear_token_providers  # noqa: E402
+from airflow_provider_hve.sandbox import HveSandbox  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[HveSandbox]:
+    """One sandbox (HTTPS token endpoint + STARTTLS SMTP server) for the session; records reset per test."""
+    with HveSandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with no cached MSAL app or token and empty server records."""
+    clear_token_providers()
+    if "sandbox" in request.fixturenames:
+        sb = request.getfixturevalue("sandbox")
+        sb.reset_records()
+        lifetime = sb.token_lifetime
+        yield
+        sb.token_lifetime = lifetime
+    else:
+        yield
+    clear_token_providers()
+
+
+@pytest.fixture
+def hve_connection(
+    sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., str]:
+    """
+    Define an ``hve`` connection pointing at the sandbox through ``AIRFLOW_CONN_<ID>``.
+
+    Call it as ``hve_connection(conn_id="hve_default", auth_mode="client_secret", password=..., **extra)``;
+    it returns the connection id.
+    """
+
+    def make(
+        conn_id: str = "hve_default", auth_mode: str = "client_secret", **overrides: Any
+    ) -> str:
+        conn = sandbox.connection(auth_mode=auth_mode)
+        for field in ("host", "port", "login", "password"):
+            if field in overrides:
+                conn[field] = overrides.pop(field)
+        for key, value in overrides.items():
+            if value is None:
+                conn["extra"].pop(key, None)
+            else:
+                conn["extra"][key] = value
+        import json
+
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return make
+
+
+@pytest.fixture
+def token_posts(sandbox: HveSandbox) -> Callable[[], list[Any]]:
+    """Return the token requests (POSTs) the sandbox's Entra saw so far; discovery GETs excluded."""
+    return lambda: [r for r in sandbox.token_requests if r.method == "POST"]
