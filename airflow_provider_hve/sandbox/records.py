@@ -1,0 +1,157 @@
+"""What the sandbox saw: token requests, SMTP sessions, delivered messages.
+
+Tests assert on these records instead of on mock calls, so every field holds what
+arrived on the wire (form fields as posted, AUTH lines as sent, message bytes as received).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Generic, TypeVar, cast
+
+T = TypeVar("T")
+
+
+class RecordList(Generic[T]):
+    """A list appended to by server threads and read by the test thread.
+
+    Reads return snapshots, so a test iterating over it never races a server append.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def append(self, item: T) -> None:
+        """Add one record and wake anyone waiting in :meth:`wait_for`."""
+        with self._changed:
+            self._items.append(item)
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        """Forget every record."""
+        with self._lock:
+            self._items.clear()
+
+    def snapshot(self) -> list[T]:
+        """Return a copy of the records so far."""
+        with self._lock:
+            return list(self._items)
+
+    def wait_for(self, count: int, timeout: float) -> list[T]:
+        """Block until at least ``count`` records exist or ``timeout`` seconds pass.
+
+        :param count: how many records to wait for
+        :param timeout: seconds to wait at most
+        :return: a snapshot of the records, however many arrived
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._items) >= count, timeout=timeout)
+            return list(self._items)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __getitem__(self, index: int) -> T:
+        with self._lock:
+            return self._items[index]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.snapshot())
+
+    def __repr__(self) -> str:
+        return f"RecordList({self.snapshot()!r})"
+
+
+@dataclass
+class TokenRequest:
+    """One HTTP request to the sandbox's Entra endpoints.
+
+    ``form`` holds the posted fields exactly as received (secrets included: this is a
+    test double, and tests need to see what the client sent).
+    """
+
+    method: str
+    path: str
+    tenant: str | None
+    grant_type: str | None
+    form: dict[str, str]
+    client_request_id: str | None
+    status: int = 0
+    error: str | None = None
+    error_code: int | None = None
+
+
+@dataclass
+class AuthAttempt:
+    """One SMTP AUTH exchange.
+
+    ``client_lines`` are the raw lines the client sent, starting with the AUTH command
+    itself; a two-step exchange has two lines.
+    """
+
+    mechanism: str
+    client_lines: list[str]
+    two_step: bool
+    user: str | None = None
+    token: str | None = None
+    reply: str = ""
+    success: bool = False
+    reason: str | None = None
+
+    @property
+    def initial_response(self) -> str | None:
+        """Return the base64 XOAUTH2 blob however it was sent (one or two steps)."""
+        if self.two_step:
+            return self.client_lines[1] if len(self.client_lines) > 1 else None
+        parts = self.client_lines[0].split()
+        return parts[2] if len(parts) > 2 else None
+
+
+@dataclass
+class Transaction:
+    """One MAIL FROM ... DATA transaction; replies are kept per command."""
+
+    mail_from: str
+    mail_from_reply: str
+    rcpt_tos: list[str] = field(default_factory=list)
+    rcpt_replies: list[tuple[str, str]] = field(default_factory=list)
+    data_reply: str | None = None
+
+
+@dataclass
+class SmtpSession:
+    """One SMTP connection from accept to close."""
+
+    session_id: int
+    peer: tuple[str, int] | None
+    starttls: bool = False
+    ehlo_names: list[str] = field(default_factory=list)
+    auth_attempts: list[AuthAttempt] = field(default_factory=list)
+    transactions: list[Transaction] = field(default_factory=list)
+    authenticated_as: str | None = None
+    closed: bool = False
+
+
+@dataclass
+class DeliveredMessage:
+    """A message the sandbox accepted, as it was written to the mailbox folder."""
+
+    path: Path
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    session_id: int
+
+    @property
+    def message(self) -> EmailMessage:
+        """Parse :attr:`data` with the modern email API."""
+        return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))

@@ -1,0 +1,113 @@
+"""The sandbox's command line and the Airflow connection it hands out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from airflow_provider_hve.sandbox import HveSandbox
+
+from .clients import xoauth2
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("auth_mode", "password", "extra_key"),
+    [
+        pytest.param("client_secret", "client_secret", None, id="client-secret"),
+        pytest.param("password", "account_password", None, id="password"),
+        pytest.param("certificate", None, "certificate_path", id="certificate"),
+        pytest.param("workload_identity", None, "federated_token_file", id="workload-identity"),
+    ],
+)
+def test_connection_shape(
+    sb: HveSandbox, auth_mode: str, password: str | None, extra_key: str | None
+) -> None:
+    conn = sb.connection(auth_mode)
+    assert conn["conn_type"] == "hve"
+    assert (conn["host"], conn["port"], conn["login"]) == ("localhost", sb.smtp_port, sb.account)
+    assert conn["password"] == (getattr(sb, password) if password else "")
+    extra = conn["extra"]
+    assert extra["tenant_id"] == sb.tenant_id and extra["client_id"] == sb.client_id
+    assert extra["auth_mode"] == auth_mode
+    assert extra["authority_host"] == f"https://localhost:{sb.token_port}"
+    assert Path(extra["ca_bundle"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert extra["scope"] == "https://outlook.office365.com/.default"
+    if extra_key:
+        assert Path(extra[extra_key]).is_file()
+    assert json.loads(sb.connection_json(auth_mode)) == conn
+
+
+def test_connection_overrides(sb: HveSandbox) -> None:
+    extra = sb.connection(scope="https://outlook.office.com/.default", ca_bundle=None)["extra"]
+    assert extra["scope"] == "https://outlook.office.com/.default"
+    assert "ca_bundle" not in extra
+    with pytest.raises(ValueError, match="auth_mode"):
+        sb.connection("basic")
+
+
+def test_cli_prints_export_line_delivers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_hve.sandbox",
+            "--mailbox",
+            str(tmp_path / "mail"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        export = process.stdout.readline()
+        assert export.startswith("export AIRFLOW_CONN_HVE_DEFAULT=")
+        conn = json.loads(shlex.split(export.partition("=")[2])[0])
+        lines = [process.stdout.readline() for _ in range(4)]
+        assert lines[0] == f"# mailbox: {tmp_path / 'mail'}\n"
+        extra = conn["extra"]
+        http = requests.Session()
+        http.trust_env = False
+        token = http.post(
+            f"{extra['authority_host']}/{extra['tenant_id']}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": extra["client_id"],
+                "client_secret": conn["password"],
+                "scope": extra["scope"],
+            },
+            verify=extra["ca_bundle"],
+        ).json()["access_token"]
+        with smtplib.SMTP(conn["host"], conn["port"], timeout=5) as client:
+            client.starttls(context=ssl.create_default_context(cafile=extra["ca_bundle"]))
+            client.ehlo()
+            assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(conn["login"], token))[0] == 235
+            client.sendmail(conn["login"], ["ops@contoso.example"], b"Subject: cli\r\n\r\nx\r\n")
+        delivered = process.stdout.readline()
+        assert delivered.startswith(f"delivered {tmp_path / 'mail'}")
+        assert delivered.rstrip().endswith(f"from {conn['login']} to ops@contoso.example")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "# sandbox stopped" in out
+    assert (tmp_path / "mail").is_dir()
