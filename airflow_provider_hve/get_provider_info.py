@@ -26,6 +26,12 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Microsoft 365 High Volume Email (HVE)",
+                "python-modules": ["airflow_provider_hve.operators.hve"],
+            }
+        ],
         "hooks": [
             {
                 "integration-name": "Microsoft 365 High Volume Email (HVE)",
@@ -122,4 +128,6 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        "notifications": ["airflow_provider_hve.notifications.hve.HveNotifier"],
+        "email-backends": ["airflow_provider_hve.utils.email.send_email"],
     }

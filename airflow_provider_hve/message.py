@@ -41,6 +41,15 @@ AddressInput = str | Iterable[str] | None
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """An attachment made in memory (a CSV of report rows, say)."""
+
+    filename: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A built message and its envelope recipients (To + Cc + Bcc, each once; Bcc only here)."""
 
@@ -60,14 +69,22 @@ def build_message(
     reply_to: AddressInput = None,
     files: Iterable[str] | None = None,
     headers: Mapping[str, str] | None = None,
+    images: Mapping[str, str] | None = None,
+    attachments: Iterable[Attachment] = (),
+    derive_text: bool = True,
 ) -> OutgoingMessage:
     """
     Validate the arguments and build a message ready for :meth:`HveSmtpSession.send`.
 
-    With both ``html_content`` and ``text_content`` the body is ``multipart/alternative``; ``files`` become
-    attachments. ``Bcc`` never appears in the headers, only in the returned envelope.
+    An HTML body is sent as ``multipart/alternative`` with a plain-text part: ``text_content`` if given,
+    else derived from the HTML (``derive_text``). ``images`` are inline images the HTML shows with
+    ``<img src="cid:NAME">``; ``files`` and ``attachments`` are attached. ``Bcc`` never appears in the
+    headers, only in the returned envelope.
 
     :param sender: the From address, optionally with a display name.
+    :param images: content id -> image file path.
+    :param attachments: attachments built in memory.
+    :param derive_text: derive a plain-text part from HTML when ``text_content`` is not given.
     :raises HveConfigError: naming the argument at fault.
     """
     from_box = _one("from_email", sender)
@@ -96,15 +113,32 @@ def build_message(
         _check_custom_header(name, value)
         message[name] = value
 
+    inline = _inline_images(images, html_content)
+    if html_content is not None and text_content is None and derive_text:
+        from airflow_provider_hve.reports import html_to_text
+
+        text_content = html_to_text(html_content)
     if text_content is not None:
         message.set_content(text_content)
         if html_content is not None:
             message.add_alternative(html_content, subtype="html")
     else:
         message.set_content(html_content or "", subtype="html")
+    if inline:
+        html_part = message if text_content is None else message.get_payload()[-1]
+        for cid, (data, maintype, subtype, filename) in inline.items():
+            html_part.add_related(data, maintype=maintype, subtype=subtype, cid=f"<{cid}>", filename=filename)
 
-    for path in files or ():
+    for path in _paths("files", files):
         _attach(message, path)
+    for attachment in attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        _single_line("attachments filename", attachment.filename)
+        # In-memory text (the report CSV) is UTF-8; say so, or readers assume ASCII.
+        params = {"charset": "utf-8"} if maintype == "text" else None
+        message.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename, params=params
+        )
 
     recipients = _unique(box.addr_spec for box in (*to_boxes, *cc_boxes, *bcc_boxes))
     size = len(message.as_bytes())
@@ -152,16 +186,58 @@ def _check_custom_header(name: object, value: object) -> None:
     _single_line(f"headers[{name!r}]", value)
 
 
-def _attach(message: EmailMessage, path: str) -> None:
-    if not isinstance(path, str) or not os.path.isfile(path):
-        raise HveConfigError(f"Argument 'files': {path!r} is not a readable file on this worker.")
+def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:
+    if files is None:
+        return []
+    paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+            raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+    return [os.fspath(p) for p in paths]
+
+
+def _content_type(path: str) -> tuple[str, str]:
     content_type, encoding = mimetypes.guess_type(path)
     if content_type is None or encoding is not None:
         content_type = "application/octet-stream"
     maintype, subtype = content_type.split("/", 1)
+    return maintype, subtype
+
+
+def _attach(message: EmailMessage, path: str) -> None:
+    maintype, subtype = _content_type(path)
     with open(path, "rb") as handle:
         data = handle.read()
     message.add_attachment(data, maintype=maintype, subtype=subtype, filename=os.path.basename(path))
+
+
+_CID_REFERENCE = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
+
+
+def _inline_images(
+    images: Mapping[str, str] | None, html_content: str | None
+) -> dict[str, tuple[bytes, str, str, str]]:
+    referenced = set(_CID_REFERENCE.findall(html_content or ""))
+    given = dict(images or {})
+    missing = sorted(referenced - set(given))
+    if missing:
+        raise HveConfigError(
+            f"Argument 'html_content' shows cid:{missing[0]} but argument 'images' has no such key; add "
+            f"images={{{missing[0]!r}: '/path/to/image.png'}}."
+        )
+    inline: dict[str, tuple[bytes, str, str, str]] = {}
+    for cid, path in given.items():
+        if not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9._-]+(@[A-Za-z0-9.-]+)?", cid):
+            raise HveConfigError(f"Argument 'images': {cid!r} is not a valid content id (letters, digits, . _ -).")
+        if html_content is None:
+            raise HveConfigError("Argument 'images' needs 'html_content' that shows them with <img src=\"cid:...\">.")
+        (checked,) = _paths("images", [path])
+        maintype, subtype = _content_type(checked)
+        if maintype != "image":
+            raise HveConfigError(f"Argument 'images': {path!r} is not an image ({maintype}/{subtype}).")
+        with open(checked, "rb") as handle:
+            inline[cid] = (handle.read(), maintype, subtype, os.path.basename(checked))
+    return inline
 
 
 def _unique(addresses: Iterable[str]) -> tuple[str, ...]:

@@ -9,6 +9,10 @@ import tempfile
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hve-tests-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Airflow's own failure e-mails (email_on_failure) go through the HVE backend, as a user would configure.
+os.environ["AIRFLOW__EMAIL__EMAIL_BACKEND"] = "airflow_provider_hve.utils.email.send_email"
+os.environ["AIRFLOW__EMAIL__EMAIL_CONN_ID"] = "hve_default"
 
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
@@ -70,6 +74,30 @@ def hve_connection(
         return conn_id
 
     return make
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Migrate the metadata DB (SQLite) of the test AIRFLOW_HOME once, as a user would."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def run_dag(airflow_db: None, hve_connection: Callable[..., str]) -> Callable[..., Any]:
+    """Return ``run(dag_file, dag_id)``: parse the file with a DagBag and run the DAG with ``dag.test()``."""
+    hve_connection()
+
+    def run(dag_file: Any, dag_id: str) -> Any:
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(dag_file))
+        assert not bag.import_errors, bag.import_errors
+        return bag.get_dag(dag_id).test()
+
+    return run
 
 
 @pytest.fixture

@@ -51,3 +51,22 @@ def test_airflow_cli_lists_the_provider() -> None:
 def test_importing_does_not_import_msal(module: str) -> None:
     code = f"import sys, {module}; assert 'msal' not in sys.modules and 'aiosmtpd' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_connection_form_is_served_by_the_airflow_ui_api(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata the Airflow 3 UI reads to draw the connection form lists the hve type and its fields."""
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    response = TestClient(create_app()).get("/ui/connections/hook_meta")
+    assert response.status_code == 200
+    (hve,) = [hook for hook in response.json() if hook["connection_type"] == "hve"]
+    assert hve["hook_name"] == "Microsoft 365 High Volume Email"
+    assert {"tenant_id", "client_id", "auth_mode", "scope", "authority_host", "ca_bundle"} <= set(hve["extra_fields"])
+    standard = hve["standard_fields"]
+    # The secret lives in the standard Password field, which the UI always renders as a password input.
+    assert standard["password"]["hidden"] is False
+    assert standard["password"]["title"] == "Client secret / password"
+    assert standard["login"]["title"] == "HVE account"
+    assert standard["url_schema"]["hidden"] is True

@@ -14,6 +14,7 @@ from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
 
 if TYPE_CHECKING:
     from airflow_provider_hve.auth import TokenProvider
+    from airflow_provider_hve.message import Attachment, OutgoingMessage
     from airflow_provider_hve.smtp import HveSmtpSession, SendResult
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,18 @@ class HveHook(BaseHook):
     @cached_property
     def config(self) -> HveConnectionConfig:
         """The connection, fetched and validated once."""
-        return HveConnectionConfig.from_connection(self.get_connection(self.hve_conn_id), self.hve_conn_id)
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from airflow_provider_hve.exceptions import HveConfigError
+
+        try:
+            conn = self.get_connection(self.hve_conn_id)
+        except AirflowNotFoundException:
+            raise HveConfigError(
+                f"Connection {self.hve_conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume "
+                f"Email') in the Airflow UI, or set AIRFLOW_CONN_{self.hve_conn_id.upper()}."
+            ) from None
+        return HveConnectionConfig.from_connection(conn, self.hve_conn_id)
 
     @property
     def token_provider(self) -> TokenProvider:
@@ -83,6 +95,45 @@ class HveHook(BaseHook):
         finally:
             session.close()
 
+    def build_message(
+        self,
+        to: str | Iterable[str] | None,
+        subject: str,
+        html_content: str | None = None,
+        *,
+        text_content: str | None = None,
+        cc: str | Iterable[str] | None = None,
+        bcc: str | Iterable[str] | None = None,
+        reply_to: str | Iterable[str] | None = None,
+        from_email: str | None = None,
+        files: Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        images: Mapping[str, str] | None = None,
+        attachments: Iterable[Attachment] = (),
+    ) -> OutgoingMessage:
+        """
+        Validate the arguments and build the message and its envelope; nothing is sent.
+
+        The From header defaults to the connection's ``from_email`` extra, then to the HVE account. See
+        :meth:`send_email` for the arguments.
+        """
+        from airflow_provider_hve.message import build_message
+
+        return build_message(
+            sender=from_email or self.config.from_email or self.config.account,
+            to=to,
+            subject=subject,
+            html_content=html_content,
+            text_content=text_content,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            files=files,
+            headers=headers,
+            images=images,
+            attachments=attachments,
+        )
+
     def send_email(
         self,
         to: str | Iterable[str] | None,
@@ -96,6 +147,8 @@ class HveHook(BaseHook):
         from_email: str | None = None,
         files: Iterable[str] | None = None,
         headers: Mapping[str, str] | None = None,
+        images: Mapping[str, str] | None = None,
+        attachments: Iterable[Attachment] = (),
     ) -> SendResult:
         """
         Build, validate and send one message; every address is checked before connecting.
@@ -103,7 +156,7 @@ class HveHook(BaseHook):
         :param to: recipients, as a list or a comma/semicolon separated string.
         :param subject: the subject line.
         :param html_content: the HTML body.
-        :param text_content: a plain-text body (sent as the alternative to the HTML when both are given).
+        :param text_content: the plain-text alternative; derived from the HTML when not given.
         :param cc: Cc recipients.
         :param bcc: Bcc recipients: in the envelope only, never in the headers.
         :param reply_to: Reply-To addresses.
@@ -111,30 +164,38 @@ class HveHook(BaseHook):
             ``from_email`` extra, then to the HVE account. HVE sends only as the HVE account.
         :param files: paths of files to attach.
         :param headers: extra headers (``X-...``); structural headers are refused.
+        :param images: inline images, content id -> path, shown in the HTML with ``cid:``.
+        :param attachments: attachments built in memory.
         :return: accepted and refused recipients and the Message-ID.
         """
-        from airflow_provider_hve.message import build_message
-
-        outgoing = build_message(
-            sender=from_email or self.config.from_email or self.config.account,
-            to=to,
-            subject=subject,
-            html_content=html_content,
+        outgoing = self.build_message(
+            to,
+            subject,
+            html_content,
             text_content=text_content,
             cc=cc,
             bcc=bcc,
             reply_to=reply_to,
+            from_email=from_email,
             files=files,
             headers=headers,
+            images=images,
+            attachments=attachments,
         )
+        return self.send_message(outgoing)
+
+    def send_message(self, outgoing: OutgoingMessage) -> SendResult:
+        """Send a built message over a new session and log what the server accepted and refused."""
         with self.smtp_session() as session:
             result = session.send(outgoing.message, outgoing.recipients)
-        log.info(
-            "HVE accepted %s for %d recipient(s)%s.",
-            result.message_id,
-            len(result.accepted),
-            f", refused {len(result.refused)}: {sorted(result.refused)}" if result.refused else "",
-        )
+        if result.refused:
+            log.warning(
+                "HVE refused %d recipient(s) of %s: %s",
+                len(result.refused),
+                result.message_id,
+                "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in result.refused.items()),
+            )
+        log.info("HVE accepted %s for %d recipient(s).", result.message_id, len(result.accepted))
         return result
 
     def test_connection(self) -> tuple[bool, str]:

@@ -1,0 +1,259 @@
+"""HveNotifier: task and DAG callbacks that alert people through HVE."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from airflow_provider_hve.connection import DEFAULT_CONN_ID
+from airflow_provider_hve.templating import EmailTemplating
+
+log = logging.getLogger(__name__)
+
+AddressArg = str | Iterable[str] | None
+MAX_EXCEPTION_CHARS = 4000
+_STATE_LABELS = {
+    "failed": "failed",
+    "up_for_retry": "failed and will be retried",
+    "up_for_reschedule": "is waiting to be rescheduled",
+    "success": "succeeded",
+    "skipped": "was skipped",
+    "upstream_failed": "did not run (upstream failed)",
+}
+
+
+class HveNotifier(EmailTemplating, BaseNotifier):
+    """
+    Send an alert through HVE from ``on_failure_callback``, ``on_retry_callback``, ``on_success_callback``
+    (task or DAG level).
+
+    With no ``subject`` or ``html_content``, the packaged templates describe what happened: DAG, task,
+    run, logical date, state, try N of M, duration, host, the exception (escaped), a link to the log, and
+    for a DAG run the failed tasks. Templates see Airflow's context plus ``notification`` with those facts.
+    A body may be a template file (``.html``, ``.j2``, ``.jinja2``, ``.txt``) or a string.
+
+    :param to: recipients. (templated)
+    :param subject: subject; default ``[Airflow] <dag>.<task> failed (try 1 of 3)``. (templated)
+    :param html_content: HTML body or template file; default: the packaged alert. (templated)
+    :param text_content: plain-text body; default: derived from the HTML. (templated)
+    :param cc: Cc recipients. (templated)
+    :param bcc: Bcc recipients. (templated)
+    :param from_email: From header; defaults to the connection's. (templated)
+    :param reply_to: Reply-To addresses. (templated)
+    :param files: paths of files to attach. (templated)
+    :param headers: extra ``X-`` headers. (templated)
+    :param hve_conn_id: the ``hve`` connection. (templated)
+
+    Example::
+
+        BashOperator(
+            task_id="load",
+            bash_command="...",
+            on_failure_callback=HveNotifier(to="data-oncall@contoso.com"),
+        )
+    """
+
+    template_fields: Sequence[str] = (
+        "to",
+        "subject",
+        "html_content",
+        "text_content",
+        "cc",
+        "bcc",
+        "from_email",
+        "reply_to",
+        "files",
+        "headers",
+        "hve_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        to: AddressArg,
+        subject: str | None = None,
+        html_content: str | None = None,
+        text_content: str | None = None,
+        cc: AddressArg = None,
+        bcc: AddressArg = None,
+        from_email: str | None = None,
+        reply_to: AddressArg = None,
+        files: Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        hve_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.to = to
+        self.subject = subject
+        self.html_content = html_content
+        self.text_content = text_content
+        self.cc = cc
+        self.bcc = bcc
+        self.from_email = from_email
+        self.reply_to = reply_to
+        self.files = files
+        self.headers = headers
+        self.hve_conn_id = hve_conn_id
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Add ``notification`` to the context and fill in the packaged templates, then render."""
+        from airflow_provider_hve.reports import (
+            NOTIFICATION_HTML_TEMPLATE,
+            NOTIFICATION_SUBJECT_TEMPLATE,
+            packaged_template,
+        )
+
+        context["notification"] = notification_facts(context)
+        if self.subject is None:
+            self.subject = packaged_template(NOTIFICATION_SUBJECT_TEMPLATE).strip()
+        if self.html_content is None and self.text_content is None:
+            self.html_content = packaged_template(NOTIFICATION_HTML_TEMPLATE)
+        super().render_template_fields(context, jinja_env)
+
+    def notify(self, context: Any) -> None:
+        """Send the rendered alert."""
+        from airflow_provider_hve.hooks.hve import HveHook
+
+        result = HveHook(hve_conn_id=self.hve_conn_id).send_email(
+            to=self.to,
+            subject=" ".join(str(self.subject).split()),
+            html_content=self.html_content,
+            text_content=self.text_content,
+            cc=self.cc,
+            bcc=self.bcc,
+            reply_to=self.reply_to,
+            from_email=self.from_email,
+            files=self.files,
+            headers=self.headers,
+        )
+        if result.refused:
+            log.warning("HVE refused some alert recipients: %s", result.as_dict()["refused"])
+
+
+send_hve_notification = HveNotifier
+
+
+def notification_facts(context: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Collect what an alert says from an Airflow callback context (task or DAG level).
+
+    The exception text passes through Airflow's secret masker first.
+    """
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag")
+    kind = "dag" if "reason" in context else "task"
+    reason = context.get("reason")
+    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
+    run_id = context.get("run_id") or getattr(ti, "run_id", None)
+    logical_date = context.get("logical_date")
+    exception = context.get("exception")
+
+    if kind == "dag":
+        dag_run = context.get("dag_run")
+        state = str(_value(getattr(dag_run, "state", None)) or "")
+        if state not in _STATE_LABELS:
+            state = "success" if reason == "success" else "failed"
+    else:
+        state = str(_value(getattr(ti, "state", None)) or ("failed" if exception else ""))
+
+    try_number = getattr(ti, "try_number", None) if kind == "task" else None
+    max_tries = getattr(ti, "max_tries", None)
+    total_tries = max_tries + 1 if isinstance(max_tries, int) else None
+    facts: dict[str, Any] = {
+        "kind": kind,
+        "dag_id": dag_id,
+        "task_id": getattr(ti, "task_id", None) if kind == "task" else None,
+        "run_id": run_id,
+        "logical_date": logical_date.isoformat() if hasattr(logical_date, "isoformat") else logical_date,
+        "state": state,
+        "state_label": _STATE_LABELS.get(state, state or "finished"),
+        "try_number": try_number,
+        "max_tries": total_tries,
+        "duration": _duration(ti),
+        "hostname": getattr(ti, "hostname", None) if kind == "task" else None,
+        "reason": reason if reason not in (None, "success", "task_failure") else None,
+        "exception_type": type(exception).__name__ if isinstance(exception, BaseException) else None,
+        "exception_message": _exception_text(exception),
+        "log_url": _log_url(ti) if kind == "task" else None,
+        "failed_tasks": _failed_tasks(dag_id, run_id, ti) if kind == "dag" and state != "success" else [],
+    }
+    if exception is not None and facts["exception_type"] is None:
+        facts["exception_type"] = "Error"
+    facts["details"] = [
+        (label, value)
+        for label, value in (
+            ("DAG", dag_id),
+            ("Task", facts["task_id"]),
+            ("Run", run_id),
+            ("Logical date", facts["logical_date"]),
+            ("State", state),
+            ("Try", f"{try_number} of {total_tries}" if try_number and total_tries else try_number),
+            ("Duration", facts["duration"]),
+            ("Host", facts["hostname"]),
+        )
+        if value not in (None, "")
+    ]
+    return facts
+
+
+def _value(state: Any) -> Any:
+    return getattr(state, "value", state)
+
+
+def _duration(ti: Any) -> str | None:
+    start = getattr(ti, "start_date", None)
+    if not isinstance(start, dt.datetime):
+        return None
+    end = getattr(ti, "end_date", None)
+    if not isinstance(end, dt.datetime):
+        end = dt.datetime.now(tz=start.tzinfo or dt.timezone.utc)
+    seconds = max(0, int((end - start).total_seconds()))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def _exception_text(exception: Any) -> str | None:
+    if exception is None:
+        return None
+    text = str(exception)
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+
+        text = str(redact(text))
+    except ImportError:  # pragma: no cover - other Airflow layouts
+        pass
+    if len(text) > MAX_EXCEPTION_CHARS:
+        text = text[:MAX_EXCEPTION_CHARS] + " [...]"
+    return text
+
+
+def _log_url(ti: Any) -> str | None:
+    try:
+        return str(ti.log_url) if ti is not None else None
+    except Exception:
+        return None
+
+
+def _failed_tasks(dag_id: str | None, run_id: str | None, ti: Any) -> list[str]:
+    # Airflow hands a DAG failure callback the task instance that failed last (its state is not always
+    # filled in): the fallback when the run's task states cannot be queried.
+    last_state = _value(getattr(ti, "state", None)) if ti is not None else None
+    known = [ti.task_id] if ti is not None and last_state in (None, "failed") else []
+    if not dag_id or not run_id:
+        return known
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(dag_id=dag_id, run_ids=[run_id])
+    except Exception as exc:  # no Execution API from this process (e.g. dag.test()): fall back
+        log.debug("Could not list the failed tasks of %s/%s: %s", dag_id, run_id, exc)
+        return known
+    tasks = states.get(run_id, {}) if isinstance(states, Mapping) else {}
+    failed = sorted(task_id for task_id, state in tasks.items() if _value(state) in ("failed", "upstream_failed"))
+    return failed or known

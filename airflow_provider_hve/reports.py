@@ -1,0 +1,98 @@
+"""Reports from data: rows validated into a table, rendered by the packaged template, attached as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from airflow_provider_hve.exceptions import HveConfigError
+
+REPORT_TEMPLATE = "report.html.j2"
+NOTIFICATION_HTML_TEMPLATE = "notification.html.j2"
+NOTIFICATION_SUBJECT_TEMPLATE = "notification_subject.j2"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows with the union of their keys as columns, in first-seen order."""
+
+    columns: tuple[str, ...]
+    rows: tuple[Mapping[str, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_csv(self) -> bytes:
+        """Return the table as UTF-8 CSV with a BOM, so Excel opens accents correctly."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), extrasaction="ignore", lineterminator="\r\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({key: _csv_value(row.get(key)) for key in self.columns})
+        return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+
+
+def table_from_data(data: Any, *, argument: str = "data") -> Table:
+    """
+    Validate report rows: a list of dicts (an upstream task's XCom, usually).
+
+    A JSON string of such a list is accepted too: that is what a templated ``"{{ ti.xcom_pull(...) }}"``
+    becomes when the DAG does not render native objects.
+
+    :param data: the rows.
+    :param argument: the argument name to cite in errors.
+    :raises HveConfigError: if ``data`` is not a list of mappings.
+    """
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise HveConfigError(
+                f"Argument {argument!r} is a string, not a list of rows. Pass the upstream task's output "
+                f"(data=extract.output, or the TaskFlow call's return value) rather than a Jinja string, or "
+                f"set render_template_as_native_obj=True on the DAG."
+            ) from None
+    if isinstance(data, Mapping) or not isinstance(data, Sequence) or isinstance(data, (bytes, str)):
+        raise HveConfigError(
+            f"Argument {argument!r} must be a list of rows (dicts), got {type(data).__name__}."
+        )
+    columns: dict[str, None] = {}
+    for index, row in enumerate(data):
+        if not isinstance(row, Mapping):
+            raise HveConfigError(
+                f"Argument {argument!r}: row {index} is a {type(row).__name__}; every row must be a dict of "
+                f"column -> value."
+            )
+        for key in row:
+            columns.setdefault(str(key), None)
+    rows = tuple({str(k): v for k, v in row.items()} for row in data)
+    return Table(columns=tuple(columns), rows=rows)
+
+
+def packaged_template(name: str) -> str:
+    """Return the source of a template shipped in ``airflow_provider_hve/templates``."""
+    return resources.files("airflow_provider_hve").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def html_to_text(html: str) -> str:
+    """
+    Derive the plain-text alternative of an HTML body (tables stay readable as aligned columns).
+
+    Uses ``inscriptis``, a maintained HTML-to-text renderer, rather than a regular expression.
+    """
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
+    text = get_text(html, ParserConfig(display_links=True))
+    return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return value

@@ -1,0 +1,108 @@
+"""How e-mail fields are templated, shared by :class:`HveEmailOperator` and :class:`HveNotifier`.
+
+Three rules on top of Airflow's templating:
+
+* Only the body fields (``html_content``, ``text_content``) may name a template file (``.html``, ``.j2``,
+  ``.jinja2``, ``.txt``). Elsewhere a string is a string: ``files=["export.txt"]`` is an attachment path,
+  not a template to load.
+* ``html_content`` renders with autoescape on, so values from data or exception messages cannot inject
+  markup; ``subject`` and ``text_content`` render as plain text.
+* The body templates see extra variables (report rows, the notification facts) that the class adds
+  after the other fields have been rendered.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_hve.exceptions import HveConfigError
+
+if TYPE_CHECKING:
+    import jinja2
+
+BODY_FIELDS = ("html_content", "text_content")
+TEMPLATE_EXTENSIONS = (".html", ".j2", ".jinja2", ".txt")
+
+
+class EmailTemplating:
+    """Mixin for an Airflow ``Templater`` (operator or notifier) that sends e-mail."""
+
+    template_ext = TEMPLATE_EXTENSIONS
+    _hve_rendering_body = False
+
+    # Provided by Airflow's Templater.
+    template_fields: Any
+    get_template_env: Any
+    prepare_template: Any
+    _render: Any
+    _do_render_template_fields: Any
+
+    def body_template_context(self, context: Any) -> dict[str, Any]:
+        """Return the variables the body templates see in addition to Airflow's context."""
+        return {}
+
+    def resolve_template_files(self) -> None:
+        """Load body fields that name a template file; other fields are never read as files."""
+        for name in BODY_FIELDS:
+            content = getattr(self, name, None)
+            if isinstance(content, str) and content.endswith(TEMPLATE_EXTENSIONS):
+                source = self._template_source(content)
+                if source is not None:
+                    setattr(self, name, source)
+        self.prepare_template()
+
+    def render_template(
+        self,
+        content: Any,
+        context: Any,
+        jinja_env: jinja2.Environment | None = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        if isinstance(content, str) and not self._hve_rendering_body:
+            env = jinja_env or self.get_template_env()
+            return self._render(env.from_string(content), context)
+        if isinstance(content, str) and content.endswith(TEMPLATE_EXTENSIONS):
+            source = self._template_source(content, jinja_env)
+            if source is None:
+                raise HveConfigError(
+                    f"Template file {content!r} was not found. Relative paths are looked up in the DAG's "
+                    f"folder and its template_searchpath; or give an absolute path."
+                )
+            env = jinja_env or self.get_template_env()
+            return self._render(env.from_string(source), context)
+        return super().render_template(content, context, jinja_env, seen_oids)  # type: ignore[misc]
+
+    def render_template_fields(self, context: Any, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render header fields, then the body with the extra variables and autoescaped HTML."""
+        env = jinja_env or self._template_env(context)
+        seen: set[int] = set()
+        others = [name for name in self.template_fields if name not in BODY_FIELDS]
+        self._do_render_template_fields(self, others, context, env, seen)
+
+        for key, value in self.body_template_context(context).items():
+            context[key] = value
+        self._hve_rendering_body = True
+        try:
+            self._do_render_template_fields(self, ["html_content"], context, env.overlay(autoescape=True), seen)
+            self._do_render_template_fields(self, ["text_content"], context, env, seen)
+        finally:
+            self._hve_rendering_body = False
+
+    def _template_env(self, context: Any) -> jinja2.Environment:
+        dag = context.get("dag") if hasattr(context, "get") else None
+        # dag.test() hands DAG callbacks the scheduler's serialized DAG, which has no template env.
+        if dag is not None and not hasattr(dag, "get_template_env"):
+            dag = None
+        return self.get_template_env(dag=dag)
+
+    def _template_source(self, path: str, env: jinja2.Environment | None = None) -> str | None:
+        env = env or self.get_template_env()
+        try:
+            return env.loader.get_source(env, path)[0] if env.loader else None
+        except Exception:
+            pass
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        return None

@@ -1,0 +1,84 @@
+"""The ``[email] email_backend`` for Airflow: failure e-mails and ``send_email`` calls go through HVE.
+
+Configure::
+
+    [email]
+    email_backend = airflow_provider_hve.utils.email.send_email
+    email_conn_id = hve_default
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from airflow_provider_hve.connection import DEFAULT_CONN_ID
+
+log = logging.getLogger(__name__)
+
+# Airflow 3.3 passes this when [email] from_email is unset (apache/airflow#69262): it is not an address
+# anyone chose, and HVE would refuse it as a sender.
+AIRFLOW_PLACEHOLDER_FROM = "airflow@airflow"
+
+
+def send_email(
+    to: str | Iterable[str],
+    subject: str,
+    html_content: str,
+    files: Iterable[str] | None = None,
+    dryrun: bool = False,
+    cc: str | Iterable[str] | None = None,
+    bcc: str | Iterable[str] | None = None,
+    mime_subtype: str = "mixed",
+    mime_charset: str = "utf-8",
+    conn_id: str | None = None,
+    from_email: str | None = None,
+    custom_headers: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> None:
+    """
+    Send an e-mail through HVE with Airflow's ``email_backend`` signature.
+
+    :param to: recipients, a string (comma/semicolon separated) or a list.
+    :param subject: subject line.
+    :param html_content: HTML body (a plain-text alternative is derived).
+    :param files: paths of files to attach.
+    :param dryrun: build and validate the message, do not send.
+    :param cc: Cc recipients.
+    :param bcc: Bcc recipients.
+    :param mime_subtype: ignored: the message structure follows its parts.
+    :param mime_charset: ignored: parts are UTF-8.
+    :param conn_id: the ``hve`` connection; default ``[email] email_conn_id``, then ``hve_default``.
+    :param from_email: From header; ``airflow@airflow`` (Airflow's placeholder) counts as unset.
+    :param custom_headers: extra headers.
+    """
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.hooks.hve import HveHook
+
+    conn_id = conn_id or _configured_conn_id()
+    if from_email and from_email.strip().lower() == AIRFLOW_PLACEHOLDER_FROM:
+        from_email = None
+    headers = {str(k): str(v) for k, v in (custom_headers or {}).items()}
+    hook = HveHook(hve_conn_id=conn_id)
+    try:
+        hook.config  # noqa: B018 - validate the connection first, to add the backend-specific hint
+    except HveConfigError as exc:
+        raise HveConfigError(
+            f"{exc} Airflow's e-mail backend uses [email] email_conn_id: point it at your hve connection."
+        ) from exc
+    outgoing = hook.build_message(
+        to, subject, html_content, cc=cc, bcc=bcc, from_email=from_email, files=files, headers=headers
+    )
+    if dryrun:
+        log.info("Dry run: would send %r to %s", subject, ", ".join(outgoing.recipients))
+        return
+    hook.send_message(outgoing)
+
+
+def _configured_conn_id() -> str:
+    try:
+        from airflow.sdk.configuration import conf
+    except ImportError:  # pragma: no cover
+        return DEFAULT_CONN_ID
+    return conf.get("email", "email_conn_id", fallback=None) or DEFAULT_CONN_ID

@@ -1,0 +1,55 @@
+"""DAGs that exercise HveEmailOperator features end to end (run by tests/test_operator.py with dag.test())."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from airflow_provider_hve.operators.hve import HveEmailOperator
+
+FILES = Path(__file__).parent / "files"
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+ROWS = [{"name": "Ada <admin>", "score": 97}, {"name": "Linus & co", "score": 88}]
+
+with DAG("hve_case_template_file", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+
+    @task
+    def rows() -> list[dict]:
+        return ROWS
+
+    HveEmailOperator(
+        task_id="mail",
+        to="team@contoso.example",
+        cc="Lead <lead@contoso.example>",
+        reply_to="data-team@contoso.example",
+        subject="Scores for {{ ds }}",
+        html_content="templates/scores.html",
+        data=rows(),
+        files=[str(FILES / "notes.txt")],
+        images={"logo": str(FILES / "logo.png")},
+        csv_filename="scores.csv",
+    )
+
+with DAG("hve_case_text_and_dry_run", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+    HveEmailOperator(
+        task_id="mail",
+        to=["a@contoso.example", "b@contoso.example"],
+        bcc="audit@contoso.example",
+        subject="Dry {{ dag.dag_id }}",
+        html_content="<p>Hello {{ params.who }}</p>",
+        text_content="Hello {{ params.who }} (plain)",
+        params={"who": "<team>"},
+        dry_run=True,
+        dry_run_dir=os.environ.get("HVE_TEST_DRY_RUN_DIR"),
+    )
+
+with DAG("hve_case_bad_data", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+    HveEmailOperator(
+        task_id="mail",
+        to="team@contoso.example",
+        subject="Never sent",
+        data="{{ ti.xcom_pull(task_ids='nothing') }}",
+    )

@@ -1,0 +1,109 @@
+"""The example DAGs, run end to end by real Airflow (dag.test() on a migrated SQLite DB) against the sandbox."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
+
+EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+
+
+def by_subject(messages: list[DeliveredMessage], prefix: str) -> DeliveredMessage:
+    (found,) = [m for m in messages if str(m.message["Subject"]).startswith(prefix)]
+    return found
+
+
+def bodies(message: EmailMessage) -> tuple[str, str]:
+    html = message.get_body(("html",))
+    text = message.get_body(("plain",))
+    assert html is not None and text is not None
+    return html.get_content(), text.get_content()
+
+
+def test_example_dags_parse_without_errors() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    assert not bag.import_errors
+    assert {"hve_daily_report", "hve_failure_alerts"} <= set(bag.dag_ids)
+
+
+def test_daily_report_delivers_table_text_and_csv(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    dag_run = run_dag(EXAMPLE_DAGS / "hve_daily_report.py", "hve_daily_report")
+    assert dag_run.state == "success"
+
+    (delivered,) = sandbox.wait_for_messages(1)
+    message = delivered.message
+    ds = dag_run.logical_date.strftime("%Y-%m-%d")
+    assert message["Subject"] == f"Daily sales {ds}"
+    assert message["To"] == "sales-team@contoso.example"
+    assert message["Bcc"] is None and b"sales-archive" not in delivered.data
+    assert sorted(delivered.rcpt_tos) == ["sales-archive@contoso.example", "sales-team@contoso.example"]
+    assert message["X-Report"] == "daily-sales"
+
+    html, text = bodies(message)
+    assert f"Daily sales by region, {ds}" in html
+    assert "Xbox &lt;Series X&gt;" in html and "<Series X>" not in html
+    assert "Teams Rooms &amp; Displays" in html
+    assert "3 rows" in html
+    assert "hve_daily_report" in html  # run details
+    assert "Xbox <Series X>" in text and "Surface Laptop" in text
+
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_filename() == f"sales_{ds.replace('-', '')}.csv"
+    rows = list(csv.DictReader(io.StringIO(attachment.get_content().lstrip("\ufeff"))))
+    assert [r["region"] for r in rows] == ["EMEA", "Americas", "APAC"]
+    assert rows[1]["top_product"] == "Xbox <Series X>"
+
+
+def test_failure_alerts_by_notifier_dag_callback_and_email_backend(
+    run_dag: Callable[..., Any], sandbox: HveSandbox
+) -> None:
+    dag_run = run_dag(EXAMPLE_DAGS / "hve_failure_alerts.py", "hve_failure_alerts")
+    assert dag_run.state == "failed"
+
+    messages = sandbox.wait_for_messages(3)
+    assert len(messages) == 3
+    assert all(m.rcpt_tos == ["data-oncall@contoso.example"] for m in messages)
+    escaped = "column &lt;b&gt;amount&lt;/b&gt; has &#39;N/A&#39; &amp; 3 other bad values"
+
+    task_alert = by_subject(messages, "[Airflow] hve_failure_alerts.load failed (try 1 of 1)")
+    html, text = bodies(task_alert.message)
+    assert "ValueError" in html and escaped in html and "<b>amount</b>" not in html
+    assert "column <b>amount</b> has 'N/A' & 3 other bad values" in text
+    for fact in ("hve_failure_alerts", dag_run.run_id, "Try", "1 of 1", "Duration", "Host", "Open the log"):
+        assert fact in html, fact
+
+    dag_alert = by_subject(messages, f"[Airflow] DAG hve_failure_alerts failed: {dag_run.run_id}")
+    html, text = bodies(dag_alert.message)
+    assert "Failed tasks" in html and "<li>load</li>" in html
+
+    backend_mail = by_subject(messages, "Airflow alert:")
+    # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
+    assert backend_mail.message["From"] == sandbox.account
+    html, _ = bodies(backend_mail.message)
+    assert "Load of 42 rows rejected" in html and "<b>amount</b>" not in html
+
+
+def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> None:
+    code = (
+        "import sys, runpy\n"
+        "import airflow_provider_hve.operators.hve, airflow_provider_hve.notifications.hve\n"
+        "import airflow_provider_hve.utils.email\n"
+        f"for name in ('hve_daily_report', 'hve_failure_alerts'):\n"
+        f"    runpy.run_path({str(EXAMPLE_DAGS)!r} + '/' + name + '.py')\n"
+        "heavy = [m for m in ('msal', 'aiosmtpd', 'inscriptis', 'email_validator', 'smtplib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})

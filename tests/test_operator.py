@@ -1,0 +1,112 @@
+"""HveEmailOperator features, run by real Airflow (dag.test()) against the sandbox: tests/dags/."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.sandbox import HveSandbox
+
+CASES = Path(__file__).parent / "dags" / "hve_operator_cases.py"
+
+
+def task_outputs(dag_run: Any, task_id: str = "mail") -> tuple[Any, dict[str, Any]]:
+    """Return the task's XCom return value and its rendered template fields, as the UI reads them."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = dag_run.get_task_instance(task_id, session=session)
+        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
+        query = XComModel.get_many(
+            run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+        )
+        row = session.scalars(query).first()
+        value = XComModel.deserialize_value(row) if row is not None else None
+    return value, rendered
+
+
+def test_template_file_data_images_files_and_csv(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    dag_run = run_dag(CASES, "hve_case_template_file")
+    assert dag_run.state == "success"
+
+    (delivered,) = sandbox.wait_for_messages(1)
+    message = delivered.message
+    ds = dag_run.logical_date.strftime("%Y-%m-%d")
+    assert message["Subject"] == f"Scores for {ds}"
+    assert message["Cc"] == "Lead <lead@contoso.example>"
+    assert message["Reply-To"] == "data-team@contoso.example"
+    assert sorted(delivered.rcpt_tos) == ["lead@contoso.example", "team@contoso.example"]
+
+    html = message.get_body(("html",)).get_content()
+    assert '<img src="cid:logo"' in html
+    assert "<li>Ada &lt;admin&gt;: 97</li>" in html and "<li>Linus &amp; co: 88</li>" in html
+    assert f"2 rows for {ds}" in html
+    text = message.get_body(("plain",)).get_content()
+    assert "Ada <admin>: 97" in text  # derived from the HTML, unescaped
+
+    related = [p for p in message.walk() if p.get_content_type() == "multipart/related"]
+    assert related, "inline image must sit in multipart/related with the HTML"
+    (image,) = [p for p in message.walk() if p.get_content_type() == "image/png"]
+    assert image["Content-ID"] == "<logo>"
+    assert image.get_content() == (CASES.parent / "files" / "logo.png").read_bytes()
+    names = sorted(p.get_filename() for p in message.iter_attachments())
+    assert names == ["notes.txt", "scores.csv"]
+
+    summary, rendered = task_outputs(dag_run)
+    assert summary["message_id"] == message["Message-ID"]
+    assert sorted(summary["accepted"]) == sorted(delivered.rcpt_tos)
+    assert summary["refused"] == {}
+    # What the UI's rendered-template view shows: the rendered HTML, not the file name.
+    assert "<li>Ada &lt;admin&gt;: 97</li>" in rendered["html_content"]
+    assert rendered["files"] == [str(CASES.parent / "files" / "notes.txt")]
+
+
+def test_dry_run_writes_the_eml_and_sends_nothing(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HVE_TEST_DRY_RUN_DIR", str(tmp_path))
+    dag_run = run_dag(CASES, "hve_case_text_and_dry_run")
+    assert dag_run.state == "success"
+
+    assert not sandbox.smtp_sessions and not token_posts()
+    (eml,) = tmp_path.glob("*.eml")
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert message["Subject"] == "Dry hve_case_text_and_dry_run"
+    assert message["Bcc"] is None
+    assert "Hello &lt;team&gt;" in message.get_body(("html",)).get_content()
+    assert message.get_body(("plain",)).get_content().strip() == "Hello <team> (plain)"
+
+    summary, _ = task_outputs(dag_run)
+    assert summary["dry_run"] is True and summary["eml_path"] == str(eml)
+    assert summary["recipients"] == ["a@contoso.example", "b@contoso.example", "audit@contoso.example"]
+
+
+def test_non_list_data_fails_before_connecting(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    dag_run = run_dag(CASES, "hve_case_bad_data")
+    assert dag_run.state == "failed"
+    assert not sandbox.smtp_sessions and not token_posts()
+    out, err = capfd.readouterr()
+    assert "Argument 'data' is a string, not a list of rows" in out + err
+
+
+def test_operator_renders_html_as_html_in_the_ui() -> None:
+    from airflow_provider_hve.operators.hve import HveEmailOperator
+
+    assert HveEmailOperator.template_fields_renderers["html_content"] == "html"
+    assert set(HveEmailOperator.template_ext) == {".html", ".j2", ".jinja2", ".txt"}
