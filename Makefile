@@ -18,16 +18,18 @@ test: $(STAMP)
 sandbox: $(STAMP)
 	$(BIN)/python -m airflow_provider_hve.sandbox --mailbox ./mailbox
 
+## lint: ruff (style, imports, bugbear) and mypy on the package
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_provider_hve tests scripts
-	$(BIN)/ruff format --check airflow_provider_hve tests scripts
+	$(BIN)/ruff check airflow_provider_hve tests scripts example_dags
+	$(BIN)/ruff format --check airflow_provider_hve tests scripts example_dags
+	$(BIN)/mypy airflow_provider_hve
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff mypy
 	touch $(STAMP)
 
 clean:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 _FORBIDDEN = ("\r", "\n", "\0")
 
@@ -74,7 +75,7 @@ def parse_addresses(value: str | Iterable[str] | None) -> list[Mailbox]:
 
 def _parse_one_string(text: str) -> list[Mailbox]:
     from email.errors import HeaderParseError
-    from email.headerregistry import HeaderRegistry
+    from email.headerregistry import AddressHeader, HeaderRegistry
 
     if any(ch in text for ch in _FORBIDDEN):
         raise AddressError(f"{text!r} contains a line break or NUL; addresses must be a single line")
@@ -83,14 +84,14 @@ def _parse_one_string(text: str) -> list[Mailbox]:
     if not normalised:
         return []
     try:
-        header = HeaderRegistry()("to", normalised)
+        header = cast(AddressHeader, HeaderRegistry()("to", normalised))
     except (HeaderParseError, IndexError, ValueError) as exc:
         raise AddressError(f"{text!r} cannot be parsed as an address list") from exc
     mailboxes: list[Mailbox] = []
     for group in header.groups:
         for address in group.addresses:
             mailboxes.append(_validated(address.display_name, address.addr_spec, text))
-    if header.defects or not mailboxes:
+    if getattr(header, "defects", None) or not mailboxes:
         raise AddressError(f"{text!r} is not a valid address list")
     return mailboxes
 

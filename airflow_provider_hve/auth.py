@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -196,9 +197,7 @@ def _build_application(config: HveConnectionConfig) -> Any:
     }
     if config.auth_mode is AuthMode.PASSWORD:
         return msal.PublicClientApplication(config.client_id, **common)
-    return msal.ConfidentialClientApplication(
-        config.client_id, client_credential=_client_credential(config), **common
-    )
+    return msal.ConfidentialClientApplication(config.client_id, client_credential=_client_credential(config), **common)
 
 
 def _is_public_cloud(authority_host: str) -> bool:
@@ -281,13 +280,14 @@ def _entra_session(config: HveConnectionConfig) -> requests.Session:
     class EntraSession(requests.Session):
         """A requests session that keeps our trust store and works around an MSAL URL quirk."""
 
-        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
             # A per-request verify wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE; a session-level one
             # does not (requests merges the environment over it).
             if verify is not True:
                 kwargs.setdefault("verify", verify)
             kwargs.setdefault("timeout", config.timeout)
-            return super().request(method, _restore_port(str(url), authority), *args, **kwargs)
+            target = url.decode() if isinstance(url, bytes) else url
+            return super().request(method, _restore_port(str(target), authority), *args, **kwargs)
 
     return EntraSession()
 
@@ -303,7 +303,7 @@ def _restore_port(url: str, authority: Any) -> str:
     return url
 
 
-_TRUST_STORES: dict[str, str] = {}
+_TRUST_STORES: dict[tuple[str, int, int], str] = {}
 
 
 def trust_store_file(ca_bundle: str) -> str:
@@ -313,8 +313,11 @@ def trust_store_file(ca_bundle: str) -> str:
     requests trusts only the one file it is given, while ``ca_bundle`` adds to the trusted CAs. The
     defaults are what requests would use otherwise: ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, certifi.
     """
-    if ca_bundle in _TRUST_STORES and os.path.exists(_TRUST_STORES[ca_bundle]):
-        return _TRUST_STORES[ca_bundle]
+    stat = os.stat(ca_bundle)
+    key = (ca_bundle, stat.st_mtime_ns, stat.st_size)  # a replaced bundle (new CA) is read again
+    if key in _TRUST_STORES and os.path.exists(_TRUST_STORES[key]):
+        return _TRUST_STORES[key]
+    import atexit
     import tempfile
 
     import certifi
@@ -328,8 +331,14 @@ def trust_store_file(ca_bundle: str) -> str:
     fd, combined = tempfile.mkstemp(prefix="hve-ca-", suffix=".pem")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("".join(parts))
-    _TRUST_STORES[ca_bundle] = combined
+    _TRUST_STORES[key] = combined
+    atexit.register(_remove_quietly, combined)
     return combined
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def _translate_exception(config: HveConnectionConfig, exc: Exception) -> HveAuthError:
@@ -379,4 +388,3 @@ def mask(value: str) -> None:
     except ImportError:  # pragma: no cover - Airflow < 3.0 layouts
         return
     mask_secret(value)
-

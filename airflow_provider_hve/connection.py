@@ -177,9 +177,7 @@ class HveConnectionConfig:
                 f"PEM file holding the private key and the certificate uploaded to the app registration."
             )
         if auth_mode is AuthMode.WORKLOAD_IDENTITY:
-            federated_token_file = reader.path("federated_token_file") or _env_path(
-                conn_id, FEDERATED_TOKEN_FILE_ENV
-            )
+            federated_token_file = reader.path("federated_token_file") or _env_path(conn_id, FEDERATED_TOKEN_FILE_ENV)
 
         return cls(
             conn_id=conn_id,
@@ -208,10 +206,9 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dic
     if isinstance(extra, str):
         try:
             extra = json.loads(extra)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise HveConfigError(
-                f"Connection {conn_id!r}: the 'extra' field is not valid JSON ({exc.msg}). Fix it in the "
-                f"connection."
+                f"Connection {conn_id!r}: the 'extra' field is not valid JSON ({exc.msg}). Fix it in the connection."
             ) from None
     if not isinstance(extra, Mapping):
         raise HveConfigError(f"Connection {conn_id!r}: the 'extra' field must be a JSON object.")
@@ -331,8 +328,8 @@ class _Reader:
             number = float(value)
         except (TypeError, ValueError):
             raise self._error(name, f"is {value!r}; use a number of seconds, e.g. 30.") from None
-        if not number > 0:
-            raise self._error(name, f"is {value!r}; it must be greater than zero.")
+        if not number >= 1:
+            raise self._error(name, f"is {value!r}; use at least 1 second.")
         return number
 
     def https_origin(self, name: str, default: str) -> str:
@@ -343,8 +340,7 @@ class _Reader:
         if parts.scheme != "https" or not parts.hostname:
             raise self._error(
                 name,
-                f"is {value!r}; it must be an https:// URL such as {default} (tokens never travel over "
-                f"plain http).",
+                f"is {value!r}; it must be an https:// URL such as {default} (tokens never travel over plain http).",
             )
         if parts.path.strip("/") or parts.query or parts.fragment:
             raise self._error(
@@ -360,9 +356,7 @@ class _Reader:
         scopes = tuple(value.split())
         for scope in scopes:
             if urlsplit(scope).scheme != "https":
-                raise self._error(
-                    "scope", f"has {scope!r}; use a resource URL such as {DEFAULT_SCOPE}."
-                )
+                raise self._error("scope", f"has {scope!r}; use a resource URL such as {DEFAULT_SCOPE}.")
             if auth_mode.is_app_only and not scope.endswith("/.default"):
                 raise self._error(
                     "scope",
@@ -415,9 +409,7 @@ def _port(conn_id: str, port: int | str | None) -> int:
     try:
         number = int(port)
     except (TypeError, ValueError):
-        raise HveConfigError(
-            f"Connection {conn_id!r}: field 'port' is {port!r}; use {DEFAULT_PORT}."
-        ) from None
+        raise HveConfigError(f"Connection {conn_id!r}: field 'port' is {port!r}; use {DEFAULT_PORT}.") from None
     if not 0 < number < 65536:
         raise HveConfigError(f"Connection {conn_id!r}: field 'port' is {number}; use {DEFAULT_PORT}.")
     if number == 465:
@@ -436,9 +428,7 @@ def _env_path(conn_id: str, variable: str) -> str:
             f"the {variable} environment variable (set by AKS workload identity)."
         )
     if not os.path.isfile(value):
-        raise HveConfigError(
-            f"Connection {conn_id!r}: {variable} points to {value!r}, which is not a readable file."
-        )
+        raise HveConfigError(f"Connection {conn_id!r}: {variable} points to {value!r}, which is not a readable file.")
     return value
 
 

@@ -52,6 +52,8 @@ ENTRA_CAUSES: dict[int, str] = {
     "credential for this issuer (e.g. the AKS cluster's OIDC issuer URL).",
     700213: "The federated token's subject matches no federated credential on the app. Check the federated "
     "credential's subject (e.g. system:serviceaccount:<namespace>:<service account>).",
+    700212: "The federated token's audience is not the one the federated credential expects (normally "
+    "api://AzureADTokenExchange). Fix the audience of the projected token or of the federated credential.",
     70021: "No federated credential on the app matches the presented token. Check issuer, subject and "
     "audience (api://AzureADTokenExchange) of the app's federated credentials.",
     700238: "The federated token has expired; the token file is not being refreshed. Check the workload "
@@ -70,6 +72,19 @@ SMTP_AUTH_CAUSES: dict[str, str] = {
     "after a refresh. Check the worker's clock and any token lifetime policy on the tenant.",
     "5.5.124": "HVE could not parse the XOAUTH2 data. Check that Login is a plain address with no display name.",
     "5.7.57": "The server says the client is not authenticated; the session lost its authentication.",
+    "4.3.2": "Too many concurrent connections to HVE. Lower the number of parallel sessions or use an Airflow "
+    "pool to cap them.",
+}
+
+SMTP_SEND_CAUSES: dict[str, str] = {
+    "5.7.60": "HVE sends only as the HVE account itself: the envelope sender and the From address must be "
+    "the connection's Login.",
+    "5.7.57": "The session is not authenticated (it lost its AUTH). Open a new session.",
+    "5.7.54": "HVE delivers only to the tenant's accepted domains; external recipients are refused.",
+    "5.3.4": "The message exceeds HVE's 10 MB limit. Send smaller or fewer attachments.",
+    "4.5.3": "Too many recipients in one transaction; HVE accepts at most 50.",
+    "5.2.0": "The tenant's HVE submission quota is used up (100,000 recipients a day). Wait, or spread sending "
+    "over the day.",
     "4.3.2": "Too many concurrent connections to HVE. Lower the number of parallel sessions or use an Airflow "
     "pool to cap them.",
 }
@@ -145,6 +160,22 @@ def describe_smtp_auth_reply(config: HveConnectionConfig, code: int, reply: str)
         f"(connection {config.conn_id!r}): {code} {reply}\nLikely cause and fix: {cause}"
     )
     return HveAuthError(message, code=str(code), smtp_reply=f"{code} {reply}")
+
+
+def smtp_reply_hint(code: int | None, reply: str) -> str:
+    """
+    Return `` Likely cause and fix: ...`` for a known SMTP reply, or an empty string.
+
+    :param code: the SMTP reply code.
+    :param reply: the reply text after the code.
+    """
+    enhanced = _search(_ENHANCED, reply)
+    cause = SMTP_SEND_CAUSES.get(enhanced or "")
+    if cause is None and "quotaexceeded" in reply.lower().replace(" ", ""):
+        cause = SMTP_SEND_CAUSES["5.2.0"]
+    if cause is None and code == 421:
+        cause = "HVE is closing the connection (busy, or a session limit); retry later with fewer sessions."
+    return f" Likely cause and fix: {cause}" if cause else ""
 
 
 def _search(pattern: re.Pattern[str], text: str) -> str | None:

@@ -81,8 +81,7 @@ def get_provider_info() -> dict[str, Any]:
                     "federated_token_file": _field(
                         "Federated token file",
                         "string",
-                        "workload_identity mode: path of the federated token (default: "
-                        "$AZURE_FEDERATED_TOKEN_FILE).",
+                        "workload_identity mode: path of the federated token (default: $AZURE_FEDERATED_TOKEN_FILE).",
                     ),
                     "authority_host": _field(
                         "Authority host",
@@ -108,9 +107,7 @@ def get_provider_info() -> dict[str, Any]:
                         "string",
                         "Default From header, may carry a display name: Reports <hve@contoso.com>.",
                     ),
-                    "timeout": _field(
-                        "Timeout (s)", "number", "Network timeout in seconds.", default=30, minimum=1
-                    ),
+                    "timeout": _field("Timeout (s)", "number", "Network timeout in seconds.", default=30, minimum=1),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "extra"],

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import cast
 
 from airflow_provider_hve.addresses import AddressError, Mailbox, parse_addresses, parse_mailbox
 from airflow_provider_hve.exceptions import HveConfigError
@@ -55,6 +56,8 @@ class OutgoingMessage:
 
     message: EmailMessage
     recipients: tuple[str, ...]
+    sender: str
+    """The From address (without display name)."""
 
 
 def build_message(
@@ -125,7 +128,7 @@ def build_message(
     else:
         message.set_content(html_content or "", subtype="html")
     if inline:
-        html_part = message if text_content is None else message.get_payload()[-1]
+        html_part = message if text_content is None else cast(EmailMessage, cast(list, message.get_payload())[-1])
         for cid, (data, maintype, subtype, filename) in inline.items():
             html_part.add_related(data, maintype=maintype, subtype=subtype, cid=f"<{cid}>", filename=filename)
 
@@ -141,13 +144,19 @@ def build_message(
         )
 
     recipients = _unique(box.addr_spec for box in (*to_boxes, *cc_boxes, *bcc_boxes))
-    size = len(message.as_bytes())
+    # Measured as it goes on the wire: CRLF line ends, attachments base64-encoded.
+    size = len(wire_bytes(message))
     if size > MAX_MESSAGE_BYTES:
         raise HveConfigError(
             f"The message is {size / 1048576:.1f} MB; HVE accepts at most {MAX_MESSAGE_BYTES // 1048576} MB "
             f"per message (attachments grow by a third when encoded). Send smaller or fewer 'files'."
         )
-    return OutgoingMessage(message=message, recipients=recipients)
+    return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec)
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """Serialise ``message`` as SMTP carries it (CRLF line endings)."""
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
 def _one(argument: str, value: str) -> Mailbox:
@@ -180,9 +189,7 @@ def _check_custom_header(name: object, value: object) -> None:
             f"Argument 'headers': {name!r} is not a valid header name (printable ASCII, no ':' or spaces)."
         )
     if name.lower() in RESERVED_HEADERS:
-        raise HveConfigError(
-            f"Argument 'headers': {name!r} is set by the provider; use the matching argument instead."
-        )
+        raise HveConfigError(f"Argument 'headers': {name!r} is set by the provider; use the matching argument instead.")
     _single_line(f"headers[{name!r}]", value)
 
 

@@ -58,9 +58,7 @@ def table_from_data(data: Any, *, argument: str = "data") -> Table:
                 f"set render_template_as_native_obj=True on the DAG."
             ) from None
     if isinstance(data, Mapping) or not isinstance(data, Sequence) or isinstance(data, (bytes, str)):
-        raise HveConfigError(
-            f"Argument {argument!r} must be a list of rows (dicts), got {type(data).__name__}."
-        )
+        raise HveConfigError(f"Argument {argument!r} must be a list of rows (dicts), got {type(data).__name__}.")
     columns: dict[str, None] = {}
     for index, row in enumerate(data):
         if not isinstance(row, Mapping):
@@ -76,7 +74,7 @@ def table_from_data(data: Any, *, argument: str = "data") -> Table:
 
 def packaged_template(name: str) -> str:
     """Return the source of a template shipped in ``airflow_provider_hve/templates``."""
-    return resources.files("airflow_provider_hve").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("airflow_provider_hve").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
 def html_to_text(html: str) -> str:

@@ -8,6 +8,7 @@ certificate's host name is checked.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import socket
 import ssl
@@ -17,8 +18,9 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.auth import mask
-from airflow_provider_hve.diagnostics import describe_smtp_auth_reply
+from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
 from airflow_provider_hve.exceptions import HveAuthError, HveConnectionError, HveSendError
+from airflow_provider_hve.message import wire_bytes
 
 if TYPE_CHECKING:
     import smtplib
@@ -107,6 +109,12 @@ class HveSmtpSession:
         try:
             # The host given here is also the name the certificate is checked against at STARTTLS.
             smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout, local_hostname=_local_hostname())
+        except smtplib.SMTPConnectError as exc:
+            reply = _text(exc.smtp_error)
+            raise HveConnectionError(
+                f"The SMTP server {where} refused the connection: {exc.smtp_code} {reply}."
+                f"{smtp_reply_hint(exc.smtp_code, reply)}"
+            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise HveConnectionError(
                 f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
@@ -129,9 +137,7 @@ class HveSmtpSession:
             except Exception:
                 _close_quietly(smtp)
 
-    def send(
-        self, message: EmailMessage, recipients: Sequence[str], *, envelope_from: str | None = None
-    ) -> SendResult:
+    def send(self, message: EmailMessage, recipients: Sequence[str], *, envelope_from: str | None = None) -> SendResult:
         """
         Send one message to ``recipients`` (To, Cc and Bcc addresses: the envelope).
 
@@ -151,7 +157,7 @@ class HveSmtpSession:
         if not recipients:
             raise HveSendError("The message has no recipients; give at least one To, Cc or Bcc address.")
         sender = envelope_from or self.config.account
-        payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        payload = wire_bytes(message)
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         for chunk in _chunks(recipients, MAX_RECIPIENTS_PER_TRANSACTION):
@@ -160,17 +166,19 @@ class HveSmtpSession:
             except smtplib.SMTPRecipientsRefused as exc:
                 chunk_refused = exc.recipients
             except smtplib.SMTPSenderRefused as exc:
+                reply = _text(exc.smtp_error)
                 raise HveSendError(
-                    f"HVE refused the sender {sender} (connection {self.config.conn_id!r}): {exc.smtp_code} "
-                    f"{_text(exc.smtp_error)}. HVE sends only as the HVE account itself ({self.config.account});"
-                    f" nothing was sent{_partial(accepted)}.",
+                    f"HVE refused MAIL FROM:<{sender}> (connection {self.config.conn_id!r}): {exc.smtp_code} "
+                    f"{reply}.{smtp_reply_hint(exc.smtp_code, reply)} Not sent{_partial(accepted)}.",
                     refused=refused,
                     smtp_code=exc.smtp_code,
                 ) from exc
             except smtplib.SMTPDataError as exc:
+                reply = _text(exc.smtp_error)
                 raise HveSendError(
                     f"HVE refused the message {message.get('Message-ID', '')} (connection "
-                    f"{self.config.conn_id!r}): {exc.smtp_code} {_text(exc.smtp_error)}{_partial(accepted)}.",
+                    f"{self.config.conn_id!r}): {exc.smtp_code} {reply}.{smtp_reply_hint(exc.smtp_code, reply)} "
+                    f"Not sent{_partial(accepted)}.",
                     refused=refused,
                     smtp_code=exc.smtp_code,
                 ) from exc
@@ -178,21 +186,21 @@ class HveSmtpSession:
                 self._smtp = None
                 raise HveConnectionError(
                     f"HVE closed the connection (connection {self.config.conn_id!r}) while sending "
-                    f"{message.get('Message-ID', '')}{_partial(accepted)}: {exc}"
+                    f"{message.get('Message-ID', '')}; not sent{_partial(accepted)}: {exc}"
                 ) from exc
             for address in chunk:
                 if address in chunk_refused:
-                    code, reply = chunk_refused[address]
-                    refused[address] = (code, _text(reply))
+                    code, raw_reply = chunk_refused[address]
+                    refused[address] = (code, _text(raw_reply))
                 else:
                     accepted.append(address)
         self.messages_sent += 1
         result = SendResult(message_id=str(message.get("Message-ID", "")), accepted=tuple(accepted), refused=refused)
         if not accepted:
             details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in refused.items())
+            hints = {smtp_reply_hint(code, reply) for code, reply in refused.values()} - {""}
             raise HveSendError(
-                f"HVE refused every recipient (connection {self.config.conn_id!r}): {details}. HVE delivers only "
-                f"to the tenant's accepted domains.",
+                f"HVE refused every recipient (connection {self.config.conn_id!r}): {details}.{''.join(sorted(hints))}",
                 refused=refused,
             )
         return result
@@ -306,10 +314,9 @@ def _describe_os_error(exc: BaseException) -> str:
 
 
 def _close_quietly(smtp: smtplib.SMTP) -> None:
-    try:
+    # Best effort on an already broken socket.
+    with contextlib.suppress(Exception):
         smtp.close()
-    except Exception:  # pragma: no cover - best effort on an already broken socket
-        pass
 
 
 _LOCAL_HOSTNAME: str | None = None
@@ -321,4 +328,3 @@ def _local_hostname() -> str:
     if _LOCAL_HOSTNAME is None:
         _LOCAL_HOSTNAME = socket.gethostname() or "localhost"
     return _LOCAL_HOSTNAME
-

@@ -14,6 +14,7 @@ Three rules on top of Airflow's templating:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.exceptions import HveConfigError
@@ -28,7 +29,7 @@ TEMPLATE_EXTENSIONS = (".html", ".j2", ".jinja2", ".txt")
 class EmailTemplating:
     """Mixin for an Airflow ``Templater`` (operator or notifier) that sends e-mail."""
 
-    template_ext = TEMPLATE_EXTENSIONS
+    template_ext: Sequence[str] = TEMPLATE_EXTENSIONS
     _hve_rendering_body = False
 
     # Provided by Airflow's Templater.

@@ -29,8 +29,18 @@ def hve_daily_report():
         # Stand-in for a warehouse query; values with markup show that the report escapes them.
         return [
             {"region": "EMEA", "orders": 1280, "revenue_eur": 1_204_330.50, "top_product": "Surface Laptop"},
-            {"region": "Americas", "orders": 2210, "revenue_eur": 2_870_112.00, "top_product": "Xbox <Series X>"},
-            {"region": "APAC", "orders": 640, "revenue_eur": 598_004.25, "top_product": "Teams Rooms & Displays"},
+            {
+                "region": "Americas",
+                "orders": 2210,
+                "revenue_eur": 2_870_112.00,
+                "top_product": "Xbox <Series X>",
+            },
+            {
+                "region": "APAC",
+                "orders": 640,
+                "revenue_eur": 598_004.25,
+                "top_product": "Teams Rooms & Displays",
+            },
         ]
 
     HveEmailOperator(

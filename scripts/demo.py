@@ -22,7 +22,9 @@ def airflow(*args: str, env: dict[str, str], log: Path) -> None:
         done = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, stdout=out, stderr=out)
     if done.returncode:
         tail = log.read_text(errors="replace").splitlines()[-40:]
-        sys.exit(f"'airflow {' '.join(args)}' failed (exit {done.returncode}); last lines of {log}:\n" + "\n".join(tail))
+        sys.exit(
+            f"'airflow {' '.join(args)}' failed (exit {done.returncode}); last lines of {log}:\n" + "\n".join(tail)
+        )
 
 
 def main() -> int:

@@ -14,13 +14,13 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.dirname(os.path.dirname(os.pa
 os.environ["AIRFLOW__EMAIL__EMAIL_BACKEND"] = "airflow_provider_hve.utils.email.send_email"
 os.environ["AIRFLOW__EMAIL__EMAIL_CONN_ID"] = "hve_default"
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from airflow_provider_hve.auth import clear_token_providers  # noqa: E402
-from airflow_provider_hve.sandbox import HveSandbox  # noqa: E402
+from airflow_provider_hve.auth import clear_token_providers
+from airflow_provider_hve.sandbox import HveSandbox
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +46,7 @@ def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def hve_connection(
-    sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., str]:
+def hve_connection(sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """
     Define an ``hve`` connection pointing at the sandbox through ``AIRFLOW_CONN_<ID>``.
 
@@ -56,9 +54,7 @@ def hve_connection(
     it returns the connection id.
     """
 
-    def make(
-        conn_id: str = "hve_default", auth_mode: str = "client_secret", **overrides: Any
-    ) -> str:
+    def make(conn_id: str = "hve_default", auth_mode: str = "client_secret", **overrides: Any) -> str:
         conn = sandbox.connection(auth_mode=auth_mode)
         for field in ("host", "port", "login", "password"):
             if field in overrides:

@@ -80,9 +80,7 @@ def test_delegated_flow_posts_the_accounts_credentials_and_no_client_secret(
     assert claims(token)["upn"] == sandbox.account
 
 
-def test_one_token_request_for_many_hooks(
-    hve_connection: ConnFactory, token_posts: Callable[[], list[Any]]
-) -> None:
+def test_one_token_request_for_many_hooks(hve_connection: ConnFactory, token_posts: Callable[[], list[Any]]) -> None:
     conn_id = hve_connection()
     tokens = {HveHook(hve_conn_id=conn_id).get_access_token() for _ in range(25)}
     assert len(tokens) == 1
@@ -101,9 +99,7 @@ def test_token_inside_hve_refusal_window_is_replaced(
     assert len(token_posts()) == 2
 
 
-def test_force_refresh_asks_entra_again(
-    hve_connection: ConnFactory, token_posts: Callable[[], list[Any]]
-) -> None:
+def test_force_refresh_asks_entra_again(hve_connection: ConnFactory, token_posts: Callable[[], list[Any]]) -> None:
     hook = HveHook(hve_conn_id=hve_connection())
     first = hook.get_access_token()
     assert hook.get_access_token(force_refresh=True) != first

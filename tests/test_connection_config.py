@@ -37,7 +37,15 @@ def test_secret_not_in_repr() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("false", False), ("0", False), ("no", False), ("true", True), ("1", True), (True, True), (False, False)],
+    [
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("true", True),
+        ("1", True),
+        (True, True),
+        (False, False),
+    ],
     ids=["false", "zero", "no", "true", "one", "bool-true", "bool-false"],
 )
 def test_booleans_are_read_correctly(value: Any, expected: bool) -> None:
@@ -65,13 +73,21 @@ def test_from_email_with_display_name() -> None:
         ({"tenant_id": "not a tenant!"}, {}, ["'tenant_id'", "GUID"]),
         ({"client_id": None}, {}, ["'client_id'", "Application (client) ID"]),
         ({"client_id": "my-app"}, {}, ["'client_id'", "GUID"]),
-        ({"auth_mode": "oauth"}, {}, ["'auth_mode'", "client_secret, certificate, password, workload_identity"]),
+        (
+            {"auth_mode": "oauth"},
+            {},
+            ["'auth_mode'", "client_secret, certificate, password, workload_identity"],
+        ),
         ({"tenantid": TENANT}, {}, ["unknown extra field 'tenantid'", "Did you mean 'tenant_id'"]),
         ({"authority_host": "http://login.microsoftonline.com"}, {}, ["'authority_host'", "https://"]),
-        ({"authority_host": f"https://login.microsoftonline.com/{TENANT}"}, {}, ["'authority_host'", "tenant"]),
+        (
+            {"authority_host": f"https://login.microsoftonline.com/{TENANT}"},
+            {},
+            ["'authority_host'", "tenant"],
+        ),
         ({"scope": "https://outlook.office365.com/SMTP.Send"}, {}, ["'scope'", "/.default"]),
         ({"timeout": "soon"}, {}, ["'timeout'", "seconds"]),
-        ({"timeout": 0}, {}, ["'timeout'", "greater than zero"]),
+        ({"timeout": 0}, {}, ["'timeout'", "at least 1 second"]),
         ({"send_certificate_chain": "maybe"}, {}, ["'send_certificate_chain'", "true or false"]),
         ({"ca_bundle": "/nonexistent/ca.pem"}, {}, ["'ca_bundle'", "not a readable file"]),
         ({"from_email": "reports at contoso"}, {}, ["'from_email'", "not a valid address"]),

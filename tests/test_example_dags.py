@@ -12,8 +12,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"

@@ -24,9 +24,7 @@ def task_outputs(dag_run: Any, task_id: str = "mail") -> tuple[Any, dict[str, An
     with create_session() as session:
         ti = dag_run.get_task_instance(task_id, session=session)
         rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
-        query = XComModel.get_many(
-            run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
-        )
+        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value")
         row = session.scalars(query).first()
         value = XComModel.deserialize_value(row) if row is not None else None
     return value, rendered

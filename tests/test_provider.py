@@ -24,7 +24,15 @@ def test_connection_form_lists_the_hve_fields() -> None:
     from airflow.providers_manager import ProvidersManager
 
     widgets = ProvidersManager().connection_form_widgets
-    for field in ("tenant_id", "client_id", "auth_mode", "authority_host", "scope", "ca_bundle", "from_email"):
+    for field in (
+        "tenant_id",
+        "client_id",
+        "auth_mode",
+        "authority_host",
+        "scope",
+        "ca_bundle",
+        "from_email",
+    ):
         assert f"extra__hve__{field}" in widgets, field
     assert widgets["extra__hve__auth_mode"].field["schema"]["enum"] == [
         "client_secret",

@@ -42,7 +42,10 @@ def test_many_messages_one_connection_one_token(
     with hook.smtp_session() as session:
         for n in range(20):
             outgoing = build_message(
-                sender=sandbox.account, to=f"user{n}@contoso.example", subject=f"Report {n}", text_content=f"#{n}"
+                sender=sandbox.account,
+                to=f"user{n}@contoso.example",
+                subject=f"Report {n}",
+                text_content=f"#{n}",
             )
             result = session.send(outgoing.message, outgoing.recipients)
             assert result.accepted == (f"user{n}@contoso.example",)
@@ -92,9 +95,7 @@ def test_more_than_fifty_recipients_are_split_into_transactions(sandbox: HveSand
 
 
 def test_refused_recipient_is_reported_others_delivered(sandbox: HveSandbox, hook: HveHook) -> None:
-    result = hook.send_email(
-        to=["alice@contoso.example", "someone@gmail.com"], subject="Hi", text_content="hello"
-    )
+    result = hook.send_email(to=["alice@contoso.example", "someone@gmail.com"], subject="Hi", text_content="hello")
     assert result.accepted == ("alice@contoso.example",)
     code, reply = result.refused["someone@gmail.com"]
     assert code == 550 and "5.7.54" in reply
@@ -210,16 +211,20 @@ def test_hve_auth_refusal_is_diagnosed(
 
     message = str(info.value)
     assert info.value.code == "535"
-    for fragment in ("535 5.7.3", "'hve_refused'", "Mail.Send", "Add-HVEAppAccess", "Login is the HVE account"):
+    for fragment in (
+        "535 5.7.3",
+        "'hve_refused'",
+        "Mail.Send",
+        "Add-HVEAppAccess",
+        "Login is the HVE account",
+    ):
         assert fragment in message
     (attempt,) = sandbox.smtp_sessions[0].auth_attempts
     assert attempt.token and attempt.token not in message
     assert not sandbox.messages
 
 
-def test_test_connection_reports_success_and_failure(
-    sandbox: HveSandbox, hve_connection: ConnFactory
-) -> None:
+def test_test_connection_reports_success_and_failure(sandbox: HveSandbox, hve_connection: ConnFactory) -> None:
     ok, message = HveHook(hve_conn_id=hve_connection()).test_connection()
     assert ok, message
     assert "STARTTLS" in message and sandbox.account in message
@@ -270,3 +275,34 @@ def test_unreachable_server_names_host_and_port(hve_connection: ConnFactory) -> 
     hook = HveHook(hve_conn_id=hve_connection(port=port))
     with pytest.raises(HveConnectionError, match=f"localhost:{port}.*'hve_default'"):
         hook.send_email(to="a@contoso.example", subject="x", text_content="x")
+
+
+def test_size_limit_counts_crlf_line_ends(
+    sandbox: HveSandbox, hook: HveHook, token_posts: Callable[[], list[Any]], tmp_path: Any
+) -> None:
+    # base64 of this file is ~10.4 MB with LF line ends (under 10 MiB) and ~10.54 MB as sent with CRLF.
+    big = tmp_path / "export.bin"
+    big.write_bytes(b"\x00" * 7_700_000)
+    with pytest.raises(HveConfigError, match="HVE accepts at most 10 MB"):
+        hook.send_email(to="a@contoso.example", subject="big", text_content="x", files=[str(big)])
+    assert not sandbox.smtp_sessions and not token_posts()
+
+
+def test_from_address_other_than_the_account_is_warned_then_refused_by_hve(
+    sandbox: HveSandbox, hook: HveHook, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(HveSendError, match="5.7.60.*only as the HVE account"):
+        hook.send_email(to="a@contoso.example", subject="x", text_content="x", from_email="CEO <ceo@contoso.example>")
+    assert "is not the HVE account" in caplog.text
+    assert not sandbox.messages
+
+
+def test_display_name_on_the_account_is_fine(sandbox: HveSandbox, hook: HveHook) -> None:
+    hook.send_email(
+        to="a@contoso.example",
+        subject="x",
+        text_content="x",
+        from_email=f"Nightly Reports <{sandbox.account}>",
+    )
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["From"] == f"Nightly Reports <{sandbox.account}>"

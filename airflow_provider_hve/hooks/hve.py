@@ -119,7 +119,7 @@ class HveHook(BaseHook):
         """
         from airflow_provider_hve.message import build_message
 
-        return build_message(
+        outgoing = build_message(
             sender=from_email or self.config.from_email or self.config.account,
             to=to,
             subject=subject,
@@ -133,6 +133,16 @@ class HveHook(BaseHook):
             images=images,
             attachments=attachments,
         )
+        sender = outgoing.sender.lower()
+        if sender != self.config.account.lower():
+            log.warning(
+                "From address %s is not the HVE account %s of connection %r; HVE refuses other senders "
+                "(550 5.7.60) unless the account may send as them. Keep the address, change the display name.",
+                outgoing.sender,
+                self.config.account,
+                self.hve_conn_id,
+            )
+        return outgoing
 
     def send_email(
         self,

@@ -169,7 +169,7 @@ def notification_facts(context: Mapping[str, Any]) -> dict[str, Any]:
         "dag_id": dag_id,
         "task_id": getattr(ti, "task_id", None) if kind == "task" else None,
         "run_id": run_id,
-        "logical_date": logical_date.isoformat() if hasattr(logical_date, "isoformat") else logical_date,
+        "logical_date": logical_date.isoformat() if isinstance(logical_date, dt.datetime) else logical_date,
         "state": state,
         "state_label": _STATE_LABELS.get(state, state or "finished"),
         "try_number": try_number,

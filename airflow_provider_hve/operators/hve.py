@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
@@ -78,7 +78,12 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         "csv_filename",
         "hve_conn_id",
     )
-    template_fields_renderers = {"html_content": "html", "text_content": "txt", "headers": "json", "data": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "html_content": "html",
+        "text_content": "txt",
+        "headers": "json",
+        "data": "json",
+    }
     ui_color = "#cfe6fa"
 
     def __init__(
@@ -118,7 +123,8 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         self.data = data
         self.title = title
         self.csv_filename = csv_filename
-        self.dry_run = dry_run
+        # Not self.dry_run: that is BaseOperator's method (render templates only).
+        self.send_dry_run = dry_run
         self.dry_run_dir = dry_run_dir
         self.hve_conn_id = hve_conn_id
 
@@ -138,7 +144,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
 
         hook = HveHook(hve_conn_id=self.hve_conn_id)
         outgoing = self._build(hook)
-        if self.dry_run:
+        if self.send_dry_run:
             path = _write_eml(outgoing, self._dry_run_path(context))
             self.log.info(
                 "Dry run: not sent. Would send %s to %d recipient(s) (%s); wrote %s",

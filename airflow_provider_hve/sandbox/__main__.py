@@ -11,10 +11,13 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
 from airflow_provider_hve.sandbox.core import AUTH_MODES, HveSandbox
+
+FEDERATED_REFRESH_SECONDS = 30 * 60
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,8 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# CA bundle: {sandbox.ca_bundle}")
         print("# Ctrl-C to stop.", flush=True)
         shown = 0
+        refreshed = time.monotonic()
         # Polling keeps the main thread free to take the signal; the servers run in threads.
         while not stop.wait(0.2):
+            if time.monotonic() - refreshed > FEDERATED_REFRESH_SECONDS:
+                # Like the kubelet, rotate the projected token well before its one-hour expiry.
+                sandbox.write_federated_token()
+                refreshed = time.monotonic()
             messages = sandbox.messages.snapshot()
             for message in messages[shown:]:
                 print(

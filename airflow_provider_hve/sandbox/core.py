@@ -251,9 +251,7 @@ class HveSandbox:
         :param issuer: the ``iss`` claim; the sandbox's issuer if omitted
         :return: the token written
         """
-        token = self.issuer.issue_federated(
-            subject or self.federated_subject, lifetime=lifetime, issuer=issuer
-        )
+        token = self.issuer.issue_federated(subject or self.federated_subject, lifetime=lifetime, issuer=issuer)
         Path(self.federated_token_file).write_text(token)
         return token
 

@@ -7,11 +7,10 @@ ids, so the client's error translation is tested against the real format.
 
 from __future__ import annotations
 
-import ssl
-
 import datetime as dt
 import json
 import re
+import ssl
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,9 +61,7 @@ class EntraServer:
         self._httpd.daemon_threads = True
         context = pki.server_ssl_context()
         # Handshake in the request thread, not in accept(): a silent client must not block others.
-        self._httpd.socket = context.wrap_socket(
-            self._httpd.socket, server_side=True, do_handshake_on_connect=False
-        )
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
 
     @property

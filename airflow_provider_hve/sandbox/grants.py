@@ -135,8 +135,7 @@ class TokenGrants:
                 401,
                 "invalid_client",
                 7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
 
     def _check_secret(self, app: AppRegistration, value: str) -> None:
@@ -168,17 +167,13 @@ class TokenGrants:
             header = jwt.get_unverified_header(assertion)
             unverified = jwt.decode(assertion, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise EntraError(
-                401, "invalid_client", 50027, f"JWT token is invalid or malformed: {exc}."
-            ) from exc
+            raise EntraError(401, "invalid_client", 50027, f"JWT token is invalid or malformed: {exc}.") from exc
         if unverified.get("iss") != app.client_id and app.federated_credentials:
             self._check_federated(app, assertion, unverified)
         else:
             self._check_certificate(app, assertion, header, endpoint)
 
-    def _check_certificate(
-        self, app: AppRegistration, assertion: str, header: dict[str, Any], endpoint: str
-    ) -> None:
+    def _check_certificate(self, app: AppRegistration, assertion: str, header: dict[str, Any], endpoint: str) -> None:
         bad = EntraError(
             401,
             "invalid_client",
@@ -270,8 +265,7 @@ class TokenGrants:
                 401,
                 "invalid_client",
                 7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
         if form.get("client_secret"):
             self._check_secret(app, form["client_secret"])

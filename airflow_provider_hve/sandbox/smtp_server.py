@@ -167,9 +167,7 @@ class HveHandler:
     async def auth_XOAUTH2(self, server: HveSmtp, args: list[str]) -> AuthResult:
         """Check ``AUTH XOAUTH2`` in its one-step or two-step form."""
         record = self._record(server)
-        attempt = AuthAttempt(
-            mechanism="XOAUTH2", client_lines=["AUTH " + " ".join(args)], two_step=len(args) < 2
-        )
+        attempt = AuthAttempt(mechanism="XOAUTH2", client_lines=["AUTH " + " ".join(args)], two_step=len(args) < 2)
         record.auth_attempts.append(attempt)
         if attempt.two_step:
             line = await server.read_auth_continuation()
@@ -263,6 +261,10 @@ class HveHandler:
     async def handle_DATA(self, server: HveSmtp, session: Session, envelope: Envelope) -> str:
         record = self._record(server)
         data = envelope.original_content or b""
+        if not _from_header_is(data, session.auth_data):
+            if record.transactions:
+                record.transactions[-1].data_reply = SEND_AS_DENIED
+            return SEND_AS_DENIED
         number = next(self._message_numbers)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.mailbox_dir / f"{number:04d}-{stamp}.eml"
@@ -280,6 +282,16 @@ class HveHandler:
             )
         )
         return reply
+
+
+def _from_header_is(data: bytes, account: object) -> bool:
+    """Tell whether the message's From header is ``account`` (Exchange refuses other senders: 5.7.60)."""
+    from email.parser import BytesHeaderParser
+    from email.utils import getaddresses
+
+    headers = BytesHeaderParser().parsebytes(data)
+    addresses = [addr for _, addr in getaddresses(headers.get_all("From", []))]
+    return len(addresses) == 1 and isinstance(account, str) and addresses[0].lower() == account.lower()
 
 
 class _LoginDataWarningFilter(logging.Filter):

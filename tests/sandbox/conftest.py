@@ -55,9 +55,7 @@ def http(sb: HveSandbox) -> SandboxHttpSession:
 
 
 @pytest.fixture
-def confidential(
-    sb: HveSandbox, http: SandboxHttpSession
-) -> Callable[..., msal.ConfidentialClientApplication]:
+def confidential(sb: HveSandbox, http: SandboxHttpSession) -> Callable[..., msal.ConfidentialClientApplication]:
     """Build a real MSAL confidential client against the sandbox."""
 
     def build(credential: Any, client_id: str | None = None, tenant: str | None = None) -> Any:

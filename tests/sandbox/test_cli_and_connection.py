@@ -21,6 +21,9 @@ from .clients import xoauth2
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Exchange checks the From header against the authenticated account too (550 5.7.60 at DATA).
+FROM_ACCOUNT = b"From: hve-sender@contoso.example\r\n"
+
 
 @pytest.mark.parametrize(
     ("auth_mode", "password", "extra_key"),
@@ -31,9 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
         pytest.param("workload_identity", None, "federated_token_file", id="workload-identity"),
     ],
 )
-def test_connection_shape(
-    sb: HveSandbox, auth_mode: str, password: str | None, extra_key: str | None
-) -> None:
+def test_connection_shape(sb: HveSandbox, auth_mode: str, password: str | None, extra_key: str | None) -> None:
     conn = sb.connection(auth_mode)
     assert conn["conn_type"] == "hve"
     assert (conn["host"], conn["port"], conn["login"]) == ("localhost", sb.smtp_port, sb.account)
@@ -99,7 +100,7 @@ def test_cli_prints_export_line_delivers_and_stops_on_sigterm(tmp_path: Path) ->
             client.starttls(context=ssl.create_default_context(cafile=extra["ca_bundle"]))
             client.ehlo()
             assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(conn["login"], token))[0] == 235
-            client.sendmail(conn["login"], ["ops@contoso.example"], b"Subject: cli\r\n\r\nx\r\n")
+            client.sendmail(conn["login"], ["ops@contoso.example"], FROM_ACCOUNT + b"Subject: cli\r\n\r\nx\r\n")
         delivered = process.stdout.readline()
         assert delivered.startswith(f"delivered {tmp_path / 'mail'}")
         assert delivered.rstrip().endswith(f"from {conn['login']} to ops@contoso.example")

@@ -57,9 +57,7 @@ def test_msal_cache_means_one_token_request(sb: HveSandbox, confidential: Confid
 
 
 def test_outlook_office_scope_sets_its_audience(sb: HveSandbox, confidential: Confidential) -> None:
-    result = confidential(sb.client_secret).acquire_token_for_client(
-        scopes=["https://outlook.office.com/.default"]
-    )
+    result = confidential(sb.client_secret).acquire_token_for_client(scopes=["https://outlook.office.com/.default"])
     assert claims(result["access_token"])["aud"] == "https://outlook.office.com"
 
 
@@ -98,9 +96,7 @@ def test_certificate_gets_app_token(sb: HveSandbox, confidential: Confidential, 
 def test_workload_identity_gets_app_token(sb: HveSandbox, confidential: Confidential) -> None:
     sb.write_federated_token()
     token_file = Path(sb.federated_token_file)
-    result = confidential({"client_assertion": lambda: token_file.read_text()}).acquire_token_for_client(
-        scopes=[SCOPE]
-    )
+    result = confidential({"client_assertion": lambda: token_file.read_text()}).acquire_token_for_client(scopes=[SCOPE])
     assert claims(result["access_token"])["roles"] == ["Mail.Send"]
 
 
@@ -259,11 +255,9 @@ def test_expired_federated_token_is_refused(sb: HveSandbox, confidential: Confid
 
 
 def test_registered_federated_credential_for_another_app(sb: HveSandbox, confidential: Confidential) -> None:
-    app = sb.register_app(
-        federated=FederatedCredential(sb.issuer.workload_issuer, "system:serviceaccount:x:y")
-    )
+    app = sb.register_app(federated=FederatedCredential(sb.issuer.workload_issuer, "system:serviceaccount:x:y"))
     token = sb.issuer.issue_federated("system:serviceaccount:x:y")
-    result = confidential(
-        {"client_assertion": lambda: token}, client_id=app.client_id
-    ).acquire_token_for_client(scopes=[SCOPE])
+    result = confidential({"client_assertion": lambda: token}, client_id=app.client_id).acquire_token_for_client(
+        scopes=[SCOPE]
+    )
     assert claims(result["access_token"])["appid"] == app.client_id

@@ -18,6 +18,9 @@ from .clients import SCOPE, xoauth2
 
 SmtpFactory = Callable[..., AbstractContextManager[smtplib.SMTP]]
 
+# Exchange checks the From header against the authenticated account too (550 5.7.60 at DATA).
+FROM_ACCOUNT = b"From: hve-sender@contoso.example\r\n"
+
 
 def auth(client: smtplib.SMTP, user: str, token: str) -> tuple[int, bytes]:
     return client.docmd("AUTH", "XOAUTH2 " + xoauth2(user, token))
@@ -81,7 +84,7 @@ def test_delegated_token_from_password_flow_authenticates(
 
 def test_many_messages_over_one_connection_are_numbered(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
     for n in range(3):
-        authed_client.sendmail(sb.account, ["a@contoso.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
+        authed_client.sendmail(sb.account, ["a@contoso.example"], FROM_ACCOUNT + f"Subject: {n}\r\n\r\nx\r\n".encode())
     messages = sb.wait_for_messages(3)
     assert len(sb.smtp_sessions) == 1
     assert len(sb.smtp_sessions[0].transactions) == 3
@@ -196,40 +199,46 @@ def test_mail_before_auth_gets_530(sb: HveSandbox, smtp_client: SmtpFactory) -> 
 
 def test_wrong_sender_gets_550_5_7_60(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
     with pytest.raises(smtplib.SMTPSenderRefused) as refused:
-        authed_client.sendmail("boss@contoso.example", ["a@contoso.example"], b"Subject: x\r\n\r\nx\r\n")
+        authed_client.sendmail("boss@contoso.example", ["a@contoso.example"], FROM_ACCOUNT + b"Subject: x\r\n\r\nx\r\n")
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.startswith(b"5.7.60")
 
 
+def test_from_header_of_another_sender_gets_550_5_7_60_at_data(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        authed_client.sendmail(
+            sb.account, ["a@contoso.example"], b"From: boss@contoso.example\r\nSubject: x\r\n\r\nx\r\n"
+        )
+    assert refused.value.smtp_code == 550
+    assert refused.value.smtp_error.startswith(b"5.7.60")
+    assert not sb.messages
+
+
 def test_sender_match_is_case_insensitive(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
-    authed_client.sendmail(sb.account.upper(), ["a@contoso.example"], b"Subject: x\r\n\r\nx\r\n")
+    authed_client.sendmail(sb.account.upper(), ["a@contoso.example"], FROM_ACCOUNT + b"Subject: x\r\n\r\nx\r\n")
     assert sb.wait_for_messages(1)[0].mail_from == sb.account.upper()
 
 
-def test_foreign_domain_is_refused_and_the_rest_delivered(
-    sb: HveSandbox, authed_client: smtplib.SMTP
-) -> None:
+def test_foreign_domain_is_refused_and_the_rest_delivered(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
     refused = authed_client.sendmail(
         sb.account,
         ["a@contoso.example", "x@gmail.example", "b@fabrikam.contoso.example"],
-        b"Subject: x\r\n\r\nx\r\n",
+        FROM_ACCOUNT + b"Subject: x\r\n\r\nx\r\n",
     )
-    assert refused == {
-        "x@gmail.example": (550, b"5.7.54 SMTP; Unable to relay recipient in non-accepted domain")
-    }
+    assert refused == {"x@gmail.example": (550, b"5.7.54 SMTP; Unable to relay recipient in non-accepted domain")}
     assert sb.wait_for_messages(1)[0].rcpt_tos == ["a@contoso.example", "b@fabrikam.contoso.example"]
 
 
 def test_51st_recipient_gets_452(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
     recipients = [f"user{n}@contoso.example" for n in range(51)]
-    refused = authed_client.sendmail(sb.account, recipients, b"Subject: x\r\n\r\nx\r\n")
+    refused = authed_client.sendmail(sb.account, recipients, FROM_ACCOUNT + b"Subject: x\r\n\r\nx\r\n")
     assert refused == {"user50@contoso.example": (452, b"4.5.3 Too many recipients")}
     assert len(sb.wait_for_messages(1)[0].rcpt_tos) == 50
     replies = sb.smtp_sessions[0].transactions[0].rcpt_replies
     assert replies[-1] == ("user50@contoso.example", "452 4.5.3 Too many recipients")
 
 
-BIG_BODY = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 10_600
+BIG_BODY = FROM_ACCOUNT + b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 10_600
 
 
 def test_message_over_10_mb_gets_552_after_data(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
