@@ -7,11 +7,24 @@ outright: they are how header injection starts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from email.headerregistry import HeaderRegistry
+from typing import Any, cast
 
 _FORBIDDEN = ("\r", "\n", "\0")
+
+
+class CachedHeaderRegistry(HeaderRegistry):
+    """The standard header registry, without building a new header class for every header it parses."""
+
+    @functools.lru_cache(maxsize=128)  # noqa: B019 - one registry per process, header names are few
+    def __getitem__(self, name: str) -> Any:
+        return super().__getitem__(name)
+
+
+HEADER_REGISTRY = CachedHeaderRegistry()
 
 
 class AddressError(ValueError):
@@ -48,7 +61,7 @@ def parse_mailbox(value: str) -> Mailbox:
     return mailboxes[0]
 
 
-def parse_addresses(value: str | Iterable[str] | None) -> list[Mailbox]:
+def parse_addresses(value: str | Mailbox | Iterable[str | Mailbox] | None) -> list[Mailbox]:
     """
     Parse a comma/semicolon separated string or an iterable of strings into validated mailboxes.
 
@@ -59,13 +72,17 @@ def parse_addresses(value: str | Iterable[str] | None) -> list[Mailbox]:
     """
     if value is None:
         return []
-    items = [value] if isinstance(value, str) else list(value)
+    items = [value] if isinstance(value, (str, Mailbox)) else list(value)
     result: list[Mailbox] = []
     seen: set[str] = set()
     for item in items:
-        if not isinstance(item, str):
+        if isinstance(item, Mailbox):  # validated already (a mail merge checks every row up front)
+            mailboxes: tuple[Mailbox, ...] = (item,)
+        elif isinstance(item, str):
+            mailboxes = _parse_one_string(item)
+        else:
             raise AddressError(f"{item!r} is a {type(item).__name__}, not an address string")
-        for mailbox in _parse_one_string(item):
+        for mailbox in mailboxes:
             key = mailbox.addr_spec.lower()
             if key not in seen:
                 seen.add(key)
@@ -73,18 +90,19 @@ def parse_addresses(value: str | Iterable[str] | None) -> list[Mailbox]:
     return result
 
 
-def _parse_one_string(text: str) -> list[Mailbox]:
+@functools.lru_cache(maxsize=1024)  # the same sender and lists come back message after message
+def _parse_one_string(text: str) -> tuple[Mailbox, ...]:
     from email.errors import HeaderParseError
-    from email.headerregistry import AddressHeader, HeaderRegistry
+    from email.headerregistry import AddressHeader
 
     if any(ch in text for ch in _FORBIDDEN):
         raise AddressError(f"{text!r} contains a line break or NUL; addresses must be a single line")
     # Outlook users paste "a@x.com; b@x.com"; RFC 5322 separates with commas.
     normalised = text.replace(";", ",").strip().strip(",")
     if not normalised:
-        return []
+        return ()
     try:
-        header = cast(AddressHeader, HeaderRegistry()("to", normalised))
+        header = cast(AddressHeader, HEADER_REGISTRY("to", normalised))
     except (HeaderParseError, IndexError, ValueError) as exc:
         raise AddressError(f"{text!r} cannot be parsed as an address list") from exc
     mailboxes: list[Mailbox] = []
@@ -93,7 +111,7 @@ def _parse_one_string(text: str) -> list[Mailbox]:
             mailboxes.append(_validated(address.display_name, address.addr_spec, text))
     if getattr(header, "defects", None) or not mailboxes:
         raise AddressError(f"{text!r} is not a valid address list")
-    return mailboxes
+    return tuple(mailboxes)
 
 
 def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:

@@ -53,7 +53,17 @@ class HveAuthError(HveError):
 
 
 class HveConnectionError(HveError):
-    """The SMTP server could not be reached, did not offer STARTTLS, or failed certificate checks."""
+    """
+    The SMTP server could not be reached, did not offer STARTTLS, failed certificate checks, or broke the
+    connection.
+
+    :param message: what happened and what to check.
+    :param in_flight: keys of the messages sent on the broken connection whose outcome is unknown.
+    """
+
+    def __init__(self, message: str, *, in_flight: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.in_flight = list(in_flight or [])
 
 
 class HveSendError(HveError):

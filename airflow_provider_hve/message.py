@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.policy
 import mimetypes
 import os
 import re
@@ -11,8 +12,12 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import cast
 
-from airflow_provider_hve.addresses import AddressError, Mailbox, parse_addresses, parse_mailbox
+from airflow_provider_hve.addresses import HEADER_REGISTRY, AddressError, Mailbox, parse_addresses, parse_mailbox
 from airflow_provider_hve.exceptions import HveConfigError
+
+POLICY = email.policy.default.clone(header_factory=HEADER_REGISTRY)
+"""The modern e-mail policy, with a header registry that does not rebuild classes per header (2x faster)."""
+WIRE_POLICY = POLICY.clone(linesep="\r\n")
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 """HVE's per-message size limit (the whole MIME message, attachments base64-encoded)."""
@@ -38,7 +43,7 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _LINE_BREAKS = ("\r", "\n", "\0")
 
-AddressInput = str | Iterable[str] | None
+AddressInput = str | Mailbox | Iterable[str | Mailbox] | None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class OutgoingMessage:
     recipients: tuple[str, ...]
     sender: str
     """The From address (without display name)."""
+    payload: bytes = b""
+    """The message as SMTP carries it (CRLF line ends), serialised once."""
 
 
 def build_message(
@@ -101,7 +108,7 @@ def build_message(
     if html_content is None and text_content is None:
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
 
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = from_box.header
     if to_boxes:
         message["To"] = ", ".join(box.header for box in to_boxes)
@@ -145,18 +152,20 @@ def build_message(
 
     recipients = _unique(box.addr_spec for box in (*to_boxes, *cc_boxes, *bcc_boxes))
     # Measured as it goes on the wire: CRLF line ends, attachments base64-encoded.
-    size = len(wire_bytes(message))
+    payload = wire_bytes(message)
+    size = len(payload)
     if size > MAX_MESSAGE_BYTES:
         raise HveConfigError(
             f"The message is {size / 1048576:.1f} MB; HVE accepts at most {MAX_MESSAGE_BYTES // 1048576} MB "
             f"per message (attachments grow by a third when encoded). Send smaller or fewer 'files'."
         )
-    return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec)
+    return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec, payload=payload)
 
 
 def wire_bytes(message: EmailMessage) -> bytes:
     """Serialise ``message`` as SMTP carries it (CRLF line endings)."""
-    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    policy = WIRE_POLICY if message.policy is POLICY else message.policy.clone(linesep="\r\n")
+    return message.as_bytes(policy=policy)
 
 
 def _one(argument: str, value: str) -> Mailbox:
@@ -191,6 +200,16 @@ def _check_custom_header(name: object, value: object) -> None:
     if name.lower() in RESERVED_HEADERS:
         raise HveConfigError(f"Argument 'headers': {name!r} is set by the provider; use the matching argument instead.")
     _single_line(f"headers[{name!r}]", value)
+
+
+def attachments_from_files(files: Iterable[str] | str | None, argument: str = "files") -> list[Attachment]:
+    """Read attachment files once (a mail merge attaches the same files to every message)."""
+    attachments = []
+    for path in _paths(argument, files):
+        maintype, subtype = _content_type(path)
+        with open(path, "rb") as handle:
+            attachments.append(Attachment(os.path.basename(path), handle.read(), f"{maintype}/{subtype}"))
+    return attachments
 
 
 def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,9 @@ if TYPE_CHECKING:
 
     from airflow_provider_hve.auth import AccessToken
     from airflow_provider_hve.connection import HveConnectionConfig
+    from airflow_provider_hve.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-
-MAX_RECIPIENTS_PER_TRANSACTION = 50
-"""HVE accepts at most 50 recipients per message; larger envelopes are split into several transactions."""
 
 TokenSource = Callable[..., "AccessToken"]
 
@@ -137,71 +135,62 @@ class HveSmtpSession:
             except Exception:
                 _close_quietly(smtp)
 
-    def send(self, message: EmailMessage, recipients: Sequence[str], *, envelope_from: str | None = None) -> SendResult:
+    def pipeline(self, *, envelope_from: str | None = None, pipelining: bool | None = None) -> Pipeline:
+        """
+        Return a :class:`~airflow_provider_hve.pipeline.Pipeline` over this session, for streams of messages.
+
+        :param envelope_from: MAIL FROM; defaults to the HVE account.
+        :param pipelining: force RFC 2920 pipelining on or off; default: what the server advertises.
+        """
+        from airflow_provider_hve.pipeline import Pipeline
+
+        if self._smtp is None:
+            raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
+        return Pipeline(
+            self._smtp, envelope_from or self.config.account, conn_id=self.config.conn_id, pipelining=pipelining
+        )
+
+    def send(
+        self,
+        message: EmailMessage,
+        recipients: Sequence[str],
+        *,
+        envelope_from: str | None = None,
+        payload: bytes | None = None,
+    ) -> SendResult:
         """
         Send one message to ``recipients`` (To, Cc and Bcc addresses: the envelope).
 
-        Envelopes over :data:`MAX_RECIPIENTS_PER_TRANSACTION` are split into several transactions of the
-        same message, so every recipient receives it exactly once with the headers intact.
+        Envelopes over 50 recipients are split into several transactions of the same message, so every
+        recipient receives it exactly once with the headers intact.
 
         :param message: the message; must not carry a ``Bcc`` header.
         :param recipients: validated envelope addresses.
         :param envelope_from: MAIL FROM; defaults to the HVE account.
+        :param payload: the message already serialised for SMTP (``OutgoingMessage.payload``).
         :return: accepted and refused recipients.
-        :raises HveSendError: the server refused the sender, the message, or every recipient.
+        :raises HveSendError: the server refused the sender, or the message for every recipient.
         """
-        import smtplib
-
-        if self._smtp is None:
-            raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
         if not recipients:
             raise HveSendError("The message has no recipients; give at least one To, Cc or Bcc address.")
-        sender = envelope_from or self.config.account
-        payload = wire_bytes(message)
-        accepted: list[str] = []
-        refused: dict[str, tuple[int, str]] = {}
-        for chunk in _chunks(recipients, MAX_RECIPIENTS_PER_TRANSACTION):
-            try:
-                chunk_refused = self._smtp.sendmail(sender, list(chunk), payload)
-            except smtplib.SMTPRecipientsRefused as exc:
-                chunk_refused = exc.recipients
-            except smtplib.SMTPSenderRefused as exc:
-                reply = _text(exc.smtp_error)
-                raise HveSendError(
-                    f"HVE refused MAIL FROM:<{sender}> (connection {self.config.conn_id!r}): {exc.smtp_code} "
-                    f"{reply}.{smtp_reply_hint(exc.smtp_code, reply)} Not sent{_partial(accepted)}.",
-                    refused=refused,
-                    smtp_code=exc.smtp_code,
-                ) from exc
-            except smtplib.SMTPDataError as exc:
-                reply = _text(exc.smtp_error)
-                raise HveSendError(
-                    f"HVE refused the message {message.get('Message-ID', '')} (connection "
-                    f"{self.config.conn_id!r}): {exc.smtp_code} {reply}.{smtp_reply_hint(exc.smtp_code, reply)} "
-                    f"Not sent{_partial(accepted)}.",
-                    refused=refused,
-                    smtp_code=exc.smtp_code,
-                ) from exc
-            except smtplib.SMTPServerDisconnected as exc:
-                self._smtp = None
-                raise HveConnectionError(
-                    f"HVE closed the connection (connection {self.config.conn_id!r}) while sending "
-                    f"{message.get('Message-ID', '')}; not sent{_partial(accepted)}: {exc}"
-                ) from exc
-            for address in chunk:
-                if address in chunk_refused:
-                    code, raw_reply = chunk_refused[address]
-                    refused[address] = (code, _text(raw_reply))
-                else:
-                    accepted.append(address)
+        message_id = str(message.get("Message-ID", ""))
+        pipeline = self.pipeline(envelope_from=envelope_from)
+        try:
+            (delivery,) = (
+                pipeline.submit(message_id, payload or wire_bytes(message), recipients, message_id) + pipeline.flush()
+            )
+        except HveConnectionError:
+            self._smtp = None
+            raise
         self.messages_sent += 1
-        result = SendResult(message_id=str(message.get("Message-ID", "")), accepted=tuple(accepted), refused=refused)
-        if not accepted:
-            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in refused.items())
-            hints = {smtp_reply_hint(code, reply) for code, reply in refused.values()} - {""}
+        result = SendResult(message_id=message_id, accepted=tuple(delivery.accepted), refused=delivery.refused)
+        if not delivery.accepted:
+            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in delivery.refused.items())
+            hints = {smtp_reply_hint(code, reply) for code, reply in delivery.refused.values()} - {""}
             raise HveSendError(
-                f"HVE refused every recipient (connection {self.config.conn_id!r}): {details}.{''.join(sorted(hints))}",
-                refused=refused,
+                f"HVE refused the message for every recipient (connection {self.config.conn_id!r}): "
+                f"{details}.{''.join(sorted(hints))}",
+                refused=delivery.refused,
             )
         return result
 
@@ -287,16 +276,6 @@ class _XOAuth2:
 
     def __repr__(self) -> str:
         return "<XOAUTH2 response>"
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _partial(accepted: Iterable[str]) -> str:
-    done = list(accepted)
-    return f" (already accepted in earlier transactions: {', '.join(done)})" if done else ""
 
 
 def _text(reply: bytes | str) -> str:

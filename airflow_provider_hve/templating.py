@@ -98,12 +98,30 @@ class EmailTemplating:
         return self.get_template_env(dag=dag)
 
     def _template_source(self, path: str, env: jinja2.Environment | None = None) -> str | None:
-        env = env or self.get_template_env()
-        try:
-            return env.loader.get_source(env, path)[0] if env.loader else None
-        except Exception:
-            pass
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        return None
+        return template_file_source(env or self.get_template_env(), path)
+
+
+def template_file_source(env: jinja2.Environment, path: str) -> str | None:
+    """Return the source of a template file: from the environment's loader (DAG folder), or a plain path."""
+    try:
+        if env.loader is not None:
+            return env.loader.get_source(env, path)[0]
+    except Exception:
+        pass
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    return None
+
+
+def template_or_file(env: jinja2.Environment, value: str | None, argument: str) -> str | None:
+    """Return ``value``, or the file's source when ``value`` names a template file (``.html``, ``.j2``...)."""
+    if value is None or not value.endswith(TEMPLATE_EXTENSIONS):
+        return value
+    source = template_file_source(env, value)
+    if source is None:
+        raise HveConfigError(
+            f"Argument {argument!r}: template file {value!r} was not found. Relative paths are looked up in the "
+            f"DAG's folder and its template_searchpath; or give an absolute path."
+        )
+    return source

@@ -14,7 +14,7 @@ from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
 
 if TYPE_CHECKING:
     from airflow_provider_hve.auth import TokenProvider
-    from airflow_provider_hve.message import Attachment, OutgoingMessage
+    from airflow_provider_hve.message import AddressInput, Attachment, OutgoingMessage
     from airflow_provider_hve.smtp import HveSmtpSession, SendResult
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class HveHook(BaseHook):
 
     def build_message(
         self,
-        to: str | Iterable[str] | None,
+        to: AddressInput,
         subject: str,
         html_content: str | None = None,
         *,
@@ -110,12 +110,14 @@ class HveHook(BaseHook):
         headers: Mapping[str, str] | None = None,
         images: Mapping[str, str] | None = None,
         attachments: Iterable[Attachment] = (),
+        check_sender: bool = True,
     ) -> OutgoingMessage:
         """
         Validate the arguments and build the message and its envelope; nothing is sent.
 
         The From header defaults to the connection's ``from_email`` extra, then to the HVE account. See
-        :meth:`send_email` for the arguments.
+        :meth:`send_email` for the arguments; ``check_sender=False`` skips the warning about a From
+        address other than the HVE account (bulk senders check once).
         """
         from airflow_provider_hve.message import build_message
 
@@ -133,8 +135,7 @@ class HveHook(BaseHook):
             images=images,
             attachments=attachments,
         )
-        sender = outgoing.sender.lower()
-        if sender != self.config.account.lower():
+        if check_sender and outgoing.sender.lower() != self.config.account.lower():
             log.warning(
                 "From address %s is not the HVE account %s of connection %r; HVE refuses other senders "
                 "(550 5.7.60) unless the account may send as them. Keep the address, change the display name.",
@@ -197,7 +198,7 @@ class HveHook(BaseHook):
     def send_message(self, outgoing: OutgoingMessage) -> SendResult:
         """Send a built message over a new session and log what the server accepted and refused."""
         with self.smtp_session() as session:
-            result = session.send(outgoing.message, outgoing.recipients)
+            result = session.send(outgoing.message, outgoing.recipients, payload=outgoing.payload)
         if result.refused:
             log.warning(
                 "HVE refused %d recipient(s) of %s: %s",

@@ -7,6 +7,7 @@ from airflow_provider_hve.sandbox.directory import AppRegistration, FederatedCre
 from airflow_provider_hve.sandbox.records import (
     AuthAttempt,
     DeliveredMessage,
+    SandboxStats,
     SmtpSession,
     TokenRequest,
     Transaction,
@@ -19,6 +20,7 @@ __all__ = [
     "DeliveredMessage",
     "FederatedCredential",
     "HveSandbox",
+    "SandboxStats",
     "SmtpSession",
     "TokenRequest",
     "Transaction",

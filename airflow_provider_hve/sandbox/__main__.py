@@ -1,7 +1,9 @@
 """Run the sandbox from a shell: ``python -m airflow_provider_hve.sandbox``.
 
 Prints the ``export AIRFLOW_CONN_HVE_DEFAULT=...`` line to paste into another shell, then
-one line per delivered message, until SIGINT or SIGTERM.
+one line per delivered message, until SIGINT or SIGTERM. Switches emulate a WAN
+(``--latency-ms``), a server without PIPELINING (``--no-pipelining``) and HVE's failures
+(``--refuse-recipient``, ``--fail-next-data``, ``--disconnect-after``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from airflow_provider_hve.sandbox.core import AUTH_MODES, HveSandbox
+from airflow_provider_hve.sandbox.smtp_server import SERVICE_CLOSING, SUBMISSION_QUOTA_EXCEEDED
 
 FEDERATED_REFRESH_SECONDS = 30 * 60
 
@@ -35,7 +38,81 @@ def _parser() -> argparse.ArgumentParser:
         default="client_secret",
         help="credential kind of the printed connection (default: client_secret)",
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        metavar="N",
+        help="emulated network round-trip time added to SMTP replies and token responses (default: 0)",
+    )
+    parser.add_argument("--no-pipelining", action="store_true", help="do not advertise SMTP PIPELINING")
+    parser.add_argument(
+        "--refuse-recipient",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="refuse RCPT TO for this address with 550 5.1.10 RecipientNotFound (repeatable)",
+    )
+    parser.add_argument(
+        "--fail-next-data", type=int, default=0, metavar="N", help="refuse the end of DATA of the next N messages"
+    )
+    parser.add_argument(
+        "--fail-data-reply",
+        default=SUBMISSION_QUOTA_EXCEEDED,
+        metavar="REPLY",
+        help="the reply for --fail-next-data (default: 554 5.2.0 ...SubmissionQuotaExceededException)",
+    )
+    parser.add_argument(
+        "--disconnect-after",
+        type=int,
+        metavar="N",
+        help="after N accepted messages, answer the next command with 421 and close the connection",
+    )
+    parser.add_argument(
+        "--disconnect-times", type=int, default=1, metavar="K", help="repeat --disconnect-after K times (default: 1)"
+    )
+    parser.add_argument(
+        "--disconnect-reply",
+        default=SERVICE_CLOSING,
+        metavar="REPLY",
+        help="the reply for --disconnect-after (default: 421 4.3.2 Service not available...)",
+    )
     return parser
+
+
+def build_sandbox(args: argparse.Namespace) -> HveSandbox:
+    """Create (not start) the sandbox the parsed command line asks for.
+
+    :param args: the result of parsing the command line
+    """
+    return HveSandbox(
+        mailbox_dir=args.mailbox,
+        state_dir=args.state_dir,
+        smtp_port=args.smtp_port,
+        token_port=args.token_port,
+        pipelining=not args.no_pipelining,
+        latency_ms=args.latency_ms,
+    )
+
+
+def apply_fault_switches(sandbox: HveSandbox, args: argparse.Namespace) -> list[str]:
+    """Set the fault switches the command line asks for on a running sandbox.
+
+    :param sandbox: the started sandbox
+    :param args: the result of parsing the command line
+    :return: one short description per switch set, for the banner
+    """
+    described = []
+    for address in args.refuse_recipient:
+        sandbox.smtp.refuse_recipient(address)
+        described.append(f"refuse {address}")
+    if args.fail_next_data:
+        sandbox.smtp.fail_next_data(args.fail_data_reply, count=args.fail_next_data)
+        described.append(f"fail DATA x{args.fail_next_data} ({args.fail_data_reply.split()[0]})")
+    if args.disconnect_after is not None:
+        sandbox.smtp.disconnect_after(args.disconnect_after, args.disconnect_reply, times=args.disconnect_times)
+        described.append(f"disconnect after {args.disconnect_after} messages x{args.disconnect_times}")
+    return described
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,17 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    sandbox = HveSandbox(
-        mailbox_dir=args.mailbox,
-        state_dir=args.state_dir,
-        smtp_port=args.smtp_port,
-        token_port=args.token_port,
-    )
+    sandbox = build_sandbox(args)
     with sandbox:
+        switches = apply_fault_switches(sandbox, args)
+        if args.latency_ms:
+            switches.insert(0, f"latency {args.latency_ms:g} ms")
+        if args.no_pipelining:
+            switches.insert(0, "no PIPELINING")
         print(f"export AIRFLOW_CONN_HVE_DEFAULT={shlex.quote(sandbox.connection_json(args.auth_mode))}")
         print(f"# mailbox: {sandbox.mailbox_dir}")
         print(f"# SMTP: {sandbox.smtp_host}:{sandbox.smtp_port}  authority: {sandbox.authority}")
         print(f"# CA bundle: {sandbox.ca_bundle}")
+        # Only when asked for, so the banner of a plain run keeps its shape for scripts that read it.
+        if switches:
+            print(f"# switches: {', '.join(switches)}")
         print("# Ctrl-C to stop.", flush=True)
         shown = 0
         refreshed = time.monotonic()

@@ -36,7 +36,13 @@ from airflow_provider_hve.sandbox.directory import AppRegistration, Directory, F
 from airflow_provider_hve.sandbox.entra import EntraServer
 from airflow_provider_hve.sandbox.grants import TokenGrants
 from airflow_provider_hve.sandbox.pki import SandboxPki
-from airflow_provider_hve.sandbox.records import DeliveredMessage, RecordList, SmtpSession, TokenRequest
+from airflow_provider_hve.sandbox.records import (
+    DeliveredMessage,
+    RecordList,
+    SandboxStats,
+    SmtpSession,
+    TokenRequest,
+)
 from airflow_provider_hve.sandbox.smtp_server import HveHandler, SmtpServer
 from airflow_provider_hve.sandbox.tokens import DEFAULT_LIFETIME, EXCHANGE_AUDIENCES, TokenIssuer
 
@@ -62,6 +68,10 @@ class HveSandbox:
     :param auth_in_clear: advertise AUTH before TLS; turn on to prove a client still refuses
     :param smtp_port: fixed SMTP port, or a free one
     :param token_port: fixed HTTPS port, or a free one
+    :param pipelining: advertise SMTP PIPELINING (RFC 2920) in the EHLO answer
+    :param latency_ms: emulated network round-trip time in milliseconds, added to every SMTP reply the
+        client waits for (a pipelined batch pays it once) and to every token endpoint response; also
+        settable later through :attr:`latency_ms`
     """
 
     tenant_id: str = d.TENANT_ID
@@ -83,7 +93,13 @@ class HveSandbox:
         *,
         smtp_port: int | None = None,
         token_port: int | None = None,
+        pipelining: bool = True,
+        latency_ms: float = 0,
     ) -> None:
+        if latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, not {latency_ms!r}.")
+        self._pipelining = pipelining
+        self._latency_ms = latency_ms
         self._given_mailbox = Path(mailbox_dir) if mailbox_dir is not None else None
         self._given_state = Path(state_dir) if state_dir is not None else None
         self._starttls = starttls
@@ -107,8 +123,12 @@ class HveSandbox:
         self._populate_directory()
         self.write_federated_token()
         grants = TokenGrants(self.directory, self.issuer)
-        self._entra = EntraServer(grants, self.pki, self._requested_token_port or free_port())
-        self._handler = HveHandler(self.directory, self.issuer, self.mailbox_dir)
+        self._entra = EntraServer(
+            grants, self.pki, self._requested_token_port or free_port(), latency_ms=self._latency_ms
+        )
+        self._handler = HveHandler(
+            self.directory, self.issuer, self.mailbox_dir, pipelining=self._pipelining, latency_ms=self._latency_ms
+        )
         self._smtp = SmtpServer(
             self._handler,
             self._requested_smtp_port or free_port(),
@@ -237,6 +257,21 @@ class HveSandbox:
         self.issuer.lifetime = seconds
 
     @property
+    def latency_ms(self) -> float:
+        """Return the emulated round-trip time in milliseconds (SMTP replies and token responses)."""
+        return self._latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"latency_ms must be >= 0, not {value!r}.")
+        self._latency_ms = value
+        if self._smtp is not None:
+            self._smtp.latency_ms = value
+        if self._entra is not None:
+            self._entra.latency_ms = value
+
+    @property
     def accepted_domains(self) -> list[str]:
         """Return the tenant's accepted domains (mutable)."""
         return self.directory.accepted_domains
@@ -360,6 +395,25 @@ class HveSandbox:
         if len(received) < n:
             raise TimeoutError(f"Expected {n} messages within {timeout}s, got {len(received)}.")
         return received
+
+    def smtp_round_trips(self) -> int:
+        """Return the round trips of every recorded SMTP session (see :class:`SmtpSession`)."""
+        return sum(session.round_trips for session in self.smtp_sessions)
+
+    def smtp_commands(self) -> int:
+        """Return the command lines of every recorded SMTP session."""
+        return sum(session.commands for session in self.smtp_sessions)
+
+    def stats(self) -> SandboxStats:
+        """Return the counters a benchmark reports, since the last :meth:`reset_records`."""
+        sessions = self.smtp_sessions.snapshot()
+        return SandboxStats(
+            messages=len(self.messages),
+            token_posts=sum(1 for request in self.token_requests if request.method == "POST"),
+            smtp_sessions=len(sessions),
+            smtp_round_trips=sum(session.round_trips for session in sessions),
+            smtp_commands=sum(session.commands for session in sessions),
+        )
 
     def reset_records(self) -> None:
         """Forget recorded requests, sessions and messages (files stay in the mailbox)."""

@@ -12,6 +12,7 @@ import json
 import re
 import ssl
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,11 +51,14 @@ class EntraServer:
     :param grants: decides token requests
     :param pki: provides the server certificate
     :param port: the port to bind (pick a free one first)
+    :param latency_ms: emulated round-trip time: every response waits this long before it is sent
+        (settable while serving)
     """
 
-    def __init__(self, grants: TokenGrants, pki: SandboxPki, port: int) -> None:
+    def __init__(self, grants: TokenGrants, pki: SandboxPki, port: int, *, latency_ms: float = 0) -> None:
         self.grants = grants
         self.port = port
+        self.latency_ms = latency_ms
         self.requests: RecordList[TokenRequest] = RecordList()
         handler = type("_BoundHandler", (_EntraRequestHandler,), {"entra": self})
         self._httpd = _QuietHTTPServer(("127.0.0.1", port), handler)
@@ -234,6 +238,11 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
     def _json(self, record: TokenRequest, status: int, body: dict[str, Any]) -> None:
         record.status = status
         payload = json.dumps(body).encode()
+        latency = self.entra.latency_ms
+        if latency > 0:
+            # One request, one response: the client always waits, so every answer pays one round trip.
+            # Each request has its own thread, so concurrent clients are not queued behind the sleep.
+            time.sleep(latency / 1000)
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Cache-Control", "no-store, no-cache")

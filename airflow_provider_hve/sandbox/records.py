@@ -129,7 +129,15 @@ class Transaction:
 
 @dataclass
 class SmtpSession:
-    """One SMTP connection from accept to close."""
+    """One SMTP connection from accept to close.
+
+    ``round_trips`` counts the times the server finished a reply while the client had sent nothing
+    further: the client was then waiting for the server, so on a real network each one costs a full
+    round-trip time. The greeting, ``334`` and ``354`` count like any other reply; the replies to a
+    pipelined batch count once (only the last one finds the client waiting); a reply after which the
+    server hangs up always counts. ``commands`` counts the command lines read (the ``EHLO``, ``MAIL``,
+    ``DATA``... lines; neither the message content nor the answer to a ``334`` challenge).
+    """
 
     session_id: int
     peer: tuple[str, int] | None
@@ -139,6 +147,8 @@ class SmtpSession:
     transactions: list[Transaction] = field(default_factory=list)
     authenticated_as: str | None = None
     closed: bool = False
+    round_trips: int = 0
+    commands: int = 0
 
 
 @dataclass
@@ -155,3 +165,22 @@ class DeliveredMessage:
     def message(self) -> EmailMessage:
         """Parse :attr:`data` with the modern email API."""
         return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    """Counters a benchmark reads, since the last :meth:`~.core.HveSandbox.reset_records`.
+
+    Plain integers, so the record crosses a process boundary (see :mod:`.process`) unchanged.
+    """
+
+    messages: int
+    """Messages accepted (``250`` after DATA)."""
+    token_posts: int
+    """POST requests to the token endpoint."""
+    smtp_sessions: int
+    """SMTP connections that sent at least one command."""
+    smtp_round_trips: int
+    """Sum of :attr:`SmtpSession.round_trips`."""
+    smtp_commands: int
+    """Sum of :attr:`SmtpSession.commands`."""

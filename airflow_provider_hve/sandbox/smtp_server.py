@@ -3,10 +3,17 @@
 STARTTLS, then ``AUTH XOAUTH2`` with a sandbox token, then MAIL/RCPT/DATA under HVE's
 rules (send as the HVE account only, accepted domains only, 50 recipients, 10 MB), with
 HVE's reply codes. Everything received is recorded for tests.
+
+PIPELINING (RFC 2920) is advertised and honoured: aiosmtpd reads commands line by line from
+one buffered stream, so a batch written at once is answered command by command, in order,
+and ``DATA`` gets its ``354`` only when a recipient was accepted (else ``503 5.5.2``). Each
+session counts its round trips (see :class:`~.records.SmtpSession`), and an optional latency
+delays every reply the client has to wait for, as a WAN would (see :meth:`HveSmtp.push`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import collections
@@ -16,6 +23,8 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AnyStr
 
@@ -48,17 +57,41 @@ SEND_AS_DENIED = "550 5.7.60 SMTP; Client does not have permissions to send as t
 NOT_ACCEPTED_DOMAIN = "550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+NEED_MAIL = "503 5.5.2 Need mail command"
+NEED_RCPT = "503 5.5.2 Need rcpt command"
+SERVICE_CLOSING = "421 4.3.2 Service not available, closing transmission channel"
+RECIPIENT_NOT_FOUND = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
+SUBMISSION_QUOTA_EXCEEDED = (
+    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; "
+    "Failed to process message due to a permanent exception with message Cannot submit message."
+)
 
 # aiosmtpd words its size refusals its own way; HVE clients expect Exchange's text.
 _DATA_TOO_BIG = "552 Error: Too much mail data"
 _REPLY_REWRITES = {
     _DATA_TOO_BIG: TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    # What a pipelining client reads when its MAIL or every RCPT of the batch was refused.
+    "503 Error: need MAIL command": NEED_MAIL,
+    "503 Error: need RCPT command": NEED_RCPT,
 }
+# readuntil() called without a separator: aiosmtpd's command loop, and nothing else (see HveSmtp).
+_COMMAND_LINE = object()
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Return how many received bytes ``reader`` holds that nobody has read yet."""
+    # No public API tells this; aiosmtpd itself reaches into _buffer for STARTTLS.
+    return len(reader._buffer)  # type: ignore[attr-defined]
 
 
 class HveSmtp(SMTP):
-    """One SMTP connection: aiosmtpd's protocol with HVE's line limits and replies."""
+    """One SMTP connection: aiosmtpd's protocol with HVE's line limits and replies.
+
+    On top of aiosmtpd it counts command lines and round trips into :attr:`record`, delays
+    replies by the handler's ``latency_ms`` (see :meth:`push`) and applies the connection-level
+    fault switch (:meth:`SmtpServer.disconnect_after`).
+    """
 
     line_length_limit = LONG_LINE
 
@@ -69,6 +102,48 @@ class HveSmtp(SMTP):
         self.command_size_limits["AUTH"] = LONG_LINE
         self.hve_handler = handler
         self.record: SmtpSession | None = None
+        # Lines of a multi-line reply (EHLO's "250-..."), written together with its last line.
+        self._reply_lines: list[str] = []
+        # The emulated network: encoded replies with the loop time at which they reach the wire.
+        self._in_flight: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._in_flight_timer: asyncio.TimerHandle | None = None
+        self._last_due = 0.0
+        # Set for the one reply that must be on the wire before the next step (STARTTLS, QUIT).
+        self._deliver_before_return = False
+        self._hang_up_after_reply = False
+        self._hung_up = False
+        # Every command goes through the fault check; aiosmtpd dispatches from this dict.
+        self._smtp_methods = {name: self._faultable(method) for name, method in self._smtp_methods.items()}
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(reader, writer)
+        read_until = reader.readuntil
+
+        async def readuntil(separator: Any = _COMMAND_LINE) -> bytes:
+            if separator is not _COMMAND_LINE:
+                return await read_until(separator)
+            line = await read_until(b"\n")
+            if self.record is not None:
+                self.record.commands += 1
+            return line
+
+        # aiosmtpd reads a command with readuntil() and no argument, a DATA line with b"\r\n" and the
+        # answer to a 334 with readline(), which passes b"\n": the missing argument marks a command line.
+        # Counting here also counts the commands aiosmtpd refuses before any smtp_* method runs.
+        reader.readuntil = readuntil  # type: ignore[method-assign]
+
+    def _faultable(self, method: Callable[[str | None], Awaitable[None]]) -> Callable[[str | None], Awaitable[None]]:
+        async def run(arg: str | None) -> None:
+            if self._hung_up:
+                return
+            reply = self.hve_handler.take_disconnect()
+            if reply is not None:
+                self._hang_up_after_reply = True
+                await self.push(reply)
+                return
+            await method(arg)
+
+        return run
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -80,47 +155,163 @@ class HveSmtp(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self.record is not None:
             self.record.closed = True
+        if self._in_flight_timer is not None:
+            self._in_flight_timer.cancel()
+        self._in_flight.clear()
         super().connection_lost(error)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        # The 220 must be written in clear text before aiosmtpd swaps the transport for TLS.
+        self._deliver_before_return = True
         await super().smtp_STARTTLS(arg)
         if self.record is not None and self._tls_protocol is not None:
             self.record.starttls = True
 
+    async def smtp_QUIT(self, arg: str) -> None:
+        # aiosmtpd closes the transport right after the 221: it must be written by then.
+        self._deliver_before_return = True
+        await super().smtp_QUIT(arg)
+
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and status in _REPLY_REWRITES:
-            rewritten = _REPLY_REWRITES[status]
-            # Only the DATA refusal belongs to a recorded transaction; SIZE= is refused before MAIL is.
-            if status == _DATA_TOO_BIG and self.record is not None and self.record.transactions:
-                self.record.transactions[-1].data_reply = rewritten
-            await super().push(rewritten)
+        """Send one reply line through the emulated network; count the round trip it ends.
+
+        A reply is complete at a line without a ``-`` after the code (earlier lines wait for it).
+        Round trip: when a reply is complete and the reader holds nothing more from the client,
+        the client is waiting for us (see :class:`~.records.SmtpSession`).
+
+        Latency: with ``latency_ms`` set, every complete reply reaches the wire that long after
+        the server produced it, without holding up the server, which goes on reading and
+        answering the next commands of a pipelined batch. So the replies to a batch arrive
+        together, one delay after it, and a client that waits for each reply pays one delay
+        per reply, as over a WAN. The whole round-trip time sits on the reply side. A reply
+        that must be on the wire before the server goes on (STARTTLS's ``220``, ``221``, and a
+        reply before hanging up) is awaited instead.
+        """
+        if self._hung_up:
+            # The channel is closing: commands the client pipelined behind the 421 get no answer.
             return
-        await super().push(status)
+        text = status if isinstance(status, str) else status.decode("utf-8", errors="surrogateescape")
+        if text in _REPLY_REWRITES:
+            rewritten = _REPLY_REWRITES[text]
+            # Only the DATA refusal belongs to a recorded transaction; SIZE= is refused before MAIL is.
+            if text == _DATA_TOO_BIG and self.record is not None and self.record.transactions:
+                self.record.transactions[-1].data_reply = rewritten
+            text = rewritten
+        if text[3:4] == "-":
+            self._reply_lines.append(text)
+            return
+        reply, self._reply_lines = "\r\n".join([*self._reply_lines, text]), []
+        hang_up = self._hang_up_after_reply or text.startswith("421")
+        deliver_now, self._deliver_before_return = self._deliver_before_return or hang_up, False
+        if (hang_up or not await self._client_has_more()) and self.record is not None:
+            self.record.round_trips += 1
+        delay = self.hve_handler.latency_ms / 1000
+        if delay <= 0 and not self._in_flight:
+            await super().push(reply)
+        else:
+            due = max(self.loop.time() + delay, self._last_due)
+            self._last_due = due
+            if deliver_now:
+                await asyncio.sleep(due - self.loop.time())
+                self._send_in_flight(everything=True)
+                if self.transport is None:
+                    return
+                await super().push(reply)
+            else:
+                payload = (reply + "\r\n").encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+                self._in_flight.append((due, payload))
+                if self._in_flight_timer is None:
+                    self._in_flight_timer = self.loop.call_at(due, self._send_in_flight)
+        if hang_up:
+            self._hang_up()
+
+    def _send_in_flight(self, everything: bool = False) -> None:
+        """Write the delayed replies whose time has come, in order, and wait for the next one."""
+        if self._in_flight_timer is not None:
+            self._in_flight_timer.cancel()
+            self._in_flight_timer = None
+        now = self.loop.time()
+        while self._in_flight and (everything or self._in_flight[0][0] <= now):
+            _, payload = self._in_flight.popleft()
+            if self.transport is not None and not self.transport.is_closing():
+                self._writer.write(payload)
+        if self._in_flight:
+            self._in_flight_timer = self.loop.call_at(self._in_flight[0][0], self._send_in_flight)
+
+    async def _client_has_more(self) -> bool:
+        """Tell whether the client already sent more than the command being answered."""
+        if _buffered(self._reader):
+            return True
+        # Bytes already in the kernel reach the reader only once the loop polls the socket: the first
+        # yield lets it poll, the second runs the read callback that the poll queued behind this task.
+        # Without this a batch written in two quick send() calls would count as two round trips.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return _buffered(self._reader) > 0
+
+    def _hang_up(self) -> None:
+        self._hung_up = True
+        # A closed channel answers nothing more, even commands that already arrived behind the reply.
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        if self.transport is not None:
+            self.transport.close()
 
     async def read_auth_continuation(self) -> str:
         """Send an empty ``334`` challenge and return the client's raw answer line."""
-        await super().push("334 ")
+        await self.push("334 ")
         line = await self._reader.readline()
         return line.decode("ascii", errors="replace").rstrip("\r\n")
+
+
+@dataclass
+class _DisconnectPlan:
+    """A pending :meth:`SmtpServer.disconnect_after`."""
+
+    every: int
+    reply: str
+    remaining: int
+    due: int
+    """Total of accepted messages at which the next hang-up is due."""
 
 
 class HveHandler:
     """aiosmtpd handler: XOAUTH2 checks, HVE's sending rules, the mailbox folder.
 
+    The switches (:attr:`pipelining`, :attr:`latency_ms`) and the fault switches live here
+    because every connection's :class:`HveSmtp` shares this one handler; they may be changed
+    from any thread while the server runs.
+
     :param directory: accounts, allowed apps and accepted domains
     :param issuer: verifies the access tokens
     :param mailbox_dir: where accepted messages are written
+    :param pipelining: advertise PIPELINING in the EHLO answer
+    :param latency_ms: emulated round-trip time added to every reply the client waits for
     """
 
-    def __init__(self, directory: Directory, issuer: TokenIssuer, mailbox_dir: Path) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        issuer: TokenIssuer,
+        mailbox_dir: Path,
+        *,
+        pipelining: bool = True,
+        latency_ms: float = 0,
+    ) -> None:
         self.directory = directory
         self.issuer = issuer
         self.mailbox_dir = mailbox_dir
+        self.pipelining = pipelining
+        self.latency_ms = latency_ms
         self.sessions: RecordList[SmtpSession] = RecordList()
         self.messages: RecordList[DeliveredMessage] = RecordList()
         self._session_ids = itertools.count(1)
         self._message_numbers = itertools.count(len(list(mailbox_dir.glob("*.eml"))) + 1)
         self._forced_auth_replies: collections.deque[str] = collections.deque()
+        self._forced_data_replies: collections.deque[str] = collections.deque()
+        self._refused_recipients: dict[str, str] = {}
+        self._disconnect: _DisconnectPlan | None = None
+        # Never reset with the records: disconnect_after counts from the moment it is set.
+        self._accepted_total = 0
         self._listed: set[int] = set()
         self._lock = threading.Lock()
 
@@ -133,10 +324,40 @@ class HveHandler:
         with self._lock:
             self._forced_auth_replies.extend([reply] * count)
 
+    def force_data_replies(self, reply: str, count: int) -> None:
+        """Answer the end of DATA of the next ``count`` messages with ``reply`` (nothing is delivered)."""
+        with self._lock:
+            self._forced_data_replies.extend([reply] * count)
+
+    def refuse_recipient(self, address: str, reply: str) -> None:
+        """Answer every ``RCPT TO`` for ``address`` (any case) with ``reply``."""
+        with self._lock:
+            self._refused_recipients[address.lower()] = reply
+
+    def plan_disconnect(self, messages: int, reply: str, times: int) -> None:
+        """Hang up on the first command after every ``messages`` accepted messages, ``times`` times."""
+        with self._lock:
+            self._disconnect = _DisconnectPlan(messages, reply, times, self._accepted_total + messages)
+
+    def take_disconnect(self) -> str | None:
+        """Return the reply to hang up with if a planned disconnect is due now, and consume it."""
+        with self._lock:
+            plan = self._disconnect
+            if plan is None or self._accepted_total < plan.due:
+                return None
+            plan.remaining -= 1
+            plan.due = self._accepted_total + plan.every
+            if plan.remaining <= 0:
+                self._disconnect = None
+            return plan.reply
+
     def clear_forced_replies(self) -> None:
-        """Drop pending forced AUTH replies."""
+        """Drop every pending fault: forced AUTH and DATA replies, refused recipients, disconnects."""
         with self._lock:
             self._forced_auth_replies.clear()
+            self._forced_data_replies.clear()
+            self._refused_recipients.clear()
+            self._disconnect = None
 
     def _forced_reply(self) -> str | None:
         with self._lock:
@@ -158,6 +379,9 @@ class HveHandler:
         # With a new-style EHLO hook aiosmtpd leaves remembering the EHLO to the hook.
         session.host_name = hostname
         self._record(server).ehlo_names.append(hostname)
+        if self.pipelining:
+            # Exchange lists it among the keywords; the last line ("250 HELP") must stay last.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(self, server: HveSmtp, session: Session, envelope: Envelope, hostname: str) -> str:
@@ -243,7 +467,11 @@ class HveHandler:
         self, server: HveSmtp, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         record = self._record(server)
-        if not self.directory.accepts(address):
+        with self._lock:
+            refused = self._refused_recipients.get(address.lower())
+        if refused is not None:
+            reply = refused
+        elif not self.directory.accepts(address):
             reply = NOT_ACCEPTED_DOMAIN
         elif len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             reply = TOO_MANY_RECIPIENTS
@@ -260,6 +488,12 @@ class HveHandler:
 
     async def handle_DATA(self, server: HveSmtp, session: Session, envelope: Envelope) -> str:
         record = self._record(server)
+        with self._lock:
+            forced = self._forced_data_replies.popleft() if self._forced_data_replies else None
+        if forced is not None:
+            if record.transactions:
+                record.transactions[-1].data_reply = forced
+            return forced
         data = envelope.original_content or b""
         if not _from_header_is(data, session.auth_data):
             if record.transactions:
@@ -272,6 +506,8 @@ class HveHandler:
         reply = f"250 2.0.0 OK <{number:04d}.{record.session_id}@localhost> [Hostname=localhost]"
         if record.transactions:
             record.transactions[-1].data_reply = reply
+        with self._lock:
+            self._accepted_total += 1
         self.messages.append(
             DeliveredMessage(
                 path=path,
@@ -316,6 +552,8 @@ class SmtpServer:
     :param tls_context: server TLS context for STARTTLS
     :param starttls: offer STARTTLS (off proves the client refuses plaintext)
     :param auth_in_clear: advertise and accept AUTH before TLS (proves the client refuses)
+    :param pipelining: advertise PIPELINING (RFC 2920); ``None`` keeps the handler's setting
+    :param latency_ms: emulated round-trip time in milliseconds; ``None`` keeps the handler's setting
     """
 
     def __init__(
@@ -326,9 +564,15 @@ class SmtpServer:
         *,
         starttls: bool = True,
         auth_in_clear: bool = False,
+        pipelining: bool | None = None,
+        latency_ms: float | None = None,
     ) -> None:
         self.handler = handler
         self.port = port
+        if pipelining is not None:
+            self.pipelining = pipelining
+        if latency_ms is not None:
+            self.latency_ms = latency_ms
         # aiosmtpd logs every command line at INFO (a one-step AUTH line carries the token): keep the
         # sandbox quiet in users' task logs unless they ask for debugging.
         aiosmtpd_log = logging.getLogger("mail.log")
@@ -357,6 +601,26 @@ class SmtpServer:
         """Stop the server thread and release the port."""
         self._controller.stop()
 
+    @property
+    def pipelining(self) -> bool:
+        """Return whether EHLO advertises PIPELINING (sessions already past EHLO keep what they saw)."""
+        return self.handler.pipelining
+
+    @pipelining.setter
+    def pipelining(self, enabled: bool) -> None:
+        self.handler.pipelining = enabled
+
+    @property
+    def latency_ms(self) -> float:
+        """Return the emulated round-trip time in milliseconds (see :meth:`HveSmtp.push`)."""
+        return self.handler.latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"latency_ms must be >= 0, not {value!r}.")
+        self.handler.latency_ms = value
+
     def fail_next_auth(self, reply: str = AUTH_EXPIRES_SOON, count: int = 1) -> None:
         """Answer the next ``count`` AUTH attempts with ``reply``, whatever the token.
 
@@ -365,6 +629,41 @@ class SmtpServer:
         """
         self.handler.force_auth_replies(reply, count)
 
+    def fail_next_data(self, reply: str = SUBMISSION_QUOTA_EXCEEDED, count: int = 1) -> None:
+        """Answer the end of DATA of the next ``count`` messages with ``reply``; they are not delivered.
+
+        A ``421`` reply also closes the connection, as it does everywhere in this server.
+
+        :param reply: the full SMTP reply line, e.g. :data:`SUBMISSION_QUOTA_EXCEEDED` or
+            ``"451 4.3.0 Temporary failure"``
+        :param count: how many messages to refuse, across all sessions
+        """
+        self.handler.force_data_replies(reply, count)
+
+    def refuse_recipient(self, address: str, reply: str = RECIPIENT_NOT_FOUND) -> None:
+        """Refuse every ``RCPT TO`` for ``address`` (case-insensitive) until :meth:`reset_faults`.
+
+        :param address: the recipient address
+        :param reply: the full SMTP reply line
+        """
+        self.handler.refuse_recipient(address, reply)
+
+    def disconnect_after(self, messages: int, reply: str = SERVICE_CLOSING, *, times: int = 1) -> None:
+        """Hang up once ``messages`` more messages have been accepted, counted across sessions.
+
+        The first command received after that (in any session) is answered with ``reply``, then the
+        connection is closed; commands already pipelined behind it get no answer. With ``times=k``
+        this repeats: the next hang-up is due ``messages`` accepted messages after the previous one
+        (``messages=0`` hangs up on the next ``k`` commands). A new call replaces a pending one.
+
+        :param messages: accepted messages to let through first (0: the very next command)
+        :param reply: the full SMTP reply line sent before closing
+        :param times: how many hang-ups
+        """
+        if messages < 0 or times < 1:
+            raise ValueError("disconnect_after needs messages >= 0 and times >= 1.")
+        self.handler.plan_disconnect(messages, reply, times)
+
     def reset_faults(self) -> None:
-        """Undo every fault switch still pending."""
+        """Undo every fault switch still pending (AUTH, DATA, recipients, disconnects)."""
         self.handler.clear_forced_replies()

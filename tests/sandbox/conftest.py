@@ -30,6 +30,8 @@ def sb(shared_sandbox: HveSandbox) -> Iterator[HveSandbox]:
     shared_sandbox.token_lifetime = 3599
     yield shared_sandbox
     shared_sandbox.token_lifetime = 3599
+    shared_sandbox.latency_ms = 0
+    shared_sandbox.smtp.pipelining = True
     shared_sandbox.smtp.reset_faults()
 
 

@@ -112,3 +112,47 @@ def test_cli_prints_export_line_delivers_and_stops_on_sigterm(tmp_path: Path) ->
     assert process.returncode == 0, err
     assert "# sandbox stopped" in out
     assert (tmp_path / "mail").is_dir()
+
+
+def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
+    from airflow_provider_hve.sandbox.__main__ import _parser, apply_fault_switches, build_sandbox
+
+    args = _parser().parse_args(
+        [
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--latency-ms",
+            "7.5",
+            "--no-pipelining",
+            "--refuse-recipient",
+            "gone@contoso.example",
+            "--refuse-recipient",
+            "left@contoso.example",
+            "--fail-next-data",
+            "2",
+            "--fail-data-reply",
+            "451 4.3.0 Temporary failure",
+            "--disconnect-after",
+            "3",
+            "--disconnect-times",
+            "2",
+        ]
+    )
+    with build_sandbox(args) as sandbox:
+        described = apply_fault_switches(sandbox, args)
+        assert sandbox.latency_ms == sandbox.smtp.latency_ms == sandbox.entra.latency_ms == 7.5
+        assert not sandbox.smtp.pipelining
+        handler = sandbox.smtp.handler
+        assert set(handler._refused_recipients) == {"gone@contoso.example", "left@contoso.example"}
+        assert list(handler._forced_data_replies) == ["451 4.3.0 Temporary failure"] * 2
+        assert handler._disconnect is not None
+        assert (handler._disconnect.every, handler._disconnect.remaining) == (3, 2)
+        assert handler._disconnect.reply.startswith("421 4.3.2")
+    assert described == [
+        "refuse gone@contoso.example",
+        "refuse left@contoso.example",
+        "fail DATA x2 (451)",
+        "disconnect after 3 messages x2",
+    ]
+    defaults = _parser().parse_args([])
+    assert (defaults.latency_ms, defaults.no_pipelining, defaults.disconnect_after) == (0, False, None)

@@ -1,0 +1,495 @@
+"""Personalised bulk sending (mail merge): one token, long-lived pipelined sessions, per-recipient results.
+
+Rows stream through: each is rendered, built, sent and forgotten, so memory does not grow with the number
+of recipients. Every row ends in exactly one bucket of the :class:`BulkReport`: accepted, refused (with the
+server's reply), invalid (bad address or template, never sent), skipped (delivered by an earlier try), or
+unknown (the connection broke after the message was handed over, so HVE may or may not have it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from airflow_provider_hve.addresses import Mailbox
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.message import Attachment, OutgoingMessage
+    from airflow_provider_hve.pipeline import Delivery
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 8
+"""Upper bound on parallel SMTP sessions per task; HVE limits concurrent connections per tenant."""
+
+
+class DeliveryLog(Protocol):
+    """Remembers which rows were delivered, so a retried task does not send them again."""
+
+    def delivered(self) -> set[str]:
+        """Return the keys recorded by earlier tries."""
+
+    def record(self, keys: Sequence[str]) -> None:
+        """Remember ``keys`` as delivered (may buffer; see :meth:`flush`)."""
+
+    def flush(self) -> None:
+        """Persist what :meth:`record` buffered."""
+
+
+@dataclass
+class BulkReport:
+    """Counts and per-recipient outcomes of a bulk send; :meth:`as_dict` is its XCom form."""
+
+    total: int = 0
+    accepted: int = 0
+    skipped: int = 0
+    refused: dict[str, list[Any]] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    sessions: int = 0
+    reconnects: int = 0
+    token_requests: int = 0
+    elapsed_seconds: float = 0.0
+
+    @property
+    def messages_per_second(self) -> float:
+        done = self.accepted + len(self.refused)
+        return done / self.elapsed_seconds if self.elapsed_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "accepted": self.accepted,
+            "refused_count": len(self.refused),
+            "refused": self.refused,
+            "invalid": self.invalid,
+            "unknown": self.unknown,
+            "skipped_already_delivered": self.skipped,
+            "sessions": self.sessions,
+            "reconnects": self.reconnects,
+            "token_requests": self.token_requests,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "messages_per_second": round(self.messages_per_second, 1),
+        }
+
+
+class MailMerge:
+    """
+    Render one message per row and send them all through HVE.
+
+    :param hook: the HveHook (its connection, token provider and sessions).
+    :param subject: subject template; sees ``recipient`` (the row) and ``context``.
+    :param html_content: HTML template (autoescaped), or ``None``.
+    :param text_content: plain-text template, or ``None`` (derived from the HTML; slower).
+    :param address_key: the row key holding the recipient address.
+    :param sessions: parallel SMTP sessions (1..8).
+    :param rate_per_minute: at most this many messages a minute across sessions; ``None``: no limit.
+    :param env: the Jinja environment (the DAG's, for its filters and template folder).
+    :param context: extra template variables (the Airflow context).
+    :param delivery_log: where delivered rows are remembered across retries.
+    :param progress_interval: seconds between progress lines in the log.
+    :param max_reconnects: how many times a session may be re-opened after a broken connection.
+
+    Example::
+
+        report = MailMerge(HveHook(), subject="Hi {{ recipient.name }}", text_content="...").run(rows)
+    """
+
+    def __init__(
+        self,
+        hook: HveHook,
+        *,
+        subject: str,
+        html_content: str | None = None,
+        text_content: str | None = None,
+        address_key: str = "email",
+        from_email: str | None = None,
+        reply_to: str | Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        attachments: Sequence[Attachment] = (),
+        images: Mapping[str, str] | None = None,
+        sessions: int = 2,
+        rate_per_minute: float | None = None,
+        env: jinja2.Environment | None = None,
+        context: Mapping[str, Any] | None = None,
+        delivery_log: DeliveryLog | None = None,
+        progress_interval: float = 10.0,
+        max_reconnects: int = 3,
+    ) -> None:
+        if not 1 <= sessions <= MAX_SESSIONS:
+            raise HveConfigError(f"Argument 'sessions' is {sessions}; use 1 to {MAX_SESSIONS}.")
+        if rate_per_minute is not None and rate_per_minute <= 0:
+            raise HveConfigError(f"Argument 'rate_per_minute' is {rate_per_minute}; use a positive number.")
+        if html_content is None and text_content is None:
+            raise HveConfigError("Give 'html_content' or 'text_content' (or both): the messages have no body.")
+        self.hook = hook
+        self.address_key = address_key
+        self.from_email = from_email
+        self.reply_to = reply_to
+        self.headers = headers
+        self.attachments = list(attachments)
+        self.images = images
+        self.sessions = sessions
+        self.context = dict(context or {})
+        self.delivery_log = delivery_log
+        self.progress_interval = progress_interval
+        self.max_reconnects = max_reconnects
+        self._limiter = _RateLimiter(rate_per_minute)
+        self._templates = _Templates(env, subject, html_content, text_content)
+
+    def run(self, rows: Sequence[Mapping[str, Any]]) -> BulkReport:
+        """
+        Validate every row, then send; return the report (nothing raised for per-recipient refusals).
+
+        :raises HveConfigError: before connecting, if the templates fail for the first row.
+        :raises HveAuthError: Entra or HVE refused the credential.
+        """
+        report = BulkReport(total=len(rows))
+        started = time.monotonic()
+        done_before = self.delivery_log.delivered() if self.delivery_log else set()
+        work = self._plan(rows, done_before, report)
+        if work:
+            provider = self.hook.token_provider
+            before = provider.requests_sent
+            # Template and sender problems show up once, before any connection.
+            self._render(work[0][0], work[0][1], work[0][3], check_sender=True)
+            state = _RunState(report, work, self.delivery_log, self.progress_interval)
+            self._run_sessions(state)
+            report.token_requests = provider.requests_sent - before
+        if self.delivery_log is not None:
+            self.delivery_log.flush()
+        report.elapsed_seconds = time.monotonic() - started
+        log.info(
+            "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d skipped (already "
+            "delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s).",
+            report.accepted,
+            len(report.refused),
+            len(report.invalid),
+            len(report.unknown),
+            report.skipped,
+            report.total,
+            report.elapsed_seconds,
+            report.messages_per_second,
+            report.sessions,
+            report.token_requests,
+        )
+        return report
+
+    # -- planning and rendering --------------------------------------------------------------------------
+
+    def _plan(
+        self, rows: Sequence[Mapping[str, Any]], done_before: set[str], report: BulkReport
+    ) -> list[tuple[int, Mapping[str, Any], str, Mailbox]]:
+        from airflow_provider_hve.addresses import AddressError, parse_mailbox
+
+        work = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                report.invalid[f"row {index}"] = f"is a {type(row).__name__}, not a dict"
+                continue
+            raw = row.get(self.address_key)
+            if not raw:
+                report.invalid[f"row {index}"] = f"has no {self.address_key!r}"
+                continue
+            try:
+                mailbox = parse_mailbox(str(raw))
+            except AddressError as exc:
+                report.invalid[f"row {index}"] = str(exc)
+                continue
+            key = delivery_key(index, mailbox.addr_spec)
+            if key in done_before:
+                report.skipped += 1
+                continue
+            work.append((index, row, key, mailbox))
+        return work
+
+    def _render(
+        self, index: int, row: Mapping[str, Any], to: Mailbox, *, check_sender: bool = False
+    ) -> OutgoingMessage:
+        subject, html, text = self._templates.render(self.context, row, index)
+        return self.hook.build_message(
+            to=[to],
+            subject=subject,
+            html_content=html,
+            text_content=text,
+            from_email=self.from_email,
+            reply_to=self.reply_to,
+            headers=self.headers,
+            images=self.images,
+            attachments=self.attachments,
+            check_sender=check_sender,
+        )
+
+    # -- sending -------------------------------------------------------------------------------------------
+
+    def _run_sessions(self, state: _RunState) -> None:
+        count = min(self.sessions, len(state.work))
+        state.report.sessions = count
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=self._worker, args=(state, errors), name=f"hve-session-{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        state.finish()
+        if errors:
+            raise errors[0]
+
+    def _worker(self, state: _RunState, errors: list[BaseException]) -> None:
+        reconnects = 0
+        item = state.next()
+        while item is not None and not state.stopped:
+            try:
+                with self.hook.smtp_session() as session:
+                    pipeline = session.pipeline()
+                    while item is not None and not state.stopped:
+                        index, row, key, mailbox = item
+                        try:
+                            outgoing = self._render(index, row, mailbox)
+                        except HveConfigError as exc:
+                            state.invalid(index, str(exc))
+                        else:
+                            self._limiter.wait()
+                            message_id = str(outgoing.message["Message-ID"])
+                            state.sent(index, key)
+                            state.completed(pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id))
+                        item = state.next()
+                    state.completed(pipeline.flush())
+            except HveConnectionError as exc:
+                state.unknown(exc.in_flight)
+                reconnects += 1
+                state.report.reconnects += 1
+                if reconnects > self.max_reconnects:
+                    state.stop(exc)
+                    errors.append(exc)
+                    return
+                log.warning("HVE session broke (%s); reconnecting (%d/%d).", exc, reconnects, self.max_reconnects)
+                time.sleep(min(2 ** (reconnects - 1), 8))
+                if item is not None and item[0] in exc.in_flight:
+                    item = state.next()  # handed over: unknown, never resent; otherwise retried as is
+            except BaseException as exc:
+                state.stop(exc)
+                errors.append(exc)
+                return
+
+
+class TaskStateDeliveryLog:
+    """
+    A :class:`DeliveryLog` in Airflow's ``task_state_store`` (Airflow 3.3+): survives retries of the task.
+
+    Keys are written in chunks (``<prefix>/<n>``) so each write stays small; buffered keys are written
+    every ``flush_every`` records or ``flush_seconds``, and always by :meth:`flush` (also when the task
+    fails). A task killed outright can lose at most the unflushed window: those rows may be sent again.
+
+    :param store: ``context["task_state_store"]``.
+    :param prefix: key prefix; one per operator.
+    """
+
+    CHUNK = 500
+
+    def __init__(self, store: Any, prefix: str = "hve_mail_merge", flush_every: int = 50, flush_seconds: float = 1.0):
+        self._store = store
+        self._prefix = prefix
+        self._flush_every = flush_every
+        self._flush_seconds = flush_seconds
+        self._chunks = int(store.get(f"{prefix}/chunks", 0) or 0)
+        self._current: list[str] = list(store.get(f"{prefix}/{self._chunks}", []) or [])
+        self._buffered = 0
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def delivered(self) -> set[str]:
+        keys: set[str] = set(self._current)
+        for n in range(self._chunks):
+            keys.update(self._store.get(f"{self._prefix}/{n}", []) or [])
+        return keys
+
+    def record(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            self._current.extend(keys)
+            self._buffered += len(keys)
+            due = self._buffered >= self._flush_every or time.monotonic() - self._last >= self._flush_seconds
+            if due:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffered:
+            return
+        while len(self._current) >= self.CHUNK:
+            full, self._current = self._current[: self.CHUNK], self._current[self.CHUNK :]
+            self._store.set(f"{self._prefix}/{self._chunks}", full)
+            self._chunks += 1
+            self._store.set(f"{self._prefix}/chunks", self._chunks)
+        self._store.set(f"{self._prefix}/{self._chunks}", self._current)
+        self._buffered = 0
+        self._last = time.monotonic()
+
+
+def delivery_key(index: int, address: str) -> str:
+    """Identify a row across tries: its position and its address."""
+    return f"{index}:{address.lower()}"
+
+
+class _Templates:
+    """The three templates, compiled once; undefined variables are errors, HTML is autoescaped."""
+
+    def __init__(self, env: jinja2.Environment | None, subject: str, html: str | None, text: str | None) -> None:
+        import jinja2
+
+        base = env or jinja2.Environment()
+        plain = base.overlay(undefined=jinja2.StrictUndefined, autoescape=False)
+        escaped = base.overlay(undefined=jinja2.StrictUndefined, autoescape=True)
+        self.subject = plain.from_string(subject)
+        self.html = escaped.from_string(html) if html is not None else None
+        self.text = plain.from_string(text) if text is not None else None
+
+    def render(
+        self, context: Mapping[str, Any], row: Mapping[str, Any], index: int
+    ) -> tuple[str, str | None, str | None]:
+        import jinja2
+
+        variables = {**context, "recipient": row}
+        try:
+            subject = " ".join(self.subject.render(variables).split())
+            html = self.html.render(variables) if self.html is not None else None
+            text = self.text.render(variables) if self.text is not None else None
+        except jinja2.TemplateError as exc:
+            raise HveConfigError(f"Row {index}: the template failed: {type(exc).__name__}: {exc}.") from exc
+        return subject, html, text
+
+
+class _RateLimiter:
+    """Spread message starts evenly: at most ``per_minute`` a minute across all sessions."""
+
+    def __init__(self, per_minute: float | None) -> None:
+        self._interval = 60.0 / per_minute if per_minute else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class _RunState:
+    """Shared by the session threads: the work queue, the report, progress and the delivery log."""
+
+    def __init__(
+        self,
+        report: BulkReport,
+        work: list[tuple[int, Mapping[str, Any], str, Mailbox]],
+        delivery_log: DeliveryLog | None,
+        progress_interval: float,
+    ) -> None:
+        self.report = report
+        self.work = work
+        self._iter: Iterator[tuple[int, Mapping[str, Any], str, Mailbox]] = iter(work)
+        self._keys: dict[Hashable, tuple[str, str]] = {}  # index -> (key, address) of messages handed over
+        self._lock = threading.Lock()
+        self._log = delivery_log
+        self._progress = _Progress(len(work), progress_interval)
+        self.stopped: BaseException | None = None
+
+    def next(self) -> tuple[int, Mapping[str, Any], str, Mailbox] | None:
+        with self._lock:
+            return next(self._iter, None)
+
+    def sent(self, index: int, key: str) -> None:
+        with self._lock:
+            self._keys[index] = (key, key.split(":", 1)[1])
+
+    def completed(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._lock:
+            delivered = []
+            for delivery in deliveries:
+                key, _address = self._keys.pop(delivery.key)
+                if delivery.accepted:
+                    self.report.accepted += 1
+                    delivered.append(key)
+                for refused, (code, reply) in delivery.refused.items():
+                    self.report.refused[refused] = [code, reply]
+            self._progress.advance(len(deliveries), len(self.report.refused))
+        if self._log is not None and delivered:
+            self._log.record(delivered)
+
+    def invalid(self, index: int, reason: str) -> None:
+        with self._lock:
+            self.report.invalid[f"row {index}"] = reason
+            self._progress.advance(1, len(self.report.refused))
+
+    def unknown(self, indexes: list[object]) -> None:
+        with self._lock:
+            for index in indexes:
+                if index in self._keys:
+                    self.report.unknown.append(self._keys.pop(index)[1])
+
+    def stop(self, error: BaseException) -> None:
+        with self._lock:
+            self.stopped = error
+
+    def finish(self) -> None:
+        self._progress.final(len(self.report.refused))
+
+
+class _Progress:
+    """Log sent / total, rate and ETA at a steady cadence."""
+
+    def __init__(self, total: int, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.done = 0
+        self.interval = interval
+        self._clock = clock
+        self._start = clock()
+        self._last = self._start
+
+    def advance(self, count: int, refused: int) -> None:
+        self.done += count
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._log(now, refused)
+
+    def final(self, refused: int) -> None:
+        self._log(self._clock(), refused)
+
+    def _log(self, now: float, refused: int) -> None:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        log.info(
+            "HVE mail merge: %d/%d sent (%.0f%%), %.1f msg/s, ETA %s, %d refused.",
+            self.done,
+            self.total,
+            100.0 * self.done / self.total if self.total else 100.0,
+            rate,
+            _duration(left),
+            refused,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,0 +1,226 @@
+"""SMTP transactions over one authenticated connection, pipelined (RFC 2920) when the server offers it.
+
+Between an Airflow worker and HVE every SMTP reply costs a network round trip. Without pipelining a message
+to one recipient costs four (MAIL, RCPT, DATA, content). With pipelining the client writes ``MAIL FROM``,
+every ``RCPT TO`` and ``DATA`` at once and reads the replies together, and it sends a message's content
+without waiting, reading its final reply together with the next message's command replies: one round trip
+per message in a stream.
+
+A message with more than :data:`MAX_RECIPIENTS_PER_TRANSACTION` recipients becomes several transactions of
+the same bytes; its :class:`Delivery` is reported once all of them are done.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from airflow_provider_hve.diagnostics import smtp_reply_hint
+from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
+
+if TYPE_CHECKING:
+    import smtplib
+
+MAX_RECIPIENTS_PER_TRANSACTION = 50
+"""HVE accepts at most 50 recipients per message; larger envelopes are split into several transactions."""
+
+_ACCEPTED_RCPT = (250, 251)
+_BARE_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+@dataclass
+class Delivery:
+    """The outcome of one message: each recipient accepted or refused with the server's reply."""
+
+    key: Hashable
+    message_id: str
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Transaction:
+    delivery: Delivery
+    recipients: Sequence[str]
+    accepted: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    """
+    Send messages over an authenticated ``smtplib.SMTP`` connection, pipelining when the server offers it.
+
+    :param smtp: the connection, after STARTTLS, EHLO and AUTH.
+    :param sender: the envelope sender (MAIL FROM).
+    :param conn_id: the connection id, for error messages.
+    :param pipelining: force it on or off; default: whatever the server advertises.
+
+    Example::
+
+        pipeline = Pipeline(smtp, "reports@contoso.com", conn_id="hve_default")
+        for n, (payload, recipients) in enumerate(outbox):
+            done.extend(pipeline.submit(n, payload, recipients, message_id))
+        done.extend(pipeline.flush())
+    """
+
+    def __init__(self, smtp: smtplib.SMTP, sender: str, *, conn_id: str, pipelining: bool | None = None) -> None:
+        self._smtp = smtp
+        self._sender = sender
+        self._conn_id = conn_id
+        self.pipelining = smtp.has_extn("pipelining") if pipelining is None else pipelining
+        self._size = smtp.has_extn("size")
+        self._awaiting: _Transaction | None = None  # content sent, final reply not read yet
+        self._open: dict[int, tuple[Delivery, int]] = {}  # id(delivery) -> (delivery, transactions left)
+        self._handed_over: set[int] = set()  # id(delivery) of messages whose content was written
+        self.transactions = 0
+        if smtp.sock is not None:
+            # Small pipelined writes must not wait for the peer's delayed ACK (Nagle).
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def submit(self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str = "") -> list[Delivery]:
+        """
+        Send one message (CRLF line ends) to ``recipients``; return the deliveries completed meanwhile.
+
+        With pipelining, this message's own outcome usually arrives with the next :meth:`submit` or with
+        :meth:`flush`.
+
+        :raises HveSendError: the server refused the sender (nothing more can be sent in this session).
+        :raises HveConnectionError: the connection broke; :attr:`in_flight` says which messages are unknown.
+        """
+        if not recipients:
+            raise HveSendError(f"Message {message_id or key!r} has no recipients.")
+        delivery = Delivery(key=key, message_id=message_id)
+        chunks = [
+            recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
+            for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
+        ]
+        self._open[id(delivery)] = (delivery, len(chunks))
+        content = _dot_stuffed(payload)
+        completed: list[Delivery] = []
+        for chunk in chunks:
+            completed.extend(self._transaction(_Transaction(delivery, chunk), content, len(payload)))
+        return completed
+
+    def flush(self) -> list[Delivery]:
+        """Read the last pending reply; return the deliveries it completes."""
+        if self._awaiting is None:
+            return []
+        transaction, self._awaiting = self._awaiting, None
+        return self._finish(transaction, *self._read())
+
+    @property
+    def in_flight(self) -> list[Delivery]:
+        """
+        Messages whose content was handed to the server but whose outcome is not known yet.
+
+        After a broken connection these may or may not have been delivered: resending them risks a
+        duplicate. A message whose content was not written yet is not in flight and can be sent again.
+        """
+        return [delivery for key, (delivery, _) in self._open.items() if key in self._handed_over]
+
+    # -- one transaction ---------------------------------------------------------------------------------
+
+    def _transaction(self, transaction: _Transaction, content: bytes, size: int) -> list[Delivery]:
+        size_param = f" SIZE={size}" if self._size else ""
+        commands = [f"MAIL FROM:<{self._sender}>{size_param}\r\n"]
+        commands += [f"RCPT TO:<{address}>\r\n" for address in transaction.recipients]
+        commands.append("DATA\r\n")
+        self.transactions += 1
+
+        completed: list[Delivery] = []
+        if self.pipelining:
+            self._write("".join(commands).encode("ascii"))
+            if self._awaiting is not None:
+                previous, self._awaiting = self._awaiting, None
+                completed += self._finish(previous, *self._read())
+            replies = [self._read() for _ in commands]
+        else:
+            replies = []
+            for command in commands:
+                self._write(command.encode("ascii"))
+                replies.append(self._read())
+                if replies[0][0] != 250:
+                    break
+
+        mail_code, mail_reply = replies[0]
+        if mail_code != 250:
+            raise HveSendError(
+                f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
+                f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",
+                smtp_code=mail_code,
+            )
+        delivery = transaction.delivery
+        for address, (code, reply) in zip(transaction.recipients, replies[1:-1], strict=False):
+            if code in _ACCEPTED_RCPT:
+                transaction.accepted.append(address)
+            else:
+                delivery.refused[address] = (code, reply)
+        data_code, data_reply = replies[-1] if len(replies) == len(commands) else (0, "")
+        if data_code == 354 and transaction.accepted:
+            self._handed_over.add(id(transaction.delivery))
+            self._write(content)
+            if self.pipelining:
+                self._awaiting = transaction
+                return completed
+            return completed + self._finish(transaction, *self._read())
+        if data_code == 354:
+            # A server that accepts DATA after refusing every RCPT gets an empty message, as RFC 2920 asks.
+            self._write(b".\r\n")
+            self._read()
+        return completed + self._finish(transaction, data_code, data_reply or "no recipient accepted")
+
+    def _finish(self, transaction: _Transaction, code: int, reply: str) -> list[Delivery]:
+        delivery = transaction.delivery
+        if code == 250:
+            delivery.accepted.extend(transaction.accepted)
+        else:
+            for address in transaction.accepted:
+                delivery.refused[address] = (code, reply)
+        owner, left = self._open[id(delivery)]
+        if left > 1:
+            self._open[id(delivery)] = (owner, left - 1)
+            return []
+        del self._open[id(delivery)]
+        self._handed_over.discard(id(delivery))
+        return [delivery]
+
+    # -- I/O -----------------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        import smtplib
+
+        try:
+            self._smtp.send(data)
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            raise self._broken(exc) from exc
+
+    def _read(self) -> tuple[int, str]:
+        import smtplib
+
+        try:
+            code, reply = self._smtp.getreply()
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            raise self._broken(exc) from exc
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        if code == 421:
+            raise self._broken(None, f"{code} {text}")
+        return code, text
+
+    def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
+        unknown = ", ".join(d.message_id or str(d.key) for d in self.in_flight) or "none"
+        cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}"
+        return HveConnectionError(
+            f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
+            f"unknown: {unknown}.",
+            in_flight=[d.key for d in self.in_flight],
+        )
+
+
+def _dot_stuffed(payload: bytes) -> bytes:
+    data = _BARE_LINE_ENDS.sub(b"\r\n", payload)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LEADING_DOT.sub(b"..", data) + b".\r\n"
