@@ -4,9 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install sandbox clean
+.PHONY: demo test lint install sandbox clean bench
 
-## demo: start the local sandbox, send a templated report through HveHook, print the delivered .eml
+## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
@@ -20,8 +20,8 @@ sandbox: $(STAMP)
 
 ## lint: ruff (style, imports, bugbear) and mypy on the package
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_provider_hve tests scripts example_dags
-	$(BIN)/ruff format --check airflow_provider_hve tests scripts example_dags
+	$(BIN)/ruff check airflow_provider_hve tests scripts example_dags benchmarks
+	$(BIN)/ruff format --check airflow_provider_hve tests scripts example_dags benchmarks
 	$(BIN)/mypy airflow_provider_hve
 
 install: $(STAMP)
@@ -34,3 +34,7 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) mailbox .pytest_cache build *.egg-info
+
+## bench: the bulk benchmark (this provider vs apache-airflow-providers-smtp vs a bare smtplib loop), ~12 min
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_bulk.py --json benchmarks/results.json

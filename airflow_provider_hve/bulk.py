@@ -8,6 +8,7 @@ unknown (the connection broke after the message was handed over, so HVE may or m
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -54,6 +55,8 @@ class BulkReport:
     refused: dict[str, list[Any]] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)
+    """Rows not attempted because the run stopped early (see the error); a retry sends them."""
     sessions: int = 0
     reconnects: int = 0
     token_requests: int = 0
@@ -72,6 +75,7 @@ class BulkReport:
             "refused": self.refused,
             "invalid": self.invalid,
             "unknown": self.unknown,
+            "not_sent": self.not_sent,
             "skipped_already_delivered": self.skipped,
             "sessions": self.sessions,
             "reconnects": self.reconnects,
@@ -143,6 +147,7 @@ class MailMerge:
         self.progress_interval = progress_interval
         self.max_reconnects = max_reconnects
         self._limiter = _RateLimiter(rate_per_minute)
+        self.last_report: BulkReport | None = None
         self._templates = _Templates(env, subject, html_content, text_content)
 
     def run(self, rows: Sequence[Mapping[str, Any]]) -> BulkReport:
@@ -152,28 +157,36 @@ class MailMerge:
         :raises HveConfigError: before connecting, if the templates fail for the first row.
         :raises HveAuthError: Entra or HVE refused the credential.
         """
-        report = BulkReport(total=len(rows))
+        report = self.last_report = BulkReport(total=len(rows))
         started = time.monotonic()
         done_before = self.delivery_log.delivered() if self.delivery_log else set()
-        work = self._plan(rows, done_before, report)
-        if work:
-            provider = self.hook.token_provider
-            before = provider.requests_sent
-            # Template and sender problems show up once, before any connection.
-            self._render(work[0][0], work[0][1], work[0][3], check_sender=True)
-            state = _RunState(report, work, self.delivery_log, self.progress_interval)
-            self._run_sessions(state)
-            report.token_requests = provider.requests_sent - before
-        if self.delivery_log is not None:
-            self.delivery_log.flush()
-        report.elapsed_seconds = time.monotonic() - started
+        plan = self._plan(rows, done_before, report)
+        first = next(plan, None)
+        try:
+            if first is not None:
+                provider = self.hook.token_provider
+                before = provider.requests_sent
+                # Template and sender problems show up once, before any connection.
+                self._render(first[0], first[1], first[3], check_sender=True)
+                work = itertools.chain([first], plan)
+                state = _RunState(report, work, len(rows), self.delivery_log, self.progress_interval)
+                try:
+                    self._run_sessions(state)
+                finally:
+                    report.not_sent = state.leftover()
+                    report.token_requests = provider.requests_sent - before
+        finally:
+            if self.delivery_log is not None:
+                self.delivery_log.flush()
+            report.elapsed_seconds = time.monotonic() - started
         log.info(
-            "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d skipped (already "
-            "delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s).",
+            "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d not sent, %d skipped "
+            "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s).",
             report.accepted,
             len(report.refused),
             len(report.invalid),
             len(report.unknown),
+            len(report.not_sent),
             report.skipped,
             report.total,
             report.elapsed_seconds,
@@ -187,10 +200,10 @@ class MailMerge:
 
     def _plan(
         self, rows: Sequence[Mapping[str, Any]], done_before: set[str], report: BulkReport
-    ) -> list[tuple[int, Mapping[str, Any], str, Mailbox]]:
+    ) -> Iterator[tuple[int, Mapping[str, Any], str, Mailbox]]:
+        """Yield the rows to send, validating each as it comes: nothing per row is kept in memory."""
         from airflow_provider_hve.addresses import AddressError, parse_mailbox
 
-        work = []
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 report.invalid[f"row {index}"] = f"is a {type(row).__name__}, not a dict"
@@ -208,8 +221,7 @@ class MailMerge:
             if key in done_before:
                 report.skipped += 1
                 continue
-            work.append((index, row, key, mailbox))
-        return work
+            yield (index, row, key, mailbox)
 
     def _render(
         self, index: int, row: Mapping[str, Any], to: Mailbox, *, check_sender: bool = False
@@ -231,7 +243,7 @@ class MailMerge:
     # -- sending -------------------------------------------------------------------------------------------
 
     def _run_sessions(self, state: _RunState) -> None:
-        count = min(self.sessions, len(state.work))
+        count = min(self.sessions, state.total)
         state.report.sessions = count
         errors: list[BaseException] = []
         threads = [
@@ -254,7 +266,7 @@ class MailMerge:
                 with self.hook.smtp_session() as session:
                     pipeline = session.pipeline()
                     while item is not None and not state.stopped:
-                        index, row, key, mailbox = item
+                        index, row, _key, mailbox = item
                         try:
                             outgoing = self._render(index, row, mailbox)
                         except HveConfigError as exc:
@@ -262,12 +274,19 @@ class MailMerge:
                         else:
                             self._limiter.wait()
                             message_id = str(outgoing.message["Message-ID"])
-                            state.sent(index, key)
+                            state.sent(item)
                             state.completed(pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id))
                         item = state.next()
                     state.completed(pipeline.flush())
             except HveConnectionError as exc:
+                # Handed over without a final reply: unknown, never resent (no duplicates). Certainly not
+                # accepted (or never reached the pipeline): back in the queue (nothing lost).
+                state.completed(exc.completed)
                 state.unknown(exc.in_flight)
+                state.requeue(exc.unsent)
+                if item is not None and item[0] not in exc.in_flight and item[0] not in exc.unsent:
+                    state.requeue_item(item)
+                item = None
                 reconnects += 1
                 state.report.reconnects += 1
                 if reconnects > self.max_reconnects:
@@ -276,8 +295,7 @@ class MailMerge:
                     return
                 log.warning("HVE session broke (%s); reconnecting (%d/%d).", exc, reconnects, self.max_reconnects)
                 time.sleep(min(2 ** (reconnects - 1), 8))
-                if item is not None and item[0] in exc.in_flight:
-                    item = state.next()  # handed over: unknown, never resent; otherwise retried as is
+                item = state.next()
             except BaseException as exc:
                 state.stop(exc)
                 errors.append(exc)
@@ -398,26 +416,39 @@ class _RunState:
     def __init__(
         self,
         report: BulkReport,
-        work: list[tuple[int, Mapping[str, Any], str, Mailbox]],
+        work: Iterator[tuple[int, Mapping[str, Any], str, Mailbox]],
+        total: int,
         delivery_log: DeliveryLog | None,
         progress_interval: float,
     ) -> None:
         self.report = report
-        self.work = work
-        self._iter: Iterator[tuple[int, Mapping[str, Any], str, Mailbox]] = iter(work)
-        self._keys: dict[Hashable, tuple[str, str]] = {}  # index -> (key, address) of messages handed over
+        self.total = total
+        self._iter = work
+        self._again: list[tuple[int, Mapping[str, Any], str, Mailbox]] = []  # not accepted: to send again
+        self._items: dict[Hashable, tuple[int, Mapping[str, Any], str, Mailbox]] = {}  # given to a pipeline
         self._lock = threading.Lock()
         self._log = delivery_log
-        self._progress = _Progress(len(work), progress_interval)
+        self._progress = _Progress(total, progress_interval)
         self.stopped: BaseException | None = None
 
     def next(self) -> tuple[int, Mapping[str, Any], str, Mailbox] | None:
         with self._lock:
+            if self._again:
+                return self._again.pop()
             return next(self._iter, None)
 
-    def sent(self, index: int, key: str) -> None:
+    def sent(self, item: tuple[int, Mapping[str, Any], str, Mailbox]) -> None:
         with self._lock:
-            self._keys[index] = (key, key.split(":", 1)[1])
+            self._items[item[0]] = item
+
+    def requeue(self, indexes: list[object]) -> None:
+        with self._lock:
+            self._again.extend(self._items.pop(index) for index in indexes if index in self._items)
+
+    def requeue_item(self, item: tuple[int, Mapping[str, Any], str, Mailbox]) -> None:
+        with self._lock:
+            self._items.pop(item[0], None)
+            self._again.append(item)
 
     def completed(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
@@ -425,32 +456,51 @@ class _RunState:
         with self._lock:
             delivered = []
             for delivery in deliveries:
-                key, _address = self._keys.pop(delivery.key)
+                key = self._items.pop(delivery.key)[2]
                 if delivery.accepted:
                     self.report.accepted += 1
                     delivered.append(key)
                 for refused, (code, reply) in delivery.refused.items():
                     self.report.refused[refused] = [code, reply]
-            self._progress.advance(len(deliveries), len(self.report.refused))
+            self._progress.update(self._done(), len(self.report.refused))
         if self._log is not None and delivered:
             self._log.record(delivered)
 
     def invalid(self, index: int, reason: str) -> None:
         with self._lock:
             self.report.invalid[f"row {index}"] = reason
-            self._progress.advance(1, len(self.report.refused))
+            self._progress.update(self._done(), len(self.report.refused))
 
     def unknown(self, indexes: list[object]) -> None:
+        keys = []
         with self._lock:
             for index in indexes:
-                if index in self._keys:
-                    self.report.unknown.append(self._keys.pop(index)[1])
+                if index in self._items:
+                    item = self._items.pop(index)
+                    self.report.unknown.append(item[3].addr_spec)
+                    keys.append(item[2])
+        # HVE may have these: a retry must not send them again (reported here, not silently dropped).
+        if self._log is not None and keys:
+            self._log.record(keys)
+
+    def _done(self) -> int:
+        report = self.report
+        return report.accepted + len(report.refused) + len(report.invalid) + len(report.unknown) + report.skipped
+
+    def leftover(self) -> list[str]:
+        """Addresses of rows never completed: still queued, or given to a pipeline that stopped."""
+        with self._lock:
+            rest = [*self._again, *self._iter, *self._items.values()]
+            self._again.clear()
+            self._items.clear()
+        return [item[3].addr_spec for item in rest]
 
     def stop(self, error: BaseException) -> None:
         with self._lock:
             self.stopped = error
 
     def finish(self) -> None:
+        self._progress.done = self._done()
         self._progress.final(len(self.report.refused))
 
 
@@ -465,8 +515,8 @@ class _Progress:
         self._start = clock()
         self._last = self._start
 
-    def advance(self, count: int, refused: int) -> None:
-        self.done += count
+    def update(self, done: int, refused: int) -> None:
+        self.done = done
         now = self._clock()
         if now - self._last >= self.interval:
             self._last = now

@@ -14,6 +14,9 @@ contains a secret or a token. Low-level errors are translated once, at the bound
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from airflow.sdk.exceptions import AirflowException
 
 
@@ -58,12 +61,24 @@ class HveConnectionError(HveError):
     connection.
 
     :param message: what happened and what to check.
-    :param in_flight: keys of the messages sent on the broken connection whose outcome is unknown.
+    :param in_flight: keys of messages handed over on the broken connection with no final reply: HVE may or
+        may not have them, so sending them again risks a duplicate.
+    :param unsent: keys of messages that were certainly not accepted: safe to send again.
+    :param completed: outcomes (``pipeline.Delivery``) read before the connection broke.
     """
 
-    def __init__(self, message: str, *, in_flight: list[object] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        in_flight: Sequence[object] = (),
+        unsent: Sequence[object] = (),
+        completed: Sequence[Any] = (),
+    ) -> None:
         super().__init__(message)
-        self.in_flight = list(in_flight or [])
+        self.in_flight = list(in_flight)
+        self.unsent = list(unsent)
+        self.completed = list(completed)
 
 
 class HveSendError(HveError):

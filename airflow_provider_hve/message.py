@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.policy
+import functools
 import mimetypes
 import os
 import re
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import cast
+from typing import Any, cast
 
 from airflow_provider_hve.addresses import HEADER_REGISTRY, AddressError, Mailbox, parse_addresses, parse_mailbox
 from airflow_provider_hve.exceptions import HveConfigError
@@ -109,15 +110,15 @@ def build_message(
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
 
     message = EmailMessage(policy=POLICY)
-    message["From"] = from_box.header
+    message["From"] = _parsed_header("From", from_box.header)
     if to_boxes:
         message["To"] = ", ".join(box.header for box in to_boxes)
     if cc_boxes:
-        message["Cc"] = ", ".join(box.header for box in cc_boxes)
+        message["Cc"] = _parsed_header("Cc", ", ".join(box.header for box in cc_boxes))
     if reply_boxes:
-        message["Reply-To"] = ", ".join(box.header for box in reply_boxes)
+        message["Reply-To"] = _parsed_header("Reply-To", ", ".join(box.header for box in reply_boxes))
     message["Subject"] = subject
-    message["Date"] = formatdate(localtime=True)
+    message["Date"] = _parsed_header("Date", formatdate(localtime=True))
     message["Message-ID"] = make_msgid(domain=from_box.addr_spec.rpartition("@")[2])
     for name, value in (headers or {}).items():
         _check_custom_header(name, value)
@@ -160,6 +161,13 @@ def build_message(
             f"per message (attachments grow by a third when encoded). Send smaller or fewer 'files'."
         )
     return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec, payload=payload)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_header(name: str, value: str) -> Any:
+    # Header objects are immutable: a bulk send reuses the parsed From, Cc, Reply-To and Date (per
+    # second) instead of parsing the same text for every message.
+    return POLICY.header_factory(name, value)
 
 
 def wire_bytes(message: EmailMessage) -> bytes:

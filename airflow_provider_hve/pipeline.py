@@ -73,6 +73,9 @@ class Pipeline:
         self.pipelining = smtp.has_extn("pipelining") if pipelining is None else pipelining
         self._size = smtp.has_extn("size")
         self._awaiting: _Transaction | None = None  # content sent, final reply not read yet
+        self._staged: tuple[_Transaction, bytes] | None = None  # commands sent, replies not read yet
+        self._completed: list[Delivery] = []  # finished, not yet returned to the caller
+        self._rset_pending = False  # an RSET was written, its reply not read yet
         self._open: dict[int, tuple[Delivery, int]] = {}  # id(delivery) -> (delivery, transactions left)
         self._handed_over: set[int] = set()  # id(delivery) of messages whose content was written
         self.transactions = 0
@@ -88,7 +91,8 @@ class Pipeline:
         :meth:`flush`.
 
         :raises HveSendError: the server refused the sender (nothing more can be sent in this session).
-        :raises HveConnectionError: the connection broke; :attr:`in_flight` says which messages are unknown.
+        :raises HveConnectionError: the connection broke; its ``in_flight`` lists the messages whose outcome is
+            unknown (handed over, no final reply), ``unsent`` those that were certainly not accepted.
         """
         if not recipients:
             raise HveSendError(f"Message {message_id or key!r} has no recipients.")
@@ -99,17 +103,31 @@ class Pipeline:
         ]
         self._open[id(delivery)] = (delivery, len(chunks))
         content = _dot_stuffed(payload)
-        completed: list[Delivery] = []
         for chunk in chunks:
-            completed.extend(self._transaction(_Transaction(delivery, chunk), content, len(payload)))
-        return completed
+            self._transaction(_Transaction(delivery, chunk), content, len(payload))
+        return self._take_completed()
 
     def flush(self) -> list[Delivery]:
-        """Read the last pending reply; return the deliveries it completes."""
-        if self._awaiting is None:
-            return []
-        transaction, self._awaiting = self._awaiting, None
-        return self._finish(transaction, *self._read())
+        """Send what is staged and read every outstanding reply; return the deliveries completed."""
+        if self._staged is not None:
+            prefix, _ = self._resolve_staged()
+            if prefix:
+                self._write(prefix)
+        self._read_outstanding()
+        return self._take_completed()
+
+    def _read_outstanding(self) -> None:
+        """Read the final reply of the message whose content went last, or the reply to the last RSET."""
+        if self._awaiting is not None:
+            transaction, self._awaiting = self._awaiting, None
+            self._finish(transaction, *self._read(final_of=transaction))
+        if self._rset_pending:
+            self._rset_pending = False
+            self._read()
+
+    def _take_completed(self) -> list[Delivery]:
+        completed, self._completed = self._completed, []
+        return completed
 
     @property
     def in_flight(self) -> list[Delivery]:
@@ -129,22 +147,50 @@ class Pipeline:
         commands += [f"RCPT TO:<{address}>\r\n" for address in transaction.recipients]
         commands.append("DATA\r\n")
         self.transactions += 1
+        if not self.pipelining:
+            return self._transaction_in_lockstep(transaction, commands, content)
 
+        # The previous transaction's replies have had the time this message took to build: read them, and
+        # send its content and this transaction's commands in one write. This transaction's replies are read
+        # on the next call, while the caller builds the next message.
         completed: list[Delivery] = []
-        if self.pipelining:
-            self._write("".join(commands).encode("ascii"))
-            if self._awaiting is not None:
-                previous, self._awaiting = self._awaiting, None
-                completed += self._finish(previous, *self._read())
-            replies = [self._read() for _ in commands]
-        else:
-            replies = []
-            for command in commands:
-                self._write(command.encode("ascii"))
-                replies.append(self._read())
-                if replies[0][0] != 250:
-                    break
+        prefix = b""
+        if self._staged is not None:
+            prefix, completed = self._resolve_staged()
+        self._write(prefix + "".join(commands).encode("ascii"))
+        self._staged = (transaction, content)
+        return completed
 
+    def _resolve_staged(self) -> tuple[bytes, list[Delivery]]:
+        """Read the staged transaction's replies; return what to write next (its content) and completions."""
+        assert self._staged is not None
+        (transaction, content), self._staged = self._staged, None
+        self._read_outstanding()
+        replies = [self._read() for _ in range(len(transaction.recipients) + 2)]
+        return self._after_commands(transaction, replies, content, [])
+
+    def _transaction_in_lockstep(
+        self, transaction: _Transaction, commands: list[str], content: bytes
+    ) -> list[Delivery]:
+        replies = []
+        for command in commands:
+            self._write(command.encode("ascii"))
+            replies.append(self._read())
+            if replies[0][0] != 250:
+                break
+        to_write, completed = self._after_commands(transaction, replies, content, [])
+        if to_write:
+            self._write(to_write)
+        self._read_outstanding()
+        return completed
+
+    def _after_commands(
+        self,
+        transaction: _Transaction,
+        replies: list[tuple[int, str]],
+        content: bytes,
+        completed: list[Delivery],
+    ) -> tuple[bytes, list[Delivery]]:
         mail_code, mail_reply = replies[0]
         if mail_code != 250:
             raise HveSendError(
@@ -158,19 +204,20 @@ class Pipeline:
                 transaction.accepted.append(address)
             else:
                 delivery.refused[address] = (code, reply)
-        data_code, data_reply = replies[-1] if len(replies) == len(commands) else (0, "")
+        data_code, data_reply = replies[-1] if len(replies) == len(transaction.recipients) + 2 else (0, "")
         if data_code == 354 and transaction.accepted:
-            self._handed_over.add(id(transaction.delivery))
-            self._write(content)
-            if self.pipelining:
-                self._awaiting = transaction
-                return completed
-            return completed + self._finish(transaction, *self._read())
+            self._handed_over.add(id(delivery))
+            self._awaiting = transaction
+            return content, completed
         if data_code == 354:
-            # A server that accepts DATA after refusing every RCPT gets an empty message, as RFC 2920 asks.
-            self._write(b".\r\n")
-            self._read()
-        return completed + self._finish(transaction, data_code, data_reply or "no recipient accepted")
+            # DATA accepted after every RCPT was refused: an empty message, as RFC 2920 asks; its reply is
+            # read like a final reply and the transaction completes with every recipient refused.
+            self._awaiting = transaction
+            return b".\r\n", completed
+        # The transaction ended without content (every RCPT or the DATA refused): clear it with RSET, or the
+        # next MAIL FROM gets "503 sender already specified". Its reply is read with the next batch.
+        self._rset_pending = True
+        return b"RSET\r\n", completed + self._finish(transaction, data_code, data_reply or "no recipient accepted")
 
     def _finish(self, transaction: _Transaction, code: int, reply: str) -> list[Delivery]:
         delivery = transaction.delivery
@@ -185,6 +232,8 @@ class Pipeline:
             return []
         del self._open[id(delivery)]
         self._handed_over.discard(id(delivery))
+        # Kept on the pipeline until handed to the caller: an error later in the same call must not lose it.
+        self._completed.append(delivery)
         return [delivery]
 
     # -- I/O -----------------------------------------------------------------------------------------------
@@ -197,7 +246,7 @@ class Pipeline:
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise self._broken(exc) from exc
 
-    def _read(self) -> tuple[int, str]:
+    def _read(self, final_of: _Transaction | None = None) -> tuple[int, str]:
         import smtplib
 
         try:
@@ -206,16 +255,24 @@ class Pipeline:
             raise self._broken(exc) from exc
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
+            if final_of is not None and not final_of.delivery.accepted:
+                # A 421 in place of the final reply is a definite answer: this message was not accepted, so
+                # sending it again cannot duplicate it.
+                self._handed_over.discard(id(final_of.delivery))
             raise self._broken(None, f"{code} {text}")
         return code, text
 
     def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
-        unknown = ", ".join(d.message_id or str(d.key) for d in self.in_flight) or "none"
+        in_flight = self.in_flight
+        unsent = [d for d, _ in self._open.values() if d not in in_flight]
+        unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
         cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}"
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
-            f"unknown: {unknown}.",
-            in_flight=[d.key for d in self.in_flight],
+            f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again.",
+            in_flight=[d.key for d in in_flight],
+            unsent=[d.key for d in unsent],
+            completed=self._take_completed(),
         )
 
 

@@ -37,9 +37,13 @@ def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
     if "sandbox" in request.fixturenames:
         sb = request.getfixturevalue("sandbox")
         sb.reset_records()
+        sb.smtp.reset_faults()
         lifetime = sb.token_lifetime
         yield
         sb.token_lifetime = lifetime
+        sb.smtp.reset_faults()
+        sb.smtp.pipelining = True
+        sb.latency_ms = 0
     else:
         yield
     clear_token_providers()

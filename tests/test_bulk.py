@@ -96,3 +96,80 @@ def test_rate_limit_spreads_messages(sandbox: HveSandbox, hook: HveHook) -> None
 def test_bad_bulk_arguments(hook: HveHook, sessions: int, rate: float | None) -> None:
     with pytest.raises(HveConfigError):
         MailMerge(hook, subject="x", text_content="y", sessions=sessions, rate_per_minute=rate)
+
+
+MERGE_CASES = __import__("pathlib").Path(__file__).parent / "dags" / "hve_merge_cases.py"
+
+
+def test_retry_after_a_broken_connection_sends_each_recipient_exactly_once(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # HVE closes the connection (421) after 15 messages: the first try fails half-way, the retry finishes.
+    sandbox.smtp.disconnect_after(15)
+    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
+    assert dag_run.state == "success"
+
+    delivered = sandbox.wait_for_messages(40, timeout=10)
+    addresses = sorted(m.rcpt_tos[0] for m in delivered)
+    assert addresses == [f"person{n:03d}@contoso.example" for n in range(40)]  # each once: none twice, none lost
+    out, err = capfd.readouterr()
+    assert "The connection to HVE broke" in out + err  # the first try's failure, in the task log
+    assert len({m.session_id for m in delivered}) == 2  # two tries, two connections
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="merge", key="return_value")
+        summary = XComModel.deserialize_value(session.scalars(query).first())
+    # The retry skipped what the first try delivered (task_state_store) and sent the rest.
+    assert summary["skipped_already_delivered"] == 15
+    assert summary["accepted"] == 25 and summary["unknown"] == [] and summary["not_sent"] == []
+
+
+def test_broken_connection_mid_run_reconnects_and_loses_nothing(sandbox: HveSandbox, hook: HveHook) -> None:
+    # A 421 in place of a final reply means "not accepted": those messages go again on a new connection.
+    sandbox.smtp.disconnect_after(10)
+    report = MailMerge(hook, subject="Hi {{ recipient.name }}", text_content="x", sessions=1).run(rows(50))
+
+    assert (report.accepted, report.unknown, report.not_sent, report.reconnects) == (50, [], [], 1)
+    delivered = sandbox.wait_for_messages(50)
+    assert sorted(m.rcpt_tos[0] for m in delivered) == [r["email"] for r in rows(50)]
+    assert len({m.session_id for m in delivered}) == 2
+
+
+def test_refused_recipient_and_refused_message_are_reported(sandbox: HveSandbox, hook: HveHook) -> None:
+    sandbox.smtp.refuse_recipient("user00003@contoso.example")
+    sandbox.smtp.fail_next_data("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", count=1)
+    report = MailMerge(hook, subject="x", text_content="y", sessions=1).run(rows(8))
+
+    assert report.refused["user00003@contoso.example"][0] == 550
+    quota = [addr for addr, (code, reply) in report.refused.items() if code == 554]
+    assert len(quota) == 1 and "SubmissionQuotaExceeded" in report.refused[quota[0]][1]
+    assert report.accepted == 6
+    assert len(sandbox.wait_for_messages(6)) == 6
+
+
+def test_without_pipelining_every_message_still_arrives_once(sandbox: HveSandbox, hook: HveHook) -> None:
+    sandbox.smtp.pipelining = False
+    try:
+        report = MailMerge(hook, subject="x", text_content="y", sessions=1).run(rows(20))
+    finally:
+        sandbox.smtp.pipelining = True
+    assert report.accepted == 20
+    assert sorted(m.rcpt_tos[0] for m in sandbox.wait_for_messages(20)) == [r["email"] for r in rows(20)]
+
+
+def test_pipelining_costs_one_round_trip_per_message(sandbox: HveSandbox, hook: HveHook) -> None:
+    with hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        assert pipeline.pipelining
+        before = sandbox.smtp_round_trips()
+        for n in range(30):
+            out = hook.build_message(to=f"u{n}@contoso.example", subject="x", text_content="y")
+            pipeline.submit(n, out.payload, out.recipients)
+        done = pipeline.flush()
+        trips = sandbox.smtp_round_trips() - before
+    assert done and len(sandbox.wait_for_messages(30)) == 30
+    # Unpipelined, each message would cost 4 (MAIL, RCPT, DATA, content); pipelined about 1.
+    assert trips <= 30 * 1.5, trips

@@ -105,3 +105,27 @@ def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> 
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})
+
+
+def test_mail_merge_fans_out_over_mapped_tasks(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "pools", "set", "hve_smtp", "8", "HVE SMTP sessions"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dag_run = run_dag(EXAMPLE_DAGS / "hve_mail_merge.py", "hve_mail_merge")
+    assert dag_run.state == "success"
+
+    delivered = sandbox.wait_for_messages(300, timeout=30)
+    assert sorted(m.rcpt_tos[0] for m in delivered) == [f"employee{n:04d}@contoso.example" for n in range(300)]
+    sample = {m.rcpt_tos[0]: m.message for m in delivered}["employee0007@contoso.example"]
+    ds = dag_run.logical_date.strftime("%Y-%m-%d")
+    assert sample["Subject"] == f"Your hours for {ds}, Employee 7"
+    assert "you logged <b>37</b> hours." in sample.get_body(("html",)).get_content()
+    # dag.test() runs the three mapped tasks in one process: one token for all of them.
+    assert len(token_posts()) == 1
+    # Three mapped tasks with two sessions each.
+    assert len({m.session_id for m in delivered}) <= 6

@@ -259,6 +259,7 @@ class HveMailMergeOperator(BaseOperator):
     :param fail_on_refused: fail the task (after everyone else was tried) if any row was refused, invalid
         or unknown; the summary is then pushed to XCom under ``hve_summary``.
     :param progress_interval: seconds between progress lines.
+    :param max_reconnects: how often a session may be re-opened after HVE broke the connection.
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -302,6 +303,7 @@ class HveMailMergeOperator(BaseOperator):
         rate_per_minute: float | None = None,
         fail_on_refused: bool = True,
         progress_interval: float = 10.0,
+        max_reconnects: int = 3,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -320,11 +322,12 @@ class HveMailMergeOperator(BaseOperator):
         self.rate_per_minute = rate_per_minute
         self.fail_on_refused = fail_on_refused
         self.progress_interval = progress_interval
+        self.max_reconnects = max_reconnects
         self.hve_conn_id = hve_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
-        from airflow_provider_hve.exceptions import HveSendError
+        from airflow_provider_hve.exceptions import HveError, HveSendError
         from airflow_provider_hve.hooks.hve import HveHook
         from airflow_provider_hve.message import attachments_from_files
         from airflow_provider_hve.reports import table_from_data
@@ -355,8 +358,14 @@ class HveMailMergeOperator(BaseOperator):
             context=dict(context),
             delivery_log=TaskStateDeliveryLog(store, prefix=f"hve_mail_merge/{self.task_id}") if store else None,
             progress_interval=self.progress_interval,
+            max_reconnects=self.max_reconnects,
         )
-        summary = merge.run(rows).as_dict()
+        try:
+            summary = merge.run(rows).as_dict()
+        except HveError:
+            if merge.last_report is not None:
+                context["ti"].xcom_push(key="hve_summary", value=merge.last_report.as_dict())
+            raise
         problems = len(summary["refused"]) + len(summary["invalid"]) + len(summary["unknown"])
         if problems and self.fail_on_refused:
             context["ti"].xcom_push(key="hve_summary", value=summary)
