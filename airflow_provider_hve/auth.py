@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = 12 * 60
 """Seconds of validity a token must still have to be used; HVE refuses tokens within ~10 minutes of expiry."""
+ENTRA_RETRIES = 3
+"""How many times a throttled (429) or unavailable (5xx) token request is retried."""
+ENTRA_MAX_WAIT = 30.0
+"""Longest Retry-After honoured (seconds); a longer one fails at once with the time to wait."""
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class TokenProvider:
         self.config = config
         self._lock = threading.Lock()
         self._app: Any = None
+        self._http: Any = None
         self.requests_sent = 0
         """How many times Entra was asked for a token (cache hits excluded)."""
 
@@ -99,10 +105,43 @@ class TokenProvider:
 
     def _application(self) -> Any:
         if self._app is None:
-            self._app = _build_application(self.config)
+            self._http = _entra_session(self.config)
+            self._app = _build_application(self.config, self._http)
         return self._app
 
     def _acquire(self) -> AccessToken:
+        """Get a token, honouring Entra's Retry-After when it throttles (429) or is unavailable (5xx)."""
+        for attempt in range(ENTRA_RETRIES + 1):
+            if self._http is not None:
+                self._http.last_status = None
+            try:
+                return self._acquire_once()
+            except HveAuthError as exc:
+                status = getattr(self._http, "last_status", None)
+                if status not in _RETRYABLE_STATUS:
+                    raise
+                wait = _retry_after(getattr(self._http, "last_retry_after", None), attempt)
+                if attempt == ENTRA_RETRIES or wait > ENTRA_MAX_WAIT:
+                    raise HveAuthError(
+                        f"Entra ID answered HTTP {status} ({'throttled' if status == 429 else 'unavailable'}) "
+                        f"{attempt + 1} time(s) for connection {self.config.conn_id!r}; it asks to wait {wait:.0f} s. "
+                        f"Retry later, or spread the load (fewer parallel tasks on this credential).\n{exc}",
+                        code=exc.code,
+                        correlation_id=exc.correlation_id,
+                        trace_id=exc.trace_id,
+                    ) from exc
+                log.warning(
+                    "Entra ID answered HTTP %s for connection %r; retrying in %.1f s (%d/%d).",
+                    status,
+                    self.config.conn_id,
+                    wait,
+                    attempt + 1,
+                    ENTRA_RETRIES,
+                )
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _acquire_once(self) -> AccessToken:
         scopes = list(self.config.scopes)
         try:
             # Building the MSAL app runs tenant discovery: an unknown tenant fails here.
@@ -184,12 +223,24 @@ def _credential_key(config: HveConnectionConfig) -> tuple[Any, ...]:
     )
 
 
-def _build_application(config: HveConnectionConfig) -> Any:
+def _retry_after(header: str | None, attempt: int) -> float:
+    # MSAL keeps answering from its throttle cache until Retry-After has passed (5 s when absent): wait at
+    # least that, plus a little jitter so parallel tasks do not come back in step.
+    import random
+
+    try:
+        seconds = float(header) if header is not None else 5.0 * (attempt + 1)
+    except ValueError:
+        seconds = 5.0 * (attempt + 1)
+    return seconds + random.uniform(0.05, 0.25)
+
+
+def _build_application(config: HveConnectionConfig, http_client: Any) -> Any:
     import msal
 
     common: dict[str, Any] = {
         "authority": config.authority,
-        "http_client": _entra_session(config),
+        "http_client": http_client,
         # Only Microsoft's own hosts are known to its instance discovery; anything else (sovereign
         # clouds are known, the sandbox is not) must skip it or MSAL calls login.microsoftonline.com.
         "instance_discovery": _is_public_cloud(config.authority_host),
@@ -280,6 +331,9 @@ def _entra_session(config: HveConnectionConfig) -> requests.Session:
     class EntraSession(requests.Session):
         """A requests session that keeps our trust store and works around an MSAL URL quirk."""
 
+        last_status: int | None = None
+        last_retry_after: str | None = None
+
         def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
             # A per-request verify wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE; a session-level one
             # does not (requests merges the environment over it).
@@ -287,7 +341,11 @@ def _entra_session(config: HveConnectionConfig) -> requests.Session:
                 kwargs.setdefault("verify", verify)
             kwargs.setdefault("timeout", config.timeout)
             target = url.decode() if isinstance(url, bytes) else url
-            return super().request(method, _restore_port(str(target), authority), *args, **kwargs)
+            response = super().request(method, _restore_port(str(target), authority), *args, **kwargs)
+            # MSAL does not pass the HTTP status or Retry-After on: keep them for the retry decision.
+            self.last_status = response.status_code
+            self.last_retry_after = response.headers.get("Retry-After")
+            return response
 
     return EntraSession()
 

@@ -38,6 +38,7 @@ def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
         sb = request.getfixturevalue("sandbox")
         sb.reset_records()
         sb.smtp.reset_faults()
+        sb.entra.reset_faults()
         lifetime = sb.token_lifetime
         yield
         sb.token_lifetime = lifetime

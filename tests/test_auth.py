@@ -218,3 +218,26 @@ def test_ca_bundle_wins_over_requests_ca_bundle(
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     assert HveHook(hve_conn_id=hve_connection()).get_access_token()
+
+
+@pytest.mark.parametrize("status", [429, 503], ids=["throttled", "unavailable"])
+def test_entra_throttling_is_waited_out_with_retry_after(
+    sandbox: HveSandbox, hve_connection: ConnFactory, token_posts: Callable[[], list[Any]], status: int
+) -> None:
+    import time
+
+    sandbox.entra.throttle(1, status=status, retry_after=1)
+    started = time.monotonic()
+    assert HveHook(hve_conn_id=hve_connection()).get_access_token()
+    assert time.monotonic() - started >= 1.0  # Retry-After honoured
+    assert [r.status for r in token_posts()] == [status, 200]
+
+
+def test_entra_asking_for_a_long_wait_fails_at_once_with_the_wait(
+    sandbox: HveSandbox, hve_connection: ConnFactory, token_posts: Callable[[], list[Any]]
+) -> None:
+    sandbox.entra.throttle(5, status=429, retry_after=600)
+    with pytest.raises(HveAuthError, match=r"HTTP 429 \(throttled\).*wait 600 s") as info:
+        HveHook(hve_conn_id=hve_connection()).get_access_token()
+    assert info.value.code == "AADSTS50196" and info.value.correlation_id
+    assert len(token_posts()) == 1

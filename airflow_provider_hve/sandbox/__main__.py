@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="REPLY",
         help="the reply for --disconnect-after (default: 421 4.3.2 Service not available...)",
     )
+    parser.add_argument(
+        "--throttle-token",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the next N token requests with --throttle-status (default 429) and Retry-After",
+    )
+    parser.add_argument("--throttle-status", type=int, default=429, help="429 (throttled) or 5xx (unavailable)")
+    parser.add_argument("--throttle-retry-after", type=int, default=1, help="Retry-After seconds (default 1)")
     return parser
 
 
@@ -112,6 +121,9 @@ def apply_fault_switches(sandbox: HveSandbox, args: argparse.Namespace) -> list[
     if args.disconnect_after is not None:
         sandbox.smtp.disconnect_after(args.disconnect_after, args.disconnect_reply, times=args.disconnect_times)
         described.append(f"disconnect after {args.disconnect_after} messages x{args.disconnect_times}")
+    if args.throttle_token:
+        sandbox.entra.throttle(args.throttle_token, status=args.throttle_status, retry_after=args.throttle_retry_after)
+        described.append(f"token endpoint {args.throttle_status} x{args.throttle_token}")
     return described
 
 

@@ -60,6 +60,8 @@ class EntraServer:
         self.port = port
         self.latency_ms = latency_ms
         self.requests: RecordList[TokenRequest] = RecordList()
+        self._throttle: list[tuple[int, int | None]] = []  # (status, Retry-After) for the next POSTs
+        self._throttle_lock = threading.Lock()
         handler = type("_BoundHandler", (_EntraRequestHandler,), {"entra": self})
         self._httpd = _QuietHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
@@ -130,6 +132,24 @@ class EntraServer:
             "cloud_graph_host_name": "localhost",
             "msgraph_host": "localhost",
         }
+
+    def throttle(self, count: int = 1, *, status: int = 429, retry_after: int | None = 1) -> None:
+        """Answer the next ``count`` token requests with ``status`` (429 throttled, 503 unavailable).
+
+        :param retry_after: the ``Retry-After`` header in seconds, or ``None`` to send none.
+        """
+        with self._throttle_lock:
+            self._throttle = [(status, retry_after)] * count
+
+    def reset_faults(self) -> None:
+        """Stop throttling."""
+        with self._throttle_lock:
+            self._throttle = []
+
+    def next_throttle(self) -> tuple[int, int | None] | None:
+        """Take the next pending throttling answer, if any."""
+        with self._throttle_lock:
+            return self._throttle.pop(0) if self._throttle else None
 
     def error_body(self, error: EntraError, correlation_id: str | None) -> dict[str, Any]:
         """Render an error exactly in Entra's JSON shape."""
@@ -210,6 +230,15 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
             self._json(record, 404, {"error": "not_found", "error_description": f"No route for {path}."})
             return
         record.tenant = tenant = match["tenant"]
+        throttled = self.entra.next_throttle()
+        if throttled is not None:
+            status, retry_after = throttled
+            # Entra's answers when it sheds load: AADSTS50196 (throttled) / 90033 (temporarily unavailable).
+            code, error = (50196, "invalid_request") if status == 429 else (90033, "temporarily_unavailable")
+            message = "The server is busy; retry later." if status != 429 else "Too many requests; slow down."
+            self._retry_after = retry_after
+            self._error(record, EntraError(status, error, code, message))
+            return
         try:
             if tenant.lower() != self.entra.tenant_id:
                 raise self.entra.unknown_tenant(tenant)
@@ -249,5 +278,8 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if record.client_request_id:
             self.send_header("client-request-id", record.client_request_id)
+        retry_after = getattr(self, "_retry_after", None)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         self.end_headers()
         self.wfile.write(payload)

@@ -136,6 +136,12 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
             "3",
             "--disconnect-times",
             "2",
+            "--throttle-token",
+            "2",
+            "--throttle-status",
+            "503",
+            "--throttle-retry-after",
+            "4",
         ]
     )
     with build_sandbox(args) as sandbox:
@@ -148,11 +154,13 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
         assert handler._disconnect is not None
         assert (handler._disconnect.every, handler._disconnect.remaining) == (3, 2)
         assert handler._disconnect.reply.startswith("421 4.3.2")
+        assert [sandbox.entra.next_throttle() for _ in range(3)] == [(503, 4), (503, 4), None]
     assert described == [
         "refuse gone@contoso.example",
         "refuse left@contoso.example",
         "fail DATA x2 (451)",
         "disconnect after 3 messages x2",
+        "token endpoint 503 x2",
     ]
     defaults = _parser().parse_args([])
     assert (defaults.latency_ms, defaults.no_pipelining, defaults.disconnect_after) == (0, False, None)
