@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 8
 """Upper bound on parallel SMTP sessions per task; HVE limits concurrent connections per tenant."""
+TRANSIENT_RETRIES = 3
+"""How many more times a message refused with a 4xx (temporary) reply is sent, with backoff, before it is
+reported as refused."""
 
 
 class DeliveryLog(Protocol):
@@ -59,6 +63,8 @@ class BulkReport:
     """Rows not attempted because the run stopped early (see the error); a retry sends them."""
     sessions: int = 0
     reconnects: int = 0
+    retried: int = 0
+    """Messages sent again after a temporary (4xx) refusal."""
     token_requests: int = 0
     elapsed_seconds: float = 0.0
 
@@ -79,6 +85,7 @@ class BulkReport:
             "skipped_already_delivered": self.skipped,
             "sessions": self.sessions,
             "reconnects": self.reconnects,
+            "retried_after_4xx": self.retried,
             "token_requests": self.token_requests,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "messages_per_second": round(self.messages_per_second, 1),
@@ -267,6 +274,7 @@ class MailMerge:
                     pipeline = session.pipeline()
                     while item is not None and not state.stopped:
                         index, row, _key, mailbox = item
+                        state.wait_turn(index)
                         try:
                             outgoing = self._render(index, row, mailbox)
                         except HveConfigError as exc:
@@ -277,6 +285,10 @@ class MailMerge:
                             state.sent(item)
                             state.completed(pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id))
                         item = state.next()
+                        if item is None:
+                            # The last outcomes may send rows back (temporary refusals): read them first.
+                            state.completed(pipeline.flush())
+                            item = state.next()
                     state.completed(pipeline.flush())
             except HveConnectionError as exc:
                 # Handed over without a final reply: unknown, never resent (no duplicates). Certainly not
@@ -425,6 +437,9 @@ class _RunState:
         self.total = total
         self._iter = work
         self._again: list[tuple[int, Mapping[str, Any], str, Mailbox]] = []  # not accepted: to send again
+        self._later: list[tuple[int, Mapping[str, Any], str, Mailbox]] = []  # refused with 4xx: after a backoff
+        self._tries: dict[int, int] = {}  # index -> temporary refusals so far
+        self._not_before: dict[int, float] = {}  # index -> monotonic time before which it is not sent again
         self._items: dict[Hashable, tuple[int, Mapping[str, Any], str, Mailbox]] = {}  # given to a pipeline
         self._lock = threading.Lock()
         self._log = delivery_log
@@ -435,7 +450,18 @@ class _RunState:
         with self._lock:
             if self._again:
                 return self._again.pop()
-            return next(self._iter, None)
+            now = time.monotonic()
+            due = [item for item in self._later if self._not_before.get(item[0], 0.0) <= now]
+            if due:
+                self._later.remove(due[0])
+                return due[0]
+            fresh = next(self._iter, None)
+            if fresh is not None or not self._later:
+                return fresh
+            # Only messages waiting out a backoff are left: take the earliest (wait_turn sleeps until then).
+            earliest = min(self._later, key=lambda item: self._not_before.get(item[0], 0.0))
+            self._later.remove(earliest)
+            return earliest
 
     def sent(self, item: tuple[int, Mapping[str, Any], str, Mailbox]) -> None:
         with self._lock:
@@ -456,7 +482,10 @@ class _RunState:
         with self._lock:
             delivered = []
             for delivery in deliveries:
-                key = self._items.pop(delivery.key)[2]
+                item = self._items.pop(delivery.key)
+                key = item[2]
+                if self._retry_later(item, delivery):
+                    continue
                 if delivery.accepted:
                     self.report.accepted += 1
                     delivered.append(key)
@@ -465,6 +494,30 @@ class _RunState:
             self._progress.update(self._done(), len(self.report.refused))
         if self._log is not None and delivered:
             self._log.record(delivered)
+
+    def _retry_later(self, item: tuple[int, Mapping[str, Any], str, Mailbox], delivery: Delivery) -> bool:
+        """Queue a message refused only with 4xx replies (throttling, temporary failure) to go again later."""
+        codes = [code for code, _ in delivery.refused.values()]
+        index = item[0]
+        tries = self._tries.get(index, 0)
+        if delivery.accepted or not codes or not all(400 <= code < 500 for code in codes):
+            return False
+        if tries >= TRANSIENT_RETRIES:
+            return False
+        self._tries[index] = tries + 1
+        # Exponential backoff with jitter, so sessions that were throttled together do not return together.
+        self._not_before[index] = time.monotonic() + 0.5 * 2**tries + random.uniform(0, 0.25)
+        self._later.append(item)
+        self.report.retried += 1
+        return True
+
+    def wait_turn(self, index: int) -> None:
+        """Sleep until a message that was refused temporarily may be sent again."""
+        with self._lock:
+            not_before = self._not_before.pop(index, 0.0)
+        delay = not_before - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def invalid(self, index: int, reason: str) -> None:
         with self._lock:
@@ -490,8 +543,9 @@ class _RunState:
     def leftover(self) -> list[str]:
         """Addresses of rows never completed: still queued, or given to a pipeline that stopped."""
         with self._lock:
-            rest = [*self._again, *self._iter, *self._items.values()]
+            rest = [*self._again, *self._later, *self._iter, *self._items.values()]
             self._again.clear()
+            self._later.clear()
             self._items.clear()
         return [item[3].addr_spec for item in rest]
 

@@ -194,3 +194,20 @@ def test_retry_on_older_airflow_says_it_may_resend(
     assert "rows delivered by the failed try may be sent again" in out + err
     delivered = {m.rcpt_tos[0] for m in sandbox.wait_for_messages(40, timeout=10)}
     assert delivered == {f"person{n:03d}@contoso.example" for n in range(40)}  # nobody lost
+
+
+def test_temporary_refusals_are_retried_with_backoff_and_then_reported(sandbox: HveSandbox, hook: HveHook) -> None:
+    # Two 451s: both messages go again after a backoff and arrive; the budget is not exhausted.
+    sandbox.smtp.fail_next_data("451 4.3.0 Temporary server error", count=2)
+    report = MailMerge(hook, subject="x", text_content="y", sessions=1).run(rows(10))
+    assert (report.accepted, report.refused, report.retried) == (10, {}, 2)
+    assert sorted(m.rcpt_tos[0] for m in sandbox.wait_for_messages(10)) == [r["email"] for r in rows(10)]
+
+
+def test_temporary_refusal_budget_is_bounded(sandbox: HveSandbox, hook: HveHook) -> None:
+    sandbox.smtp.fail_next_data("452 4.3.1 Insufficient system resources", count=50)
+    report = MailMerge(hook, subject="x", text_content="y", sessions=1).run(rows(1))
+    # The first try and three more, then reported with the server's reply; nothing delivered, nothing lost.
+    assert report.accepted == 0 and report.retried == 3
+    assert report.refused == {"user00000@contoso.example": [452, "4.3.1 Insufficient system resources"]}
+    assert not sandbox.messages
