@@ -110,7 +110,7 @@ class Pipeline:
     def flush(self) -> list[Delivery]:
         """Send what is staged and read every outstanding reply; return the deliveries completed."""
         if self._staged is not None:
-            prefix, _ = self._resolve_staged()
+            prefix = self._resolve_staged()
             if prefix:
                 self._write(prefix)
         self._read_outstanding()
@@ -141,56 +141,45 @@ class Pipeline:
 
     # -- one transaction ---------------------------------------------------------------------------------
 
-    def _transaction(self, transaction: _Transaction, content: bytes, size: int) -> list[Delivery]:
+    def _transaction(self, transaction: _Transaction, content: bytes, size: int) -> None:
         size_param = f" SIZE={size}" if self._size else ""
         commands = [f"MAIL FROM:<{self._sender}>{size_param}\r\n"]
         commands += [f"RCPT TO:<{address}>\r\n" for address in transaction.recipients]
         commands.append("DATA\r\n")
         self.transactions += 1
         if not self.pipelining:
-            return self._transaction_in_lockstep(transaction, commands, content)
+            self._transaction_in_lockstep(transaction, commands, content)
+            return
 
         # The previous transaction's replies have had the time this message took to build: read them, and
         # send its content and this transaction's commands in one write. This transaction's replies are read
         # on the next call, while the caller builds the next message.
-        completed: list[Delivery] = []
-        prefix = b""
-        if self._staged is not None:
-            prefix, completed = self._resolve_staged()
+        prefix = self._resolve_staged() if self._staged is not None else b""
         self._write(prefix + "".join(commands).encode("ascii"))
         self._staged = (transaction, content)
-        return completed
 
-    def _resolve_staged(self) -> tuple[bytes, list[Delivery]]:
-        """Read the staged transaction's replies; return what to write next (its content) and completions."""
+    def _resolve_staged(self) -> bytes:
+        """Read the staged transaction's replies; return what to write next (its content, or RSET)."""
         assert self._staged is not None
         (transaction, content), self._staged = self._staged, None
         self._read_outstanding()
         replies = [self._read() for _ in range(len(transaction.recipients) + 2)]
-        return self._after_commands(transaction, replies, content, [])
+        return self._after_commands(transaction, replies, content)
 
-    def _transaction_in_lockstep(
-        self, transaction: _Transaction, commands: list[str], content: bytes
-    ) -> list[Delivery]:
+    def _transaction_in_lockstep(self, transaction: _Transaction, commands: list[str], content: bytes) -> None:
         replies = []
         for command in commands:
             self._write(command.encode("ascii"))
             replies.append(self._read())
             if replies[0][0] != 250:
                 break
-        to_write, completed = self._after_commands(transaction, replies, content, [])
+        to_write = self._after_commands(transaction, replies, content)
         if to_write:
             self._write(to_write)
         self._read_outstanding()
-        return completed
 
-    def _after_commands(
-        self,
-        transaction: _Transaction,
-        replies: list[tuple[int, str]],
-        content: bytes,
-        completed: list[Delivery],
-    ) -> tuple[bytes, list[Delivery]]:
+    def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> bytes:
+        """Record the command replies; return what to write next: the content, an empty message, or RSET."""
         mail_code, mail_reply = replies[0]
         if mail_code != 250:
             raise HveSendError(
@@ -208,18 +197,19 @@ class Pipeline:
         if data_code == 354 and transaction.accepted:
             self._handed_over.add(id(delivery))
             self._awaiting = transaction
-            return content, completed
+            return content
         if data_code == 354:
             # DATA accepted after every RCPT was refused: an empty message, as RFC 2920 asks; its reply is
             # read like a final reply and the transaction completes with every recipient refused.
             self._awaiting = transaction
-            return b".\r\n", completed
+            return b".\r\n"
         # The transaction ended without content (every RCPT or the DATA refused): clear it with RSET, or the
         # next MAIL FROM gets "503 sender already specified". Its reply is read with the next batch.
         self._rset_pending = True
-        return b"RSET\r\n", completed + self._finish(transaction, data_code, data_reply or "no recipient accepted")
+        self._finish(transaction, data_code, data_reply or "no recipient accepted")
+        return b"RSET\r\n"
 
-    def _finish(self, transaction: _Transaction, code: int, reply: str) -> list[Delivery]:
+    def _finish(self, transaction: _Transaction, code: int, reply: str) -> None:
         delivery = transaction.delivery
         if code == 250:
             delivery.accepted.extend(transaction.accepted)
@@ -229,12 +219,11 @@ class Pipeline:
         owner, left = self._open[id(delivery)]
         if left > 1:
             self._open[id(delivery)] = (owner, left - 1)
-            return []
+            return
         del self._open[id(delivery)]
         self._handed_over.discard(id(delivery))
         # Kept on the pipeline until handed to the caller: an error later in the same call must not lose it.
         self._completed.append(delivery)
-        return [delivery]
 
     # -- I/O -----------------------------------------------------------------------------------------------
 

@@ -102,6 +102,28 @@ def run_dag(airflow_db: None, hve_connection: Callable[..., str]) -> Callable[..
 
 
 @pytest.fixture
+def task_outputs(airflow_db: None) -> Callable[..., tuple[Any, dict[str, Any]]]:
+    """Return ``outputs(dag_run, task_id)``: the task's XCom return value and rendered fields, as the UI reads them."""
+
+    def outputs(dag_run: Any, task_id: str) -> tuple[Any, dict[str, Any]]:
+        from airflow.models.renderedtifields import RenderedTaskInstanceFields
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            ti = dag_run.get_task_instance(task_id, session=session)
+            rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
+            query = XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+            )
+            row = session.scalars(query).first()
+            value = XComModel.deserialize_value(row) if row is not None else None
+        return value, rendered
+
+    return outputs
+
+
+@pytest.fixture
 def token_posts(sandbox: HveSandbox) -> Callable[[], list[Any]]:
     """Return the token requests (POSTs) the sandbox's Entra saw so far; discovery GETs excluded."""
     return lambda: [r for r in sandbox.token_requests if r.method == "POST"]

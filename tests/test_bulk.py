@@ -110,7 +110,10 @@ def _has_task_state_store() -> bool:
 
 @pytest.mark.skipif(not _has_task_state_store(), reason="task_state_store came in Airflow 3.3")
 def test_retry_after_a_broken_connection_sends_each_recipient_exactly_once(
-    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    task_outputs: Callable[..., Any],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     # HVE closes the connection (421) after 15 messages: the first try fails half-way, the retry finishes.
     sandbox.smtp.disconnect_after(15)
@@ -124,12 +127,7 @@ def test_retry_after_a_broken_connection_sends_each_recipient_exactly_once(
     assert "The connection to HVE broke" in out + err  # the first try's failure, in the task log
     assert len({m.session_id for m in delivered}) == 2  # two tries, two connections
 
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="merge", key="return_value")
-        summary = XComModel.deserialize_value(session.scalars(query).first())
+    summary, _ = task_outputs(dag_run, "merge")
     # The retry skipped what the first try delivered (task_state_store) and sent the rest.
     assert summary["skipped_already_delivered"] == 15
     assert summary["accepted"] == 25 and summary["unknown"] == [] and summary["not_sent"] == []

@@ -15,22 +15,9 @@ from airflow_provider_hve.sandbox import HveSandbox
 CASES = Path(__file__).parent / "dags" / "hve_operator_cases.py"
 
 
-def task_outputs(dag_run: Any, task_id: str = "mail") -> tuple[Any, dict[str, Any]]:
-    """Return the task's XCom return value and its rendered template fields, as the UI reads them."""
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        ti = dag_run.get_task_instance(task_id, session=session)
-        rendered = RenderedTaskInstanceFields.get_templated_fields(ti, session=session)
-        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value")
-        row = session.scalars(query).first()
-        value = XComModel.deserialize_value(row) if row is not None else None
-    return value, rendered
-
-
-def test_template_file_data_images_files_and_csv(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+def test_template_file_data_images_files_and_csv(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, task_outputs: Callable[..., Any]
+) -> None:
     dag_run = run_dag(CASES, "hve_case_template_file")
     assert dag_run.state == "success"
 
@@ -57,7 +44,7 @@ def test_template_file_data_images_files_and_csv(run_dag: Callable[..., Any], sa
     names = sorted(p.get_filename() for p in message.iter_attachments())
     assert names == ["notes.txt", "scores.csv"]
 
-    summary, rendered = task_outputs(dag_run)
+    summary, rendered = task_outputs(dag_run, "mail")
     assert summary["message_id"] == message["Message-ID"]
     assert sorted(summary["accepted"]) == sorted(delivered.rcpt_tos)
     assert summary["refused"] == {}
@@ -68,6 +55,7 @@ def test_template_file_data_images_files_and_csv(run_dag: Callable[..., Any], sa
 
 def test_dry_run_writes_the_eml_and_sends_nothing(
     run_dag: Callable[..., Any],
+    task_outputs: Callable[..., Any],
     sandbox: HveSandbox,
     token_posts: Callable[[], list[Any]],
     tmp_path: Path,
@@ -85,7 +73,7 @@ def test_dry_run_writes_the_eml_and_sends_nothing(
     assert "Hello &lt;team&gt;" in message.get_body(("html",)).get_content()
     assert message.get_body(("plain",)).get_content().strip() == "Hello <team> (plain)"
 
-    summary, _ = task_outputs(dag_run)
+    summary, _ = task_outputs(dag_run, "mail")
     assert summary["dry_run"] is True and summary["eml_path"] == str(eml)
     assert summary["recipients"] == ["a@contoso.example", "b@contoso.example", "audit@contoso.example"]
 
