@@ -3,7 +3,8 @@
 Prints the ``export AIRFLOW_CONN_HVE_DEFAULT=...`` line to paste into another shell, then
 one line per delivered message, until SIGINT or SIGTERM. Switches emulate a WAN
 (``--latency-ms``), a server without PIPELINING (``--no-pipelining``) and HVE's failures
-(``--refuse-recipient``, ``--fail-next-data``, ``--disconnect-after``).
+(``--refuse-recipient``, ``--fail-next-data``, ``--disconnect-after``, ``--smtp-throttle-seconds``,
+``--stall-after``, ``--limit-sessions``, ``--throttle-token``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from collections.abc import Sequence
 from types import FrameType
 
 from airflow_provider_hve.sandbox.core import AUTH_MODES, HveSandbox
-from airflow_provider_hve.sandbox.smtp_server import SERVICE_CLOSING, SUBMISSION_QUOTA_EXCEEDED
+from airflow_provider_hve.sandbox.smtp_server import (
+    FAULTABLE_COMMANDS,
+    SERVICE_CLOSING,
+    SUBMISSION_QUOTA_EXCEEDED,
+    TOO_MANY_CONNECTIONS,
+)
 
 FEDERATED_REFRESH_SECONDS = 30 * 60
 
@@ -78,6 +84,44 @@ def _parser() -> argparse.ArgumentParser:
         help="the reply for --disconnect-after (default: 421 4.3.2 Service not available...)",
     )
     parser.add_argument(
+        "--smtp-throttle-seconds",
+        type=float,
+        metavar="S",
+        help="for S seconds from start, answer --smtp-throttle-command with --smtp-throttle-reply",
+    )
+    parser.add_argument(
+        "--smtp-throttle-reply",
+        default=TOO_MANY_CONNECTIONS,
+        metavar="REPLY",
+        help="the throttling reply (default: 432 4.3.2 ...sender thread limit exceeded)",
+    )
+    parser.add_argument(
+        "--smtp-throttle-command",
+        default="MAIL",
+        choices=FAULTABLE_COMMANDS,
+        help="the command throttled; 'content' is the reply after a message (default: MAIL)",
+    )
+    parser.add_argument(
+        "--stall-after",
+        type=int,
+        metavar="N",
+        help="after N accepted messages, hold the next reply to --stall-command for --stall-seconds",
+    )
+    parser.add_argument("--stall-seconds", type=float, default=60.0, metavar="S", help="default: 60")
+    parser.add_argument(
+        "--stall-command",
+        default="content",
+        choices=FAULTABLE_COMMANDS,
+        help="the reply held; 'content' delivers the message and holds its 250 (default: content)",
+    )
+    parser.add_argument("--stall-times", type=int, default=1, metavar="K", help="repeat --stall-after K times")
+    parser.add_argument(
+        "--limit-sessions",
+        type=int,
+        metavar="N",
+        help="at most N concurrent sessions per HVE account; others get 432 4.3.2 at MAIL FROM",
+    )
+    parser.add_argument(
         "--throttle-token",
         type=int,
         default=0,
@@ -121,6 +165,20 @@ def apply_fault_switches(sandbox: HveSandbox, args: argparse.Namespace) -> list[
     if args.disconnect_after is not None:
         sandbox.smtp.disconnect_after(args.disconnect_after, args.disconnect_reply, times=args.disconnect_times)
         described.append(f"disconnect after {args.disconnect_after} messages x{args.disconnect_times}")
+    if args.smtp_throttle_seconds:
+        sandbox.smtp.throttle(
+            args.smtp_throttle_reply, command=args.smtp_throttle_command, seconds=args.smtp_throttle_seconds
+        )
+        code, command = args.smtp_throttle_reply.split()[0], args.smtp_throttle_command
+        described.append(f"{code} at {command} for {args.smtp_throttle_seconds:g} s")
+    if args.stall_after is not None:
+        sandbox.smtp.stall_after(
+            args.stall_after, args.stall_seconds, command=args.stall_command, times=args.stall_times
+        )
+        described.append(f"stall {args.stall_command} {args.stall_seconds:g} s after {args.stall_after} messages")
+    if args.limit_sessions is not None:
+        sandbox.smtp.limit_sessions(args.limit_sessions)
+        described.append(f"at most {args.limit_sessions} sessions per account")
     if args.throttle_token:
         sandbox.entra.throttle(args.throttle_token, status=args.throttle_status, retry_after=args.throttle_retry_after)
         described.append(f"token endpoint {args.throttle_status} x{args.throttle_token}")

@@ -60,6 +60,9 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 NEED_MAIL = "503 5.5.2 Need mail command"
 NEED_RCPT = "503 5.5.2 Need rcpt command"
 SERVICE_CLOSING = "421 4.3.2 Service not available, closing transmission channel"
+TOO_MANY_CONNECTIONS = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary server error. Please try again later"
+INSUFFICIENT_RESOURCES = "452 4.3.1 Insufficient system resources"
 RECIPIENT_NOT_FOUND = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
 SUBMISSION_QUOTA_EXCEEDED = (
     "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; "
@@ -75,6 +78,8 @@ _REPLY_REWRITES = {
     "503 Error: need MAIL command": NEED_MAIL,
     "503 Error: need RCPT command": NEED_RCPT,
 }
+# What throttle() and stall_after() can act on: command verbs, and "content" (the reply after a message).
+FAULTABLE_COMMANDS = ("EHLO", "AUTH", "MAIL", "RCPT", "DATA", "content")
 # readuntil() called without a separator: aiosmtpd's command loop, and nothing else (see HveSmtp).
 _COMMAND_LINE = object()
 
@@ -113,7 +118,7 @@ class HveSmtp(SMTP):
         self._hang_up_after_reply = False
         self._hung_up = False
         # Every command goes through the fault check; aiosmtpd dispatches from this dict.
-        self._smtp_methods = {name: self._faultable(method) for name, method in self._smtp_methods.items()}
+        self._smtp_methods = {name: self._faultable(name, method) for name, method in self._smtp_methods.items()}
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super()._cb_client_connected(reader, writer)
@@ -132,13 +137,25 @@ class HveSmtp(SMTP):
         # Counting here also counts the commands aiosmtpd refuses before any smtp_* method runs.
         reader.readuntil = readuntil  # type: ignore[method-assign]
 
-    def _faultable(self, method: Callable[[str | None], Awaitable[None]]) -> Callable[[str | None], Awaitable[None]]:
+    def _faultable(
+        self, name: str, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
         async def run(arg: str | None) -> None:
             if self._hung_up:
                 return
-            reply = self.hve_handler.take_disconnect()
+            handler = self.hve_handler
+            reply = handler.take_disconnect()
             if reply is not None:
                 self._hang_up_after_reply = True
+                await self.push(reply)
+                return
+            stall = handler.take_stall(name)
+            if stall:
+                await asyncio.sleep(stall)
+                if self._hung_up or self.transport is None or self.transport.is_closing():
+                    return
+            reply = handler.take_throttle(name)
+            if reply is not None:
                 await self.push(reply)
                 return
             await method(arg)
@@ -155,6 +172,7 @@ class HveSmtp(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self.record is not None:
             self.record.closed = True
+            self.hve_handler.session_closed(self.record)
         if self._in_flight_timer is not None:
             self._in_flight_timer.cancel()
         self._in_flight.clear()
@@ -264,6 +282,44 @@ class HveSmtp(SMTP):
 
 
 @dataclass
+class _Throttle:
+    """A pending :meth:`SmtpServer.throttle`."""
+
+    reply: str
+    command: str
+    seconds: float | None
+    """How long it lasts once started, or ``None``."""
+    remaining: int | None
+    """Replies left to give, or ``None``."""
+    starts_at: int
+    """Total of accepted messages from which it applies."""
+    until: float | None = None
+    """``time.monotonic()`` at which it ends; set when it starts."""
+
+    def applies(self, accepted_total: int, now: float) -> bool:
+        """Tell whether it is in force now (starting it if its time has come)."""
+        if accepted_total < self.starts_at:
+            return False
+        if self.seconds is not None and self.until is None:
+            self.until = now + self.seconds
+        return (self.until is None or now < self.until) and (self.remaining is None or self.remaining > 0)
+
+    def over(self, now: float) -> bool:
+        return (self.until is not None and now >= self.until) or (self.remaining is not None and self.remaining <= 0)
+
+
+@dataclass
+class _StallPlan:
+    """A pending :meth:`SmtpServer.stall_after`."""
+
+    every: int
+    seconds: float
+    command: str
+    remaining: int
+    due: int
+
+
+@dataclass
 class _DisconnectPlan:
     """A pending :meth:`SmtpServer.disconnect_after`."""
 
@@ -310,6 +366,11 @@ class HveHandler:
         self._forced_data_replies: collections.deque[str] = collections.deque()
         self._refused_recipients: dict[str, str] = {}
         self._disconnect: _DisconnectPlan | None = None
+        self._stall: _StallPlan | None = None
+        self._throttles: list[_Throttle] = []
+        self.max_sessions_per_account: int | None = None
+        self._open_sessions: dict[str, set[int]] = {}  # account -> authenticated sessions still open
+        self._over_limit: set[int] = set()  # sessions that authenticated while the account was at its limit
         # Never reset with the records: disconnect_after counts from the moment it is set.
         self._accepted_total = 0
         self._listed: set[int] = set()
@@ -351,13 +412,70 @@ class HveHandler:
                 self._disconnect = None
             return plan.reply
 
+    def plan_stall(self, messages: int, seconds: float, command: str, times: int) -> None:
+        """Delay the reply to ``command`` by ``seconds`` after every ``messages`` accepted messages, ``times`` times."""
+        with self._lock:
+            self._stall = _StallPlan(messages, seconds, command, times, self._accepted_total + messages)
+
+    def take_stall(self, command: str) -> float:
+        """Return how long to hold the reply to ``command`` now (0: not at all), and consume the stall."""
+        with self._lock:
+            plan = self._stall
+            if plan is None or plan.command != command or self._accepted_total < plan.due:
+                return 0.0
+            plan.remaining -= 1
+            plan.due = self._accepted_total + plan.every
+            if plan.remaining <= 0:
+                self._stall = None
+            return plan.seconds
+
+    def add_throttle(
+        self, reply: str, command: str, seconds: float | None, count: int | None, after_messages: int = 0
+    ) -> None:
+        """Answer ``command`` with ``reply`` for ``seconds`` or ``count`` times (see :meth:`SmtpServer.throttle`)."""
+        with self._lock:
+            self._throttles.append(_Throttle(reply, command, seconds, count, self._accepted_total + after_messages))
+
+    def take_throttle(self, command: str) -> str | None:
+        """Return the reply a throttle forces on ``command`` now, if any."""
+        now = time.monotonic()
+        with self._lock:
+            self._throttles = [t for t in self._throttles if not t.over(now)]
+            for throttle in self._throttles:
+                if throttle.command == command and throttle.applies(self._accepted_total, now):
+                    if throttle.remaining is not None:
+                        throttle.remaining -= 1
+                    return throttle.reply
+        return None
+
+    def session_authenticated(self, record: SmtpSession, account: str) -> None:
+        with self._lock:
+            open_now = self._open_sessions.setdefault(account.lower(), set())
+            if self.max_sessions_per_account is not None and len(open_now) >= self.max_sessions_per_account:
+                self._over_limit.add(record.session_id)
+            open_now.add(record.session_id)
+
+    def session_closed(self, record: SmtpSession) -> None:
+        with self._lock:
+            for sessions in self._open_sessions.values():
+                sessions.discard(record.session_id)
+            self._over_limit.discard(record.session_id)
+
+    def over_limit(self, record: SmtpSession) -> bool:
+        with self._lock:
+            return record.session_id in self._over_limit
+
     def clear_forced_replies(self) -> None:
-        """Drop every pending fault: forced AUTH and DATA replies, refused recipients, disconnects."""
+        """Drop every pending fault: forced replies, refused recipients, disconnects, stalls, throttles, limits."""
         with self._lock:
             self._forced_auth_replies.clear()
             self._forced_data_replies.clear()
             self._refused_recipients.clear()
             self._disconnect = None
+            self._stall = None
+            self._throttles.clear()
+            self.max_sessions_per_account = None
+            self._over_limit.clear()
 
     def _forced_reply(self) -> str | None:
         with self._lock:
@@ -420,6 +538,7 @@ class HveHandler:
             return self._refuse(attempt, reply, reason)
         attempt.reply, attempt.success = AUTH_OK, True
         record.authenticated_as = user
+        self.session_authenticated(record, user)
         return AuthResult(success=True, auth_data=user, message=AUTH_OK)
 
     def _check_token(self, user: str, token: str) -> tuple[str, str]:
@@ -456,6 +575,9 @@ class HveHandler:
             reply = NOT_AUTHENTICATED
         elif address.lower() != str(session.auth_data).lower():
             reply = SEND_AS_DENIED
+        elif self.over_limit(record):
+            # Exchange's answer to more concurrent connections than the account may have.
+            reply = TOO_MANY_CONNECTIONS
         else:
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
@@ -490,6 +612,8 @@ class HveHandler:
         record = self._record(server)
         with self._lock:
             forced = self._forced_data_replies.popleft() if self._forced_data_replies else None
+        if forced is None:
+            forced = self.take_throttle("content")
         if forced is not None:
             if record.transactions:
                 record.transactions[-1].data_reply = forced
@@ -506,8 +630,6 @@ class HveHandler:
         reply = f"250 2.0.0 OK <{number:04d}.{record.session_id}@localhost> [Hostname=localhost]"
         if record.transactions:
             record.transactions[-1].data_reply = reply
-        with self._lock:
-            self._accepted_total += 1
         self.messages.append(
             DeliveredMessage(
                 path=path,
@@ -517,6 +639,12 @@ class HveHandler:
                 session_id=record.session_id,
             )
         )
+        # A stalled final reply: the message is delivered, the client may give up before it hears so.
+        stall = self.take_stall("content")
+        with self._lock:
+            self._accepted_total += 1
+        if stall:
+            await asyncio.sleep(stall)
         return reply
 
 
@@ -664,6 +792,66 @@ class SmtpServer:
             raise ValueError("disconnect_after needs messages >= 0 and times >= 1.")
         self.handler.plan_disconnect(messages, reply, times)
 
+    def throttle(
+        self,
+        reply: str = TOO_MANY_CONNECTIONS,
+        *,
+        command: str = "MAIL",
+        seconds: float | None = None,
+        count: int | None = None,
+        after_messages: int = 0,
+    ) -> None:
+        """Answer ``command`` with ``reply`` for ``seconds``, or ``count`` times, in every session.
+
+        Throttling as HVE does it: ``432 4.3.2`` (too many concurrent connections),
+        :data:`TEMPORARY_FAILURE` (``451 4.3.0``), :data:`INSUFFICIENT_RESOURCES` (``452 4.3.1``);
+        a ``421`` reply also closes the connection.
+
+        :param reply: the full SMTP reply line
+        :param command: ``"MAIL"``, ``"RCPT"``, ``"DATA"``, ``"EHLO"``, ``"AUTH"`` (the command), or
+            ``"content"`` (the final reply after a message's content; the message is not delivered)
+        :param seconds: how long it lasts, from now
+        :param count: how many replies it forces, across sessions
+        :param after_messages: start once this many more messages have been accepted (the seconds count
+            from then)
+        """
+        if (seconds is None) == (count is None) or (seconds is not None and seconds <= 0) or after_messages < 0:
+            raise ValueError("throttle needs exactly one of seconds= (> 0) or count=, and after_messages >= 0.")
+        if command not in FAULTABLE_COMMANDS:
+            raise ValueError(f"throttle: command must be one of {', '.join(FAULTABLE_COMMANDS)}, not {command!r}.")
+        if reply[:1] not in ("4", "5"):
+            raise ValueError(f"throttle: reply must be a 4xx or 5xx SMTP reply line, not {reply!r}.")
+        self.handler.add_throttle(reply, command, seconds, count, after_messages)
+
+    def stall_after(self, messages: int, seconds: float, *, command: str = "content", times: int = 1) -> None:
+        """Hold one reply for ``seconds`` once ``messages`` more messages have been accepted (across sessions).
+
+        With ``command="content"`` (the default) the message is delivered first and only its ``250`` is
+        late: a client that times out meanwhile does not know the message arrived, the case where a
+        resend would duplicate it. With a command name (``"MAIL"``, ``"EHLO"``...) the command is answered
+        late. With ``times=k`` this repeats every ``messages`` accepted messages.
+
+        :param messages: accepted messages to let through first (0: the very next one)
+        :param seconds: how long the reply is held
+        :param command: which reply to hold
+        :param times: how many stalls
+        """
+        if messages < 0 or times < 1 or seconds <= 0:
+            raise ValueError("stall_after needs messages >= 0, seconds > 0 and times >= 1.")
+        if command not in FAULTABLE_COMMANDS:
+            raise ValueError(f"stall_after: command must be one of {', '.join(FAULTABLE_COMMANDS)}, not {command!r}.")
+        self.handler.plan_stall(messages, seconds, command, times)
+
+    def limit_sessions(self, per_account: int | None) -> None:
+        """Allow at most ``per_account`` concurrent authenticated sessions per HVE account (``None``: no limit).
+
+        A session that authenticates while the account already has that many open gets
+        :data:`TOO_MANY_CONNECTIONS` (``432 4.3.2``) at every ``MAIL FROM`` until it closes.
+        """
+        if per_account is not None and per_account < 1:
+            raise ValueError("limit_sessions needs per_account >= 1 or None.")
+        self.handler.max_sessions_per_account = per_account
+
     def reset_faults(self) -> None:
-        """Undo every fault switch still pending (AUTH, DATA, recipients, disconnects)."""
+        """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit)."""
         self.handler.clear_forced_replies()

@@ -88,8 +88,8 @@ def public(sb: HveSandbox, http: SandboxHttpSession) -> Callable[..., msal.Publi
 
 
 @contextmanager
-def _smtp_client(sandbox: HveSandbox, starttls: bool = True) -> Iterator[smtplib.SMTP]:
-    client = smtplib.SMTP(sandbox.smtp_host, sandbox.smtp_port, timeout=5)
+def _smtp_client(sandbox: HveSandbox, starttls: bool = True, timeout: float = 5) -> Iterator[smtplib.SMTP]:
+    client = smtplib.SMTP(sandbox.smtp_host, sandbox.smtp_port, timeout=timeout)
     try:
         client.ehlo("client.test")
         if starttls:
@@ -105,7 +105,7 @@ def _smtp_client(sandbox: HveSandbox, starttls: bool = True) -> Iterator[smtplib
 @pytest.fixture
 def smtp_client(sb: HveSandbox) -> Callable[..., AbstractContextManager[smtplib.SMTP]]:
     """Open an smtplib connection to the sandbox, after STARTTLS and a fresh EHLO."""
-    return lambda sandbox=sb, starttls=True: _smtp_client(sandbox, starttls)
+    return lambda sandbox=sb, starttls=True, timeout=5: _smtp_client(sandbox, starttls, timeout)
 
 
 @pytest.fixture

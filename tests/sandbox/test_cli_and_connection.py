@@ -136,6 +136,18 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
             "3",
             "--disconnect-times",
             "2",
+            "--smtp-throttle-seconds",
+            "30",
+            "--smtp-throttle-reply",
+            "451 4.3.0 Busy",
+            "--smtp-throttle-command",
+            "content",
+            "--stall-after",
+            "5",
+            "--stall-seconds",
+            "9",
+            "--limit-sessions",
+            "2",
             "--throttle-token",
             "2",
             "--throttle-status",
@@ -155,11 +167,18 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
         assert (handler._disconnect.every, handler._disconnect.remaining) == (3, 2)
         assert handler._disconnect.reply.startswith("421 4.3.2")
         assert [sandbox.entra.next_throttle() for _ in range(3)] == [(503, 4), (503, 4), None]
+        assert handler.take_throttle("MAIL") is None and handler.take_throttle("content") == "451 4.3.0 Busy"
+        assert handler._stall is not None
+        assert (handler._stall.every, handler._stall.seconds, handler._stall.command) == (5, 9.0, "content")
+        assert handler.max_sessions_per_account == 2
     assert described == [
         "refuse gone@contoso.example",
         "refuse left@contoso.example",
         "fail DATA x2 (451)",
         "disconnect after 3 messages x2",
+        "451 at content for 30 s",
+        "stall content 9 s after 5 messages",
+        "at most 2 sessions per account",
         "token endpoint 503 x2",
     ]
     defaults = _parser().parse_args([])

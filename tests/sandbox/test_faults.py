@@ -1,16 +1,21 @@
-"""The SMTP fault switches: refused recipients, failed DATA, hang-ups after N messages."""
+"""The SMTP fault switches: refused recipients, failed DATA, hang-ups, throttling, stalls, session limits."""
 
 from __future__ import annotations
 
 import smtplib
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pytest
 
 from airflow_provider_hve.sandbox import HveSandbox
-from airflow_provider_hve.sandbox.smtp_server import SUBMISSION_QUOTA_EXCEEDED
+from airflow_provider_hve.sandbox.smtp_server import (
+    SUBMISSION_QUOTA_EXCEEDED,
+    TEMPORARY_FAILURE,
+    TOO_MANY_CONNECTIONS,
+)
 
 from .clients import xoauth2
 
@@ -121,3 +126,62 @@ def test_disconnect_after_validates_its_arguments(sb: HveSandbox) -> None:
         sb.smtp.disconnect_after(-1)
     with pytest.raises(ValueError, match="disconnect_after"):
         sb.smtp.disconnect_after(1, times=0)
+
+
+def test_throttle_for_a_while_then_normal_again(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
+    sb.smtp.throttle(TOO_MANY_CONNECTIONS, command="MAIL", seconds=0.6)
+    code, reply = authed_client.mail(sb.account)
+    assert (code, reply.decode()) == (432, TOO_MANY_CONNECTIONS[4:])
+    time.sleep(0.7)
+    assert authed_client.sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    assert len(sb.wait_for_messages(1)) == 1
+
+
+def test_throttle_by_count_after_messages_on_the_content(sb: HveSandbox, authed_client: smtplib.SMTP) -> None:
+    sb.smtp.throttle(TEMPORARY_FAILURE, command="content", count=2, after_messages=1)
+    assert authed_client.sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    for _ in range(2):
+        with pytest.raises(smtplib.SMTPDataError) as raised:
+            authed_client.sendmail(sb.account, ["ops@contoso.example"], BODY)
+        assert raised.value.smtp_code == 451
+    assert authed_client.sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    assert len(sb.wait_for_messages(2)) == 2
+
+
+def test_stalled_content_reply_is_delivered_but_late(sb: HveSandbox, smtp_client: SmtpFactory) -> None:
+    sb.smtp.stall_after(0, 1.5)
+    with smtp_client(timeout=0.5) as client:
+        login(client, sb)
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPServerDisconnected, match="timed out"):
+            client.sendmail(sb.account, ["ops@contoso.example"], BODY)
+        assert time.monotonic() - started < 1.4
+    # The server took the message: a client that resent it now would duplicate it.
+    (delivered,) = sb.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["ops@contoso.example"]
+
+
+def test_limit_sessions_answers_432_to_the_extra_session(sb: HveSandbox, smtp_client: SmtpFactory) -> None:
+    sb.smtp.limit_sessions(1)
+    with smtp_client() as first, smtp_client() as second:
+        login(first, sb)
+        login(second, sb)
+        assert second.mail(sb.account)[0] == 432
+        assert first.sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    # Once the others closed, a new session is within the limit.
+    with smtp_client() as third:
+        assert login(third, sb).sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    assert len(sb.wait_for_messages(2)) == 2
+
+
+def test_new_switches_validate_their_arguments(sb: HveSandbox) -> None:
+    with pytest.raises(ValueError, match="exactly one of"):
+        sb.smtp.throttle(seconds=1, count=1)
+    with pytest.raises(ValueError, match="command must be one of"):
+        sb.smtp.throttle(command="HELO", count=1)
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        sb.smtp.throttle("250 OK", count=1)
+    with pytest.raises(ValueError, match="stall_after"):
+        sb.smtp.stall_after(0, 0)
+    with pytest.raises(ValueError, match="limit_sessions"):
+        sb.smtp.limit_sessions(0)
