@@ -2,7 +2,8 @@
 
 Syntax is checked by ``email-validator`` (RFC 5321/5322, internationalised domains turned into their
 ASCII form); display names are parsed by the standard library's header registry. Line breaks are refused
-outright: they are how header injection starts.
+outright: they are how header injection starts. Non-ASCII before the ``@`` is refused too: it needs
+SMTPUTF8, which HVE does not offer.
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def parse_addresses(value: str | Mailbox | Iterable[str | Mailbox] | None) -> li
     """
     if value is None:
         return []
-    items = [value] if isinstance(value, (str, Mailbox)) else list(value)
+    if isinstance(value, (str, Mailbox)):
+        items: list[Any] = [value]
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:  # to=42 from a template or an XCom: say so rather than "'int' object is not iterable"
+        raise AddressError(f"{value!r} is a {type(value).__name__}, not an address string or a list of them")
     result: list[Mailbox] = []
     seen: set[str] = set()
     for item in items:
@@ -119,9 +125,17 @@ def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
 
     if "@" not in addr_spec:
         raise AddressError(f"{original!r} has no '@domain'")
+    local_part = addr_spec.rpartition("@")[0]
+    if not local_part.isascii():
+        wide = "".join(dict.fromkeys(ch for ch in local_part if not ch.isascii()))
+        raise AddressError(
+            f"{addr_spec!r} has non-ASCII characters before the '@' ({wide!r}): HVE does not support SMTPUTF8, "
+            f"so the part before the '@' must be ASCII (internationalised domains and display names are fine)"
+        )
     try:
         # Syntax only: deliverability (DNS) is the server's business, and workers may have no DNS.
         checked = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise AddressError(f"{addr_spec!r}: {exc}") from None
+        # email-validator's reasons end with a period; callers add their own.
+        raise AddressError(f"{addr_spec!r}: {str(exc).rstrip('.')}") from None
     return Mailbox(addr_spec=checked.ascii_email or checked.normalized, display_name=display_name)

@@ -78,17 +78,27 @@ class EmailTemplating:
         """Render header fields, then the body with the extra variables and autoescaped HTML."""
         env = jinja_env or self._template_env(context)
         seen: set[int] = set()
-        others = [name for name in self.template_fields if name not in BODY_FIELDS]
-        self._do_render_template_fields(self, others, context, env, seen)
+        for name in self.template_fields:
+            if name not in BODY_FIELDS:
+                self._render_field(name, context, env, seen)
 
         for key, value in self.body_template_context(context).items():
             context[key] = value
         self._hve_rendering_body = True
         try:
-            self._do_render_template_fields(self, ["html_content"], context, env.overlay(autoescape=True), seen)
-            self._do_render_template_fields(self, ["text_content"], context, env, seen)
+            self._render_field("html_content", context, env.overlay(autoescape=True), seen)
+            self._render_field("text_content", context, env, seen)
         finally:
             self._hve_rendering_body = False
+
+    def _render_field(self, name: str, context: Any, env: jinja2.Environment, seen: set[int]) -> None:
+        import jinja2
+
+        try:
+            self._do_render_template_fields(self, [name], context, env, seen)
+        except jinja2.TemplateError as exc:
+            # Jinja's message names the variable, not the field (Airflow only logs that): say both.
+            raise HveConfigError(f"Argument {name!r}: the template failed: {type(exc).__name__}: {exc}.") from exc
 
     def _template_env(self, context: Any) -> jinja2.Environment:
         dag = context.get("dag") if hasattr(context, "get") else None

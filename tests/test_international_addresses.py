@@ -1,0 +1,184 @@
+"""Internationalised addresses: IDN domains go out as A-labels, non-ASCII local parts are refused up front
+(HVE has no SMTPUTF8), non-ASCII display names are RFC 2047-encoded. Sends go to the sandbox and the
+assertions read what its SMTP server received."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Callable
+from email.header import decode_header, make_header
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.addresses import AddressError, parse_mailbox
+from airflow_provider_hve.exceptions import HveConfigError
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.message import build_message
+from airflow_provider_hve.sandbox import HveSandbox
+
+# bücher.example and münchen.contoso.example, as DNS (and HVE's accepted-domain list) know them.
+BUECHER = "xn--bcher-kva.example"
+MUENCHEN = "xn--mnchen-3ya.contoso.example"
+
+
+@pytest.fixture
+def hook(hve_connection: Callable[..., str]) -> HveHook:
+    return HveHook(hve_conn_id=hve_connection())
+
+
+@pytest.fixture
+def idn_tenant(sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Add the IDN domains to the sandbox tenant's accepted domains (in A-label form, as Exchange lists them)."""
+    monkeypatch.setattr(sandbox.directory, "accepted_domains", [*sandbox.accepted_domains, BUECHER, MUENCHEN])
+
+
+def header_block(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("written", "addr_spec", "display_name"),
+    [
+        ("anna@bücher.example", f"anna@{BUECHER}", ""),
+        ("user@münchen.contoso.example", f"user@{MUENCHEN}", ""),
+        ("Anna Bücher <anna@BÜCHER.example>", f"anna@{BUECHER}", "Anna Bücher"),
+        (f"anna@{BUECHER}", f"anna@{BUECHER}", ""),  # already an A-label: unchanged
+    ],
+    ids=["u-label", "u-label-subdomain", "upper-case-with-display-name", "a-label"],
+)
+def test_idn_domain_is_converted_to_its_a_label(written: str, addr_spec: str, display_name: str) -> None:
+    mailbox = parse_mailbox(written)
+    assert (mailbox.addr_spec, mailbox.display_name) == (addr_spec, display_name)
+
+
+def test_u_label_and_a_label_of_one_address_are_one_recipient() -> None:
+    outgoing = build_message(
+        sender="hve-sender@contoso.example",
+        to=["anna@bücher.example", f"Anna <anna@{BUECHER}>"],
+        bcc=f"ANNA@{BUECHER.upper()}",
+        subject="s",
+        text_content="x",
+    )
+    assert outgoing.recipients == (f"anna@{BUECHER}",)
+
+
+def test_idn_recipients_travel_as_a_labels_in_envelope_and_headers(
+    sandbox: HveSandbox, hook: HveHook, idn_tenant: None
+) -> None:
+    result = hook.send_email(
+        to="Anna Bücher <anna@bücher.example>",
+        cc="ops@münchen.contoso.example",
+        bcc=f"anna@{BUECHER}",  # the same mailbox as To: sent once
+        reply_to="desk@bücher.example",
+        subject="Bestellung",
+        text_content="Ihre Bestellung ist unterwegs.",
+    )
+    assert result.accepted == (f"anna@{BUECHER}", f"ops@{MUENCHEN}")
+    assert result.refused == {}
+
+    (delivered,) = sandbox.wait_for_messages(1)
+    (transaction,) = sandbox.smtp_sessions[0].transactions
+    # RCPT TO exactly as the server read it off the wire.
+    assert transaction.rcpt_tos == [f"anna@{BUECHER}", f"ops@{MUENCHEN}"]
+    assert delivered.rcpt_tos == [f"anna@{BUECHER}", f"ops@{MUENCHEN}"]
+
+    headers = header_block(delivered.data)
+    assert headers.isascii(), "headers must be 7-bit: HVE does not offer SMTPUTF8"
+    assert "bücher".encode() not in delivered.data and "münchen".encode() not in delivered.data
+    message = delivered.message
+    (to,) = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Anna Bücher", f"anna@{BUECHER}")
+    assert [a.addr_spec for a in message["Cc"].addresses] == [f"ops@{MUENCHEN}"]
+    assert [a.addr_spec for a in message["Reply-To"].addresses] == [f"desk@{BUECHER}"]
+    assert message["Bcc"] is None
+
+
+def test_the_sandbox_refuses_what_it_does_not_list(sandbox: HveSandbox, hook: HveHook) -> None:
+    # Without the IDN domain on the tenant's list the same send is refused: the test above is not vacuous.
+    from airflow_provider_hve.exceptions import HveSendError
+
+    with pytest.raises(HveSendError) as info:
+        hook.send_email(to="anna@bücher.example", subject="s", text_content="x")
+    assert f"anna@{BUECHER}" in info.value.refused
+    assert not sandbox.messages
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("to", "jörg@contoso.example"),
+        ("to", ["ok@contoso.example", "Jörg Müller <jörg@contoso.example>"]),
+        ("cc", "jörg@contoso.example"),
+        ("bcc", "jörg@bücher.example"),
+        ("reply_to", "jörg@contoso.example"),
+        ("from_email", "Jörg <jörg@contoso.example>"),
+    ],
+    ids=["to", "to-list-with-display-name", "cc", "bcc-idn-domain-too", "reply-to", "from-email"],
+)
+def test_non_ascii_local_part_is_refused_before_connecting(
+    sandbox: HveSandbox,
+    hook: HveHook,
+    token_posts: Callable[[], list[Any]],
+    argument: str,
+    value: Any,
+) -> None:
+    kwargs: dict[str, Any] = {"to": "ok@contoso.example", argument: value}
+    with pytest.raises(HveConfigError) as info:
+        hook.send_email(subject="s", text_content="x", **kwargs)
+    text = str(info.value)
+    assert f"Argument {argument!r}" in text
+    assert "jörg@" in text  # the address at fault
+    assert "SMTPUTF8" in text and "before the '@'" in text and "'ö'" in text
+    assert not sandbox.smtp_sessions and not token_posts()
+
+
+def test_non_ascii_local_part_error_from_the_address_parser() -> None:
+    with pytest.raises(AddressError, match=r"'jörg@contoso\.com' has non-ASCII characters before the '@' \('ö'\)"):
+        parse_mailbox("jörg@contoso.com")
+    with pytest.raises(AddressError, match="HVE does not support SMTPUTF8"):
+        parse_mailbox('"Jörg Müller" <jörg.müller@contoso.com>')
+
+
+def test_non_ascii_login_is_refused_naming_the_connection(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], token_posts: Callable[[], list[Any]]
+) -> None:
+    hook = HveHook(hve_conn_id=hve_connection(conn_id="hve_umlaut", login="jörg@contoso.example"))
+    with pytest.raises(HveConfigError) as info:
+        hook.send_email(to="ok@contoso.example", subject="s", text_content="x")
+    text = str(info.value)
+    assert "'hve_umlaut'" in text and "'login'" in text and "SMTPUTF8" in text
+    assert sandbox.client_secret not in text
+    assert not sandbox.smtp_sessions and not token_posts()
+
+
+def test_non_ascii_display_names_are_rfc2047_encoded(sandbox: HveSandbox, hook: HveHook) -> None:
+    hook.send_email(
+        to='"Jörg Müller" <jorg@contoso.example>',
+        cc="Zoë Ångström <zoe@contoso.example>",
+        from_email=f"Berichte Zürich <{sandbox.account}>",
+        subject="Bericht für Jörg",
+        text_content="Grüße",
+    )
+    (delivered,) = sandbox.wait_for_messages(1)
+    headers = header_block(delivered.data)
+    assert headers.isascii(), "headers must be 7-bit: HVE does not offer SMTPUTF8"
+
+    raw = email.message_from_bytes(delivered.data, policy=email.policy.compat32)  # headers as received
+    expected = {
+        "To": "Jörg Müller <jorg@contoso.example>",
+        "Cc": "Zoë Ångström <zoe@contoso.example>",
+        "From": f"Berichte Zürich <{sandbox.account}>",
+        "Subject": "Bericht für Jörg",
+    }
+    for name, decoded in expected.items():
+        assert "=?utf-8?" in raw[name].lower(), f"{name} is not RFC 2047-encoded: {raw[name]!r}"
+        assert str(make_header(decode_header(raw[name]))) == decoded
+
+    parsed = delivered.message
+    (to,) = parsed["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Jörg Müller", "jorg@contoso.example")
+    assert delivered.rcpt_tos == ["jorg@contoso.example", "zoe@contoso.example"]
+    # The display name on the HVE account passed the sandbox's send-as check (From is the account).
+    assert parsed["From"].addresses[0].addr_spec == sandbox.account
