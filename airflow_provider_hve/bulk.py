@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
+from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
 
 if TYPE_CHECKING:
     import jinja2
@@ -34,6 +34,17 @@ MAX_SESSIONS = 8
 TRANSIENT_RETRIES = 3
 """How many more times a message refused with a 4xx (temporary) reply is sent, with backoff, before it is
 reported as refused."""
+RETRY_BUDGET_SHARE = 0.05
+"""Default retry budget of a run: this share of its rows (at least :data:`MIN_RETRY_BUDGET`)."""
+MIN_RETRY_BUDGET = 20
+MAX_THROTTLE_PAUSE = 30.0
+"""Longest pause of the whole run, in seconds, after HVE throttled it (432, or a 4xx to a whole message)."""
+MAX_RECONNECT_DELAY = 8.0
+
+
+def default_retry_budget(rows: int) -> int:
+    """Return the default number of retries (resends after 4xx, reconnects) a run of ``rows`` may spend."""
+    return max(MIN_RETRY_BUDGET, int(rows * RETRY_BUDGET_SHARE))
 
 
 class DeliveryLog(Protocol):
@@ -65,6 +76,10 @@ class BulkReport:
     reconnects: int = 0
     retried: int = 0
     """Messages sent again after a temporary (4xx) refusal."""
+    throttled: int = 0
+    """Times HVE throttled the run (432, or a 4xx to a whole message): every session paused."""
+    retry_budget: int = 0
+    retry_budget_left: int = 0
     token_requests: int = 0
     elapsed_seconds: float = 0.0
 
@@ -86,6 +101,9 @@ class BulkReport:
             "sessions": self.sessions,
             "reconnects": self.reconnects,
             "retried_after_4xx": self.retried,
+            "throttled": self.throttled,
+            "retry_budget": self.retry_budget,
+            "retry_budget_left": self.retry_budget_left,
             "token_requests": self.token_requests,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "messages_per_second": round(self.messages_per_second, 1),
@@ -107,7 +125,11 @@ class MailMerge:
     :param context: extra template variables (the Airflow context).
     :param delivery_log: where delivered rows are remembered across retries.
     :param progress_interval: seconds between progress lines in the log.
-    :param max_reconnects: how many times a session may be re-opened after a broken connection.
+    :param max_reconnects: how many times in a row a session may be re-opened after a broken connection
+        without delivering a message in between.
+    :param retry_budget: how many retries the whole run may spend: each message sent again after a 4xx and
+        each reconnect costs one. ``None``: 5% of the rows, at least 20. Once spent, a message refused with
+        a 4xx is reported as refused and a broken connection stops the run.
 
     Example::
 
@@ -134,11 +156,16 @@ class MailMerge:
         delivery_log: DeliveryLog | None = None,
         progress_interval: float = 10.0,
         max_reconnects: int = 3,
+        retry_budget: int | None = None,
     ) -> None:
         if not 1 <= sessions <= MAX_SESSIONS:
             raise HveConfigError(f"Argument 'sessions' is {sessions}; use 1 to {MAX_SESSIONS}.")
         if rate_per_minute is not None and rate_per_minute <= 0:
             raise HveConfigError(f"Argument 'rate_per_minute' is {rate_per_minute}; use a positive number.")
+        if max_reconnects < 0:
+            raise HveConfigError(f"Argument 'max_reconnects' is {max_reconnects}; use 0 or more.")
+        if retry_budget is not None and retry_budget < 0:
+            raise HveConfigError(f"Argument 'retry_budget' is {retry_budget}; use 0 or more, or None for the default.")
         if html_content is None and text_content is None:
             raise HveConfigError("Give 'html_content' or 'text_content' (or both): the messages have no body.")
         self.hook = hook
@@ -153,6 +180,7 @@ class MailMerge:
         self.delivery_log = delivery_log
         self.progress_interval = progress_interval
         self.max_reconnects = max_reconnects
+        self.retry_budget = retry_budget
         self._limiter = _RateLimiter(rate_per_minute)
         self.last_report: BulkReport | None = None
         self._templates = _Templates(env, subject, html_content, text_content)
@@ -176,7 +204,8 @@ class MailMerge:
                 # Template and sender problems show up once, before any connection.
                 self._render(first[0], first[1], first[3], check_sender=True)
                 work = itertools.chain([first], plan)
-                state = _RunState(report, work, len(rows), self.delivery_log, self.progress_interval)
+                budget = self.retry_budget if self.retry_budget is not None else default_retry_budget(len(rows))
+                state = _RunState(report, work, len(rows), self.delivery_log, self.progress_interval, budget)
                 try:
                     self._run_sessions(state)
                 finally:
@@ -188,7 +217,8 @@ class MailMerge:
             report.elapsed_seconds = time.monotonic() - started
         log.info(
             "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d not sent, %d skipped "
-            "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s).",
+            "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s), "
+            "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left.",
             report.accepted,
             len(report.refused),
             len(report.invalid),
@@ -200,6 +230,11 @@ class MailMerge:
             report.messages_per_second,
             report.sessions,
             report.token_requests,
+            report.reconnects,
+            report.retried,
+            report.throttled,
+            report.retry_budget_left,
+            report.retry_budget,
         )
         return report
 
@@ -252,6 +287,7 @@ class MailMerge:
     def _run_sessions(self, state: _RunState) -> None:
         count = min(self.sessions, state.total)
         state.report.sessions = count
+        state.active = count
         errors: list[BaseException] = []
         threads = [
             threading.Thread(target=self._worker, args=(state, errors), name=f"hve-session-{n}", daemon=True)
@@ -262,19 +298,55 @@ class MailMerge:
         for thread in threads:
             thread.join()
         state.finish()
+        if state.stopped is not None and not errors:
+            errors.append(state.stopped)
         if errors:
             raise errors[0]
 
     def _worker(self, state: _RunState, errors: list[BaseException]) -> None:
-        reconnects = 0
+        failures = 0  # broken sessions in a row without a delivered message in between
         item = state.next()
-        while item is not None and not state.stopped:
-            try:
-                with self.hook.smtp_session() as session:
-                    pipeline = session.pipeline()
-                    while item is not None and not state.stopped:
-                        index, row, _key, mailbox = item
+        try:
+            while item is not None and state.stopped is None:
+                # From here the session owns the row: it sends it, or puts it back in the queue.
+                first, item = item, None
+                try:
+                    if self._session(state, first):
+                        return
+                    failures = 0
+                except _Reconnect as reconnect:
+                    # This break counts; earlier ones count only if no message got through since.
+                    failures = 1 if reconnect.progressed else failures + 1
+                    if not self._before_reconnect(state, reconnect, failures, errors):
+                        return
+                item = state.next()
+        except BaseException as exc:
+            state.stop(exc)
+            errors.append(exc)
+        finally:
+            if item is not None:
+                state.requeue_item(item)  # taken, never sent: the report lists it as not sent
+            state.leave()
+
+    def _session(self, state: _RunState, item: _Item) -> bool:
+        """
+        Send over one session until the work runs out or the run stops (False), or until this session
+        should leave because HVE has too many connections and other sessions go on (True).
+
+        The row in hand is always accounted for: sent, or put back in the queue when the session ends early.
+
+        :raises _Reconnect: the session broke, or HVE answered ``432`` and no other session is left.
+        """
+        progressed = False
+        current: _Item | None = item
+        try:
+            with self.hook.smtp_session() as session:
+                pipeline = session.pipeline()
+                try:
+                    while current is not None and state.stopped is None:
+                        index, row, _key, mailbox = current
                         state.wait_turn(index)
+                        state.pace()
                         try:
                             outgoing = self._render(index, row, mailbox)
                         except HveConfigError as exc:
@@ -282,36 +354,103 @@ class MailMerge:
                         else:
                             self._limiter.wait()
                             message_id = str(outgoing.message["Message-ID"])
-                            state.sent(item)
-                            state.completed(pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id))
-                        item = state.next()
-                        if item is None:
+                            state.sent(current)
+                            outcome = state.completed(
+                                pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id)
+                            )
+                            progressed |= outcome.accepted > 0
+                            if outcome.too_many_connections:
+                                current = None
+                                progressed |= state.completed(pipeline.flush()).accepted > 0
+                                if state.leave_if_others_go_on():
+                                    log.warning("HVE has too many connections from this account: one session leaves.")
+                                    return True
+                                raise _Reconnect(progressed, "HVE answered 432 4.3.2 (too many connections)")
+                        current = state.next(leave_if_empty=False)
+                        if current is None:
                             # The last outcomes may send rows back (temporary refusals): read them first.
-                            state.completed(pipeline.flush())
-                            item = state.next()
-                    state.completed(pipeline.flush())
-            except HveConnectionError as exc:
-                # Handed over without a final reply: unknown, never resent (no duplicates). Certainly not
-                # accepted (or never reached the pipeline): back in the queue (nothing lost).
-                state.completed(exc.completed)
-                state.unknown(exc.in_flight)
-                state.requeue(exc.unsent)
-                if item is not None and item[0] not in exc.in_flight and item[0] not in exc.unsent:
-                    state.requeue_item(item)
-                item = None
-                reconnects += 1
-                state.report.reconnects += 1
-                if reconnects > self.max_reconnects:
-                    state.stop(exc)
-                    errors.append(exc)
-                    return
-                log.warning("HVE session broke (%s); reconnecting (%d/%d).", exc, reconnects, self.max_reconnects)
-                time.sleep(min(2 ** (reconnects - 1), 8))
-                item = state.next()
-            except BaseException as exc:
-                state.stop(exc)
-                errors.append(exc)
-                return
+                            progressed |= state.completed(pipeline.flush()).accepted > 0
+                            current = state.next()
+                    if current is not None:
+                        state.requeue_item(current)  # the run stopped before it went: reported as not sent
+                        current = None
+                    # Stopped (quota, sender refused...): read what is on its way, hand over nothing more.
+                    state.completed(pipeline.flush() if state.stopped is None else pipeline.drain())
+                except HveSendError as exc:
+                    # HVE refused the sender: the outcomes read before it count, then the run stops.
+                    state.completed(exc.completed)
+                    raise
+            return False
+        except HveConnectionError as exc:
+            # Handed over without a final reply: unknown, never resent (no duplicates). Certainly not
+            # accepted (or never reached the pipeline): back in the queue (nothing lost).
+            progressed |= state.completed(exc.completed).accepted > 0
+            state.unknown(exc.in_flight)
+            state.requeue(exc.unsent)
+            if current is not None and current[0] not in exc.in_flight and current[0] not in exc.unsent:
+                state.requeue_item(current)
+            raise _Reconnect(progressed, str(exc)) from exc
+        except BaseException:
+            # Auth refused, sender refused...: the run stops; the row in hand is reported as not sent.
+            if current is not None:
+                state.requeue_item(current)
+            raise
+
+    def _before_reconnect(
+        self, state: _RunState, reconnect: _Reconnect, failures: int, errors: list[BaseException]
+    ) -> bool:
+        """Spend a retry and wait (backoff with jitter); return False when the run must stop instead."""
+        if state.stopped is not None:
+            return False  # another session stopped the run; its error is the one raised
+        state.report.reconnects += 1
+        cause = reconnect.cause
+        if failures > self.max_reconnects:
+            error: BaseException = HveConnectionError(
+                f"{cause} Giving up: {failures} broken session(s) in a row (max_reconnects={self.max_reconnects}). "
+                f"Rows not sent are listed in the report; a retry of the "
+                f"task sends them and skips the delivered ones."
+            )
+        elif not state.spend_retry():
+            error = HveConnectionError(
+                f"The run's retry budget ({state.report.retry_budget}) is spent; the last failure: {cause}. HVE "
+                f"keeps failing: check its status and the reply codes in the log. Rows not sent are listed in the "
+                f"report; a retry of the task sends them and skips the delivered ones."
+            )
+        else:
+            base = min(2.0 ** max(failures - 1, 0), MAX_RECONNECT_DELAY)
+            delay = base / 2 + random.uniform(0, base / 2)  # jitter: sessions that broke together spread out
+            log.warning(
+                "HVE session broke (%s); reconnecting in %.1f s (%d in a row, max_reconnects=%d).",
+                cause,
+                delay,
+                failures,
+                self.max_reconnects,
+            )
+            time.sleep(delay)
+            return True
+        state.stop(error)
+        errors.append(error)
+        return False
+
+
+_Item = tuple[int, Mapping[str, Any], str, "Mailbox"]
+
+
+class _Reconnect(Exception):
+    """The session ended early; the worker opens a new one (internal to :class:`MailMerge`)."""
+
+    def __init__(self, progressed: bool, cause: str) -> None:
+        super().__init__(cause)
+        self.progressed = progressed
+        self.cause = cause
+
+
+@dataclass
+class _Outcome:
+    """What a batch of completed deliveries means for the session that read it."""
+
+    accepted: int = 0
+    too_many_connections: bool = False
 
 
 class TaskStateDeliveryLog:
@@ -394,13 +533,16 @@ class _Templates:
         import jinja2
 
         variables = {**context, "recipient": row}
-        try:
-            subject = " ".join(self.subject.render(variables).split())
-            html = self.html.render(variables) if self.html is not None else None
-            text = self.text.render(variables) if self.text is not None else None
-        except jinja2.TemplateError as exc:
-            raise HveConfigError(f"Row {index}: the template failed: {type(exc).__name__}: {exc}.") from exc
-        return subject, html, text
+        rendered: dict[str, str | None] = {}
+        for name, template in (("subject", self.subject), ("html_content", self.html), ("text_content", self.text)):
+            try:
+                rendered[name] = template.render(variables) if template is not None else None
+            except jinja2.TemplateError as exc:
+                raise HveConfigError(
+                    f"Row {index}: the template of argument {name!r} failed: {type(exc).__name__}: {exc}. Each row "
+                    f"is available as 'recipient' (e.g. {{{{ recipient.name }}}})."
+                ) from exc
+        return " ".join((rendered["subject"] or "").split()), rendered["html_content"], rendered["text_content"]
 
 
 class _RateLimiter:
@@ -423,47 +565,86 @@ class _RateLimiter:
 
 
 class _RunState:
-    """Shared by the session threads: the work queue, the report, progress and the delivery log."""
+    """Shared by the session threads: the work queue, pacing, the retry budget, the report, the delivery log."""
 
     def __init__(
         self,
         report: BulkReport,
-        work: Iterator[tuple[int, Mapping[str, Any], str, Mailbox]],
+        work: Iterator[_Item],
         total: int,
         delivery_log: DeliveryLog | None,
         progress_interval: float,
+        retry_budget: int,
     ) -> None:
         self.report = report
         self.total = total
         self._iter = work
-        self._again: list[tuple[int, Mapping[str, Any], str, Mailbox]] = []  # not accepted: to send again
-        self._later: list[tuple[int, Mapping[str, Any], str, Mailbox]] = []  # refused with 4xx: after a backoff
+        self._again: list[_Item] = []  # not accepted: to send again
+        self._later: list[_Item] = []  # refused with 4xx: after a backoff
         self._tries: dict[int, int] = {}  # index -> temporary refusals so far
         self._not_before: dict[int, float] = {}  # index -> monotonic time before which it is not sent again
-        self._items: dict[Hashable, tuple[int, Mapping[str, Any], str, Mailbox]] = {}  # given to a pipeline
+        self._items: dict[Hashable, _Item] = {}  # given to a pipeline
         self._lock = threading.Lock()
         self._log = delivery_log
         self._progress = _Progress(total, progress_interval)
         self.stopped: BaseException | None = None
+        self.active = 0  # sessions still working
+        self._left: set[int] = set()  # threads that left
+        self._pause_until = 0.0  # the whole run waits until then (HVE throttled it)
+        self._throttle_streak = 0  # throttling replies since the last accepted message
+        report.retry_budget = report.retry_budget_left = retry_budget
 
-    def next(self) -> tuple[int, Mapping[str, Any], str, Mailbox] | None:
+    # -- the queue -----------------------------------------------------------------------------------------
+
+    def next(self, *, leave_if_empty: bool = True) -> _Item | None:
+        """
+        Return the next row to send, or ``None`` when none is left.
+
+        With ``leave_if_empty`` the calling session leaves the run when none is left, in the same step, so
+        no row can be queued again for a session that already left: see :meth:`leave_if_others_go_on`.
+        """
         with self._lock:
-            if self._again:
-                return self._again.pop()
-            now = time.monotonic()
-            due = [item for item in self._later if self._not_before.get(item[0], 0.0) <= now]
-            if due:
-                self._later.remove(due[0])
-                return due[0]
-            fresh = next(self._iter, None)
-            if fresh is not None or not self._later:
-                return fresh
-            # Only messages waiting out a backoff are left: take the earliest (wait_turn sleeps until then).
-            earliest = min(self._later, key=lambda item: self._not_before.get(item[0], 0.0))
-            self._later.remove(earliest)
-            return earliest
+            item = self._next_locked()
+            if item is None and leave_if_empty:
+                self._leave_locked()
+            return item
 
-    def sent(self, item: tuple[int, Mapping[str, Any], str, Mailbox]) -> None:
+    def _next_locked(self) -> _Item | None:
+        if self._again:
+            return self._again.pop()
+        now = time.monotonic()
+        due = [item for item in self._later if self._not_before.get(item[0], 0.0) <= now]
+        if due:
+            self._later.remove(due[0])
+            return due[0]
+        fresh = next(self._iter, None)
+        if fresh is not None or not self._later:
+            return fresh
+        # Only messages waiting out a backoff are left: take the earliest (wait_turn sleeps until then).
+        earliest = min(self._later, key=lambda item: self._not_before.get(item[0], 0.0))
+        self._later.remove(earliest)
+        return earliest
+
+    def leave(self) -> None:
+        """The calling session stops working (idempotent)."""
+        with self._lock:
+            self._leave_locked()
+
+    def leave_if_others_go_on(self) -> bool:
+        """Leave if another session is still working (it will take whatever comes back to the queue)."""
+        with self._lock:
+            if self.active - 1 < 1:
+                return False
+            self._leave_locked()
+            return True
+
+    def _leave_locked(self) -> None:
+        thread = threading.get_ident()
+        if thread not in self._left:
+            self._left.add(thread)
+            self.active -= 1
+
+    def sent(self, item: _Item) -> None:
         with self._lock:
             self._items[item[0]] = item
 
@@ -471,38 +652,90 @@ class _RunState:
         with self._lock:
             self._again.extend(self._items.pop(index) for index in indexes if index in self._items)
 
-    def requeue_item(self, item: tuple[int, Mapping[str, Any], str, Mailbox]) -> None:
+    def requeue_item(self, item: _Item) -> None:
         with self._lock:
             self._items.pop(item[0], None)
             self._again.append(item)
 
-    def completed(self, deliveries: list[Delivery]) -> None:
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def completed(self, deliveries: list[Delivery]) -> _Outcome:
+        """Record finished messages; return what they mean for the session that read them."""
+        from airflow_provider_hve.diagnostics import is_session_wide, smtp_reply_hint
+
+        outcome = _Outcome()
         if not deliveries:
-            return
+            return outcome
         with self._lock:
             delivered = []
             for delivery in deliveries:
                 item = self._items.pop(delivery.key)
                 key = item[2]
+                whole = delivery.whole
+                if whole is not None and 400 <= whole[0] < 500:
+                    self._throttled_locked(*whole)
+                    outcome.too_many_connections |= whole[0] == 432 or "4.3.2" in whole[1]
                 if self._retry_later(item, delivery):
                     continue
                 if delivery.accepted:
                     self.report.accepted += 1
+                    outcome.accepted += 1
+                    self._throttle_streak = 0
                     delivered.append(key)
                 for refused, (code, reply) in delivery.refused.items():
                     self.report.refused[refused] = [code, reply]
+                if whole is not None and is_session_wide(*whole) and self.stopped is None:
+                    code, reply = whole
+                    self.stopped = HveSendError(
+                        f"HVE refused message {delivery.message_id} with {code} {reply}.{smtp_reply_hint(code, reply)} "
+                        f"This applies to every message, so the run stopped: {self.report.accepted} accepted so far. "
+                        f"Rows not sent are listed in the report (not_sent); a retry of the task sends them and "
+                        f"skips the delivered ones.",
+                        smtp_code=code,
+                    )
             self._progress.update(self._done(), len(self.report.refused))
         if self._log is not None and delivered:
             self._log.record(delivered)
+        return outcome
 
-    def _retry_later(self, item: tuple[int, Mapping[str, Any], str, Mailbox], delivery: Delivery) -> bool:
+    def _throttled_locked(self, code: int, reply: str) -> None:
+        """HVE deferred a whole message (throttling): every session pauses, longer each time in a row."""
+        now = time.monotonic()
+        if now < self._pause_until:
+            return  # a message that was already on its way when the pause began: no new information
+        self._throttle_streak += 1
+        self.report.throttled += 1
+        base = min(0.5 * 2 ** (self._throttle_streak - 1), MAX_THROTTLE_PAUSE)
+        pause = base / 2 + random.uniform(0, base / 2)
+        self._pause_until = now + pause
+        log.warning("HVE throttled the run (%d %s); every session pauses %.1f s.", code, reply, pause)
+
+    def pace(self) -> None:
+        """Sleep while the whole run is paused after throttling."""
+        with self._lock:
+            delay = self._pause_until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def spend_retry(self) -> bool:
+        """Take one retry from the run's budget; False when it is spent."""
+        with self._lock:
+            return self._spend_locked()
+
+    def _spend_locked(self) -> bool:
+        if self.report.retry_budget_left <= 0:
+            return False
+        self.report.retry_budget_left -= 1
+        return True
+
+    def _retry_later(self, item: _Item, delivery: Delivery) -> bool:
         """Queue a message refused only with 4xx replies (throttling, temporary failure) to go again later."""
         codes = [code for code, _ in delivery.refused.values()]
         index = item[0]
         tries = self._tries.get(index, 0)
         if delivery.accepted or not codes or not all(400 <= code < 500 for code in codes):
             return False
-        if tries >= TRANSIENT_RETRIES:
+        if tries >= TRANSIENT_RETRIES or self.stopped is not None or not self._spend_locked():
             return False
         self._tries[index] = tries + 1
         # Exponential backoff with jitter, so sessions that were throttled together do not return together.
@@ -551,7 +784,8 @@ class _RunState:
 
     def stop(self, error: BaseException) -> None:
         with self._lock:
-            self.stopped = error
+            if self.stopped is None:
+                self.stopped = error
 
     def finish(self) -> None:
         self._progress.done = self._done()

@@ -87,7 +87,26 @@ SMTP_SEND_CAUSES: dict[str, str] = {
     "over the day.",
     "4.3.2": "Too many concurrent connections to HVE. Lower the number of parallel sessions or use an Airflow "
     "pool to cap them.",
+    "4.3.0": "A temporary failure at HVE; sending again later usually works.",
+    "4.3.1": "HVE is short of resources (busy); sending again later usually works.",
 }
+
+SESSION_WIDE_REFUSALS = frozenset({"5.2.0", "5.7.60", "5.7.57"})
+"""Permanent refusals that apply to every message of the session, not to one recipient: stop sending."""
+
+
+def is_session_wide(code: int, reply: str) -> bool:
+    """
+    Tell whether a permanent refusal stops the whole run (quota used up, sender not allowed, session lost).
+
+    :param code: the SMTP reply code.
+    :param reply: the reply text after the code.
+    """
+    if not 500 <= code < 600:
+        return False
+    enhanced = _search(_ENHANCED, reply)
+    return enhanced in SESSION_WIDE_REFUSALS or "quotaexceeded" in reply.lower().replace(" ", "")
+
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
 _CORRELATION = re.compile(r"Correlation ID:\s*([0-9a-fA-F-]{36})")

@@ -88,6 +88,7 @@ class HveSendError(HveError):
     :param message: what was refused and why.
     :param refused: recipient address -> ``(code, reply text)`` for each refused recipient.
     :param smtp_code: the SMTP reply code of a whole-message refusal.
+    :param completed: outcomes (``pipeline.Delivery``) of earlier messages read before the refusal.
     """
 
     def __init__(
@@ -96,7 +97,9 @@ class HveSendError(HveError):
         *,
         refused: dict[str, tuple[int, str]] | None = None,
         smtp_code: int | None = None,
+        completed: Sequence[Any] = (),
     ) -> None:
         super().__init__(message)
         self.refused = dict(refused or {})
         self.smtp_code = smtp_code
+        self.completed = list(completed)

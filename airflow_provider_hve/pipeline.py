@@ -40,6 +40,9 @@ class Delivery:
     message_id: str
     accepted: list[str] = field(default_factory=list)
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    whole: tuple[int, str] | None = None
+    """The reply that refused the whole transaction (to MAIL FROM, or after the content), if one did: a
+    condition of the server or the session (throttling, quota), not of a recipient."""
 
 
 @dataclass
@@ -116,6 +119,22 @@ class Pipeline:
         self._read_outstanding()
         return self._take_completed()
 
+    def drain(self) -> list[Delivery]:
+        """
+        Read the final reply of the message already handed over, hand over nothing more, and close the
+        connection; return the deliveries completed.
+
+        For stopping early. A message whose commands went out but whose content did not is dropped with the
+        connection: the server got no end of data, so it was certainly not accepted.
+        """
+        self._staged = None
+        try:
+            self._read_outstanding()
+        finally:
+            # The server may be waiting for content after its 354: no command can follow, only a hang-up.
+            self._smtp.close()
+        return self._take_completed()
+
     def _read_outstanding(self) -> None:
         """Read the final reply of the message whose content went last, or the reply to the last RSET."""
         if self._awaiting is not None:
@@ -181,13 +200,22 @@ class Pipeline:
     def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> bytes:
         """Record the command replies; return what to write next: the content, an empty message, or RSET."""
         mail_code, mail_reply = replies[0]
+        delivery = transaction.delivery
+        if 400 <= mail_code < 500:
+            # Throttling (432 4.3.2, 451 4.3.0...): this transaction is refused, the session goes on. The RCPT
+            # and DATA replies that follow a refused MAIL say nothing more ("503 need MAIL").
+            delivery.whole = (mail_code, mail_reply)
+            delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
+            self._rset_pending = True
+            self._finish(transaction, mail_code, mail_reply)
+            return b"RSET\r\n"
         if mail_code != 250:
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
                 f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",
                 smtp_code=mail_code,
+                completed=self._take_completed(),
             )
-        delivery = transaction.delivery
         for address, (code, reply) in zip(transaction.recipients, replies[1:-1], strict=False):
             if code in _ACCEPTED_RCPT:
                 transaction.accepted.append(address)
@@ -214,6 +242,8 @@ class Pipeline:
         if code == 250:
             delivery.accepted.extend(transaction.accepted)
         else:
+            if transaction.accepted:
+                delivery.whole = (code, reply)
             for address in transaction.accepted:
                 delivery.refused[address] = (code, reply)
         owner, left = self._open[id(delivery)]

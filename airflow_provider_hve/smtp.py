@@ -242,6 +242,13 @@ class HveSmtpSession:
                 return
             except smtplib.SMTPAuthenticationError as exc:
                 reply = _text(exc.smtp_error)
+                if 400 <= exc.smtp_code < 500:
+                    # 454 4.7.0, 432 4.3.2...: the credential is fine, HVE is busy; a new session may work.
+                    raise HveConnectionError(
+                        f"HVE at {self.config.host}:{self.config.port} deferred AUTH XOAUTH2 (connection "
+                        f"{self.config.conn_id!r}): {exc.smtp_code} {reply}.{smtp_reply_hint(exc.smtp_code, reply)} "
+                        f"This is temporary: try again later."
+                    ) from None
                 if attempt == 1 and exc.smtp_code == 501 and "5.5.127" in reply:
                     log.info(
                         "HVE says the token expires soon (%s %s); refreshing it and retrying once.",

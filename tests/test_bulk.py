@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_hve.bulk import MailMerge
-from airflow_provider_hve.exceptions import HveConfigError
+from airflow_provider_hve.exceptions import HveConfigError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.sandbox import HveSandbox
+from airflow_provider_hve.sandbox.smtp_server import RECIPIENT_NOT_FOUND, SUBMISSION_QUOTA_EXCEEDED
 
 ConnFactory = Callable[..., str]
 
@@ -144,16 +145,27 @@ def test_broken_connection_mid_run_reconnects_and_loses_nothing(sandbox: HveSand
     assert len({m.session_id for m in delivered}) == 2
 
 
-def test_refused_recipient_and_refused_message_are_reported(sandbox: HveSandbox, hook: HveHook) -> None:
+def test_refused_recipient_is_reported_and_the_run_goes_on(sandbox: HveSandbox, hook: HveHook) -> None:
     sandbox.smtp.refuse_recipient("user00003@contoso.example")
-    sandbox.smtp.fail_next_data("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", count=1)
     report = MailMerge(hook, subject="x", text_content="y", sessions=1).run(rows(8))
 
-    assert report.refused["user00003@contoso.example"][0] == 550
-    quota = [addr for addr, (code, reply) in report.refused.items() if code == 554]
-    assert len(quota) == 1 and "SubmissionQuotaExceeded" in report.refused[quota[0]][1]
-    assert report.accepted == 6
-    assert len(sandbox.wait_for_messages(6)) == 6
+    assert report.refused == {"user00003@contoso.example": [550, RECIPIENT_NOT_FOUND[4:]]}
+    assert report.accepted == 7 and report.not_sent == []
+    assert len(sandbox.wait_for_messages(7)) == 7
+
+
+def test_quota_exhausted_stops_the_run_with_the_diagnosis(sandbox: HveSandbox, hook: HveHook) -> None:
+    # 554 5.2.0 (submission quota) holds for every later message too: stop, say why, list what was not sent.
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000)
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2)
+    with pytest.raises(HveSendError, match=r"554 5\.2\.0.*quota is used up.*the run stopped") as caught:
+        merge.run(rows(30))
+    assert caught.value.smtp_code == 554
+    report = merge.last_report
+    assert report is not None and report.accepted == 0 and not sandbox.messages
+    # At most a few messages were refused (those already on their way); every other row is not_sent.
+    assert 1 <= len(report.refused) <= 4
+    assert sorted([*report.refused, *report.not_sent]) == [r["email"] for r in rows(30)]
 
 
 def test_without_pipelining_every_message_still_arrives_once(sandbox: HveSandbox, hook: HveHook) -> None:

@@ -259,7 +259,10 @@ class HveMailMergeOperator(BaseOperator):
     :param fail_on_refused: fail the task (after everyone else was tried) if any row was refused, invalid
         or unknown; the summary is then pushed to XCom under ``hve_summary``.
     :param progress_interval: seconds between progress lines.
-    :param max_reconnects: how often a session may be re-opened after HVE broke the connection.
+    :param max_reconnects: how often in a row a session may be re-opened after HVE broke the connection
+        without accepting a message in between.
+    :param retry_budget: retries the whole run may spend (a resend after a 4xx or a reconnect costs one);
+        default 5% of the rows, at least 20.
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -304,6 +307,7 @@ class HveMailMergeOperator(BaseOperator):
         fail_on_refused: bool = True,
         progress_interval: float = 10.0,
         max_reconnects: int = 3,
+        retry_budget: int | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -323,11 +327,12 @@ class HveMailMergeOperator(BaseOperator):
         self.fail_on_refused = fail_on_refused
         self.progress_interval = progress_interval
         self.max_reconnects = max_reconnects
+        self.retry_budget = retry_budget
         self.hve_conn_id = hve_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
-        from airflow_provider_hve.exceptions import HveError, HveSendError
+        from airflow_provider_hve.exceptions import HveConfigError, HveError, HveSendError
         from airflow_provider_hve.hooks.hve import HveHook
         from airflow_provider_hve.message import attachments_from_files
         from airflow_provider_hve.reports import table_from_data
@@ -356,12 +361,17 @@ class HveMailMergeOperator(BaseOperator):
             rate_per_minute=self.rate_per_minute,
             env=env,
             context=dict(context),
-            delivery_log=TaskStateDeliveryLog(store, prefix=f"hve_mail_merge/{self.task_id}") if store else None,
+            delivery_log=(
+                TaskStateDeliveryLog(_SlashFreeKeys(store), prefix=f"hve_mail_merge/{self.task_id}") if store else None
+            ),
             progress_interval=self.progress_interval,
             max_reconnects=self.max_reconnects,
+            retry_budget=self.retry_budget,
         )
         try:
             summary = merge.run(rows).as_dict()
+        except HveConfigError:
+            raise  # found before connecting: nothing was sent, no summary to keep
         except HveError:
             if merge.last_report is not None:
                 context["ti"].xcom_push(key="hve_summary", value=merge.last_report.as_dict())
@@ -376,3 +386,25 @@ class HveMailMergeOperator(BaseOperator):
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
         return summary
+
+
+class _SlashFreeKeys:
+    """
+    ``task_state_store`` with every ``/`` in a key written as ``:``.
+
+    Airflow 3.3.0 routes a task state key as one URL path segment (``{key}``; 3.3.1 made it ``{key:path}``):
+    there a key with a ``/`` reads as missing and fails to write (404 Not Found). The delivery log's keys
+    (``hve_mail_merge/<task_id>/<n>``) carry slashes, so they go through this on every Airflow 3.3.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(key.replace("/", ":"), default)
+
+    def set(self, key: str, value: Any) -> None:
+        self._store.set(key.replace("/", ":"), value)
+
+    def delete(self, key: str) -> None:
+        self._store.delete(key.replace("/", ":"))
