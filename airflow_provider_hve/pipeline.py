@@ -285,7 +285,7 @@ class Pipeline:
         in_flight = self.in_flight
         unsent = [d for d, _ in self._open.values() if d not in in_flight]
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
-        cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}"
+        cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}."
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
             f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again.",

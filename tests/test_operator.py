@@ -96,3 +96,25 @@ def test_operator_renders_html_as_html_in_the_ui() -> None:
 
     assert HveEmailOperator.template_fields_renderers["html_content"] == "html"
     assert set(HveEmailOperator.template_ext) == {".html", ".j2", ".jinja2", ".txt"}
+
+
+def test_retry_after_an_unknown_outcome_does_not_send_twice(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    task_outputs: Callable[..., Any],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # HVE takes the message but its 250 comes after the client's 1 s timeout: the first try cannot know.
+    hve_connection(timeout=1)
+    sandbox.smtp.stall_after(0, 2.5, command="content")
+    dag_run = run_dag(CASES, "hve_case_unknown_outcome")
+    assert dag_run.state == "success"
+
+    sandbox.wait_for_messages(1, timeout=10)
+    assert len(sandbox.messages) == 1, "the retry sent the message a second time"
+    assert len(sandbox.smtp_sessions) == 1, "the retry must not even connect"
+    out, err = capfd.readouterr()
+    assert "outcome is unknown" in out + err and "Not sending again" in out + err
+    result, _ = task_outputs(dag_run, "mail")
+    assert result["outcome"] == "unknown" and result["message_id"] == str(sandbox.messages[0].message["Message-ID"])

@@ -29,7 +29,7 @@ def visible_state(dag_run: Any) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("dag_id", ["hve_daily_report", "hve_failure_alerts"])
+@pytest.mark.parametrize("dag_id", ["hve_daily_report", "hve_failure_alerts", "hve_mail_merge"])
 def test_no_secret_or_token_in_logs_xcom_or_rendered_fields(
     dag_id: str, run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,9 @@ from airflow.sdk import BaseOperator
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating
 
+UNKNOWN_OUTCOME_KEY = "hve_email/unknown_outcome"
+"""task_state_store key: the message a try handed over without getting HVE's answer."""
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -48,6 +51,8 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param csv_filename: also attach ``data`` as a CSV file of this name. (templated)
     :param dry_run: render and validate everything and write the ``.eml`` instead of sending it.
     :param dry_run_dir: where a dry run writes (default: ``$AIRFLOW_HOME/hve_dry_run``).
+    :param resend_unknown: if a try lost the connection after handing the message over (HVE may have it), a
+        retry does not send it again unless this is True. Needs ``task_state_store`` (Airflow 3.3+).
     :param hve_conn_id: the ``hve`` connection.
 
     Example::
@@ -105,10 +110,12 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         csv_filename: str | None = None,
         dry_run: bool = False,
         dry_run_dir: str | None = None,
+        resend_unknown: bool = False,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.resend_unknown = resend_unknown
         self.to = to
         self.subject = subject
         self.html_content = html_content
@@ -140,6 +147,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         return {"data": list(table.rows), "report": _report(self, table, context)}
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_hve.exceptions import HveConnectionError
         from airflow_provider_hve.hooks.hve import HveHook
 
         hook = HveHook(hve_conn_id=self.hve_conn_id)
@@ -159,8 +167,32 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 "message_id": outgoing.message["Message-ID"],
                 "recipients": list(outgoing.recipients),
             }
-        result = hook.send_message(outgoing)
-        return {"dry_run": False, **result.as_dict()}
+        store = context.get("task_state_store")
+        stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
+        unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+        if unknown and not self.resend_unknown:
+            # An earlier try handed the message over and lost the connection before HVE's answer: it may have
+            # been delivered. Sending it again could mail every recipient twice.
+            self.log.warning(
+                "Not sending again: try %s handed %s to HVE but the connection broke before its answer, so it may "
+                "have been delivered. Check a recipient's mailbox; set resend_unknown=True to send again on retry.",
+                unknown.get("try_number"),
+                unknown.get("message_id"),
+            )
+            return {"dry_run": False, "outcome": "unknown", **unknown}
+        try:
+            result = hook.send_message(outgoing)
+        except HveConnectionError as exc:
+            if exc.in_flight and store is not None:
+                ti = context.get("ti")
+                store.set(
+                    UNKNOWN_OUTCOME_KEY,
+                    {"message_id": str(outgoing.message["Message-ID"]), "try_number": getattr(ti, "try_number", None)},
+                )
+            raise
+        if store is not None and unknown:
+            store.set(UNKNOWN_OUTCOME_KEY, None)
+        return {"dry_run": False, "outcome": "accepted", **result.as_dict()}
 
     def _table(self) -> Any:
         from airflow_provider_hve.reports import table_from_data

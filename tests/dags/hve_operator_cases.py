@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -52,4 +53,16 @@ with DAG("hve_case_bad_data", schedule=None, start_date=START, catchup=False, ta
         to="team@contoso.example",
         subject="Never sent",
         data="{{ ti.xcom_pull(task_ids='nothing') }}",
+    )
+
+with DAG("hve_case_unknown_outcome", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+    # The test stalls HVE's answer to the content past the connection timeout: the first try fails with the
+    # outcome unknown (HVE has the message); the retry must not send it a second time.
+    HveEmailOperator(
+        task_id="mail",
+        to="everyone@contoso.example",
+        subject="Quarterly numbers",
+        text_content="Numbers inside.",
+        retries=1,
+        retry_delay=dt.timedelta(seconds=0),
     )
