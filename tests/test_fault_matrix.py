@@ -46,6 +46,8 @@ class Fault:
     """How many rows end refused (exactly), when it completes."""
     unknown: int = 0
     """How many rows end unknown (exactly), when it completes."""
+    accepted: int | None = None
+    """How many rows end accepted (exactly), when the run stops early."""
     report_checks: dict[str, Callable[[BulkReport], bool]] = field(default_factory=dict)
     timeout: float = 1.0
     """The connection's socket timeout (extra ``timeout``), for the stall faults."""
@@ -91,9 +93,12 @@ MATRIX: dict[str, Fault] = {
         report_checks={"reconnected": lambda r: r.reconnects == 2},
     ),
     "token expires soon (501 5.5.127) at a reconnect": Fault(
-        lambda sb: (sb.smtp.disconnect_after(120), sb.smtp.fail_next_auth(AUTH_EXPIRES_SOON, count=1)),
+        lambda sb: (
+            sb.smtp.disconnect_after(120),
+            sb.smtp.throttle(AUTH_EXPIRES_SOON, command="AUTH", count=1, after_messages=120),
+        ),
         sessions=1,
-        report_checks={"fresh token": lambda r: r.token_requests == 2},
+        report_checks={"fresh token": lambda r: r.token_requests == 2 and r.reconnects == 1},
     ),
     "reply stalled after the content (client times out)": Fault(
         lambda sb: sb.smtp.stall_after(140, 3.0, command="content"),
@@ -111,18 +116,26 @@ MATRIX: dict[str, Fault] = {
     "554 5.2.0 quota used up after 100 messages": Fault(
         lambda sb: sb.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=10_000, after_messages=100),
         raises=HveSendError,
+        accepted=100,
     ),
     "535 5.7.3 when reconnecting": Fault(
-        lambda sb: (sb.smtp.disconnect_after(90), sb.smtp.fail_next_auth(AUTH_FAILED, count=10)),
+        lambda sb: (
+            sb.smtp.disconnect_after(90),
+            sb.smtp.throttle(AUTH_FAILED, command="AUTH", count=10, after_messages=90),
+        ),
+        sessions=1,
         raises=HveAuthError,
+        accepted=90,
     ),
     "HVE keeps hanging up (retries run out)": Fault(
         lambda sb: sb.smtp.disconnect_after(0, times=50),
         raises=HveConnectionError,
+        accepted=0,
     ),
     "token endpoint down (503 beyond the retries)": Fault(
         lambda sb: sb.entra.throttle(20, status=503, retry_after=0),
         raises=HveAuthError,
+        accepted=0,
     ),
 }
 
@@ -156,6 +169,7 @@ def test_fault_matrix(name: str, sandbox: HveSandbox, hve_connection: Callable[.
         assert "hve_default" in str(error) or "not sent" in str(error) or "report" in str(error), str(error)
         assert report.accepted + len(report.refused) + len(report.unknown) + len(report.not_sent) == ROWS
         assert report.not_sent, "a run stopped early must list the rows it did not send"
+        assert report.accepted == fault.accepted, report.as_dict()
         return
     assert report.not_sent == []
     assert len(report.refused) == fault.refused, report.refused
