@@ -276,8 +276,9 @@ class _Reader:
         if not (_is_guid(value) or _TENANT_DOMAIN.match(value) or lowered == "organizations"):
             raise self._error(
                 "tenant_id",
-                f"is {value!r}, neither a GUID nor a domain name. Copy the Directory (tenant) ID from the "
-                f"app registration's Overview page.",
+                f"is neither a GUID nor a domain name ({len(value)} characters, not shown: a secret pasted into "
+                f"the wrong field must not reach the logs). Copy the Directory (tenant) ID from the app "
+                f"registration's Overview page.",
             )
         return value
 

@@ -111,6 +111,7 @@ CASES = [
         hook_send({"auth_mode": "oauth"}), (CONN, "'auth_mode'", "'oauth'", "client_secret"), id="conn-bad-auth-mode"
     ),
     pytest.param(hook_send({"client_id": SECRET}), (CONN, "'client_id'", "GUID"), id="conn-secret-as-client-id"),
+    pytest.param(hook_send({"tenant_id": SECRET}), (CONN, "'tenant_id'", "GUID"), id="conn-secret-as-tenant-id"),
     pytest.param(
         hook_send({"authority_host": "http://login.microsoftonline.com"}),
         (CONN, "'authority_host'", "https://"),
