@@ -3,8 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A second venv with the oldest Airflow pyproject.toml declares (the X of "apache-airflow>=X", padded to X.Y.Z).
+OLDEST_VENV    ?= .venv-oldest
+OLDEST_BIN     := $(OLDEST_VENV)/bin
+OLDEST_STAMP   := $(OLDEST_VENV)/.installed
+AIRFLOW_OLDEST := $(shell sed -nE 's/^[[:space:]]*"apache-airflow>=([0-9]+(\.[0-9]+)*).*/\1/p' pyproject.toml \
+                    | head -n 1 | awk -F. '{ print $$1 "." ($$2 == "" ? 0 : $$2) "." ($$3 == "" ? 0 : $$3) }')
 
-.PHONY: demo test lint install sandbox clean bench
+.PHONY: demo test test-oldest lint install sandbox clean bench
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
@@ -13,6 +19,10 @@ demo: $(STAMP)
 ## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-oldest: the same suite in its own .venv-oldest, on the oldest Airflow pyproject.toml declares ("apache-airflow>=X")
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## sandbox: run the sandbox in the foreground and print AIRFLOW_CONN_HVE_DEFAULT for your own DAGs
 sandbox: $(STAMP)
@@ -32,8 +42,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff mypy
 	touch $(STAMP)
 
+# apache-airflow pins its own apache-airflow-core and apache-airflow-task-sdk exactly, so one pin is enough.
+$(OLDEST_STAMP): pyproject.toml
+	@test -n "$(AIRFLOW_OLDEST)" || { echo 'no "apache-airflow>=X" line found in pyproject.toml' >&2; exit 1; }
+	test -x $(OLDEST_BIN)/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_BIN)/python -m pip install --quiet --upgrade pip uv
+	$(OLDEST_BIN)/uv pip install --python $(OLDEST_BIN)/python --quiet -e ".[test]" "apache-airflow==$(AIRFLOW_OLDEST)"
+	$(OLDEST_BIN)/python -c "import airflow, sys; sys.exit(airflow.__version__ != '$(AIRFLOW_OLDEST)' and 'installed Airflow ' + airflow.__version__ + ', wanted $(AIRFLOW_OLDEST)')"
+	touch $(OLDEST_STAMP)
+
 clean:
-	rm -rf $(VENV) mailbox .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) mailbox .pytest_cache build *.egg-info
 
 ## bench: the bulk benchmark (this provider vs apache-airflow-providers-smtp vs a bare smtplib loop), ~12 min
 bench: $(STAMP)

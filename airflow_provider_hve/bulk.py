@@ -338,12 +338,15 @@ class MailMerge:
         :raises _Reconnect: the session broke, or HVE answered ``432`` and no other session is left.
         """
         progressed = False
-        current: _Item | None = item
+        # The row in hand that no pipeline has yet. Once given to a pipeline, a row is accounted for by it:
+        # completed, or listed as in flight or unsent when the connection breaks.
+        held: _Item | None = item
         try:
             with self.hook.smtp_session() as session:
                 pipeline = session.pipeline()
                 try:
-                    while current is not None and state.stopped is None:
+                    while held is not None and state.stopped is None:
+                        current, held = held, None
                         index, row, _key, mailbox = current
                         state.wait_turn(index)
                         state.pace()
@@ -360,20 +363,19 @@ class MailMerge:
                             )
                             progressed |= outcome.accepted > 0
                             if outcome.too_many_connections:
-                                current = None
                                 progressed |= state.completed(pipeline.flush()).accepted > 0
                                 if state.leave_if_others_go_on():
                                     log.warning("HVE has too many connections from this account: one session leaves.")
                                     return True
                                 raise _Reconnect(progressed, "HVE answered 432 4.3.2 (too many connections)")
-                        current = state.next(leave_if_empty=False)
-                        if current is None:
+                        held = state.next(leave_if_empty=False)
+                        if held is None:
                             # The last outcomes may send rows back (temporary refusals): read them first.
                             progressed |= state.completed(pipeline.flush()).accepted > 0
-                            current = state.next()
-                    if current is not None:
-                        state.requeue_item(current)  # the run stopped before it went: reported as not sent
-                        current = None
+                            held = state.next()
+                    if held is not None:
+                        state.requeue_item(held)  # the run stopped before it went: reported as not sent
+                        held = None
                     # Stopped (quota, sender refused...): read what is on its way, hand over nothing more.
                     state.completed(pipeline.flush() if state.stopped is None else pipeline.drain())
                 except HveSendError as exc:
@@ -383,17 +385,17 @@ class MailMerge:
             return False
         except HveConnectionError as exc:
             # Handed over without a final reply: unknown, never resent (no duplicates). Certainly not
-            # accepted (or never reached the pipeline): back in the queue (nothing lost).
+            # accepted: back in the queue (nothing lost).
             progressed |= state.completed(exc.completed).accepted > 0
             state.unknown(exc.in_flight)
             state.requeue(exc.unsent)
-            if current is not None and current[0] not in exc.in_flight and current[0] not in exc.unsent:
-                state.requeue_item(current)
+            if held is not None:
+                state.requeue_item(held)
             raise _Reconnect(progressed, str(exc)) from exc
         except BaseException:
             # Auth refused, sender refused...: the run stops; the row in hand is reported as not sent.
-            if current is not None:
-                state.requeue_item(current)
+            if held is not None:
+                state.requeue_item(held)
             raise
 
     def _before_reconnect(

@@ -15,12 +15,36 @@ os.environ["AIRFLOW__EMAIL__EMAIL_BACKEND"] = "airflow_provider_hve.utils.email.
 os.environ["AIRFLOW__EMAIL__EMAIL_CONN_ID"] = "hve_default"
 
 from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import pytest
 
 from airflow_provider_hve.auth import clear_token_providers
 from airflow_provider_hve.sandbox import HveSandbox
+
+
+def _airflow_under_test() -> str:
+    import airflow
+
+    try:
+        sdk = f", apache-airflow-task-sdk {version('apache-airflow-task-sdk')}"
+    except PackageNotFoundError:
+        sdk = ""
+    return f"apache-airflow {airflow.__version__}{sdk}"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Name the Airflow (and Task SDK) under test in the session header, so CI logs show which one ran."""
+    return [_airflow_under_test()]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`make test` runs with -q, which hides the header: print the same line there anyway."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(_airflow_under_test())
 
 
 @pytest.fixture(scope="session")

@@ -102,14 +102,6 @@ def test_bad_bulk_arguments(hook: HveHook, sessions: int, rate: float | None) ->
 MERGE_CASES = __import__("pathlib").Path(__file__).parent / "dags" / "hve_merge_cases.py"
 
 
-def _has_task_state_store() -> bool:
-    import airflow
-    from packaging.version import Version
-
-    return Version(airflow.__version__) >= Version("3.3")
-
-
-@pytest.mark.skipif(not _has_task_state_store(), reason="task_state_store came in Airflow 3.3")
 def test_retry_after_a_broken_connection_sends_each_recipient_exactly_once(
     run_dag: Callable[..., Any],
     sandbox: HveSandbox,
@@ -191,19 +183,6 @@ def test_pipelining_costs_one_round_trip_per_message(sandbox: HveSandbox, hook: 
     assert done and len(sandbox.wait_for_messages(30)) == 30
     # Unpipelined, each message would cost 4 (MAIL, RCPT, DATA, content); pipelined about 1.
     assert trips <= 30 * 1.5, trips
-
-
-@pytest.mark.skipif(_has_task_state_store(), reason="Airflow 3.3+ remembers delivered rows")
-def test_retry_on_older_airflow_says_it_may_resend(
-    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
-) -> None:
-    sandbox.smtp.disconnect_after(15)
-    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
-    assert dag_run.state == "success"
-    out, err = capfd.readouterr()
-    assert "rows delivered by the failed try may be sent again" in out + err
-    delivered = {m.rcpt_tos[0] for m in sandbox.wait_for_messages(40, timeout=10)}
-    assert delivered == {f"person{n:03d}@contoso.example" for n in range(40)}  # nobody lost
 
 
 def test_temporary_refusals_are_retried_with_backoff_and_then_reported(sandbox: HveSandbox, hook: HveHook) -> None:

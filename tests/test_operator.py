@@ -118,3 +118,20 @@ def test_retry_after_an_unknown_outcome_does_not_send_twice(
     assert "outcome is unknown" in out + err and "Not sending again" in out + err
     result, _ = task_outputs(dag_run, "mail")
     assert result["outcome"] == "unknown" and result["message_id"] == str(sandbox.messages[0].message["Message-ID"])
+
+
+def test_resend_unknown_sends_again_on_retry(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    task_outputs: Callable[..., Any],
+) -> None:
+    hve_connection(timeout=1)
+    sandbox.smtp.stall_after(0, 2.5, command="content")
+    dag_run = run_dag(CASES, "hve_case_unknown_outcome_resend")
+    assert dag_run.state == "success"
+    # The first try's message arrived late, the retry sent it again: two copies, as the DAG chose.
+    messages = sandbox.wait_for_messages(2, timeout=10)
+    assert [m.rcpt_tos for m in messages] == [["everyone@contoso.example"]] * 2
+    result, _ = task_outputs(dag_run, "mail")
+    assert result["outcome"] == "accepted" and result["accepted"] == ["everyone@contoso.example"]

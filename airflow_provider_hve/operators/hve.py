@@ -191,7 +191,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 )
             raise
         if store is not None and unknown:
-            store.set(UNKNOWN_OUTCOME_KEY, None)
+            store.delete(UNKNOWN_OUTCOME_KEY)
         return {"dry_run": False, "outcome": "accepted", **result.as_dict()}
 
     def _table(self) -> Any:
@@ -375,8 +375,8 @@ class HveMailMergeOperator(BaseOperator):
         store = context.get("task_state_store")
         if store is None:
             self.log.warning(
-                "This Airflow has no task_state_store (it came in 3.3): if this task is retried, rows delivered "
-                "by the failed try may be sent again."
+                "No task_state_store in the task context: if this task is retried, rows delivered by the failed "
+                "try may be sent again."
             )
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),
@@ -393,9 +393,7 @@ class HveMailMergeOperator(BaseOperator):
             rate_per_minute=self.rate_per_minute,
             env=env,
             context=dict(context),
-            delivery_log=(
-                TaskStateDeliveryLog(_SlashFreeKeys(store), prefix=f"hve_mail_merge/{self.task_id}") if store else None
-            ),
+            delivery_log=(TaskStateDeliveryLog(store, prefix=f"hve_mail_merge/{self.task_id}") if store else None),
             progress_interval=self.progress_interval,
             max_reconnects=self.max_reconnects,
             retry_budget=self.retry_budget,
@@ -418,25 +416,3 @@ class HveMailMergeOperator(BaseOperator):
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
         return summary
-
-
-class _SlashFreeKeys:
-    """
-    ``task_state_store`` with every ``/`` in a key written as ``:``.
-
-    Airflow 3.3.0 routes a task state key as one URL path segment (``{key}``; 3.3.1 made it ``{key:path}``):
-    there a key with a ``/`` reads as missing and fails to write (404 Not Found). The delivery log's keys
-    (``hve_mail_merge/<task_id>/<n>``) carry slashes, so they go through this on every Airflow 3.3.
-    """
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._store.get(key.replace("/", ":"), default)
-
-    def set(self, key: str, value: Any) -> None:
-        self._store.set(key.replace("/", ":"), value)
-
-    def delete(self, key: str) -> None:
-        self._store.delete(key.replace("/", ":"))

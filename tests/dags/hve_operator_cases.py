@@ -55,14 +55,17 @@ with DAG("hve_case_bad_data", schedule=None, start_date=START, catchup=False, ta
         data="{{ ti.xcom_pull(task_ids='nothing') }}",
     )
 
-with DAG("hve_case_unknown_outcome", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
-    # The test stalls HVE's answer to the content past the connection timeout: the first try fails with the
-    # outcome unknown (HVE has the message); the retry must not send it a second time.
-    HveEmailOperator(
-        task_id="mail",
-        to="everyone@contoso.example",
-        subject="Quarterly numbers",
-        text_content="Numbers inside.",
-        retries=1,
-        retry_delay=dt.timedelta(seconds=0),
-    )
+# The tests stall HVE's answer to the content past the connection timeout: the first try fails with the outcome
+# unknown (HVE has the message). The retry must not send it a second time, unless the DAG prefers a possible
+# duplicate to a possible loss (resend_unknown=True).
+for _dag_id, _resend in (("hve_case_unknown_outcome", False), ("hve_case_unknown_outcome_resend", True)):
+    with DAG(_dag_id, schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+        HveEmailOperator(
+            task_id="mail",
+            to="everyone@contoso.example",
+            subject="Quarterly numbers",
+            text_content="Numbers inside.",
+            resend_unknown=_resend,
+            retries=1,
+            retry_delay=dt.timedelta(seconds=0),
+        )
