@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from airflow_provider_hve.addresses import Mailbox
     from airflow_provider_hve.hooks.hve import HveHook
     from airflow_provider_hve.message import Attachment, OutgoingMessage
-    from airflow_provider_hve.pipeline import Delivery
+    from airflow_provider_hve.pipeline import Delivery, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,10 @@ class MailMerge:
             if key in done_before:
                 report.skipped += 1
                 continue
+            if UNKNOWN_MARK + key in done_before:
+                # An earlier try handed it over and never heard back: still unknown, and never sent again.
+                report.unknown.append(mailbox.addr_spec)
+                continue
             yield (index, row, key, mailbox)
 
     def _render(
@@ -295,11 +299,20 @@ class MailMerge:
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
-        state.finish()
-        if state.stopped is not None and not errors:
-            errors.append(state.stopped)
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException as exc:
+            # Interrupted (execution_timeout, SIGTERM): stop the sessions and let them read the replies of
+            # what they handed over, so the report and the delivery log stay true; then go on failing.
+            state.stop(exc)
+            for thread in threads:
+                thread.join(timeout=self.hook.config.timeout + 5)
+            raise
+        finally:
+            state.finish()
+        if state.stopped is not None:
+            raise state.stopped  # the first reason the run stopped
         if errors:
             raise errors[0]
 
@@ -341,25 +354,28 @@ class MailMerge:
         # The row in hand that no pipeline has yet. Once given to a pipeline, a row is accounted for by it:
         # completed, or listed as in flight or unsent when the connection breaks.
         held: _Item | None = item
+        pipeline: Pipeline | None = None
         try:
             with self.hook.smtp_session() as session:
                 pipeline = session.pipeline()
                 try:
                     while held is not None and state.stopped is None:
-                        current, held = held, None
-                        index, row, _key, mailbox = current
+                        index, row, _key, mailbox = held
                         state.wait_turn(index)
                         state.pace()
+                        if state.stopped is not None:
+                            break
                         try:
                             outgoing = self._render(index, row, mailbox)
-                        except HveConfigError as exc:
-                            state.invalid(index, str(exc))
+                        except Exception as exc:  # the row's data broke its template or message: that row only
+                            state.invalid(index, _row_error(index, exc))
                         else:
                             self._limiter.wait()
                             message_id = str(outgoing.message["Message-ID"])
-                            state.sent(current)
+                            state.sent(held)
+                            submitted, held = held, None
                             outcome = state.completed(
-                                pipeline.submit(index, outgoing.payload, outgoing.recipients, message_id)
+                                pipeline.submit(submitted[0], outgoing.payload, outgoing.recipients, message_id)
                             )
                             progressed |= outcome.accepted > 0
                             if outcome.too_many_connections:
@@ -392,10 +408,16 @@ class MailMerge:
             if held is not None:
                 state.requeue_item(held)
             raise _Reconnect(progressed, str(exc)) from exc
+        except _Reconnect:
+            raise
         except BaseException:
-            # Auth refused, sender refused...: the run stops; the row in hand is reported as not sent.
+            # Auth refused, sender refused, something unexpected: the run stops. The row in hand is reported as
+            # not sent; messages handed over without an answer are unknown (HVE may have them), never resent.
             if held is not None:
                 state.requeue_item(held)
+            if pipeline is not None:
+                state.unknown([delivery.key for delivery in pipeline.in_flight])
+                pipeline.abort()
             raise
 
     def _before_reconnect(
@@ -404,7 +426,6 @@ class MailMerge:
         """Spend a retry and wait (backoff with jitter); return False when the run must stop instead."""
         if state.stopped is not None:
             return False  # another session stopped the run; its error is the one raised
-        state.report.reconnects += 1
         cause = reconnect.cause
         if failures > self.max_reconnects:
             error: BaseException = HveConnectionError(
@@ -419,6 +440,7 @@ class MailMerge:
                 f"report; a retry of the task sends them and skips the delivered ones."
             )
         else:
+            state.report.reconnects += 1
             base = min(2.0 ** max(failures - 1, 0), MAX_RECONNECT_DELAY)
             delay = base / 2 + random.uniform(0, base / 2)  # jitter: sessions that broke together spread out
             log.warning(
@@ -428,7 +450,7 @@ class MailMerge:
                 failures,
                 self.max_reconnects,
             )
-            time.sleep(delay)
+            state.sleep(delay)
             return True
         state.stop(error)
         errors.append(error)
@@ -436,6 +458,12 @@ class MailMerge:
 
 
 _Item = tuple[int, Mapping[str, Any], str, "Mailbox"]
+
+
+def _row_error(index: int, exc: Exception) -> str:
+    if isinstance(exc, HveConfigError):
+        return str(exc)
+    return f"Row {index}: building its message failed: {type(exc).__name__}: {exc}."
 
 
 class _Reconnect(Exception):
@@ -511,6 +539,10 @@ class TaskStateDeliveryLog:
         self._last = time.monotonic()
 
 
+UNKNOWN_MARK = "?"
+"""Prefix of a delivery-log key whose outcome is unknown (handed over, no final reply)."""
+
+
 def delivery_key(index: int, address: str) -> str:
     """Identify a row across tries: its position and its address."""
     return f"{index}:{address.lower()}"
@@ -532,14 +564,13 @@ class _Templates:
     def render(
         self, context: Mapping[str, Any], row: Mapping[str, Any], index: int
     ) -> tuple[str, str | None, str | None]:
-        import jinja2
 
         variables = {**context, "recipient": row}
         rendered: dict[str, str | None] = {}
         for name, template in (("subject", self.subject), ("html_content", self.html), ("text_content", self.text)):
             try:
                 rendered[name] = template.render(variables) if template is not None else None
-            except jinja2.TemplateError as exc:
+            except Exception as exc:  # TemplateError, or the row's data (1 / 0, None formatted as a number...)
                 raise HveConfigError(
                     f"Row {index}: the template of argument {name!r} failed: {type(exc).__name__}: {exc}. Each row "
                     f"is available as 'recipient' (e.g. {{{{ recipient.name }}}})."
@@ -593,7 +624,10 @@ class _RunState:
         self.active = 0  # sessions still working
         self._left: set[int] = set()  # threads that left
         self._pause_until = 0.0  # the whole run waits until then (HVE throttled it)
-        self._throttle_streak = 0  # throttling replies since the last accepted message
+        self._pause_began = 0.0
+        self._throttle_streak = 0  # throttling pauses since the last accepted message
+        self._sent_at: dict[Hashable, float] = {}  # index -> when it was given to a pipeline
+        self._stop = threading.Event()
         report.retry_budget = report.retry_budget_left = retry_budget
 
     # -- the queue -----------------------------------------------------------------------------------------
@@ -649,6 +683,7 @@ class _RunState:
     def sent(self, item: _Item) -> None:
         with self._lock:
             self._items[item[0]] = item
+            self._sent_at[item[0]] = time.monotonic()
 
     def requeue(self, indexes: list[object]) -> None:
         with self._lock:
@@ -672,12 +707,27 @@ class _RunState:
             delivered = []
             for delivery in deliveries:
                 item = self._items.pop(delivery.key)
+                sent_at = self._sent_at.pop(delivery.key, 0.0)
                 key = item[2]
                 whole = delivery.whole
                 if whole is not None and 400 <= whole[0] < 500:
-                    self._throttled_locked(*whole)
-                    outcome.too_many_connections |= whole[0] == 432 or "4.3.2" in whole[1]
+                    self._throttled_locked(whole[0], whole[1], sent_at)
+                    outcome.too_many_connections |= whole[0] == 432 or whole[1].startswith("4.3.2")
                 if self._retry_later(item, delivery):
+                    continue
+                out_of_retries = self.report.retry_budget_left <= 0 or self.stopped is not None
+                if whole is not None and 400 <= whole[0] < 500 and out_of_retries:
+                    # HVE keeps deferring whole messages and the retries are spent: stop rather than grind on. The
+                    # message was not accepted and may go later: not sent, not refused.
+                    self._again.append(item)
+                    self._stop_locked(
+                        HveConnectionError(
+                            f"HVE keeps deferring messages ({whole[0]} {whole[1]}) and the run's retry budget "
+                            f"({self.report.retry_budget}) is spent, so the run stopped: {self.report.accepted} "
+                            f"accepted so far. Rows not sent are listed in the report (not_sent); a retry of the "
+                            f"task later sends them and skips the delivered ones.{smtp_reply_hint(*whole)}"
+                        )
+                    )
                     continue
                 if delivery.accepted:
                     self.report.accepted += 1
@@ -688,36 +738,44 @@ class _RunState:
                     self.report.refused[refused] = [code, reply]
                 if whole is not None and is_session_wide(*whole) and self.stopped is None:
                     code, reply = whole
-                    self.stopped = HveSendError(
-                        f"HVE refused message {delivery.message_id} with {code} {reply}.{smtp_reply_hint(code, reply)} "
-                        f"This applies to every message, so the run stopped: {self.report.accepted} accepted so far. "
-                        f"Rows not sent are listed in the report (not_sent); a retry of the task sends them and "
-                        f"skips the delivered ones.",
-                        smtp_code=code,
+                    self._stop_locked(
+                        HveSendError(
+                            f"HVE refused message {delivery.message_id} with {code} {reply}."
+                            f"{smtp_reply_hint(code, reply)} This applies to every message, so the run stopped: "
+                            f"{self.report.accepted} accepted so far. "
+                            f"Rows not sent are listed in the report (not_sent); a retry of the task sends them and "
+                            f"skips the delivered ones.",
+                            smtp_code=code,
+                        )
                     )
             self._progress.update(self._done(), len(self.report.refused))
         if self._log is not None and delivered:
             self._log.record(delivered)
         return outcome
 
-    def _throttled_locked(self, code: int, reply: str) -> None:
+    def _throttled_locked(self, code: int, reply: str, sent_at: float) -> None:
         """HVE deferred a whole message (throttling): every session pauses, longer each time in a row."""
         now = time.monotonic()
-        if now < self._pause_until:
-            return  # a message that was already on its way when the pause began: no new information
+        if now < self._pause_until or sent_at < self._pause_began:
+            return  # sent before the current pause began: no news, the pause already answers it
         self._throttle_streak += 1
         self.report.throttled += 1
         base = min(0.5 * 2 ** (self._throttle_streak - 1), MAX_THROTTLE_PAUSE)
         pause = base / 2 + random.uniform(0, base / 2)
+        self._pause_began = now
         self._pause_until = now + pause
         log.warning("HVE throttled the run (%d %s); every session pauses %.1f s.", code, reply, pause)
 
     def pace(self) -> None:
-        """Sleep while the whole run is paused after throttling."""
+        """Sleep while the whole run is paused after throttling (wakes up early if the run stops)."""
         with self._lock:
             delay = self._pause_until - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        self.sleep(delay)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake up as soon as the run stops."""
+        if seconds > 0:
+            self._stop.wait(seconds)
 
     def spend_retry(self) -> bool:
         """Take one retry from the run's budget; False when it is spent."""
@@ -750,9 +808,7 @@ class _RunState:
         """Sleep until a message that was refused temporarily may be sent again."""
         with self._lock:
             not_before = self._not_before.pop(index, 0.0)
-        delay = not_before - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        self.sleep(not_before - time.monotonic())
 
     def invalid(self, index: int, reason: str) -> None:
         with self._lock:
@@ -766,7 +822,7 @@ class _RunState:
                 if index in self._items:
                     item = self._items.pop(index)
                     self.report.unknown.append(item[3].addr_spec)
-                    keys.append(item[2])
+                    keys.append(UNKNOWN_MARK + item[2])
         # HVE may have these: a retry must not send them again (reported here, not silently dropped).
         if self._log is not None and keys:
             self._log.record(keys)
@@ -786,8 +842,12 @@ class _RunState:
 
     def stop(self, error: BaseException) -> None:
         with self._lock:
-            if self.stopped is None:
-                self.stopped = error
+            self._stop_locked(error)
+
+    def _stop_locked(self, error: BaseException) -> None:
+        if self.stopped is None:
+            self.stopped = error
+        self._stop.set()
 
     def finish(self) -> None:
         self._progress.done = self._done()

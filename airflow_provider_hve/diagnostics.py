@@ -91,7 +91,7 @@ SMTP_SEND_CAUSES: dict[str, str] = {
     "4.3.1": "HVE is short of resources (busy); sending again later usually works.",
 }
 
-SESSION_WIDE_REFUSALS = frozenset({"5.2.0", "5.7.60", "5.7.57"})
+SESSION_WIDE_REFUSALS = frozenset({"5.2.0", "5.7.60"})
 """Permanent refusals that apply to every message of the session, not to one recipient: stop sending."""
 
 

@@ -131,9 +131,20 @@ class Pipeline:
         try:
             self._read_outstanding()
         finally:
-            # The server may be waiting for content after its 354: no command can follow, only a hang-up.
-            self._smtp.close()
+            self.abort()
         return self._take_completed()
+
+    def abort(self) -> None:
+        """
+        Close the connection at once, without QUIT.
+
+        The server may be waiting for a message's content after its 354: a command (QUIT included) would be
+        read as content, and it would never answer. A message without its final dot is never delivered.
+        """
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self._smtp.close()
 
     def _read_outstanding(self) -> None:
         """Read the final reply of the message whose content went last, or the reply to the last RSET."""
@@ -209,6 +220,9 @@ class Pipeline:
             self._rset_pending = True
             self._finish(transaction, mail_code, mail_reply)
             return b"RSET\r\n"
+        if mail_code == 530:
+            # 530 5.7.57: the session lost its authentication. A new session fixes it; this message was not taken.
+            raise self._broken(None, f"{mail_code} {mail_reply}")
         if mail_code != 250:
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "

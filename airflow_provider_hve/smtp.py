@@ -200,7 +200,7 @@ class HveSmtpSession:
         import smtplib
 
         try:
-            smtp.ehlo()
+            _ehlo(smtp, where)
             if not smtp.has_extn("starttls"):
                 # Whatever else the server offers (AUTH included), a token never goes over plain text.
                 raise HveConnectionError(
@@ -210,7 +210,7 @@ class HveSmtpSession:
             smtp.starttls(context=tls_context(self.config.ca_bundle))
             # starttls() forgets the EHLO answer; without a new EHLO, AUTH is not advertised and a later
             # implicit EHLO resets the session (530 5.7.57 at MAIL FROM).
-            smtp.ehlo()
+            _ehlo(smtp, where)
         except ssl.SSLCertVerificationError as exc:
             raise HveConnectionError(
                 f"The TLS certificate of the SMTP server {where} failed verification "
@@ -283,6 +283,17 @@ class _XOAuth2:
 
     def __repr__(self) -> str:
         return "<XOAUTH2 response>"
+
+
+def _ehlo(smtp: smtplib.SMTP, where: str) -> None:
+    """Say EHLO; a refusal (``421`` busy...) is reported as such, not as missing extensions."""
+    code, reply = smtp.ehlo()
+    if code != 250:
+        text = _text(reply)
+        raise HveConnectionError(
+            f"The SMTP server {where} answered EHLO with {code} {text}.{smtp_reply_hint(code, text)} No token was "
+            f"sent; try again later."
+        )
 
 
 def _text(reply: bytes | str) -> str:

@@ -102,22 +102,23 @@ def test_retry_after_an_unknown_outcome_does_not_send_twice(
     run_dag: Callable[..., Any],
     sandbox: HveSandbox,
     hve_connection: Callable[..., str],
-    task_outputs: Callable[..., Any],
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     # HVE takes the message but its 250 comes after the client's 1 s timeout: the first try cannot know.
     hve_connection(timeout=1)
     sandbox.smtp.stall_after(0, 2.5, command="content")
     dag_run = run_dag(CASES, "hve_case_unknown_outcome")
-    assert dag_run.state == "success"
+    # Neither a duplicate nor a false success: the retry fails without sending, and says how to check.
+    assert dag_run.state == "failed"
 
     sandbox.wait_for_messages(1, timeout=10)
     assert len(sandbox.messages) == 1, "the retry sent the message a second time"
     assert len(sandbox.smtp_sessions) == 1, "the retry must not even connect"
     out, err = capfd.readouterr()
-    assert "outcome is unknown" in out + err and "Not sending again" in out + err
-    result, _ = task_outputs(dag_run, "mail")
-    assert result["outcome"] == "unknown" and result["message_id"] == str(sandbox.messages[0].message["Message-ID"])
+    message_id = str(sandbox.messages[0].message["Message-ID"])
+    assert "outcome is unknown" in out + err  # the first try
+    assert f"Not sending again: try 1 handed {message_id} to HVE" in out + err  # the retry
+    assert "resend_unknown=True" in out + err
 
 
 def test_resend_unknown_sends_again_on_retry(

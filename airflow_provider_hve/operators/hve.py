@@ -52,7 +52,8 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param dry_run: render and validate everything and write the ``.eml`` instead of sending it.
     :param dry_run_dir: where a dry run writes (default: ``$AIRFLOW_HOME/hve_dry_run``).
     :param resend_unknown: if a try lost the connection after handing the message over (HVE may have it), a
-        retry does not send it again unless this is True. Needs ``task_state_store`` (Airflow 3.3+).
+        retry fails without sending it again (the error says how to check) unless this is True, which prefers
+        a possible duplicate to a possible loss. Recorded in the task's ``task_state_store``.
     :param hve_conn_id: the ``hve`` connection.
 
     Example::
@@ -147,7 +148,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         return {"data": list(table.rows), "report": _report(self, table, context)}
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_hve.exceptions import HveConnectionError
+        from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
         from airflow_provider_hve.hooks.hve import HveHook
 
         hook = HveHook(hve_conn_id=self.hve_conn_id)
@@ -172,14 +173,14 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         if unknown and not self.resend_unknown:
             # An earlier try handed the message over and lost the connection before HVE's answer: it may have
-            # been delivered. Sending it again could mail every recipient twice.
-            self.log.warning(
-                "Not sending again: try %s handed %s to HVE but the connection broke before its answer, so it may "
-                "have been delivered. Check a recipient's mailbox; set resend_unknown=True to send again on retry.",
-                unknown.get("try_number"),
-                unknown.get("message_id"),
+            # been delivered. Sending it again could mail every recipient twice; calling it a success could hide
+            # a message nobody got. Fail, without sending, and say what to do.
+            raise HveSendError(
+                f"Not sending again: try {unknown.get('try_number')} handed {unknown.get('message_id')} to HVE "
+                f"(connection {self.hve_conn_id!r}) but the connection broke before HVE's answer, so it may have "
+                f"been delivered. Check a recipient's mailbox (search for that Message-ID). To send it again "
+                f"anyway, set resend_unknown=True on this task and clear it."
             )
-            return {"dry_run": False, "outcome": "unknown", **unknown}
         try:
             result = hook.send_message(outgoing)
         except HveConnectionError as exc:
