@@ -9,6 +9,8 @@ Only ``unknown`` (handed over, no final reply) may or may not have arrived, and 
 from __future__ import annotations
 
 import re
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +98,13 @@ MATRIX: dict[str, Fault] = {
         report_checks={"paced": lambda r: r.throttled >= 1},
     ),
     "550 5.1.10 for three recipients": Fault(_refuse_three, all_accepted=False, refused=3),
+    "530 5.7.57 at MAIL FROM (the session lost its AUTH)": Fault(
+        lambda sb: sb.smtp.throttle(
+            "530 5.7.57 Client not authenticated to send mail", command="MAIL", count=1, after_messages=70
+        ),
+        sessions=1,
+        report_checks={"reconnected": lambda r: r.reconnects == 1},
+    ),
     "454 4.7.0 to AUTH twice": Fault(
         lambda sb: sb.smtp.throttle("454 4.7.0 Temporary authentication failure", command="AUTH", count=2),
         sessions=1,
@@ -267,3 +276,34 @@ def test_a_row_whose_data_breaks_its_template_is_invalid_and_the_rest_go(
     assert report.accepted == 19 and report.not_sent == [] and report.unknown == []
     delivered = sorted(m.rcpt_tos[0] for m in sandbox.wait_for_messages(19))
     assert delivered == [a for i, a in enumerate(ADDRESSES[:20]) if i != 5]
+
+
+def test_an_interrupted_run_stops_its_sessions_and_keeps_the_invariant(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    # What execution_timeout or SIGTERM do to a task: an exception in the main thread while the sessions send.
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    sandbox.latency_ms = 20  # slow enough that the run is mid-way when interrupted
+    hook = HveHook(hve_conn_id=hve_connection())
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    try:
+        with pytest.raises(Interrupted):
+            merge.run(ROW_LIST)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    report = merge.last_report
+    assert report is not None
+    assert 0 < report.accepted < ROWS and report.not_sent, report.as_dict()
+    check_invariant(report, sandbox)
+    # The sessions are gone: nothing more arrives after the run returned.
+    count = len(sandbox.messages)
+    time.sleep(0.5)
+    assert len(sandbox.messages) == count
