@@ -293,21 +293,26 @@ class MailMerge:
         state.report.sessions = count
         state.active = count
         errors: list[BaseException] = []
+        # Waited for through events, not Thread.join(): on Python 3.11 a join() interrupted by an exception (the
+        # task's timeout, SIGTERM) marks the thread as stopped while it still runs, and later joins return at
+        # once (CPython gh-90882).
+        finished = [threading.Event() for _ in range(count)]
         threads = [
-            threading.Thread(target=self._worker, args=(state, errors), name=f"hve-session-{n}", daemon=True)
-            for n in range(count)
+            threading.Thread(target=self._worker, args=(state, errors, done), name=f"hve-session-{n}", daemon=True)
+            for n, done in enumerate(finished)
         ]
         for thread in threads:
             thread.start()
         try:
-            for thread in threads:
-                thread.join()
+            for done in finished:
+                done.wait()
         except BaseException as exc:
             # Interrupted (execution_timeout, SIGTERM): stop the sessions and let them read the replies of
             # what they handed over, so the report and the delivery log stay true; then go on failing.
             state.stop(exc)
-            for thread in threads:
-                thread.join(timeout=self.hook.config.timeout + 5)
+            deadline = time.monotonic() + self.hook.config.timeout + 5
+            for done in finished:
+                done.wait(timeout=max(deadline - time.monotonic(), 0))
             raise
         finally:
             state.finish()
@@ -316,7 +321,13 @@ class MailMerge:
         if errors:
             raise errors[0]
 
-    def _worker(self, state: _RunState, errors: list[BaseException]) -> None:
+    def _worker(self, state: _RunState, errors: list[BaseException], finished: threading.Event) -> None:
+        try:
+            self._work(state, errors)
+        finally:
+            finished.set()
+
+    def _work(self, state: _RunState, errors: list[BaseException]) -> None:
         failures = 0  # broken sessions in a row without a delivered message in between
         item = state.next()
         try:

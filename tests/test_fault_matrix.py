@@ -8,8 +8,10 @@ Only ``unknown`` (handed over, no final reply) may or may not have arrived, and 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -291,13 +293,20 @@ def test_an_interrupted_run_stops_its_sessions_and_keeps_the_invariant(
     sandbox.latency_ms = 20  # slow enough that the run is mid-way when interrupted
     hook = HveHook(hve_conn_id=hve_connection())
     merge = MailMerge(hook, subject="x", text_content="y", sessions=2)
+
+    def interrupt_after_some_deliveries() -> None:
+        # Interrupt once HVE took 30 messages, however fast or slow this machine is.
+        sandbox.wait_for_messages(30, timeout=60)
+        os.kill(os.getpid(), signal.SIGALRM)  # the handler runs in the main thread, as Airflow's timeout does
+
     previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    watcher = threading.Thread(target=interrupt_after_some_deliveries, daemon=True)
+    watcher.start()
     try:
         with pytest.raises(Interrupted):
             merge.run(ROW_LIST)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        watcher.join()
         signal.signal(signal.SIGALRM, previous)
     report = merge.last_report
     assert report is not None
