@@ -309,25 +309,36 @@ class _Throttle:
 
 
 @dataclass
-class _StallPlan:
-    """A pending :meth:`SmtpServer.stall_after`."""
+class _EveryN:
+    """A fault due after every ``every`` accepted messages, ``remaining`` more times."""
 
     every: int
-    seconds: float
-    command: str
     remaining: int
     due: int
+    """Total of accepted messages at which it is next due."""
+
+    def fire(self, accepted_total: int) -> bool:
+        """Tell whether it is due now; if so, count it and schedule the next one."""
+        if accepted_total < self.due:
+            return False
+        self.remaining -= 1
+        self.due = accepted_total + self.every
+        return True
 
 
 @dataclass
-class _DisconnectPlan:
+class _DisconnectPlan(_EveryN):
     """A pending :meth:`SmtpServer.disconnect_after`."""
 
-    every: int
-    reply: str
-    remaining: int
-    due: int
-    """Total of accepted messages at which the next hang-up is due."""
+    reply: str = ""
+
+
+@dataclass
+class _StallPlan(_EveryN):
+    """A pending :meth:`SmtpServer.stall_after`."""
+
+    seconds: float = 0.0
+    command: str = "content"
 
 
 class HveHandler:
@@ -363,7 +374,6 @@ class HveHandler:
         self._session_ids = itertools.count(1)
         self._message_numbers = itertools.count(len(list(mailbox_dir.glob("*.eml"))) + 1)
         self._forced_auth_replies: collections.deque[str] = collections.deque()
-        self._forced_data_replies: collections.deque[str] = collections.deque()
         self._refused_recipients: dict[str, str] = {}
         self._disconnect: _DisconnectPlan | None = None
         self._stall: _StallPlan | None = None
@@ -385,11 +395,6 @@ class HveHandler:
         with self._lock:
             self._forced_auth_replies.extend([reply] * count)
 
-    def force_data_replies(self, reply: str, count: int) -> None:
-        """Answer the end of DATA of the next ``count`` messages with ``reply`` (nothing is delivered)."""
-        with self._lock:
-            self._forced_data_replies.extend([reply] * count)
-
     def refuse_recipient(self, address: str, reply: str) -> None:
         """Answer every ``RCPT TO`` for ``address`` (any case) with ``reply``."""
         with self._lock:
@@ -398,16 +403,14 @@ class HveHandler:
     def plan_disconnect(self, messages: int, reply: str, times: int) -> None:
         """Hang up on the first command after every ``messages`` accepted messages, ``times`` times."""
         with self._lock:
-            self._disconnect = _DisconnectPlan(messages, reply, times, self._accepted_total + messages)
+            self._disconnect = _DisconnectPlan(messages, times, self._accepted_total + messages, reply=reply)
 
     def take_disconnect(self) -> str | None:
         """Return the reply to hang up with if a planned disconnect is due now, and consume it."""
         with self._lock:
             plan = self._disconnect
-            if plan is None or self._accepted_total < plan.due:
+            if plan is None or not plan.fire(self._accepted_total):
                 return None
-            plan.remaining -= 1
-            plan.due = self._accepted_total + plan.every
             if plan.remaining <= 0:
                 self._disconnect = None
             return plan.reply
@@ -415,16 +418,14 @@ class HveHandler:
     def plan_stall(self, messages: int, seconds: float, command: str, times: int) -> None:
         """Delay the reply to ``command`` by ``seconds`` after every ``messages`` accepted messages, ``times`` times."""
         with self._lock:
-            self._stall = _StallPlan(messages, seconds, command, times, self._accepted_total + messages)
+            self._stall = _StallPlan(messages, times, self._accepted_total + messages, seconds=seconds, command=command)
 
     def take_stall(self, command: str) -> float:
         """Return how long to hold the reply to ``command`` now (0: not at all), and consume the stall."""
         with self._lock:
             plan = self._stall
-            if plan is None or plan.command != command or self._accepted_total < plan.due:
+            if plan is None or plan.command != command or not plan.fire(self._accepted_total):
                 return 0.0
-            plan.remaining -= 1
-            plan.due = self._accepted_total + plan.every
             if plan.remaining <= 0:
                 self._stall = None
             return plan.seconds
@@ -469,7 +470,6 @@ class HveHandler:
         """Drop every pending fault: forced replies, refused recipients, disconnects, stalls, throttles, limits."""
         with self._lock:
             self._forced_auth_replies.clear()
-            self._forced_data_replies.clear()
             self._refused_recipients.clear()
             self._disconnect = None
             self._stall = None
@@ -610,10 +610,7 @@ class HveHandler:
 
     async def handle_DATA(self, server: HveSmtp, session: Session, envelope: Envelope) -> str:
         record = self._record(server)
-        with self._lock:
-            forced = self._forced_data_replies.popleft() if self._forced_data_replies else None
-        if forced is None:
-            forced = self.take_throttle("content")
+        forced = self.take_throttle("content")
         if forced is not None:
             if record.transactions:
                 record.transactions[-1].data_reply = forced
@@ -766,7 +763,7 @@ class SmtpServer:
             ``"451 4.3.0 Temporary failure"``
         :param count: how many messages to refuse, across all sessions
         """
-        self.handler.force_data_replies(reply, count)
+        self.handler.add_throttle(reply, "content", None, count)
 
     def refuse_recipient(self, address: str, reply: str = RECIPIENT_NOT_FOUND) -> None:
         """Refuse every ``RCPT TO`` for ``address`` (case-insensitive) until :meth:`reset_faults`.

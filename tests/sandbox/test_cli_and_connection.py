@@ -162,12 +162,21 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
         assert not sandbox.smtp.pipelining
         handler = sandbox.smtp.handler
         assert set(handler._refused_recipients) == {"gone@contoso.example", "left@contoso.example"}
-        assert list(handler._forced_data_replies) == ["451 4.3.0 Temporary failure"] * 2
+        # --fail-next-data and --smtp-throttle-* both become throttles of the reply after the content.
+        assert [(t.reply, t.command, t.remaining, t.seconds) for t in handler._throttles] == [
+            ("451 4.3.0 Temporary failure", "content", 2, None),
+            ("451 4.3.0 Busy", "content", None, 30.0),
+        ]
         assert handler._disconnect is not None
         assert (handler._disconnect.every, handler._disconnect.remaining) == (3, 2)
         assert handler._disconnect.reply.startswith("421 4.3.2")
         assert [sandbox.entra.next_throttle() for _ in range(3)] == [(503, 4), (503, 4), None]
-        assert handler.take_throttle("MAIL") is None and handler.take_throttle("content") == "451 4.3.0 Busy"
+        assert handler.take_throttle("MAIL") is None
+        assert [handler.take_throttle("content") for _ in range(3)] == [
+            "451 4.3.0 Temporary failure",
+            "451 4.3.0 Temporary failure",
+            "451 4.3.0 Busy",
+        ]
         assert handler._stall is not None
         assert (handler._stall.every, handler._stall.seconds, handler._stall.command) == (5, 9.0, "content")
         assert handler.max_sessions_per_account == 2
