@@ -128,8 +128,9 @@ class MailMerge:
     :param max_reconnects: how many times in a row a session may be re-opened after a broken connection
         without delivering a message in between.
     :param retry_budget: how many retries the whole run may spend: each message sent again after a 4xx and
-        each reconnect costs one. ``None``: 5% of the rows, at least 20. Once spent, a message refused with
-        a 4xx is reported as refused and a broken connection stops the run.
+        each reconnect costs one. ``None``: 5% of the rows, at least 20. Once spent, a recipient refused with
+        a 4xx is reported as refused; a message deferred as a whole (HVE throttling) or a broken connection
+        stops the run, and the rows not accepted are reported ``not_sent``.
 
     Example::
 
@@ -292,13 +293,12 @@ class MailMerge:
         count = min(self.sessions, state.total)
         state.report.sessions = count
         state.active = count
-        errors: list[BaseException] = []
         # Waited for through events, not Thread.join(): on Python 3.11 a join() interrupted by an exception (the
         # task's timeout, SIGTERM) marks the thread as stopped while it still runs, and later joins return at
         # once (CPython gh-90882).
         finished = [threading.Event() for _ in range(count)]
         threads = [
-            threading.Thread(target=self._worker, args=(state, errors, done), name=f"hve-session-{n}", daemon=True)
+            threading.Thread(target=self._worker, args=(state, done), name=f"hve-session-{n}", daemon=True)
             for n, done in enumerate(finished)
         ]
         for thread in threads:
@@ -318,16 +318,14 @@ class MailMerge:
             state.finish()
         if state.stopped is not None:
             raise state.stopped  # the first reason the run stopped
-        if errors:
-            raise errors[0]
 
-    def _worker(self, state: _RunState, errors: list[BaseException], finished: threading.Event) -> None:
+    def _worker(self, state: _RunState, finished: threading.Event) -> None:
         try:
-            self._work(state, errors)
+            self._work(state)
         finally:
             finished.set()
 
-    def _work(self, state: _RunState, errors: list[BaseException]) -> None:
+    def _work(self, state: _RunState) -> None:
         failures = 0  # broken sessions in a row without a delivered message in between
         item = state.next()
         try:
@@ -341,12 +339,11 @@ class MailMerge:
                 except _Reconnect as reconnect:
                     # This break counts; earlier ones count only if no message got through since.
                     failures = 1 if reconnect.progressed else failures + 1
-                    if not self._before_reconnect(state, reconnect, failures, errors):
+                    if not self._before_reconnect(state, reconnect, failures):
                         return
                 item = state.next()
         except BaseException as exc:
             state.stop(exc)
-            errors.append(exc)
         finally:
             if item is not None:
                 state.requeue_item(item)  # taken, never sent: the report lists it as not sent
@@ -431,9 +428,7 @@ class MailMerge:
                 pipeline.abort()
             raise
 
-    def _before_reconnect(
-        self, state: _RunState, reconnect: _Reconnect, failures: int, errors: list[BaseException]
-    ) -> bool:
+    def _before_reconnect(self, state: _RunState, reconnect: _Reconnect, failures: int) -> bool:
         """Spend a retry and wait (backoff with jitter); return False when the run must stop instead."""
         if state.stopped is not None:
             return False  # another session stopped the run; its error is the one raised
@@ -464,7 +459,6 @@ class MailMerge:
             state.sleep(delay)
             return True
         state.stop(error)
-        errors.append(error)
         return False
 
 
@@ -721,22 +715,24 @@ class _RunState:
                 sent_at = self._sent_at.pop(delivery.key, 0.0)
                 key = item[2]
                 whole = delivery.whole
-                if whole is not None and 400 <= whole[0] < 500:
-                    self._throttled_locked(whole[0], whole[1], sent_at)
-                    outcome.too_many_connections |= whole[0] == 432 or whole[1].startswith("4.3.2")
+                # The whole message put off (throttling), as opposed to refused or refused per recipient.
+                deferred = whole if whole is not None and 400 <= whole[0] < 500 else None
+                if deferred is not None:
+                    self._throttled_locked(*deferred, sent_at)
+                    outcome.too_many_connections |= deferred[0] == 432 or deferred[1].startswith("4.3.2")
                 if self._retry_later(item, delivery):
                     continue
                 out_of_retries = self.report.retry_budget_left <= 0 or self.stopped is not None
-                if whole is not None and 400 <= whole[0] < 500 and out_of_retries:
+                if deferred is not None and out_of_retries:
                     # HVE keeps deferring whole messages and the retries are spent: stop rather than grind on. The
                     # message was not accepted and may go later: not sent, not refused.
                     self._again.append(item)
                     self._stop_locked(
                         HveConnectionError(
-                            f"HVE keeps deferring messages ({whole[0]} {whole[1]}) and the run's retry budget "
+                            f"HVE keeps deferring messages ({deferred[0]} {deferred[1]}) and the run's retry budget "
                             f"({self.report.retry_budget}) is spent, so the run stopped: {self.report.accepted} "
                             f"accepted so far. Rows not sent are listed in the report (not_sent); a retry of the "
-                            f"task later sends them and skips the delivered ones.{smtp_reply_hint(*whole)}"
+                            f"task later sends them and skips the delivered ones.{smtp_reply_hint(*deferred)}"
                         )
                     )
                     continue

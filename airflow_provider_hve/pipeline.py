@@ -141,10 +141,9 @@ class Pipeline:
         The server may be waiting for a message's content after its 354: a command (QUIT included) would be
         read as content, and it would never answer. A message without its final dot is never delivered.
         """
-        import contextlib
+        from airflow_provider_hve.smtp import close_quietly
 
-        with contextlib.suppress(Exception):
-            self._smtp.close()
+        close_quietly(self._smtp)
 
     def _read_outstanding(self) -> None:
         """Read the final reply of the message whose content went last, or the reply to the last RSET."""

@@ -122,7 +122,7 @@ class HveSmtpSession:
             self._secure(smtp, where)
             self._authenticate(smtp, token)
         except BaseException:
-            _close_quietly(smtp)
+            close_quietly(smtp)
             raise
         self._smtp = smtp
 
@@ -133,7 +133,7 @@ class HveSmtpSession:
             try:
                 smtp.quit()
             except Exception:
-                _close_quietly(smtp)
+                close_quietly(smtp)
 
     def pipeline(self, *, envelope_from: str | None = None, pipelining: bool | None = None) -> Pipeline:
         """
@@ -310,8 +310,8 @@ def _describe_os_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _close_quietly(smtp: smtplib.SMTP) -> None:
-    # Best effort on an already broken socket.
+def close_quietly(smtp: smtplib.SMTP) -> None:
+    """Close the socket without QUIT, ignoring errors (best effort on a broken or abandoned connection)."""
     with contextlib.suppress(Exception):
         smtp.close()
 
