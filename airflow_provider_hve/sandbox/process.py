@@ -36,7 +36,18 @@ from airflow_provider_hve.sandbox.records import SandboxStats
 from airflow_provider_hve.sandbox.tokens import DEFAULT_LIFETIME
 
 # The fault switches of SmtpServer the parent may flip; nothing else is callable by name.
-_SMTP_SWITCHES = frozenset({"fail_next_auth", "fail_next_data", "refuse_recipient", "disconnect_after", "reset_faults"})
+_SMTP_SWITCHES = frozenset(
+    {
+        "fail_next_auth",
+        "fail_next_data",
+        "refuse_recipient",
+        "disconnect_after",
+        "throttle",
+        "stall_after",
+        "limit_sessions",
+        "reset_faults",
+    }
+)
 
 
 class SandboxProcessError(RuntimeError):
@@ -321,8 +332,8 @@ class SandboxProcess:
 
         Example: ``sandbox.smtp_switch("disconnect_after", 100, times=3)``.
 
-        :param name: ``fail_next_auth``, ``fail_next_data``, ``refuse_recipient``, ``disconnect_after``
-            or ``reset_faults``
+        :param name: ``fail_next_auth``, ``fail_next_data``, ``refuse_recipient``, ``disconnect_after``,
+            ``throttle``, ``stall_after``, ``limit_sessions`` or ``reset_faults``
         """
         self._request("smtp", name, *args, **kwargs)
 

@@ -52,6 +52,16 @@ def test_child_sandbox_serves_reports_stats_and_stops(tmp_path: Path) -> None:
         child.set_latency(5)
         child.set_pipelining(True)
         child.smtp_switch("fail_next_data", count=2)
+        child.smtp_switch("reset_faults")
+        # The throttling switches reach the child too: a real client sees the 432.
+        child.smtp_switch("throttle", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", count=1)
+        with smtplib.SMTP(child.smtp_host, child.smtp_port, timeout=5) as client:
+            client.starttls(context=ssl.create_default_context(cafile=child.ca_bundle))
+            client.ehlo()
+            assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(conn["login"], token))[0] == 235
+            assert client.mail(conn["login"])[0] == 432
+        child.smtp_switch("stall_after", 5, 1.0)
+        child.smtp_switch("limit_sessions", 2)
         with pytest.raises(SandboxProcessError, match="not an SMTP fault switch"):
             child.smtp_switch("stop")
         child.reset()
