@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from pathlib import Path
 
@@ -48,8 +48,14 @@ def bcc_only(message: EmailMessage, envelope: Sequence[str]) -> list[str]:
     return [rcpt for rcpt in envelope if rcpt.lower() not in in_headers]
 
 
-def _size(part: EmailMessage) -> int:
-    return len(part.get_payload(decode=True) or b"")
+def _payload(part: Message) -> bytes:
+    """Return a leaf part's content, transfer-decoded."""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _size(part: Message) -> int:
+    return len(_payload(part))
 
 
 def mime_parts(message: EmailMessage, depth: int = 0) -> Iterator[str]:
@@ -113,7 +119,7 @@ def _data_uris(message: EmailMessage) -> dict[str, str]:
     for part in message.walk():
         cid = part.get("Content-ID")
         if cid and not part.is_multipart():
-            data = base64.b64encode(part.get_payload(decode=True) or b"").decode("ascii")
+            data = base64.b64encode(_payload(part)).decode("ascii")
             uris[cid.strip("<>")] = f"data:{part.get_content_type()};base64,{data}"
     return uris
 
@@ -123,7 +129,7 @@ def preview_html(message: EmailMessage, envelope: Sequence[str]) -> str:
     hidden = bcc_only(message, envelope)
     rows = [(name, str(message[name])) for name in _SHOWN if message[name] is not None]
     rows.append(("Envelope", ", ".join(f"{r} (Bcc)" if r in hidden else r for r in envelope)))
-    attachments = [f"{p.get_filename()} ({_size(p):,} bytes)" for p in message.iter_attachments()]  # type: ignore[attr-defined]
+    attachments = [f"{p.get_filename()} ({_size(p):,} bytes)" for p in message.iter_attachments()]
     if attachments:
         rows.append(("Attachments", ", ".join(attachments)))
     header_rows = "\n".join(
