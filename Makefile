@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 # A second venv with the oldest Airflow pyproject.toml declares (the X of "apache-airflow>=X", padded to X.Y.Z).
 OLDEST_VENV    ?= .venv-oldest
 OLDEST_BIN     := $(OLDEST_VENV)/bin
@@ -10,7 +11,7 @@ OLDEST_STAMP   := $(OLDEST_VENV)/.installed
 AIRFLOW_OLDEST := $(shell sed -nE 's/^[[:space:]]*"apache-airflow>=([0-9]+(\.[0-9]+)*).*/\1/p' pyproject.toml \
                     | head -n 1 | awk -F. '{ print $$1 "." ($$2 == "" ? 0 : $$2) "." ($$3 == "" ? 0 : $$3) }')
 
-.PHONY: demo test test-oldest lint install sandbox clean bench
+.PHONY: demo test test-oldest lint install sandbox clean bench docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
@@ -34,6 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check airflow_provider_hve tests scripts example_dags benchmarks
 	$(BIN)/mypy airflow_provider_hve
 
+## docs: the documentation site (docs/, mkdocs.yml) in strict mode into site/; a broken link or anchor fails
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -41,6 +46,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff mypy
 	touch $(STAMP)
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 # apache-airflow pins its own apache-airflow-core and apache-airflow-task-sdk exactly, so one pin is enough.
 $(OLDEST_STAMP): pyproject.toml
@@ -52,7 +61,7 @@ $(OLDEST_STAMP): pyproject.toml
 	touch $(OLDEST_STAMP)
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) mailbox .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) mailbox site .pytest_cache build *.egg-info
 
 ## bench: the bulk benchmark (this provider vs apache-airflow-providers-smtp vs a bare smtplib loop), ~12 min
 bench: $(STAMP)
