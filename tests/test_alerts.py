@@ -17,6 +17,7 @@ from airflow_provider_hve.utils.email import send_email
 
 CASES = Path(__file__).parent / "dags" / "hve_alert_cases.py"
 SECRET = "hunter2-Zq8-not-for-mail"
+EXAMPLE_SUBJECT_TEMPLATE = Path(__file__).parent.parent / "example_dags" / "templates" / "hve_email_subject.j2"
 
 
 def plain(message: DeliveredMessage) -> str:
@@ -163,3 +164,20 @@ def test_backend_uses_an_existing_smtp_default_connection(
     send_email("oncall@contoso.example", "Via smtp_default", "<p>hi</p>", conn_id="smtp_default")
     (mail,) = sandbox.wait_for_messages(1)
     assert mail.rcpt_tos == ["oncall@contoso.example"]
+
+
+@pytest.mark.filterwarnings("ignore:Setting email:UserWarning")  # Airflow 3 deprecates email= on tasks
+def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As documented: [email] email_backend and the example's subject_template, no email_conn_id.
+    monkeypatch.delenv("AIRFLOW__EMAIL__EMAIL_CONN_ID", raising=False)
+    monkeypatch.setenv("AIRFLOW__EMAIL__SUBJECT_TEMPLATE", str(EXAMPLE_SUBJECT_TEMPLATE))
+    dag_run = run_dag(Path(__file__).parent / "dags" / "hve_backend_cases.py", "hve_case_email_backend")
+    assert dag_run.state == "failed"
+
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.message["Subject"] == "[Airflow] hve_case_email_backend.load failed (try 1 of 1)"
+    # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
+    assert mail.message["From"] == sandbox.account
+    assert "column &lt;b&gt;amount&lt;/b&gt; rejected" in html(mail) and "<b>amount</b>" not in html(mail)
