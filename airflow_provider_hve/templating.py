@@ -1,6 +1,6 @@
 """How e-mail fields are templated, shared by :class:`HveEmailOperator` and :class:`HveNotifier`.
 
-Three rules on top of Airflow's templating:
+Four rules on top of Airflow's templating:
 
 * Only the body fields (``html_content``, ``text_content``) may name a template file (``.html``, ``.j2``,
   ``.jinja2``, ``.txt``). Elsewhere a string is a string: ``files=["export.txt"]`` is an attachment path,
@@ -9,12 +9,19 @@ Three rules on top of Airflow's templating:
   markup; ``subject`` and ``text_content`` render as plain text.
 * The body templates see extra variables (report rows, the notification facts) that the class adds
   after the other fields have been rendered.
+* Fields that hold rows of data (``data``, ``recipients``) are data, not templates: an upstream task's
+  output (XComArg) is resolved and a top-level template string is rendered, but no string inside a row is
+  ever rendered (a row value ``{{ conn.hve_default.password }}`` stays that text).
+
+The rules live in ``_do_render_template_fields``, the hook Airflow calls for a plain task
+(``render_template_fields``) and for a mapped one (``MappedOperator`` renders through the unmapped task's
+``_do_render_template_fields``), so ``.partial().expand()`` gets the same rendering.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.exceptions import HveConfigError
@@ -26,18 +33,72 @@ BODY_FIELDS = ("html_content", "text_content")
 TEMPLATE_EXTENSIONS = (".html", ".j2", ".jinja2", ".txt")
 
 
-class EmailTemplating:
+class RowTemplating:
+    """Mixin for an Airflow ``Templater``: the fields named in ``row_fields`` hold data rows, not templates."""
+
+    row_fields: Sequence[str] = ()
+
+    # Provided by Airflow's Templater.
+    template_fields: Any
+    render_template: Any
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Iterable[str],
+        context: Any,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        if parent is not self:  # an object nested in a field: Airflow's own rules
+            super()._do_render_template_fields(  # type: ignore[misc]
+                parent, template_fields, context, jinja_env, seen_oids
+            )
+            return
+        self._render_own_fields(list(template_fields), context, jinja_env, seen_oids)
+
+    def _render_own_fields(
+        self, names: list[str], context: Any, jinja_env: jinja2.Environment, seen_oids: set[int]
+    ) -> None:
+        for name in names:
+            self._render_field(name, context, jinja_env, seen_oids)
+
+    def _render_field(self, name: str, context: Any, env: jinja2.Environment, seen: set[int]) -> None:
+        import jinja2
+
+        try:
+            if name in self.row_fields:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, self._render_rows(value, context, env, seen))
+            else:
+                super()._do_render_template_fields(self, [name], context, env, seen)  # type: ignore[misc]
+        except jinja2.TemplateError as exc:
+            # Jinja's message names the variable, not the field (Airflow only logs that): say both.
+            raise HveConfigError(f"Argument {name!r}: the template failed: {type(exc).__name__}: {exc}.") from exc
+
+    def _render_rows(self, value: Any, context: Any, env: jinja2.Environment, seen: set[int]) -> Any:
+        """Resolve an upstream output or render a top-level template string; leave literal rows as they are."""
+        if id(value) in seen:  # already resolved by Airflow (a mapped task's expanded value)
+            return value
+        if isinstance(value, str):
+            return self.render_template(value, context, env, seen)
+        resolve = getattr(value, "resolve", None)
+        if callable(resolve) and not isinstance(value, os.PathLike):
+            return resolve(context)
+        return value
+
+
+class EmailTemplating(RowTemplating):
     """Mixin for an Airflow ``Templater`` (operator or notifier) that sends e-mail."""
 
     template_ext: Sequence[str] = TEMPLATE_EXTENSIONS
     _hve_rendering_body = False
 
     # Provided by Airflow's Templater.
-    template_fields: Any
     get_template_env: Any
     prepare_template: Any
     _render: Any
-    _do_render_template_fields: Any
 
     def body_template_context(self, context: Any) -> dict[str, Any]:
         """Return the variables the body templates see in addition to Airflow's context."""
@@ -77,28 +138,22 @@ class EmailTemplating:
     def render_template_fields(self, context: Any, jinja_env: jinja2.Environment | None = None) -> None:
         """Render header fields, then the body with the extra variables and autoescaped HTML."""
         env = jinja_env or self._template_env(context)
-        seen: set[int] = set()
-        for name in self.template_fields:
-            if name not in BODY_FIELDS:
-                self._render_field(name, context, env, seen)
+        self._do_render_template_fields(self, self.template_fields, context, env, set())
 
+    def _render_own_fields(
+        self, names: list[str], context: Any, jinja_env: jinja2.Environment, seen_oids: set[int]
+    ) -> None:
+        super()._render_own_fields([n for n in names if n not in BODY_FIELDS], context, jinja_env, seen_oids)
         for key, value in self.body_template_context(context).items():
             context[key] = value
         self._hve_rendering_body = True
         try:
-            self._render_field("html_content", context, env.overlay(autoescape=True), seen)
-            self._render_field("text_content", context, env, seen)
+            if "html_content" in names:
+                self._render_field("html_content", context, jinja_env.overlay(autoescape=True), seen_oids)
+            if "text_content" in names:
+                self._render_field("text_content", context, jinja_env, seen_oids)
         finally:
             self._hve_rendering_body = False
-
-    def _render_field(self, name: str, context: Any, env: jinja2.Environment, seen: set[int]) -> None:
-        import jinja2
-
-        try:
-            self._do_render_template_fields(self, [name], context, env, seen)
-        except jinja2.TemplateError as exc:
-            # Jinja's message names the variable, not the field (Airflow only logs that): say both.
-            raise HveConfigError(f"Argument {name!r}: the template failed: {type(exc).__name__}: {exc}.") from exc
 
     def _template_env(self, context: Any) -> jinja2.Environment:
         dag = context.get("dag") if hasattr(context, "get") else None

@@ -73,9 +73,13 @@ def test_dry_run_writes_the_eml_and_sends_nothing(
     assert "Hello &lt;team&gt;" in message.get_body(("html",)).get_content()
     assert message.get_body(("plain",)).get_content().strip() == "Hello <team> (plain)"
 
+    assert eml.stat().st_mode & 0o777 == 0o600  # the message may hold personal data
+
     summary, _ = task_outputs(dag_run, "mail")
     assert summary["dry_run"] is True and summary["eml_path"] == str(eml)
-    assert summary["recipients"] == ["a@contoso.example", "b@contoso.example", "audit@contoso.example"]
+    # Bcc stays out of the XCom (read by more people than the mail): counted, not listed.
+    assert summary["recipients"] == ["a@contoso.example", "b@contoso.example"]
+    assert summary["bcc_count"] == 1 and "audit" not in str(summary)
 
 
 def test_non_list_data_fails_before_connecting(
@@ -136,3 +140,43 @@ def test_resend_unknown_sends_again_on_retry(
     assert [m.rcpt_tos for m in messages] == [["everyone@contoso.example"]] * 2
     result, _ = task_outputs(dag_run, "mail")
     assert result["outcome"] == "accepted" and result["accepted"] == ["everyone@contoso.example"]
+
+
+def test_mapped_tasks_escape_html_use_the_report_and_keep_every_dry_run(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    task_outputs: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HVE_TEST_DRY_RUN_DIR", str(tmp_path))
+    dag_run = run_dag(CASES, "hve_case_mapped")
+    assert dag_run.state == "success"
+
+    delivered = sandbox.wait_for_messages(4)
+    assert sorted(m.rcpt_tos[0] for m in delivered) == [
+        "one@contoso.example",
+        "sales@contoso.example",
+        "sales@contoso.example",
+        "two@contoso.example",
+    ]
+    messages = {m.rcpt_tos[0]: m.message for m in delivered}
+    # .partial().expand(to=...): markup from params and XCom is escaped in the HTML.
+    for address in ("one@contoso.example", "two@contoso.example"):
+        html = messages[address].get_body(("html",)).get_content()
+        assert "Hello &lt;b&gt;team&lt;/b&gt;: &lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert "<script>" not in html and "<b>team</b>" not in html
+    # .expand(data=...): each mapped task mails the packaged report of its rows, escaped.
+    reports = [m.message for m in delivered if m.rcpt_tos == ["sales@contoso.example"]]
+    htmls = sorted(m.get_body(("html",)).get_content() for m in reports)
+    assert len(htmls) == 2
+    assert any("Xbox &lt;Series X&gt;" in h and "1 row" in h for h in htmls)
+    assert any("Teams &amp; Rooms" in h for h in htmls)
+    assert not any("<Series X>" in h for h in htmls)
+
+    # Mapped dry runs: one .eml per map index, owner-only, Bcc not listed in the XCom.
+    emls = sorted(tmp_path.glob("*.eml"))
+    assert [p.name.rsplit("__", 1)[1] for p in emls] == ["0.eml", "1.eml", "2.eml"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in emls)
+    recipients = {email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"] for p in emls}
+    assert recipients == {"one@contoso.example", "two@contoso.example", "three@contoso.example"}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseNotifier
 
@@ -32,9 +34,13 @@ class HveNotifier(EmailTemplating, BaseNotifier):
     (task or DAG level).
 
     With no ``subject`` or ``html_content``, the packaged templates describe what happened: DAG, task,
-    run, logical date, state, try N of M, duration, host, the exception (escaped), a link to the log, and
-    for a DAG run the failed tasks. Templates see Airflow's context plus ``notification`` with those facts.
-    A body may be a template file (``.html``, ``.j2``, ``.jinja2``, ``.txt``) or a string.
+    run, logical date, state, try N of M, the task instance's duration, host, the exception (escaped, and
+    secrets masked by Airflow's masker, or left out if the masker is unavailable), links to the log and to
+    the run, and for a DAG run the failed tasks. Templates see Airflow's context plus ``notification`` with
+    those facts. A body may be a template file (``.html``, ``.j2``, ``.jinja2``, ``.txt``) or a string.
+
+    One instance may serve many callbacks (as Airflow does with the callbacks of one parsed DAG): each
+    alert is rendered on a copy, so it never carries what an earlier alert rendered.
 
     :param to: recipients. (templated)
     :param subject: subject; default ``[Airflow] <dag>.<task> failed (try 1 of 3)``. (templated)
@@ -99,6 +105,14 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         self.files = files
         self.headers = headers
         self.hve_conn_id = hve_conn_id
+
+    def __call__(self, *args: Any) -> None:
+        """Send one alert. Renders on a copy: Airflow calls one instance for many alerts (one parsed DAG)."""
+        super(HveNotifier, copy.copy(self)).__call__(*args)
+
+    def __await__(self) -> Any:
+        """Send one alert from the triggerer, rendered on a copy like :meth:`__call__`."""
+        return super(HveNotifier, copy.copy(self)).__await__()
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         """Add ``notification`` to the context and fill in the packaged templates, then render."""
@@ -180,6 +194,7 @@ def notification_facts(context: Mapping[str, Any]) -> dict[str, Any]:
         "exception_type": type(exception).__name__ if isinstance(exception, BaseException) else None,
         "exception_message": _exception_text(exception),
         "log_url": _log_url(ti) if kind == "task" else None,
+        "run_url": _run_url(dag_id, run_id),
         "failed_tasks": _failed_tasks(dag_id, run_id, ti) if kind == "dag" and state != "success" else [],
     }
     if exception is not None and facts["exception_type"] is None:
@@ -206,28 +221,31 @@ def _value(state: Any) -> Any:
 
 
 def _duration(ti: Any) -> str | None:
-    start = getattr(ti, "start_date", None)
-    if not isinstance(start, dt.datetime):
-        return None
-    end = getattr(ti, "end_date", None)
-    if not isinstance(end, dt.datetime):
-        end = dt.datetime.now(tz=start.tzinfo or dt.timezone.utc)
-    seconds = max(0, int((end - start).total_seconds()))
+    """Return how long the task instance ran: its recorded duration, else end - start, else start to now."""
+    recorded = getattr(ti, "duration", None)  # Airflow 2's TaskInstance keeps it
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        seconds = max(0, round(recorded))
+    else:
+        start = getattr(ti, "start_date", None)
+        if not isinstance(start, dt.datetime):
+            return None
+        end = getattr(ti, "end_date", None)
+        if not isinstance(end, dt.datetime):  # a callback of a task still running (on_execute, on_retry)
+            end = dt.datetime.now(tz=start.tzinfo or dt.timezone.utc)
+        seconds = max(0, round((end - start).total_seconds()))
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def _exception_text(exception: Any) -> str | None:
+    from airflow_provider_hve.redaction import redact_text
+
     if exception is None:
         return None
-    text = str(exception)
-    try:
-        from airflow.sdk._shared.secrets_masker import redact
-
-        text = str(redact(text))
-    except ImportError:  # pragma: no cover - other Airflow layouts
-        pass
+    text = redact_text(str(exception), what="the exception text")
+    if text is None:
+        return "(left out: Airflow's secret masker is unavailable, see the task log)"
     if len(text) > MAX_EXCEPTION_CHARS:
         text = text[:MAX_EXCEPTION_CHARS] + " [...]"
     return text
@@ -238,6 +256,18 @@ def _log_url(ti: Any) -> str | None:
         return str(ti.log_url) if ti is not None else None
     except Exception:
         return None
+
+
+def _run_url(dag_id: str | None, run_id: str | None) -> str | None:
+    """Return the Airflow UI address of the DAG run (``[api] base_url``, as the task log link uses)."""
+    if not dag_id or not run_id:
+        return None
+    try:
+        from airflow.sdk.configuration import conf
+    except ImportError:  # pragma: no cover - Airflow 2
+        from airflow.configuration import conf
+    base_url = str(conf.get("api", "base_url", fallback=None) or "http://localhost:8080/")
+    return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
 def _failed_tasks(dag_id: str | None, run_id: str | None, ti: Any) -> list[str]:

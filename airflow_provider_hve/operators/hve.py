@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
-from airflow_provider_hve.templating import EmailTemplating
+from airflow_provider_hve.templating import EmailTemplating, RowTemplating
 
 UNKNOWN_OUTCOME_KEY = "hve_email/unknown_outcome"
 """task_state_store key: the message a try handed over without getting HVE's answer."""
@@ -46,10 +46,14 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param files: paths of files to attach. (templated)
     :param headers: extra ``X-`` headers. (templated)
     :param images: inline images, content id -> file path, shown with ``<img src="cid:ID">``. (templated)
-    :param data: report rows: a list of dicts, usually an upstream task's output (XComArg). (templated)
+    :param data: report rows: a list of dicts, usually an upstream task's output (XComArg, resolved at run
+        time). Rows are data: a string inside a row is never rendered as a template; only a top-level
+        template string (``"{{ ti.xcom_pull(...) }}"``) is.
     :param title: report title; defaults to the subject. (templated)
     :param csv_filename: also attach ``data`` as a CSV file of this name. (templated)
-    :param dry_run: render and validate everything and write the ``.eml`` instead of sending it.
+    :param dry_run: render and validate everything and write the ``.eml`` (mode 0600; a mapped task's file
+        name ends with its map index) instead of sending it. The XCom lists the To and Cc recipients and
+        only counts the Bcc ones.
     :param dry_run_dir: where a dry run writes (default: ``$AIRFLOW_HOME/hve_dry_run``).
     :param resend_unknown: if a try lost the connection after handing the message over (HVE may have it), a
         retry fails without sending it again (the error says how to check) unless this is True, which prefers
@@ -84,6 +88,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         "csv_filename",
         "hve_conn_id",
     )
+    row_fields: Sequence[str] = ("data",)
     template_fields_renderers: ClassVar[dict[str, str]] = {
         "html_content": "html",
         "text_content": "txt",
@@ -155,18 +160,23 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         outgoing = self._build(hook)
         if self.send_dry_run:
             path = _write_eml(outgoing, self._dry_run_path(context))
+            # Bcc addresses are in the envelope only: XCom and the log are read by more people than the mail.
+            visible = _visible_recipients(self, outgoing)
+            hidden = len(outgoing.recipients) - len(visible)
             self.log.info(
-                "Dry run: not sent. Would send %s to %d recipient(s) (%s); wrote %s",
+                "Dry run: not sent. Would send %s to %d recipient(s) (%s%s); wrote %s",
                 outgoing.message["Message-ID"],
                 len(outgoing.recipients),
-                ", ".join(outgoing.recipients),
+                ", ".join(visible),
+                f" and {hidden} Bcc" if hidden else "",
                 path,
             )
             return {
                 "dry_run": True,
                 "eml_path": path,
                 "message_id": outgoing.message["Message-ID"],
-                "recipients": list(outgoing.recipients),
+                "recipients": visible,
+                "bcc_count": hidden,
             }
         store = context.get("task_state_store")
         stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
@@ -228,8 +238,11 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     def _dry_run_path(self, context: Context) -> str:
         folder = self.dry_run_dir or os.path.join(os.environ.get("AIRFLOW_HOME", "."), "hve_dry_run")
         run_id = str(context.get("run_id") or "manual")
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.dag_id}__{self.task_id}__{run_id}")
-        return os.path.join(folder, f"{name}.eml")
+        name = f"{self.dag_id}__{self.task_id}__{run_id}"
+        map_index = getattr(context.get("ti"), "map_index", None)
+        if isinstance(map_index, int) and map_index >= 0:  # mapped tasks share dag, task and run ids
+            name += f"__{map_index}"
+        return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".eml")
 
 
 def _report(operator: HveEmailOperator, table: Any, context: Any) -> dict[str, Any]:
@@ -255,12 +268,24 @@ def _report(operator: HveEmailOperator, table: Any, context: Any) -> dict[str, A
 
 def _write_eml(outgoing: OutgoingMessage, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as handle:
+    # Owner-only (0600): the message may hold personal data. fchmod too, for a file left by an earlier run.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)
         handle.write(outgoing.message.as_bytes())
     return path
 
 
-class HveMailMergeOperator(BaseOperator):
+def _visible_recipients(operator: HveEmailOperator, outgoing: OutgoingMessage) -> list[str]:
+    """Return the envelope recipients the To and Cc headers show (not the Bcc ones), in envelope order."""
+    from airflow_provider_hve.addresses import parse_addresses
+
+    # build_message has validated both already.
+    shown = {box.addr_spec for name in ("to", "cc") for box in parse_addresses(getattr(operator, name))}
+    return [r for r in outgoing.recipients if r in shown]
+
+
+class HveMailMergeOperator(RowTemplating, BaseOperator):
     """
     Send one personalised message per recipient row: a mail merge at the speed of the server.
 
@@ -275,8 +300,9 @@ class HveMailMergeOperator(BaseOperator):
     ``.j2``, ``.jinja2``, ``.txt``) in the DAG folder. Give ``text_content`` too for speed: deriving
     text from HTML costs about a millisecond a message.
 
-    :param recipients: rows (list of dicts, usually an upstream task's output), each with the address
-        under ``address_key`` and its own template variables. (templated)
+    :param recipients: rows (list of dicts, usually an upstream task's output, resolved at run time), each
+        with the address under ``address_key`` and its own template variables. Rows are data: a string inside
+        a row is never rendered as a template; only a top-level template string is.
     :param subject: subject template.
     :param html_content: HTML template (autoescaped).
     :param text_content: plain-text template.
@@ -319,6 +345,7 @@ class HveMailMergeOperator(BaseOperator):
         "images",
         "hve_conn_id",
     )
+    row_fields: Sequence[str] = ("recipients",)
     template_fields_renderers: ClassVar[dict[str, str]] = {"recipients": "json", "headers": "json"}
     ui_color = "#cfe6fa"
 

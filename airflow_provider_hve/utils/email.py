@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 # Airflow 3.3 passes this when [email] from_email is unset (apache/airflow#69262): it is not an address
 # anyone chose, and HVE would refuse it as a sender.
 AIRFLOW_PLACEHOLDER_FROM = "airflow@airflow"
+# Airflow's default [email] email_conn_id: set whether or not anyone created such a connection.
+AIRFLOW_DEFAULT_CONN_ID = "smtp_default"
+WITHHELD_SUBJECT = "[Airflow] e-mail withheld: secrets could not be masked"
+WITHHELD_HTML = (
+    "<p>Airflow sent an e-mail through HVE, but its secret masker could not be imported, so the subject and "
+    "body were left out because they may hold a secret. See the task log.</p>"
+)
 
 
 def send_email(
@@ -40,6 +47,10 @@ def send_email(
     """
     Send an e-mail through HVE with Airflow's ``email_backend`` signature.
 
+    Secrets Airflow knows (connection passwords, masked variables) are replaced by ``***`` in the subject
+    and the body, as in :class:`HveNotifier`. If Airflow's secret masker cannot be imported, the subject and
+    body are withheld (a short notice is sent instead) and a warning is logged.
+
     :param to: recipients, a string (comma/semicolon separated) or a list.
     :param subject: subject line.
     :param html_content: HTML body (a plain-text alternative is derived).
@@ -50,15 +61,17 @@ def send_email(
     :param mime_subtype: ignored: the message structure follows its parts.
     :param mime_charset: ignored: parts are UTF-8.
     :param conn_id: the ``hve`` connection; default ``[email] email_conn_id``, then ``hve_default``.
+        Airflow's own default, ``smtp_default``, counts as unset when no such connection exists.
     :param from_email: From header; ``airflow@airflow`` (Airflow's placeholder) counts as unset.
     :param custom_headers: extra headers.
     """
     from airflow_provider_hve.exceptions import HveConfigError
     from airflow_provider_hve.hooks.hve import HveHook
 
-    conn_id = conn_id or _configured_conn_id()
+    conn_id = _resolve_conn_id(conn_id or _configured_conn_id())
     if from_email and from_email.strip().lower() == AIRFLOW_PLACEHOLDER_FROM:
         from_email = None
+    subject, html_content = _redacted(subject, html_content)
     headers = {str(k): str(v) for k, v in (custom_headers or {}).items()}
     hook = HveHook(hve_conn_id=conn_id)
     try:
@@ -82,3 +95,28 @@ def _configured_conn_id() -> str:
     except ImportError:  # pragma: no cover
         return DEFAULT_CONN_ID
     return conf.get("email", "email_conn_id", fallback=None) or DEFAULT_CONN_ID
+
+
+def _resolve_conn_id(conn_id: str) -> str:
+    """Treat Airflow's default ``smtp_default`` as unset unless such a connection exists."""
+    if conn_id != AIRFLOW_DEFAULT_CONN_ID:
+        return conn_id
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.debug("No connection %r: using %r", conn_id, DEFAULT_CONN_ID)
+        return DEFAULT_CONN_ID
+    return conn_id
+
+
+def _redacted(subject: str, html_content: str) -> tuple[str, str]:
+    from airflow_provider_hve.redaction import redact_text
+
+    safe_subject = redact_text(str(subject), what="the subject")
+    safe_html = redact_text(str(html_content), what="the body")
+    if safe_subject is None or safe_html is None:
+        return WITHHELD_SUBJECT, WITHHELD_HTML
+    return safe_subject, safe_html

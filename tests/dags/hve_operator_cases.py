@@ -69,3 +69,40 @@ for _dag_id, _resend in (("hve_case_unknown_outcome", False), ("hve_case_unknown
             retries=1,
             retry_delay=dt.timedelta(seconds=0),
         )
+
+# Mapped tasks: Airflow renders them through the unmapped task's _do_render_template_fields, which must apply the
+# same rules as a plain task (HTML autoescaped, the report template for data).
+with DAG(
+    "hve_case_mapped",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    tags=["hve-tests"],
+    params={"who": "<b>team</b>"},
+):
+
+    @task
+    def markup() -> str:
+        return "<script>alert(1)</script>"
+
+    @task
+    def reports() -> list[list[dict]]:
+        return [[{"product": "Xbox <Series X>", "units": 3}], [{"product": "Teams & Rooms", "units": 5}]]
+
+    greeting = markup()
+    greeting >> HveEmailOperator.partial(
+        task_id="mail",
+        subject="Mapped hello",
+        html_content="<p>Hello {{ params.who }}: {{ ti.xcom_pull(task_ids='markup') }}</p>",
+    ).expand(to=["one@contoso.example", "two@contoso.example"])
+    HveEmailOperator.partial(task_id="report", to="sales@contoso.example", subject="Mapped report").expand(
+        data=reports()
+    )
+    HveEmailOperator.partial(
+        task_id="dry",
+        subject="Dry mapped",
+        text_content="Hello {{ params.who }}",
+        bcc="audit@contoso.example",
+        dry_run=True,
+        dry_run_dir=os.environ.get("HVE_TEST_DRY_RUN_DIR"),
+    ).expand(to=["one@contoso.example", "two@contoso.example", "three@contoso.example"])

@@ -1,0 +1,37 @@
+"""DAGs for the failure alerts (run by tests/test_alerts.py with dag.test())."""
+
+from __future__ import annotations
+
+import time
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from airflow_provider_hve.notifications.hve import HveNotifier
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+ONCALL = "oncall@contoso.example"
+
+# One notifier instance for two tasks and the DAG: Airflow's DAG processor runs every callback of a parsed DAG
+# against the same objects, so an instance must not keep what it rendered for the previous alert.
+SHARED = HveNotifier(to=ONCALL)
+
+with DAG(
+    "hve_case_shared_notifier",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    tags=["hve-tests"],
+    on_failure_callback=SHARED,
+):
+
+    @task(on_failure_callback=SHARED)
+    def first() -> None:
+        raise ValueError("first <b>boom</b>")
+
+    @task(on_failure_callback=SHARED, trigger_rule="all_done")
+    def second() -> None:
+        time.sleep(2.2)  # the alert must show the task's real duration, not 0m 00s
+        raise RuntimeError("second boom")
+
+    first() >> second()

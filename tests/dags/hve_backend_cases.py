@@ -1,0 +1,14 @@
+"""A DAG that uses Airflow's own failure e-mail (email_on_failure) through the HVE e-mail backend."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG("hve_case_email_backend", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):
+
+    @task(email=["oncall@contoso.example"], email_on_failure=True, email_on_retry=False)
+    def load() -> None:
+        raise ValueError("column <b>amount</b> rejected")
+
+    load()

@@ -1,0 +1,183 @@
+"""Failure alerts say the right thing: HveNotifier and the e-mail backend, asserted on what the sandbox received."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.notifications.hve import HveNotifier
+from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
+from airflow_provider_hve.utils.email import send_email
+
+CASES = Path(__file__).parent / "dags" / "hve_alert_cases.py"
+SECRET = "hunter2-Zq8-not-for-mail"
+EXAMPLE_SUBJECT_TEMPLATE = Path(__file__).parent.parent / "example_dags" / "templates" / "hve_email_subject.j2"
+
+
+def plain(message: DeliveredMessage) -> str:
+    return str(message.message.get_body(("plain",)).get_content())
+
+
+def html(message: DeliveredMessage) -> str:
+    return str(message.message.get_body(("html",)).get_content())
+
+
+def duration_seconds(text: str) -> int:
+    found = re.search(r"Duration\s+(?:(\d+)h )?(\d+)m (\d+)s", text)
+    assert found, text
+    hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_one_notifier_instance_sends_each_alert_with_its_own_facts(
+    run_dag: Callable[..., Any], sandbox: HveSandbox
+) -> None:
+    dag_run = run_dag(CASES, "hve_case_shared_notifier")
+    assert dag_run.state == "failed"
+
+    messages = sandbox.wait_for_messages(3)
+    by_subject = {str(m.message["Subject"]): m for m in messages}
+    first = by_subject["[Airflow] hve_case_shared_notifier.first failed (try 1 of 1)"]
+    second = by_subject["[Airflow] hve_case_shared_notifier.second failed (try 1 of 1)"]
+    dag_alert = by_subject["[Airflow] DAG hve_case_shared_notifier failed"]
+
+    assert "ValueError" in plain(first) and "first <b>boom</b>" in plain(first)
+    assert "first &lt;b&gt;boom&lt;/b&gt;" in html(first)
+    assert "RuntimeError" in plain(second) and "second boom" in plain(second) and "first" not in plain(second)
+    assert "Failed tasks" in html(dag_alert) and "ValueError" not in html(dag_alert)
+
+    # Each alert shows its own task instance's duration: at least what the task took (second sleeps 2.2 s), at
+    # most what Airflow recorded (its end date comes after the callbacks, so it includes the alert's sending).
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        recorded = {
+            task_id: (ti.end_date - ti.start_date).total_seconds()
+            for task_id in ("first", "second")
+            if (ti := dag_run.get_task_instance(task_id, session=session)) is not None
+        }
+    assert 2 <= duration_seconds(plain(second)) <= recorded["second"] + 1, (plain(second), recorded)
+    assert duration_seconds(plain(first)) <= recorded["first"] + 1, (plain(first), recorded)
+
+    # Every alert links to the run; the task alerts to their log too.
+    run_url = f"/dags/hve_case_shared_notifier/runs/{dag_run.run_id.replace(':', '%3A').replace('+', '%2B')}"
+    for alert in (first, second, dag_alert):
+        assert f'href="http://localhost:8080{run_url}"' in html(alert)
+        assert "Open the run" in html(alert)
+    assert "Open the log" in html(first) and "Open the log" not in html(dag_alert)
+
+
+def _task_context(exception: BaseException) -> dict[str, Any]:
+    return {"run_id": "manual__alert", "exception": exception, "params": {}}
+
+
+def _hide_airflow_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every place Airflow keeps its secret masker unimportable, as on an Airflow layout we do not know."""
+    import airflow.sdk.log
+
+    monkeypatch.delattr(airflow.sdk.log, "redact")
+    for module in (
+        "airflow.sdk._shared.secrets_masker",
+        "airflow.sdk.execution_time.secrets_masker",
+        "airflow.utils.log.secrets_masker",
+    ):
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_notifier_masks_secrets_in_the_exception(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(SECRET)
+    HveNotifier(to="oncall@contoso.example", subject="Alert")(_task_context(ValueError(f"login with {SECRET}")))
+    (alert,) = sandbox.wait_for_messages(1)
+    assert "login with ***" in plain(alert)
+    assert SECRET.encode() not in alert.data
+
+
+def test_notifier_leaves_the_exception_out_when_airflow_cannot_mask_it(
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hve_connection()
+    _hide_airflow_masker(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        HveNotifier(to="oncall@contoso.example", subject="Alert")(_task_context(ValueError(f"login with {SECRET}")))
+    (alert,) = sandbox.wait_for_messages(1)
+    assert SECRET.encode() not in alert.data and b"login with" not in alert.data
+    assert "ValueError" in plain(alert) and "secret masker is unavailable" in plain(alert)
+    assert "secret masker could not be imported" in caplog.text
+
+
+def test_backend_masks_secrets_in_subject_and_body(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(SECRET)
+    send_email("oncall@contoso.example", f"Failed: {SECRET}", f"<p>Exception: token {SECRET} refused</p>")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.message["Subject"] == "Failed: ***"
+    assert "token *** refused" in html(mail)
+    assert SECRET.encode() not in mail.data
+
+
+def test_backend_withholds_subject_and_body_when_airflow_cannot_mask_them(
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hve_connection()
+    _hide_airflow_masker(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        send_email("oncall@contoso.example", f"Failed: {SECRET}", f"<p>token {SECRET}</p>")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert SECRET.encode() not in mail.data
+    assert "withheld" in str(mail.message["Subject"]) and "secret masker could not be imported" in caplog.text
+
+
+def test_backend_treats_airflows_default_smtp_conn_id_as_unset(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only [email] email_backend is set: Airflow passes its default conn id, which nobody created.
+    monkeypatch.delenv("AIRFLOW__EMAIL__EMAIL_CONN_ID", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    hve_connection()
+    send_email("oncall@contoso.example", "Via the default", "<p>hi</p>", conn_id="smtp_default")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.rcpt_tos == ["oncall@contoso.example"]
+
+
+def test_backend_uses_an_existing_smtp_default_connection(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_HVE_DEFAULT", raising=False)
+    hve_connection(conn_id="smtp_default")  # the only connection: hve_default is not defined
+    send_email("oncall@contoso.example", "Via smtp_default", "<p>hi</p>", conn_id="smtp_default")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.rcpt_tos == ["oncall@contoso.example"]
+
+
+@pytest.mark.filterwarnings("ignore:Setting email:UserWarning")  # Airflow 3 deprecates email= on tasks
+def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As documented: [email] email_backend and the example's subject_template, no email_conn_id.
+    monkeypatch.delenv("AIRFLOW__EMAIL__EMAIL_CONN_ID", raising=False)
+    monkeypatch.setenv("AIRFLOW__EMAIL__SUBJECT_TEMPLATE", str(EXAMPLE_SUBJECT_TEMPLATE))
+    dag_run = run_dag(Path(__file__).parent / "dags" / "hve_backend_cases.py", "hve_case_email_backend")
+    assert dag_run.state == "failed"
+
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.message["Subject"] == "[Airflow] hve_case_email_backend.load failed (try 1 of 1)"
+    # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
+    assert mail.message["From"] == sandbox.account
+    assert "column &lt;b&gt;amount&lt;/b&gt; rejected" in html(mail) and "<b>amount</b>" not in html(mail)

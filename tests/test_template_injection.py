@@ -1,0 +1,44 @@
+"""Rows are data, not templates: what a row holds reaches the mailbox as written (issue 11, template injection)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_hve.sandbox import HveSandbox
+
+CASES = Path(__file__).parent / "dags" / "hve_template_cases.py"
+HOSTILE = "{{ conn.hve_default.password }}"
+SUM = "{{ 7*7 }}"
+
+
+def test_rows_are_never_rendered_as_templates(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    dag_run = run_dag(CASES, "hve_case_literal_rows")
+    assert dag_run.state == "success"
+
+    messages = {m.rcpt_tos[0]: m for m in sandbox.wait_for_messages(4)}
+    for delivered in messages.values():  # every part, decoded (quoted-printable, base64)
+        parts = [p.get_content() for p in delivered.message.walk() if not p.is_multipart()]
+        text = "".join(p if isinstance(p, str) else p.decode("utf-8", "replace") for p in parts)
+        assert sandbox.client_secret not in text and sandbox.client_secret.encode() not in delivered.data
+
+    # HveEmailOperator, literal data= rows: the report table and the CSV hold the text as written.
+    report = messages["report@contoso.example"].message
+    html = report.get_body(("html",)).get_content()
+    assert HOSTILE in html and SUM in html and ">49<" not in html
+    (attachment,) = list(report.iter_attachments())
+    (row,) = list(csv.DictReader(io.StringIO(attachment.get_content().lstrip("\ufeff"))))
+    assert row["name"] == HOSTILE and row["calc"] == SUM and row["nested"] == '{"deep": ["{{ 7*7 }}"]}'
+
+    # HveMailMergeOperator, literal recipients= rows and rows from XCom: the row's value, not its rendering.
+    for address in ("row@contoso.example", "xcom@contoso.example"):
+        message = messages[address].message
+        assert message["Subject"] == f"Hello {HOSTILE}"
+        assert message.get_body(("plain",)).get_content().strip() == f"calc={SUM}"
+
+    # A top-level template string is still a template (an upstream output pulled by Jinja).
+    templated = messages["template@contoso.example"].message
+    assert dag_run.logical_date.strftime("%Y-%m-%d") in templated.get_body(("html",)).get_content()
