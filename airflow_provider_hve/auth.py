@@ -315,9 +315,7 @@ def _certificate_credential(config: HveConnectionConfig) -> dict[str, Any]:
     if config.certificate_thumbprint:
         credential["thumbprint"] = config.certificate_thumbprint
     elif not certificates:
-        raise HveConfigError(
-            f"{where} holds no certificate; add it to the file or set extra 'certificate_thumbprint'."
-        )
+        raise HveConfigError(f"{where} holds no certificate; add it to the file or set extra 'certificate_thumbprint'.")
     if certificates and (config.send_certificate_chain or not config.certificate_thumbprint):
         # MSAL derives the SHA-256 thumbprint from the certificate (and sends it as x5c).
         credential["public_certificate"] = certificates[0]
@@ -361,9 +359,7 @@ def _check_pfx(config: HveConnectionConfig, where: str, data: bytes) -> None:
             f"missing passphrase, or not a PKCS#12 file)."
         ) from None
     if key is None:
-        raise HveConfigError(
-            f"{where}: the .pfx holds no private key. Export it again with the private key included."
-        )
+        raise HveConfigError(f"{where}: the .pfx holds no private key. Export it again with the private key included.")
     if certificate is None:
         raise HveConfigError(f"{where}: the .pfx holds no certificate. Export it again with the certificate.")
 

@@ -36,7 +36,9 @@ _LEGACY_EXTRA_PREFIX = "extra__hve__"
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
 _TENANT_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
 # Lower-case words joined by '_' or '-' name things (an extra, a mode); a secret never looks like that, so
 # such a value may be quoted back. Anything else is described by its length and shape only.
 _SAFE_WORD = re.compile(r"^[a-z]+(?:[_-][a-z]+)*$")
@@ -400,10 +402,14 @@ class _Reader:
         if port is not None and not 0 < port < 65536:
             raise self._error(name, f"({host}) has an invalid port; use a number from 1 to 65535, or none.")
         if parts.path.strip("/") or parts.query or parts.fragment:
-            raise self._error(name, f"({host}) has a path; give the host only ({example}), the tenant goes in 'tenant_id'.")
+            raise self._error(
+                name, f"({host}) has a path; give the host only ({example}), the tenant goes in 'tenant_id'."
+            )
         if host in ENTRA_HOSTS:
             if port not in (None, 443):
-                raise self._error(name, f"is {host} with port {port}; Microsoft's Entra hosts answer on 443: drop the port.")
+                raise self._error(
+                    name, f"is {host} with port {port}; Microsoft's Entra hosts answer on 443: drop the port."
+                )
             return f"https://{host}", False
         if not allow_custom:
             hint = difflib.get_close_matches(host, ENTRA_HOSTS, n=1, cutoff=0.75)
@@ -433,7 +439,8 @@ class _Reader:
             host = (parts.hostname or "") if parts.scheme == "https" and "@" not in parts.netloc else ""
             if not _HOST_NAME.match(host):
                 raise self._error(
-                    "scope", f"has a value that is not an https:// resource URL {hidden(scope)}; use e.g. {DEFAULT_SCOPE}."
+                    "scope",
+                    f"has a value that is not an https:// resource URL {hidden(scope)}; use e.g. {DEFAULT_SCOPE}.",
                 )
             if auth_mode.is_app_only and not scope.endswith("/.default"):
                 raise self._error(
@@ -463,7 +470,8 @@ class _Reader:
         except AddressError:
             raise self._error(
                 "from_email",
-                f"is not a valid address {hidden(value)}; use an address, optionally with a display name: "
+                f"is not a valid address {hidden(value)}{_address_hint(value)}; use an address, optionally with a "
+                f"display name: "
                 f"Reports <reports@contoso.com>.",
             ) from None
         return value
@@ -541,7 +549,8 @@ def _require_address(conn_id: str, name: str, value: str | None, *, what: str) -
         mailbox = parse_mailbox(value.strip())
     except AddressError:
         raise HveConfigError(
-            f"Connection {conn_id!r}: field {name!r} is not a valid address {hidden(value)}; set it to {what}."
+            f"Connection {conn_id!r}: field {name!r} is not a valid address {hidden(value)}{_address_hint(value)}; "
+            f"set it to {what}."
         ) from None
     if mailbox.display_name:
         raise HveConfigError(
@@ -549,6 +558,16 @@ def _require_address(conn_id: str, name: str, value: str | None, *, what: str) -
             f"display name in extra 'from_email'."
         )
     return mailbox.addr_spec
+
+
+def _address_hint(value: str) -> str:
+    """Say what is wrong with an address without showing any of it."""
+    if "@" not in value:
+        return ": it has no '@'"
+    local = value.strip().rpartition("<")[2].rpartition("@")[0]
+    if not local.isascii():
+        return ": the part before the '@' is not ASCII, which needs SMTPUTF8, and HVE does not offer SMTPUTF8"
+    return ""
 
 
 def shown(value: object) -> str:

@@ -6,9 +6,7 @@ expensive work first. Assertions are on what the sandbox (or a recording server)
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,9 +258,7 @@ def _certificate_case(name: str, material: dict[str, Any]) -> tuple[str, str | N
         return str(path), "wrong passphrase"
     if name == "pfx-no-private-key":
         path = folder / "cert-only.pfx"
-        path.write_bytes(
-            pkcs12.serialize_key_and_certificates(b"app", None, cert, None, serialization.NoEncryption())
-        )
+        path.write_bytes(pkcs12.serialize_key_and_certificates(b"app", None, cert, None, serialization.NoEncryption()))
         return str(path), None
     raise AssertionError(name)
 
@@ -272,7 +268,9 @@ def _certificate_case(name: str, material: dict[str, Any]) -> tuple[str, str | N
     [
         pytest.param("no-private-key", "holds no PEM private key", id="no-private-key"),
         pytest.param("wrong-passphrase", "does not decrypt the private key", id="wrong-passphrase"),
-        pytest.param("missing-passphrase", "private key is encrypted and the connection's Password", id="no-passphrase"),
+        pytest.param(
+            "missing-passphrase", "private key is encrypted and the connection's Password", id="no-passphrase"
+        ),
         pytest.param("der", "binary (DER)", id="der"),
         pytest.param("pfx-wrong-passphrase", "cannot be opened with the passphrase", id="pfx-wrong-passphrase"),
         pytest.param("pfx-no-private-key", "holds no private key", id="pfx-no-private-key"),
@@ -359,3 +357,274 @@ def _write_self_signed(path: Path, key: Any) -> None:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         + cert.public_bytes(serialization.Encoding.PEM)
     )
+
+
+# -- Limits checked before work ---------------------------------------------------------------------------
+
+
+def hook_send(conn_factory: ConnFactory, **kwargs: Any) -> Any:
+    arguments = {"to": "team@contoso.example", "subject": "Daily report", "text_content": "All good."}
+    return HveHook(hve_conn_id=conn_factory()).send_email(**{**arguments, **kwargs})
+
+
+def assert_nothing_sent(sandbox: HveSandbox, token_posts: Callable[[], list[Any]]) -> None:
+    assert not sandbox.smtp_sessions, "an SMTP connection was opened"
+    assert not token_posts(), "a token was requested"
+    assert not sandbox.messages
+
+
+@pytest.fixture
+def huge_file(tmp_path: Path) -> Path:
+    """A 300 MB file that takes no disk space (sparse): reading it would cost 300 MB of memory."""
+    path = tmp_path / "export.csv"
+    with path.open("wb") as handle:
+        handle.truncate(300 * 1024 * 1024)
+    return path
+
+
+@pytest.mark.parametrize("how", ["files", "images", "merge-files"])
+def test_an_oversized_attachment_is_refused_from_its_size_before_it_is_read(
+    how: str,
+    huge_file: Path,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    import tracemalloc
+
+    from airflow_provider_hve.message import attachments_from_files
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HveConfigError) as info:
+            if how == "files":
+                hook_send(hve_connection, files=[str(huge_file)])
+            elif how == "images":
+                image = huge_file.rename(huge_file.with_suffix(".png"))
+                hook_send(hve_connection, html_content='<img src="cid:logo">', images={"logo": str(image)})
+            else:
+                attachments_from_files([str(huge_file)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "10 MB" in message and "Nothing was read" in message
+    assert ("'images'" if how == "images" else "'files'") in message
+    assert peak < 20 * 1024 * 1024, f"{peak / 1048576:.0f} MB allocated: the file was read"
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_attachments_just_under_the_limit_with_base64_growth_are_refused(tmp_path: Path) -> None:
+    from airflow_provider_hve.message import build_message
+
+    path = tmp_path / "eight.bin"
+    path.write_bytes(b"\0" * (8 * 1024 * 1024))  # 8 MB on disk, 10.8 MB encoded
+    with pytest.raises(HveConfigError, match="'files'.*once encoded"):
+        build_message(sender="a@contoso.example", to="b@contoso.example", subject="s", text_content="x", files=[path])
+
+
+def test_too_many_recipients_are_refused_with_a_pointer_to_the_mail_merge(
+    hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    from airflow_provider_hve.message import DEFAULT_MAX_RECIPIENTS
+
+    many = [f"user{n}@contoso.example" for n in range(DEFAULT_MAX_RECIPIENTS)]
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, to=many, bcc="one.more@contoso.example")
+    message = str(info.value)
+    assert "'bcc'" in message and f"more than {DEFAULT_MAX_RECIPIENTS} recipients" in message
+    assert "HveMailMergeOperator" in message and "max_recipients_per_message" in message
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_the_recipient_limit_is_configurable(
+    hve_connection: ConnFactory, sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE", "5")
+    five = [f"user{n}@contoso.example" for n in range(5)]
+    with pytest.raises(HveConfigError, match="more than 5 recipients"):
+        hook_send(hve_connection, to=five, cc="six@contoso.example")
+    hook_send(hve_connection, to=five)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == five
+
+
+class _ParserSpy:
+    """Count what the standard library's address parser is given: how many strings, and the longest."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.longest = 0
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from email.headerregistry import AddressHeader
+
+        original = AddressHeader.value_parser
+
+        def counting(value: str) -> Any:
+            self.calls += 1
+            self.longest = max(self.longest, len(value))
+            return original(value)
+
+        monkeypatch.setattr(AddressHeader, "value_parser", staticmethod(counting))
+
+
+def _parser_work(monkeypatch: pytest.MonkeyPatch, count: int, as_string: bool) -> _ParserSpy:
+    from airflow_provider_hve import addresses, message
+
+    for cached in (
+        addresses._parse_one_string,
+        message._folded_mailbox,
+        message.address_list_header,
+        message._parsed_header,
+    ):
+        cached.cache_clear()
+    spy = _ParserSpy()
+    with monkeypatch.context() as patch:
+        spy.install(patch)
+        to: Any = [f"Person {n} <person{n}@contoso.example>" for n in range(count)]
+        outgoing = message.build_message(
+            sender="a@contoso.example", to=", ".join(to) if as_string else to, subject="s", text_content="x"
+        )
+    assert len(outgoing.recipients) == count
+    return spy
+
+
+@pytest.mark.parametrize("as_string", [False, True], ids=["list", "one-string"])
+def test_address_handling_is_linear(monkeypatch: pytest.MonkeyPatch, as_string: bool) -> None:
+    """Twice the recipients cost twice the parser calls, each on a string of bounded length.
+
+    Python's header parser is quadratic in the length of its input; before, the whole To list went through
+    it as one string (40,000 recipients: 94 s).
+    """
+    small, medium, large = (_parser_work(monkeypatch, count, as_string) for count in (400, 800, 1200))
+    assert large.calls - medium.calls == medium.calls - small.calls
+    assert max(small.longest, medium.longest, large.longest) < 60  # one mailbox at a time
+
+
+def test_parsing_stops_at_the_recipient_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_hve import addresses, message
+
+    addresses._parse_one_string.cache_clear()
+    spy = _ParserSpy()
+    spy.install(monkeypatch)
+    with pytest.raises(HveConfigError, match="more than 10 recipients"):
+        message.build_message(
+            sender="a@contoso.example",
+            to=[f"user{n}@contoso.example" for n in range(100_000)],
+            subject="s",
+            text_content="x",
+            max_recipients=10,
+        )
+    assert spy.calls <= 12  # the sender and the first eleven addresses, not 100,000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        pytest.param({"to": f'"{"A" * 5000}" <team@contoso.example>'}, "'to'", id="display-name-5000"),
+        pytest.param({"from_email": f'"{"R" * 2000}" <hve-sender@contoso.example>'}, "'from_email'", id="from-name"),
+        pytest.param({"cc": f'"{"C" * 1500}" <c@contoso.example>'}, "'cc'", id="cc-name"),
+        pytest.param({"headers": {"X-" + "n" * 2000: "v"}}, "'headers'", id="header-name-2000"),
+    ],
+)
+def test_header_lines_over_998_octets_are_refused(
+    kwargs: dict[str, Any],
+    argument: str,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, **kwargs)
+    assert argument in str(info.value) and "998" in str(info.value)
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_long_foldable_values_are_still_sent(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    hook_send(hve_connection, subject="word " * 600, to=f'"{"Ab " * 700}" <team@contoso.example>')
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert max(len(line) for line in delivered.data.splitlines()) <= 998
+
+
+def test_line_breaks_are_every_splitlines_separator() -> None:
+    import sys
+
+    from airflow_provider_hve.addresses import LINE_BREAKS
+
+    breaking = {chr(c) for c in range(sys.maxunicode + 1) if len(f"a{chr(c)}b".splitlines()) > 1}
+    assert breaking == LINE_BREAKS
+
+
+BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def _line_break_case(where: str, ch: str, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    from airflow_provider_hve.message import Attachment
+
+    if where == "subject":
+        return {"subject": f"Report{ch}X-Spam: yes"}, "'subject'"
+    if where == "header":
+        return {"headers": {"X-Run": f"1{ch}X-Spam: yes"}}, "headers['X-Run']"
+    if where == "display-name":
+        return {"to": f'"Team{ch}X" <team@contoso.example>'}, "'to'"
+    if where == "from-display-name":
+        return {"from_email": f'"Reports{ch}X" <hve-sender@contoso.example>'}, "'from_email'"
+    if where == "attachment-name":
+        return {"attachments": [Attachment(f"a{ch}.csv", b"x", "text/csv")]}, "'attachments filename'"
+    if where == "attachment-type":
+        return {"attachments": [Attachment("a.csv", b"x", f"text/csv{ch}X-Spam: yes")]}, "'attachments content_type'"
+    path = tmp_path / f"report{ch}.csv"
+    path.write_text("x")
+    return {"files": [str(path)]}, "'files file name'"
+
+
+@pytest.mark.parametrize("ch", BREAKS, ids=[f"U+{ord(c):04X}" for c in BREAKS])
+@pytest.mark.parametrize(
+    "where",
+    ["subject", "header", "display-name", "from-display-name", "attachment-name", "attachment-type", "file-name"],
+)
+def test_every_line_break_character_is_refused_by_argument(
+    where: str,
+    ch: str,
+    tmp_path: Path,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    kwargs, argument = _line_break_case(where, ch, tmp_path)
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, **kwargs)
+    assert argument in str(info.value) and "line break" in str(info.value)
+    assert_nothing_sent(sandbox, token_posts)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Received",
+        "Return-Path",
+        "Resent-From",
+        "Resent-Message-ID",
+        "DKIM-Signature",
+        "Content-Type",
+        "Content-Language",
+        "Content-Disposition",
+        "X-MS-Exchange-Organization-SCL",
+        "x-ms-exchange-organization-authas",
+        "ARC-Seal",
+        "Authentication-Results",
+    ],
+)
+def test_trace_signature_and_mime_headers_cannot_be_set(
+    name: str, hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    with pytest.raises(HveConfigError, match=f"'headers': '{name}' is set by the provider"):
+        hook_send(hve_connection, headers={name: "value"})
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_custom_x_headers_still_go_through(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    hook_send(hve_connection, headers={"X-Run-Id": "42", "X-MS-Exchange-Custom": "ok"})
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["X-Run-Id"] == "42" and delivered.message["X-MS-Exchange-Custom"] == "ok"
