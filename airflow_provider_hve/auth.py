@@ -150,7 +150,7 @@ class TokenProvider:
                 result = self._acquire_delegated(app, scopes)
             else:
                 result = app.acquire_token_for_client(scopes=scopes)
-        except HveAuthError:
+        except (HveAuthError, HveConfigError):
             raise
         except Exception as exc:
             raise _translate_exception(self.config, exc) from exc
@@ -214,6 +214,8 @@ def _credential_key(config: HveConnectionConfig) -> tuple[Any, ...]:
         config.account if config.auth_mode is AuthMode.PASSWORD else None,
         config.scopes,
         config.certificate_path,
+        # The content, not the path: a certificate replaced on disk (renewal) gets a new MSAL application.
+        _file_digest(config.certificate_path),
         config.certificate_thumbprint,
         config.send_certificate_chain,
         config.federated_token_file,
@@ -221,6 +223,16 @@ def _credential_key(config: HveConnectionConfig) -> tuple[Any, ...]:
         config.timeout,
         digest,
     )
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None  # reported with the fix when the credential is built
 
 
 def _retry_after(header: str | None, attempt: int) -> float:
@@ -241,18 +253,14 @@ def _build_application(config: HveConnectionConfig, http_client: Any) -> Any:
     common: dict[str, Any] = {
         "authority": config.authority,
         "http_client": http_client,
-        # Only Microsoft's own hosts are known to its instance discovery; anything else (sovereign
-        # clouds are known, the sandbox is not) must skip it or MSAL calls login.microsoftonline.com.
-        "instance_discovery": _is_public_cloud(config.authority_host),
+        # Microsoft's own Entra hosts keep MSAL's authority validation; a custom host (the sandbox, a proxy:
+        # allowed only by extra 'allow_custom_authority') must skip it or MSAL asks login.microsoftonline.com.
+        "instance_discovery": not config.allow_custom_authority,
         "timeout": config.timeout,
     }
     if config.auth_mode is AuthMode.PASSWORD:
         return msal.PublicClientApplication(config.client_id, **common)
     return msal.ConfidentialClientApplication(config.client_id, client_credential=_client_credential(config), **common)
-
-
-def _is_public_cloud(authority_host: str) -> bool:
-    return urlsplit(authority_host).hostname in {"login.microsoftonline.com", "login.microsoftonline.us"}
 
 
 def _client_credential(config: HveConnectionConfig) -> Any:
@@ -274,36 +282,86 @@ def _client_credential(config: HveConnectionConfig) -> Any:
 def _certificate_credential(config: HveConnectionConfig) -> dict[str, Any]:
     path = config.certificate_path
     assert path is not None
+    where = f"Connection {config.conn_id!r}: extra 'certificate_path' ({path})"
+    with open(path, "rb") as handle:
+        data = handle.read()
     if path.lower().endswith((".pfx", ".p12")):
+        _check_pfx(config, where, data)
         credential: dict[str, Any] = {"private_key_pfx_path": path}
         if config.password:
             credential["passphrase"] = config.password
         if config.send_certificate_chain:
             credential["public_certificate"] = True
         return credential
-    with open(path, encoding="utf-8") as handle:
-        pem = handle.read()
+    if b"-----BEGIN" not in data:
+        raise HveConfigError(
+            f"{where} is not a PEM file: it holds binary (DER) data, as a .cer/.der export does. Convert it "
+            f"(openssl x509 -inform der -in cert.cer -out cert.pem), add the PEM private key to the same file, "
+            f"or use the .pfx file."
+        )
+    pem = data.decode("ascii", errors="replace")
     certificates = _pem_blocks(pem, "CERTIFICATE")
     keys = [block for block in _pem_blocks(pem, None) if "PRIVATE KEY" in block.splitlines()[0]]
     if not keys:
         raise HveConfigError(
-            f"Connection {config.conn_id!r}: extra 'certificate_path' ({path}) holds no PEM private key. "
-            f"It must contain the private key and the certificate uploaded to the app registration."
+            f"{where} holds no PEM private key, only {len(certificates)} certificate(s). It must contain the "
+            f"private key and the certificate uploaded to the app registration (a .cer downloaded from Entra "
+            f"has no key: use the key the certificate was created with)."
         )
+    _check_private_key(config, where, keys[0])
     credential = {"private_key": keys[0]}
     if config.password:
         credential["passphrase"] = config.password
     if config.certificate_thumbprint:
         credential["thumbprint"] = config.certificate_thumbprint
     elif not certificates:
-        raise HveConfigError(
-            f"Connection {config.conn_id!r}: extra 'certificate_path' ({path}) holds no certificate; add it "
-            f"to the file or set extra 'certificate_thumbprint'."
-        )
+        raise HveConfigError(f"{where} holds no certificate; add it to the file or set extra 'certificate_thumbprint'.")
     if certificates and (config.send_certificate_chain or not config.certificate_thumbprint):
         # MSAL derives the SHA-256 thumbprint from the certificate (and sends it as x5c).
         credential["public_certificate"] = certificates[0]
     return credential
+
+
+def _check_private_key(config: HveConnectionConfig, where: str, key_pem: str) -> None:
+    """Load the key as MSAL will, and turn cryptography's refusals into a diagnosis."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    passphrase = config.password.encode() if config.password else None
+    try:
+        load_pem_private_key(key_pem.encode(), passphrase)
+    except TypeError:
+        if passphrase is None:
+            raise HveConfigError(
+                f"{where}: the private key is encrypted and the connection's Password field is empty. Put the "
+                f"key's passphrase in the Password field."
+            ) from None
+        raise HveConfigError(
+            f"{where}: the private key is not encrypted but the connection's Password field holds a passphrase. "
+            f"Clear the Password field."
+        ) from None
+    except ValueError:
+        raise HveConfigError(
+            f"{where}: the passphrase in the connection's Password field does not decrypt the private key (wrong "
+            f"passphrase, or a damaged key). Put the key's passphrase in the Password field."
+        ) from None
+
+
+def _check_pfx(config: HveConnectionConfig, where: str, data: bytes) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    try:
+        key, certificate, _ = pkcs12.load_key_and_certificates(
+            data, config.password.encode() if config.password else None
+        )
+    except ValueError:
+        raise HveConfigError(
+            f"{where}: the .pfx cannot be opened with the passphrase in the connection's Password field (wrong or "
+            f"missing passphrase, or not a PKCS#12 file)."
+        ) from None
+    if key is None:
+        raise HveConfigError(f"{where}: the .pfx holds no private key. Export it again with the private key included.")
+    if certificate is None:
+        raise HveConfigError(f"{where}: the .pfx holds no certificate. Export it again with the certificate.")
 
 
 def _pem_blocks(pem: str, label: str | None) -> list[str]:
@@ -325,11 +383,13 @@ def _pem_blocks(pem: str, label: str | None) -> list[str]:
 def _entra_session(config: HveConnectionConfig) -> requests.Session:
     import requests
 
+    environment_bundle(config.conn_id)
     verify: str | bool = trust_store_file(config.ca_bundle) if config.ca_bundle else True
     authority = urlsplit(config.authority_host)
 
     class EntraSession(requests.Session):
-        """A requests session that keeps our trust store and works around an MSAL URL quirk."""
+        """A requests session that keeps our trust store, never follows a redirect, and works around an MSAL
+        URL quirk."""
 
         last_status: int | None = None
         last_retry_after: str | None = None
@@ -340,8 +400,19 @@ def _entra_session(config: HveConnectionConfig) -> requests.Session:
             if verify is not True:
                 kwargs.setdefault("verify", verify)
             kwargs.setdefault("timeout", config.timeout)
+            # A redirect would make requests send the form (client secret, password, assertion) again to
+            # wherever the Location header points, even over plain http: never follow one.
+            kwargs["allow_redirects"] = False
             target = url.decode() if isinstance(url, bytes) else url
             response = super().request(method, _restore_port(str(target), authority), *args, **kwargs)
+            if response.is_redirect or 300 <= response.status_code < 400:
+                location = urlsplit(response.headers.get("Location", ""))
+                raise HveAuthError(
+                    f"The Entra endpoint {config.authority_host} (connection {config.conn_id!r}) answered HTTP "
+                    f"{response.status_code}, a redirect to {location.scheme or '?'}://{location.hostname or '?'}. "
+                    f"Redirects are never followed on Entra calls, so no credential was sent there. Point extra "
+                    f"'authority_host' at the Entra host itself, not at something that redirects."
+                )
             # MSAL does not pass the HTTP status or Retry-After on: keep them for the retry decision.
             self.last_status = response.status_code
             self.last_retry_after = response.headers.get("Retry-After")
@@ -364,6 +435,39 @@ def _restore_port(url: str, authority: Any) -> str:
 _TRUST_STORES: dict[tuple[str, int, int], str] = {}
 
 
+def environment_bundle(conn_id: str) -> str | None:
+    """
+    Return the CA file requests takes from ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, checked.
+
+    requests trusts that file instead of its own store for every HTTPS call: one that is missing or holds no
+    certificate breaks every token request, with an error that names neither the variable nor the fix.
+    """
+    import ssl
+
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        path = os.environ.get(variable)
+        if not path:
+            continue
+        problem = None
+        if os.path.isdir(path):
+            return path
+        if not os.path.isfile(path):
+            problem = "which is not a file on this worker"
+        else:
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, OSError, ValueError):
+                problem = "which holds no PEM CA certificate"
+        if problem:
+            raise HveConfigError(
+                f"Connection {conn_id!r}: the environment variable {variable} points to {path!r}, {problem}; "
+                f"requests uses it as the only trust store for Entra. Fix or unset {variable} on this worker (to "
+                f"add a private CA, use extra 'ca_bundle')."
+            )
+        return path
+    return None
+
+
 def trust_store_file(ca_bundle: str) -> str:
     """
     Return a PEM file trusting the default CAs plus ``ca_bundle``, for requests.
@@ -381,6 +485,8 @@ def trust_store_file(ca_bundle: str) -> str:
     import certifi
 
     default = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    if os.path.isdir(default):
+        default = certifi.where()  # a c_rehash directory cannot be concatenated; requests' own store stands in
     parts = []
     for path in (default, ca_bundle):
         if os.path.isfile(path):

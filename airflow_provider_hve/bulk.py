@@ -559,7 +559,9 @@ class _Templates:
     def __init__(self, env: jinja2.Environment | None, subject: str, html: str | None, text: str | None) -> None:
         import jinja2
 
-        base = env or jinja2.Environment()
+        from airflow_provider_hve.templating import default_environment
+
+        base = env or default_environment()
         plain = base.overlay(undefined=jinja2.StrictUndefined, autoescape=False)
         escaped = base.overlay(undefined=jinja2.StrictUndefined, autoescape=True)
         self.subject = plain.from_string(subject)

@@ -36,6 +36,40 @@ _LEGACY_EXTRA_PREFIX = "extra__hve__"
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
 _TENANT_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+# Lower-case words joined by '_' or '-' name things (an extra, a mode); a secret never looks like that, so
+# such a value may be quoted back. Anything else is described by its length and shape only.
+_SAFE_WORD = re.compile(r"^[a-z]+(?:[_-][a-z]+)*$")
+
+ENTRA_HOSTS = frozenset(
+    {
+        # Public cloud and its aliases.
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        # US Government (GCC High, DoD).
+        "login.microsoftonline.us",
+        "login-us.microsoftonline.com",
+        "login.usgovcloudapi.net",
+        # China (operated by 21Vianet).
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        # The sovereign clouds of France, Germany and Singapore.
+        "login.sovcloud-identity.fr",
+        "login.sovcloud-identity.de",
+        "login.sovcloud-identity.sg",
+    }
+)
+"""Entra sign-in hosts of the Microsoft clouds: MSAL's ``WELL_KNOWN_AUTHORITY_HOSTS`` without retired ones."""
+MICROSOFT_SMTP_SUFFIXES = (".mx.microsoft", ".office365.com", ".office365.us", ".outlook.cn")
+"""SMTP hosts under these domains are Microsoft's; another host gets a warning (a token is sent to it)."""
+MICROSOFT_SCOPE_HOSTS = frozenset(
+    {"outlook.office365.com", "outlook.office.com", "outlook.office365.us", "partner.outlook.cn"}
+)
+"""Exchange Online resources of the Microsoft clouds; another scope gets a warning."""
 
 
 class AuthMode(str, enum.Enum):
@@ -64,6 +98,7 @@ EXTRA_FIELDS = (
     "send_certificate_chain",
     "federated_token_file",
     "authority_host",
+    "allow_custom_authority",
     "scope",
     "ca_bundle",
     "from_email",
@@ -98,6 +133,9 @@ class HveConnectionConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     authority_host: str = DEFAULT_AUTHORITY_HOST
+    allow_custom_authority: bool = False
+    """True when ``authority_host`` is not a Microsoft Entra host (the sandbox, a proxy) and extra
+    ``allow_custom_authority`` allowed it: MSAL's instance discovery is then off for it."""
     scopes: tuple[str, ...] = (DEFAULT_SCOPE,)
     certificate_path: str | None = None
     certificate_thumbprint: str | None = None
@@ -179,6 +217,7 @@ class HveConnectionConfig:
         if auth_mode is AuthMode.WORKLOAD_IDENTITY:
             federated_token_file = reader.path("federated_token_file") or _env_path(conn_id, FEDERATED_TOKEN_FILE_ENV)
 
+        authority_host, custom_authority = reader.authority_host()
         return cls(
             conn_id=conn_id,
             account=account,
@@ -188,7 +227,8 @@ class HveConnectionConfig:
             password=password,
             host=_host(conn_id, host),
             port=_port(conn_id, port),
-            authority_host=reader.https_origin("authority_host", DEFAULT_AUTHORITY_HOST),
+            authority_host=authority_host,
+            allow_custom_authority=custom_authority,
             scopes=reader.scopes(auth_mode),
             certificate_path=certificate_path,
             certificate_thumbprint=reader.thumbprint("certificate_thumbprint"),
@@ -208,7 +248,8 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dic
             extra = json.loads(extra)
         except json.JSONDecodeError as exc:
             raise HveConfigError(
-                f"Connection {conn_id!r}: the 'extra' field is not valid JSON ({exc.msg}). Fix it in the connection."
+                f"Connection {conn_id!r}: the 'extra' field is not valid JSON ({exc.msg} at character {exc.pos}). "
+                f"Fix it in the connection."
             ) from None
     if not isinstance(extra, Mapping):
         raise HveConfigError(f"Connection {conn_id!r}: the 'extra' field must be a JSON object.")
@@ -216,10 +257,10 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dic
     for key, value in extra.items():
         name = key[len(_LEGACY_EXTRA_PREFIX) :] if key.startswith(_LEGACY_EXTRA_PREFIX) else key
         if name not in EXTRA_FIELDS:
-            hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1)
+            hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
             suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
             raise HveConfigError(
-                f"Connection {conn_id!r}: unknown extra field {name!r}.{suggestion} Known fields: "
+                f"Connection {conn_id!r}: unknown extra field {shown(name)}.{suggestion} Known fields: "
                 f"{', '.join(EXTRA_FIELDS)}."
             )
         # The UI stores an emptied field as "" or null: both mean "not set".
@@ -255,7 +296,7 @@ class _Reader:
             return enum_type(value.lower())
         except ValueError:
             allowed = ", ".join(m.value for m in enum_type)
-            raise self._error(name, f"is {value!r}; use one of: {allowed}.") from None
+            raise self._error(name, f"is {shown(value)}; use one of: {allowed}.") from None
 
     def tenant_id(self, auth_mode: AuthMode) -> str:
         value = self._str("tenant_id")
@@ -276,9 +317,8 @@ class _Reader:
         if not (_is_guid(value) or _TENANT_DOMAIN.match(value) or lowered == "organizations"):
             raise self._error(
                 "tenant_id",
-                f"is neither a GUID nor a domain name ({len(value)} characters, not shown: a secret pasted into "
-                f"the wrong field must not reach the logs). Copy the Directory (tenant) ID from the app "
-                f"registration's Overview page.",
+                f"is neither a GUID nor a domain name {hidden(value)}. Copy the Directory (tenant) ID from the "
+                f"app registration's Overview page.",
             )
         return value
 
@@ -319,7 +359,7 @@ class _Reader:
             return True
         if text in _FALSE:
             return False
-        raise self._error(name, f"is {value!r}; use true or false.")
+        raise self._error(name, f"is {shown(value)}; use true or false.")
 
     def positive_number(self, name: str, default: float) -> float:
         value = self.extra.get(name)
@@ -328,27 +368,66 @@ class _Reader:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise self._error(name, f"is {value!r}; use a number of seconds, e.g. 30.") from None
+            raise self._error(name, f"is not a number {hidden(value)}; use a number of seconds, e.g. 30.") from None
         if not number >= 1:
-            raise self._error(name, f"is {value!r}; use at least 1 second.")
+            raise self._error(name, f"is {number:g}; use at least 1 second.")
         return number
 
-    def https_origin(self, name: str, default: str) -> str:
+    def authority_host(self) -> tuple[str, bool]:
+        """Return the authority host as ``https://host[:port]`` and whether it is a custom (non-Entra) host."""
+        name = "authority_host"
+        allow_custom = self.boolean("allow_custom_authority", False)
         value = self._str(name)
         if value is None:
-            return default
+            return DEFAULT_AUTHORITY_HOST, False
+        example = f"e.g. {DEFAULT_AUTHORITY_HOST}"
         parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
+        if parts.scheme.lower() != "https":
+            raise self._error(
+                name, f"is not an https:// URL {hidden(value)}; {example} (tokens never travel over plain http)."
+            )
+        if "@" in parts.netloc:
             raise self._error(
                 name,
-                f"is {value!r}; it must be an https:// URL such as {default} (tokens never travel over plain http).",
+                f"holds user info (a 'name@' before the host) {hidden(value)}; give the host only, {example}. "
+                f"Credentials never go in this URL.",
             )
+        host = (parts.hostname or "").rstrip(".")
+        if not _HOST_NAME.match(host):
+            raise self._error(name, f"has no valid host name {hidden(value)}; {example}.")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise self._error(name, f"({host}) has an invalid port; use a number from 1 to 65535, or none.")
         if parts.path.strip("/") or parts.query or parts.fragment:
             raise self._error(
-                name,
-                f"is {value!r}; give the host only (e.g. {default}), the tenant goes in 'tenant_id'.",
+                name, f"({host}) has a path; give the host only ({example}), the tenant goes in 'tenant_id'."
             )
-        return f"https://{parts.netloc}"
+        if host in ENTRA_HOSTS:
+            if port not in (None, 443):
+                raise self._error(
+                    name, f"is {host} with port {port}; Microsoft's Entra hosts answer on 443: drop the port."
+                )
+            return f"https://{host}", False
+        if not allow_custom:
+            hint = difflib.get_close_matches(host, ENTRA_HOSTS, n=1, cutoff=0.75)
+            suggestion = f" Did you mean {hint[0]}?" if hint else ""
+            raise self._error(
+                name,
+                f"is {host}, which is not a Microsoft Entra host.{suggestion} Known hosts: "
+                f"{', '.join(sorted(ENTRA_HOSTS))}. For a host of your own (a test stand-in such as the "
+                f"sandbox, a corporate proxy), also set extra 'allow_custom_authority' to true: the client secret "
+                f"is then sent to that host.",
+            )
+        log.warning(
+            "Connection %r: authority_host %s is not a Microsoft Entra host; allowed by extra "
+            "'allow_custom_authority'. Credentials are sent to it and MSAL's authority validation is off.",
+            self.conn_id,
+            host,
+        )
+        return f"https://{host}" + (f":{port}" if port is not None else ""), True
 
     def scopes(self, auth_mode: AuthMode) -> tuple[str, ...]:
         value = self._str("scope")
@@ -356,13 +435,26 @@ class _Reader:
             return (DEFAULT_SCOPE,)
         scopes = tuple(value.split())
         for scope in scopes:
-            if urlsplit(scope).scheme != "https":
-                raise self._error("scope", f"has {scope!r}; use a resource URL such as {DEFAULT_SCOPE}.")
+            parts = urlsplit(scope)
+            host = (parts.hostname or "") if parts.scheme == "https" and "@" not in parts.netloc else ""
+            if not _HOST_NAME.match(host):
+                raise self._error(
+                    "scope",
+                    f"has a value that is not an https:// resource URL {hidden(scope)}; use e.g. {DEFAULT_SCOPE}.",
+                )
             if auth_mode.is_app_only and not scope.endswith("/.default"):
                 raise self._error(
                     "scope",
-                    f"has {scope!r}; application permissions are requested as '<resource>/.default', "
-                    f"e.g. {DEFAULT_SCOPE}.",
+                    f"names {host} without '/.default'; application permissions are requested as "
+                    f"'<resource>/.default', e.g. {DEFAULT_SCOPE}.",
+                )
+            if host not in MICROSOFT_SCOPE_HOSTS:
+                log.warning(
+                    "Connection %r: scope resource %s is not Exchange Online (%s); HVE accepts only Exchange "
+                    "Online tokens.",
+                    self.conn_id,
+                    host,
+                    ", ".join(sorted(MICROSOFT_SCOPE_HOSTS)),
                 )
         return scopes
 
@@ -375,8 +467,13 @@ class _Reader:
 
         try:
             parse_mailbox(value)
-        except AddressError as exc:
-            raise self._error("from_email", f"is not a valid address: {exc}") from None
+        except AddressError:
+            raise self._error(
+                "from_email",
+                f"is not a valid address {hidden(value)}{_address_hint(value)}; use an address, optionally with a "
+                f"display name: "
+                f"Reports <reports@contoso.com>.",
+            ) from None
         return value
 
 
@@ -390,9 +487,17 @@ def _is_guid(value: str) -> bool:
 
 def _host(conn_id: str, host: str | None) -> str:
     host = (host or "").strip() or DEFAULT_HOST
-    if "://" in host or "/" in host or " " in host:
+    if not _HOST_NAME.match(host.lower().rstrip(".")):
         raise HveConfigError(
-            f"Connection {conn_id!r}: field 'host' is {host!r}; give a bare host name such as {DEFAULT_HOST}."
+            f"Connection {conn_id!r}: field 'host' is not a bare host name {hidden(host)}; give one such as "
+            f"{DEFAULT_HOST}."
+        )
+    if not host.lower().rstrip(".").endswith(MICROSOFT_SMTP_SUFFIXES):
+        log.warning(
+            "Connection %r: SMTP host %s is not a Microsoft host (HVE is %s); the access token is sent to it.",
+            conn_id,
+            host,
+            DEFAULT_HOST,
         )
     if host.lower() in DEPRECATED_HOSTS:
         log.warning(
@@ -410,7 +515,9 @@ def _port(conn_id: str, port: int | str | None) -> int:
     try:
         number = int(port)
     except (TypeError, ValueError):
-        raise HveConfigError(f"Connection {conn_id!r}: field 'port' is {port!r}; use {DEFAULT_PORT}.") from None
+        raise HveConfigError(
+            f"Connection {conn_id!r}: field 'port' is not a number {hidden(port)}; use {DEFAULT_PORT}."
+        ) from None
     if not 0 < number < 65536:
         raise HveConfigError(f"Connection {conn_id!r}: field 'port' is {number}; use {DEFAULT_PORT}.")
     if number == 465:
@@ -440,9 +547,10 @@ def _require_address(conn_id: str, name: str, value: str | None, *, what: str) -
         raise HveConfigError(f"Connection {conn_id!r}: field {name!r} is empty; set it to {what}.")
     try:
         mailbox = parse_mailbox(value.strip())
-    except AddressError as exc:
+    except AddressError:
         raise HveConfigError(
-            f"Connection {conn_id!r}: field {name!r} is not a valid address ({exc}); set it to {what}."
+            f"Connection {conn_id!r}: field {name!r} is not a valid address {hidden(value)}{_address_hint(value)}; "
+            f"set it to {what}."
         ) from None
     if mailbox.display_name:
         raise HveConfigError(
@@ -450,3 +558,40 @@ def _require_address(conn_id: str, name: str, value: str | None, *, what: str) -
             f"display name in extra 'from_email'."
         )
     return mailbox.addr_spec
+
+
+def _address_hint(value: str) -> str:
+    """Say what is wrong with an address without showing any of it."""
+    if "@" not in value:
+        return ": it has no '@'"
+    local = value.strip().rpartition("<")[2].rpartition("@")[0]
+    if not local.isascii():
+        return ": the part before the '@' is not ASCII, which needs SMTPUTF8, and HVE does not offer SMTPUTF8"
+    return ""
+
+
+def shown(value: object) -> str:
+    """Quote ``value`` if it is plainly a name (lower-case words), else describe it with :func:`hidden`."""
+    if isinstance(value, str) and len(value) <= 40 and _SAFE_WORD.match(value):
+        return repr(value)
+    return hidden(value)
+
+
+def hidden(value: object) -> str:
+    """
+    Describe a value without showing it: its length and rough shape, in parentheses.
+
+    Used for every connection field an error talks about: a secret pasted into the wrong field must not reach
+    the logs.
+    """
+    if not isinstance(value, str):
+        return f"(a {type(value).__name__}, not shown)"
+    shape = []
+    if "://" in value:
+        shape.append("a URL")
+    elif "@" in value:
+        shape.append("with '@'")
+    if any(ch.isspace() for ch in value):
+        shape.append("with spaces or line breaks")
+    described = ", ".join([f"{len(value)} characters", *shape])
+    return f"({described}; not shown: a secret pasted into the wrong field must not reach the logs)"

@@ -86,9 +86,17 @@ def get_provider_info() -> dict[str, Any]:
                     "authority_host": _field(
                         "Authority host",
                         "string",
-                        "Entra host; https://login.microsoftonline.us for US Government, or the sandbox.",
+                        "Entra host of your cloud: https://login.microsoftonline.us for US Government, "
+                        "https://login.chinacloudapi.cn for China. Other hosts need 'Allow custom authority'.",
                         default="https://login.microsoftonline.com",
                         format="url",
+                    ),
+                    "allow_custom_authority": _field(
+                        "Allow custom authority",
+                        "boolean",
+                        "Send the credential to an authority host that is not Microsoft's (the sandbox, a "
+                        "corporate proxy). Off: only Microsoft Entra hosts are accepted.",
+                        default=False,
                     ),
                     "scope": _field(
                         "Scope",

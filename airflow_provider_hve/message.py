@@ -13,7 +13,15 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, cast
 
-from airflow_provider_hve.addresses import HEADER_REGISTRY, AddressError, Mailbox, parse_addresses, parse_mailbox
+from airflow_provider_hve.addresses import (
+    HEADER_REGISTRY,
+    LINE_BREAKS,
+    AddressError,
+    Mailbox,
+    TooManyAddresses,
+    parse_addresses,
+    parse_mailbox,
+)
 from airflow_provider_hve.exceptions import HveConfigError
 
 POLICY = email.policy.default.clone(header_factory=HEADER_REGISTRY)
@@ -22,6 +30,11 @@ WIRE_POLICY = POLICY.clone(linesep="\r\n")
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 """HVE's per-message size limit (the whole MIME message, attachments base64-encoded)."""
+MAX_LINE_OCTETS = 998
+"""RFC 5322 2.1.1: a line of a message is at most 998 octets, CRLF excluded."""
+DEFAULT_MAX_RECIPIENTS = 3000
+"""Recipients (To + Cc + Bcc) one call may name; ``[hve] max_recipients_per_message`` in Airflow's configuration
+(``AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE``) or the ``max_recipients`` argument changes it."""
 
 # Headers the builder owns: letting a caller set them would bypass validation (or leak Bcc).
 RESERVED_HEADERS = frozenset(
@@ -36,13 +49,29 @@ RESERVED_HEADERS = frozenset(
         "date",
         "message-id",
         "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "resent-bcc",
+        "received",
+        "return-path",
+        "dkim-signature",
+        "authentication-results",
     }
 )
+# Whole families the provider, the MIME structure or the receiving servers own: trace and signature headers a
+# receiver trusts, the MIME headers of the body, Exchange's organisation-internal headers.
+RESERVED_PREFIXES = ("content-", "resent-", "arc-", "x-ms-exchange-organization-")
+_FOLD_WIDTH = 78 - len("Reply-To: ")  # the policy's line length, less the longest address header name
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
-_LINE_BREAKS = ("\r", "\n", "\0")
+_LINE_BREAKS = LINE_BREAKS | {"\0"}
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
+# Where a header of the built message came from, to name the argument when one of its lines is too long.
+_HEADER_ARGUMENT = {
+    "from": "from_email",
+    "to": "to",
+    "cc": "cc",
+    "reply-to": "reply_to",
+    "subject": "subject",
+    "content-type": "files' or 'attachments",
+    "content-disposition": "files' or 'attachments",
+}
 
 AddressInput = str | Mailbox | Iterable[str | Mailbox] | None
 
@@ -83,6 +112,7 @@ def build_message(
     images: Mapping[str, str] | None = None,
     attachments: Iterable[Attachment] = (),
     derive_text: bool = True,
+    max_recipients: int | None = None,
 ) -> OutgoingMessage:
     """
     Validate the arguments and build a message ready for :meth:`HveSmtpSession.send`.
@@ -96,27 +126,38 @@ def build_message(
     :param images: content id -> image file path.
     :param attachments: attachments built in memory.
     :param derive_text: derive a plain-text part from HTML when ``text_content`` is not given.
+    :param max_recipients: most recipients (To + Cc + Bcc) allowed; default :data:`DEFAULT_MAX_RECIPIENTS` or
+        Airflow's ``[hve] max_recipients_per_message``.
     :raises HveConfigError: naming the argument at fault.
     """
+    limit = configured_max_recipients() if max_recipients is None else max_recipients
     from_box = _one("from_email", sender)
-    to_boxes = _many("to", to)
-    cc_boxes = _many("cc", cc)
-    bcc_boxes = _many("bcc", bcc)
-    reply_boxes = _many("reply_to", reply_to)
+    to_boxes = _many("to", to, limit, limit)
+    cc_boxes = _many("cc", cc, limit - len(to_boxes), limit)
+    bcc_boxes = _many("bcc", bcc, limit - len(to_boxes) - len(cc_boxes), limit)
+    reply_boxes = _many("reply_to", reply_to, limit, limit)
     if not (to_boxes or cc_boxes or bcc_boxes):
         raise HveConfigError("Argument 'to' is empty: give at least one recipient in 'to', 'cc' or 'bcc'.")
     _single_line("subject", subject)
     if html_content is None and text_content is None:
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
+    attachments = list(attachments)
+    for attachment in attachments:
+        _single_line("attachments filename", attachment.filename)
+        _single_line("attachments content_type", attachment.content_type)
+    file_paths = _paths("files", files)
+    _check_encoded_size(file_paths, list((images or {}).values()), attachments)
 
     message = EmailMessage(policy=POLICY)
     message["From"] = _parsed_header("From", from_box.header)
+    # Address lists are folded one mailbox at a time and stored as they are: handing the email package the
+    # whole list makes it parse (and fold) it in time quadratic in its length.
     if to_boxes:
-        message["To"] = ", ".join(box.header for box in to_boxes)
+        message.set_raw("To", address_list_header(tuple(to_boxes)))
     if cc_boxes:
-        message["Cc"] = _parsed_header("Cc", ", ".join(box.header for box in cc_boxes))
+        message.set_raw("Cc", address_list_header(tuple(cc_boxes)))
     if reply_boxes:
-        message["Reply-To"] = _parsed_header("Reply-To", ", ".join(box.header for box in reply_boxes))
+        message.set_raw("Reply-To", address_list_header(tuple(reply_boxes)))
     message["Subject"] = subject
     message["Date"] = _parsed_header("Date", formatdate(localtime=True))
     message["Message-ID"] = make_msgid(domain=from_box.addr_spec.rpartition("@")[2])
@@ -140,11 +181,10 @@ def build_message(
         for cid, (data, maintype, subtype, filename) in inline.items():
             html_part.add_related(data, maintype=maintype, subtype=subtype, cid=f"<{cid}>", filename=filename)
 
-    for path in _paths("files", files):
+    for path in file_paths:
         _attach(message, path)
     for attachment in attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
-        _single_line("attachments filename", attachment.filename)
         # In-memory text (the report CSV) is UTF-8; say so, or readers assume ASCII.
         params = {"charset": "utf-8"} if maintype == "text" else None
         message.add_attachment(
@@ -160,6 +200,7 @@ def build_message(
             f"The message is {size / 1048576:.1f} MB; HVE accepts at most {MAX_MESSAGE_BYTES // 1048576} MB "
             f"per message (attachments grow by a third when encoded). Send smaller or fewer 'files'."
         )
+    _check_line_lengths(payload)
     return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec, payload=payload)
 
 
@@ -183,37 +224,153 @@ def _one(argument: str, value: str) -> Mailbox:
         raise HveConfigError(f"Argument {argument!r}: {exc}.") from None
 
 
-def _many(argument: str, value: AddressInput) -> list[Mailbox]:
+def _many(argument: str, value: AddressInput, remaining: int, limit: int) -> list[Mailbox]:
     try:
-        return parse_addresses(value)
+        return parse_addresses(value, limit=max(remaining, 0))
+    except TooManyAddresses:
+        raise HveConfigError(
+            f"Argument {argument!r}: this message would have more than {limit} recipients "
+            f"(To + Cc + Bcc), the limit of one send. To write to many people, use HveMailMergeOperator (one "
+            f"message per recipient, sessions reused, progress kept across retries); to raise the limit, set "
+            f"[hve] max_recipients_per_message."
+            if argument != "reply_to"
+            else f"Argument 'reply_to': more than {limit} addresses; give a few."
+        ) from None
     except AddressError as exc:
         raise HveConfigError(f"Argument {argument!r}: {exc}.") from None
+
+
+def configured_max_recipients() -> int:
+    """Return ``[hve] max_recipients_per_message`` from Airflow's configuration, or :data:`DEFAULT_MAX_RECIPIENTS`."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # pragma: no cover - used without Airflow
+        return DEFAULT_MAX_RECIPIENTS
+    try:
+        value = conf.getint("hve", "max_recipients_per_message", fallback=DEFAULT_MAX_RECIPIENTS)
+    except Exception as exc:  # AirflowConfigException: not an integer
+        raise HveConfigError(f"[hve] max_recipients_per_message must be a whole number: {exc}") from None
+    if value < 1:
+        raise HveConfigError(f"[hve] max_recipients_per_message is {value}; use 1 or more.")
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def address_list_header(mailboxes: tuple[Mailbox, ...]) -> str:
+    """
+    Fold an address header's value, one mailbox at a time, into lines of at most 78 characters.
+
+    Each mailbox is encoded (RFC 2047 for non-ASCII display names) by the email package on its own, so the
+    work is linear in the number of mailboxes; the result is stored with ``set_raw`` and not parsed again.
+    """
+    lines: list[str] = []
+    current = ""
+    for box in mailboxes:
+        piece = _folded_mailbox(box.header)
+        if current and "\n" not in piece and len(current) + 2 + len(piece) <= _FOLD_WIDTH:
+            current = f"{current}, {piece}"
+            continue
+        if current:
+            lines.append(current + ",")
+        current = piece
+    lines.append(current)
+    return "\n ".join(lines)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folded_mailbox(header: str) -> str:
+    folded = HEADER_REGISTRY("To", header).fold(policy=POLICY)
+    return folded[len("To: ") :].rstrip("\n")
 
 
 def _single_line(argument: str, value: object) -> None:
     if not isinstance(value, str):
         raise HveConfigError(f"Argument {argument!r} must be a string, got {type(value).__name__}.")
-    if any(ch in value for ch in _LINE_BREAKS):
+    found = next((ch for ch in value if ch in _LINE_BREAKS), None)
+    if found is not None:
         raise HveConfigError(
-            f"Argument {argument!r} contains a line break; header values must be one line (a line break "
-            f"there could inject headers)."
+            f"Argument {argument!r} contains a line break ({found!r}); header values must be one line (a line "
+            f"break there could inject headers)."
         )
 
 
 def _check_custom_header(name: object, value: object) -> None:
     if not isinstance(name, str) or not _HEADER_NAME.match(name):
         raise HveConfigError(
-            f"Argument 'headers': {name!r} is not a valid header name (printable ASCII, no ':' or spaces)."
+            f"Argument 'headers': {_short(name)} is not a valid header name (printable ASCII, no ':' or spaces)."
         )
-    if name.lower() in RESERVED_HEADERS:
-        raise HveConfigError(f"Argument 'headers': {name!r} is set by the provider; use the matching argument instead.")
+    if len(name) + 2 > MAX_LINE_OCTETS:
+        raise HveConfigError(
+            f"Argument 'headers': a header name of {len(name)} characters cannot fit a line of {MAX_LINE_OCTETS} "
+            f"octets (RFC 5322 2.1.1); use a short X- name."
+        )
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES):
+        raise HveConfigError(
+            f"Argument 'headers': {name!r} is set by the provider, the MIME structure or the receiving servers; "
+            f"use the matching argument, or an X- header of your own."
+        )
     _single_line(f"headers[{name!r}]", value)
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _encoded_size(size: int) -> int:
+    """Bytes ``size`` bytes take base64-encoded in 76-character lines with CRLF."""
+    encoded = (size + 2) // 3 * 4
+    return encoded + (encoded + 75) // 76 * 2
+
+
+def _check_encoded_size(
+    files: list[str], images: list[Any], attachments: list[Attachment], argument: str = "files"
+) -> None:
+    """Refuse attachments too big for HVE from their sizes on disk, before reading a byte of them."""
+    sizes: list[tuple[int, str, str]] = []
+    for path in files:
+        sizes.append((_encoded_size(os.stat(path).st_size), argument, os.path.basename(path)))
+    for path in images:
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+            sizes.append((_encoded_size(os.stat(path).st_size), "images", os.path.basename(path)))
+    for attachment in attachments:
+        sizes.append((_encoded_size(len(attachment.data)), "attachments", attachment.filename))
+    total = sum(size for size, _, _ in sizes)
+    if total > MAX_MESSAGE_BYTES:
+        biggest, where, name = max(sizes)
+        raise HveConfigError(
+            f"Argument {where!r}: the attachments come to {total / 1048576:.1f} MB once encoded (base64 adds a "
+            f"third); HVE accepts at most {MAX_MESSAGE_BYTES // 1048576} MB per message. The largest is {name!r} "
+            f"({biggest / 1048576:.1f} MB encoded). Nothing was read or sent: attach less, or share a link instead."
+        )
+
+
+def _check_line_lengths(payload: bytes) -> None:
+    """Refuse a message with a line over 998 octets (RFC 5322 2.1.1), naming the argument it came from."""
+    match = _LONG_LINE.search(payload)
+    if match is None:
+        return
+    header = b""
+    for line in payload[: match.start()].split(b"\r\n")[::-1]:
+        if line and not line[:1].isspace():
+            header = line.split(b":", 1)[0]
+            break
+    name = header.decode("ascii", errors="replace").lower()
+    argument = _HEADER_ARGUMENT.get(name, f"headers[{name!r}]" if name else "html_content' or 'text_content")
+    raise HveConfigError(
+        f"Argument {argument!r} makes a header line longer than {MAX_LINE_OCTETS} octets, which RFC 5322 (2.1.1) "
+        f"forbids and servers refuse or cut. Shorten it (a display name or header value without spaces cannot be "
+        f"folded)."
+    )
+
+
 def attachments_from_files(files: Iterable[str] | str | None, argument: str = "files") -> list[Attachment]:
-    """Read attachment files once (a mail merge attaches the same files to every message)."""
+    """Read attachment files once (a mail merge attaches the same files to every message), sizes checked first."""
     attachments = []
-    for path in _paths(argument, files):
+    paths = _paths(argument, files)
+    _check_encoded_size(paths, [], [], argument)
+    for path in paths:
         maintype, subtype = _content_type(path)
         with open(path, "rb") as handle:
             attachments.append(Attachment(os.path.basename(path), handle.read(), f"{maintype}/{subtype}"))
@@ -227,6 +384,8 @@ def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:
     for path in paths:
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+        # The file name becomes the attachment's name in a MIME header.
+        _single_line(f"{argument} file name", os.path.basename(os.fspath(path)))
     return [os.fspath(p) for p in paths]
 
 

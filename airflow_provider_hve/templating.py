@@ -166,6 +166,18 @@ class EmailTemplating(RowTemplating):
         return template_file_source(env or self.get_template_env(), path)
 
 
+def default_environment() -> jinja2.Environment:
+    """
+    Return the Jinja environment used when the caller gives none: sandboxed, as Airflow's own.
+
+    Row values and templates may come from outside the DAG's author (a CSV, an XCom); the sandbox refuses
+    attribute access such as ``{{ ''.__class__.__mro__ }}`` that would reach Python internals.
+    """
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment()
+
+
 def template_file_source(env: jinja2.Environment, path: str) -> str | None:
     """Return the source of a template file: from the environment's loader (DAG folder), or a plain path."""
     try:

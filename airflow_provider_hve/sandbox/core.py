@@ -342,6 +342,8 @@ class HveSandbox:
             "client_id": self.client_id,
             "auth_mode": auth_mode,
             "authority_host": self.authority_host,
+            # The sandbox is no Microsoft host: the connection must opt in to sending credentials to it.
+            "allow_custom_authority": True,
             "ca_bundle": self.ca_bundle,
             "scope": DEFAULT_SCOPE,
         }

@@ -62,6 +62,7 @@ class EntraServer:
         self.requests: RecordList[TokenRequest] = RecordList()
         self._throttle: list[tuple[int, int | None]] = []  # (status, Retry-After) for the next POSTs
         self._throttle_lock = threading.Lock()
+        self._redirects: list[tuple[int, str]] = []  # (status, Location) for the next POSTs
         handler = type("_BoundHandler", (_EntraRequestHandler,), {"entra": self})
         self._httpd = _QuietHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
@@ -141,10 +142,24 @@ class EntraServer:
         with self._throttle_lock:
             self._throttle = [(status, retry_after)] * count
 
+    def redirect(self, location: str, count: int = 1, *, status: int = 307) -> None:
+        """Answer the next ``count`` token requests with a redirect to ``location`` (307 keeps the POST body).
+
+        A client that follows it sends its credentials to ``location``; one that does not stops here.
+        """
+        with self._throttle_lock:
+            self._redirects = [(status, location)] * count
+
     def reset_faults(self) -> None:
-        """Stop throttling."""
+        """Stop throttling and redirecting."""
         with self._throttle_lock:
             self._throttle = []
+            self._redirects = []
+
+    def next_redirect(self) -> tuple[int, str] | None:
+        """Take the next pending redirect, if any."""
+        with self._throttle_lock:
+            return self._redirects.pop(0) if self._redirects else None
 
     def next_throttle(self) -> tuple[int, int | None] | None:
         """Take the next pending throttling answer, if any."""
@@ -230,6 +245,14 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
             self._json(record, 404, {"error": "not_found", "error_description": f"No route for {path}."})
             return
         record.tenant = tenant = match["tenant"]
+        redirect = self.entra.next_redirect()
+        if redirect is not None:
+            record.status, location = redirect
+            self.send_response(record.status)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         throttled = self.entra.next_throttle()
         if throttled is not None:
             status, retry_after = throttled
