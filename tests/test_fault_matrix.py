@@ -30,6 +30,7 @@ from airflow_provider_hve.sandbox.smtp_server import (
     INSUFFICIENT_RESOURCES,
     SUBMISSION_QUOTA_EXCEEDED,
     TEMPORARY_FAILURE,
+    TOO_BIG,
     TOO_MANY_CONNECTIONS,
 )
 
@@ -100,6 +101,13 @@ MATRIX: dict[str, Fault] = {
         report_checks={"paced": lambda r: r.throttled >= 1},
     ),
     "550 5.1.10 for three recipients": Fault(_refuse_three, all_accepted=False, refused=3),
+    # A 5xx to MAIL FROM about the message (too big for this server), not the sender: that row only.
+    "552 5.3.4 to MAIL FROM for one message": Fault(
+        lambda sb: sb.smtp.throttle(TOO_BIG, command="MAIL", count=1, after_messages=40),
+        all_accepted=False,
+        refused=1,
+        report_checks={"refused as too big": lambda r: [code for code, _ in r.refused.values()] == [552]},
+    ),
     "530 5.7.57 at MAIL FROM (the session lost its AUTH)": Fault(
         lambda sb: sb.smtp.throttle(
             "530 5.7.57 Client not authenticated to send mail", command="MAIL", count=1, after_messages=70
