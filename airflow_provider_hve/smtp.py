@@ -509,7 +509,8 @@ def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError) -> 
     what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
     return HveConnectionError(
         f"The connection to HVE broke after message {message_id} was handed over and before HVE confirmed it "
-        f"(connection {conn_id!r}: {what}). HVE may have delivered it, so it was not sent again: a second "
+        f"(connection {conn_id!r}: {what}): its outcome is unknown. HVE may have delivered it, so it was not sent "
+        f"again: a second "
         f"copy could reach the recipients twice. Check whether it arrived (message trace by Message-ID "
         f"{message_id}) before sending it again.",
         in_flight=[message_id],
