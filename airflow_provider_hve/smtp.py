@@ -240,12 +240,14 @@ class HveSmtpSession:
                 delivery = self._send_once(content, pending, sender, message_id)
             except HveConnectionError as exc:
                 self._discard()
+                # An earlier attempt may have delivered it to some recipients: say so, they must not get it twice.
+                earlier = f" Already accepted by HVE: {', '.join(accepted)}." if accepted else ""
                 if exc.in_flight:
-                    raise _outcome_unknown(self.config.conn_id, message_id, exc) from exc
+                    raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier) from exc
                 if isinstance(exc, _Permanent) or not retry.again(str(exc)):
                     if retry.attempts == 1:
                         raise
-                    raise HveConnectionError(f"{exc}{retry.gave_up()}", unsent=[message_id]) from exc
+                    raise HveConnectionError(f"{exc}{earlier}{retry.gave_up()}", unsent=[message_id]) from exc
                 continue
             accepted.extend(delivery.accepted)
             temporary = {addr: reply for addr, reply in delivery.refused.items() if 400 <= reply[0] < 500}
@@ -504,7 +506,7 @@ class _Retry:
         )
 
 
-def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError) -> HveConnectionError:
+def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError, earlier: str) -> HveConnectionError:
     cause = exc.__cause__
     what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
     return HveConnectionError(
@@ -512,7 +514,7 @@ def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError) -> 
         f"(connection {conn_id!r}: {what}): its outcome is unknown. HVE may have delivered it, so it was not sent "
         f"again: a second "
         f"copy could reach the recipients twice. Check whether it arrived (message trace by Message-ID "
-        f"{message_id}) before sending it again.",
+        f"{message_id}) before sending it again.{earlier}",
         in_flight=[message_id],
         completed=exc.completed,
     )

@@ -239,3 +239,15 @@ def _attachment(size: int) -> Any:
     from airflow_provider_hve.message import Attachment
 
     return Attachment("export.bin", b"\x01" * size)
+
+
+def test_giving_up_names_the_recipients_an_earlier_attempt_delivered_to(
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock
+) -> None:
+    # Carol gets it at once, Alice's 452 calls for a retry, and then HVE hangs up at every MAIL FROM.
+    sandbox.smtp.throttle(INSUFFICIENT_RESOURCES, command="RCPT", count=1)
+    sandbox.smtp.throttle(SERVICE_CLOSING, command="MAIL", count=100, after_messages=1)
+    with pytest.raises(HveConnectionError, match=f"Already accepted by HVE: {CAROL}.*Gave up after 3 attempt"):
+        hook.send_email(to=[ALICE, CAROL], subject="Alert", text_content="task failed", retries=2)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == [CAROL]
