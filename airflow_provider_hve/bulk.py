@@ -317,7 +317,7 @@ class MailMerge:
         finally:
             state.finish()
         if state.stopped is not None:
-            raise state.stopped  # the first reason the run stopped
+            raise state.final_error()  # the first reason the run stopped, with the final figures
 
     def _worker(self, state: _RunState, finished: threading.Event) -> None:
         try:
@@ -378,7 +378,9 @@ class MailMerge:
                         except Exception as exc:  # the row's data broke its template or message: that row only
                             state.invalid(index, _row_error(index, exc))
                         else:
-                            self._limiter.wait()
+                            self._limiter.wait(state.stop_event)
+                            if state.stopped is not None:
+                                break  # stopped while this session waited for its turn: hand nothing over
                             message_id = str(outgoing.message["Message-ID"])
                             state.sent(held)
                             submitted, held = held, None
@@ -593,7 +595,8 @@ class _RateLimiter:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, stop: threading.Event) -> None:
+        """Wait for this session's turn; return early when ``stop`` is set (the caller checks it then)."""
         if not self._interval:
             return
         with self._lock:
@@ -601,7 +604,7 @@ class _RateLimiter:
             start = max(now, self._next)
             self._next = start + self._interval
         if start > now:
-            time.sleep(start - now)
+            stop.wait(start - now)
 
 
 class _RunState:
@@ -635,6 +638,7 @@ class _RunState:
         self._throttle_streak = 0  # throttling pauses since the last accepted message
         self._sent_at: dict[Hashable, float] = {}  # index -> when it was given to a pipeline
         self._stop = threading.Event()
+        self._describe_stop: Callable[[], BaseException] | None = None
         report.retry_budget = report.retry_budget_left = retry_budget
 
     # -- the queue -----------------------------------------------------------------------------------------
@@ -729,14 +733,16 @@ class _RunState:
                     # HVE keeps deferring whole messages and the retries are spent: stop rather than grind on. The
                     # message was not accepted and may go later: not sent, not refused.
                     self._again.append(item)
-                    self._stop_locked(
-                        HveConnectionError(
+
+                    def keeps_deferring(deferred: tuple[int, str] = deferred) -> BaseException:
+                        return HveConnectionError(
                             f"HVE keeps deferring messages ({deferred[0]} {deferred[1]}) and the run's retry budget "
                             f"({self.report.retry_budget}) is spent, so the run stopped: {self.report.accepted} "
-                            f"accepted so far. Rows not sent are listed in the report (not_sent); a retry of the "
+                            f"accepted. Rows not sent are listed in the report (not_sent); a retry of the "
                             f"task later sends them and skips the delivered ones.{smtp_reply_hint(*deferred)}"
                         )
-                    )
+
+                    self._stop_locked(keeps_deferring(), keeps_deferring)
                     continue
                 if delivery.accepted:
                     self.report.accepted += 1
@@ -746,17 +752,20 @@ class _RunState:
                 for refused, (code, reply) in delivery.refused.items():
                     self.report.refused[refused] = [code, reply]
                 if whole is not None and is_session_wide(*whole) and self.stopped is None:
-                    code, reply = whole
-                    self._stop_locked(
-                        HveSendError(
+
+                    def applies_to_all(
+                        delivery: Delivery = delivery, code: int = whole[0], reply: str = whole[1]
+                    ) -> BaseException:
+                        return HveSendError(
                             f"HVE refused message {delivery.message_id} with {code} {reply}."
                             f"{smtp_reply_hint(code, reply)} This applies to every message, so the run stopped: "
-                            f"{self.report.accepted} accepted so far. "
+                            f"{self.report.accepted} accepted. "
                             f"Rows not sent are listed in the report (not_sent); a retry of the task sends them and "
                             f"skips the delivered ones.",
                             smtp_code=code,
                         )
-                    )
+
+                    self._stop_locked(applies_to_all(), applies_to_all)
             self._progress.update(self._done(), len(self.report.refused))
         if self._log is not None and delivered:
             self._log.record(delivered)
@@ -853,10 +862,30 @@ class _RunState:
         with self._lock:
             self._stop_locked(error)
 
-    def _stop_locked(self, error: BaseException) -> None:
+    def _stop_locked(self, error: BaseException, describe: Callable[[], BaseException] | None = None) -> None:
+        """
+        Stop the run for ``error`` (the first reason wins) and wake every waiting session.
+
+        :param describe: builds the error again once every session has finished, so the figures it reports
+            (accepted so far) count the replies other sessions were still reading when the run stopped.
+        """
         if self.stopped is None:
             self.stopped = error
+            self._describe_stop = describe
         self._stop.set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set once the run stops: sessions wait on it instead of sleeping."""
+        return self._stop
+
+    def final_error(self) -> BaseException:
+        """Return the error that stopped the run, its figures final (call once every session finished)."""
+        assert self.stopped is not None
+        if self._describe_stop is None:
+            return self.stopped
+        with self._lock:
+            return self._describe_stop()
 
     def finish(self) -> None:
         self._progress.done = self._done()

@@ -29,6 +29,8 @@ DEFAULT_PORT = 587
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_SCOPE = "https://outlook.office365.com/.default"
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_SEND_RETRIES = 3
+MAX_SEND_RETRIES = 10
 # Where AKS workload identity (and Azure's other federated setups) mount the service-account token.
 FEDERATED_TOKEN_FILE_ENV = "AZURE_FEDERATED_TOKEN_FILE"
 
@@ -103,6 +105,7 @@ EXTRA_FIELDS = (
     "ca_bundle",
     "from_email",
     "timeout",
+    "send_retries",
 )
 
 
@@ -144,6 +147,8 @@ class HveConnectionConfig:
     ca_bundle: str | None = None
     from_email: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    send_retries: int = DEFAULT_SEND_RETRIES
+    """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
 
     @property
     def authority(self) -> str:
@@ -237,6 +242,7 @@ class HveConnectionConfig:
             ca_bundle=reader.path("ca_bundle"),
             from_email=reader.from_email(),
             timeout=reader.positive_number("timeout", DEFAULT_TIMEOUT),
+            send_retries=reader.count("send_retries", DEFAULT_SEND_RETRIES, MAX_SEND_RETRIES),
         )
 
 
@@ -372,6 +378,15 @@ class _Reader:
         if not number >= 1:
             raise self._error(name, f"is {number:g}; use at least 1 second.")
         return number
+
+    def count(self, name: str, default: int, maximum: int) -> int:
+        value = self.extra.get(name)
+        if value is None:
+            return default
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit() or int(text) > maximum:
+            raise self._error(name, f"is not a whole number from 0 to {maximum} {hidden(value)}; use e.g. 3.")
+        return int(text)
 
     def authority_host(self) -> tuple[str, bool]:
         """Return the authority host as ``https://host[:port]`` and whether it is a custom (non-Entra) host."""

@@ -116,6 +116,15 @@ def get_provider_info() -> dict[str, Any]:
                         "Default From header, may carry a display name: Reports <hve@contoso.com>.",
                     ),
                     "timeout": _field("Timeout (s)", "number", "Network timeout in seconds.", default=30, minimum=1),
+                    "send_retries": _field(
+                        "Send retries",
+                        "integer",
+                        "Times one message is sent again after a temporary failure (4xx, connection lost before "
+                        "hand-over), within a minute; 0 turns retries off.",
+                        default=3,
+                        minimum=0,
+                        maximum=10,
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "extra"],

@@ -8,6 +8,11 @@ per message in a stream.
 
 A message with more than :data:`MAX_RECIPIENTS_PER_TRANSACTION` recipients becomes several transactions of
 the same bytes; its :class:`Delivery` is reported once all of them are done.
+
+The envelope is checked here, at the wire, whoever built it: an address that could break out of its
+``MAIL FROM:<...>`` or ``RCPT TO:<...>`` line is refused before a byte is written. A message with 8-bit
+content declares ``BODY=8BITMIME`` when the server offers it, and is re-encoded to 7 bits when it does not
+(RFC 6152); a message larger than the server's advertised ``SIZE`` is refused without being sent.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from airflow_provider_hve.diagnostics import smtp_reply_hint
-from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
+from airflow_provider_hve.diagnostics import is_session_wide, smtp_reply_hint
+from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
 
 if TYPE_CHECKING:
     import smtplib
@@ -28,6 +33,10 @@ MAX_RECIPIENTS_PER_TRANSACTION = 50
 """HVE accepts at most 50 recipients per message; larger envelopes are split into several transactions."""
 
 _ACCEPTED_RCPT = (250, 251)
+# Printable ASCII without space, '<' and '>': anything else could end the address, the command line or the
+# reply count (CR, LF, NUL), or needs SMTPUTF8, which HVE does not offer.
+_ENVELOPE_ADDRESS = re.compile(r"[!-;=?-~]+")
+_ENHANCED_CODE = re.compile(r"\b5\.(\d{1,3})\.(\d{1,3})\b")
 _BARE_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
@@ -70,11 +79,14 @@ class Pipeline:
     """
 
     def __init__(self, smtp: smtplib.SMTP, sender: str, *, conn_id: str, pipelining: bool | None = None) -> None:
+        check_envelope_address(sender, "envelope_from")
         self._smtp = smtp
         self._sender = sender
         self._conn_id = conn_id
         self.pipelining = smtp.has_extn("pipelining") if pipelining is None else pipelining
         self._size = smtp.has_extn("size")
+        self._max_size = _advertised_size(smtp)
+        self._eight_bit = smtp.has_extn("8bitmime")
         self._awaiting: _Transaction | None = None  # content sent, final reply not read yet
         self._staged: tuple[_Transaction, bytes] | None = None  # commands sent, replies not read yet
         self._completed: list[Delivery] = []  # finished, not yet returned to the caller
@@ -93,21 +105,44 @@ class Pipeline:
         With pipelining, this message's own outcome usually arrives with the next :meth:`submit` or with
         :meth:`flush`.
 
+        A message larger than the server's advertised ``SIZE`` completes at once, every recipient refused
+        with ``552 5.3.4``, and nothing of it is written.
+
+        :raises HveConfigError: an envelope address is not a plain ASCII address (nothing was written).
         :raises HveSendError: the server refused the sender (nothing more can be sent in this session).
         :raises HveConnectionError: the connection broke; its ``in_flight`` lists the messages whose outcome is
             unknown (handed over, no final reply), ``unsent`` those that were certainly not accepted.
         """
+        if isinstance(recipients, (str, bytes)):
+            raise HveConfigError(
+                f"Message {message_id or key!r}: 'recipients' is a single string; give a list of addresses."
+            )
         if not recipients:
             raise HveSendError(f"Message {message_id or key!r} has no recipients.")
+        for address in recipients:
+            check_envelope_address(address, "recipients")
         delivery = Delivery(key=key, message_id=message_id)
+        eight_bit = _has_8bit(payload)
+        if eight_bit and not self._eight_bit:
+            payload, eight_bit = seven_bit(payload), False
+        if self._max_size and len(payload) > self._max_size:
+            reply = (
+                f"5.3.4 Not sent: the message is {len(payload):,} bytes and the server accepts at most "
+                f"{self._max_size:,} (the SIZE it advertises)"
+            )
+            delivery.whole = (552, reply)
+            delivery.refused.update({address: (552, reply) for address in recipients})
+            self._completed.append(delivery)
+            return self._take_completed()
         chunks = [
             recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
         self._open[id(delivery)] = (delivery, len(chunks))
         content = _dot_stuffed(payload)
+        parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
         for chunk in chunks:
-            self._transaction(_Transaction(delivery, chunk), content, len(payload))
+            self._transaction(_Transaction(delivery, chunk), content, parameters)
         return self._take_completed()
 
     def flush(self) -> list[Delivery]:
@@ -170,9 +205,8 @@ class Pipeline:
 
     # -- one transaction ---------------------------------------------------------------------------------
 
-    def _transaction(self, transaction: _Transaction, content: bytes, size: int) -> None:
-        size_param = f" SIZE={size}" if self._size else ""
-        commands = [f"MAIL FROM:<{self._sender}>{size_param}\r\n"]
+    def _transaction(self, transaction: _Transaction, content: bytes, parameters: str) -> None:
+        commands = [f"MAIL FROM:<{self._sender}>{parameters}\r\n"]
         commands += [f"RCPT TO:<{address}>\r\n" for address in transaction.recipients]
         commands.append("DATA\r\n")
         self.transactions += 1
@@ -222,6 +256,13 @@ class Pipeline:
         if mail_code == 530:
             # 530 5.7.57: the session lost its authentication. A new session fixes it; this message was not taken.
             raise self._broken(None, f"{mail_code} {mail_reply}")
+        if refuses_the_message(mail_code, mail_reply):
+            # 552 5.3.4 (too big for this server): the sender is fine, only this message is refused.
+            delivery.whole = (mail_code, mail_reply)
+            delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
+            self._rset_pending = True
+            self._finish(transaction, mail_code, mail_reply)
+            return b"RSET\r\n"
         if mail_code != 250:
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
@@ -306,6 +347,77 @@ class Pipeline:
             unsent=[d.key for d in unsent],
             completed=self._take_completed(),
         )
+
+
+def check_envelope_address(address: object, argument: str) -> None:
+    """
+    Refuse an envelope address that is not printable ASCII without spaces, ``<`` or ``>``.
+
+    Such an address would end its ``MAIL FROM:<...>``/``RCPT TO:<...>`` line early (CR, LF), add commands the
+    reply count does not expect, or need SMTPUTF8, which HVE does not offer.
+
+    :param address: the address as it would be written in the envelope.
+    :param argument: the argument it came from, for the error message.
+    :raises HveConfigError: naming the argument and the offending character.
+    """
+    if not isinstance(address, str):
+        raise HveConfigError(f"Argument {argument!r}: an envelope address is a {type(address).__name__}, not a string.")
+    if _ENVELOPE_ADDRESS.fullmatch(address) and "@" in address:
+        return
+    bad = next((char for char in address if not _ENVELOPE_ADDRESS.fullmatch(char)), None)
+    what = f"contains {bad!r}" if bad is not None else "has no '@'"
+    raise HveConfigError(
+        f"Argument {argument!r}: the envelope address {address!r} {what}; envelope addresses must be plain ASCII "
+        f"addresses (user@domain) without spaces, '<', '>' or line breaks. Nothing was sent."
+    )
+
+
+def refuses_the_message(code: int, reply: str) -> bool:
+    """
+    Tell whether a ``5xx`` reply to ``MAIL FROM`` refuses this message rather than the sender or the session.
+
+    ``552`` (RFC 1870: too big for the advertised ``SIZE``), and the enhanced codes ``5.3.4`` (too big for the
+    system), ``5.2.3`` (too long for an administrative limit) and ``5.6.x`` (the content) concern the message:
+    the next message may go.
+
+    :param code: the reply code.
+    :param reply: the reply text after the code.
+    """
+    if not 500 <= code < 600 or is_session_wide(code, reply):
+        return False
+    match = _ENHANCED_CODE.search(reply)
+    if match is None:
+        return code == 552
+    return (match.group(1), match.group(2)) in {("3", "4"), ("2", "3")} or match.group(1) == "6"
+
+
+def seven_bit(payload: bytes) -> bytes:
+    """
+    Re-encode a message with 8-bit content for a server without 8BITMIME (RFC 6152).
+
+    The stdlib generator re-encodes each 8-bit text part with its charset's transfer encoding (base64 for
+    UTF-8); headers are already 7-bit.
+    """
+    import io
+    from email.generator import BytesGenerator
+    from email.parser import BytesParser
+
+    from airflow_provider_hve.message import WIRE_POLICY
+
+    message = BytesParser(policy=WIRE_POLICY).parsebytes(payload)
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, policy=WIRE_POLICY.clone(cte_type="7bit")).flatten(message)
+    return buffer.getvalue()
+
+
+def _has_8bit(payload: bytes) -> bool:
+    return not payload.isascii()
+
+
+def _advertised_size(smtp: smtplib.SMTP) -> int:
+    """Return the SIZE limit from the EHLO reply (RFC 1870), or 0 when none is given."""
+    value = (smtp.esmtp_features.get("size") or "").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def _dot_stuffed(payload: bytes) -> bytes:

@@ -3,35 +3,58 @@
 Security rules enforced here, not left to smtplib: no token is ever written to a connection that has not
 completed STARTTLS with a verified certificate (smtplib would happily send AUTH in the clear), and the
 certificate's host name is checked.
+
+:meth:`HveSmtpSession.send` retries where that cannot duplicate a message: after a temporary refusal (``4xx``)
+and after a connection that broke before the message was handed over, it reconnects, authenticates again and
+sends again, with jittered backoff, at most ``send_retries`` times (connection extra, default 3) within
+:data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent again.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import copy
+import ipaddress
 import logging
+import random
+import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.auth import mask
 from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
-from airflow_provider_hve.exceptions import HveAuthError, HveConnectionError, HveSendError
+from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.message import wire_bytes
+from airflow_provider_hve.pipeline import check_envelope_address
 
 if TYPE_CHECKING:
     import smtplib
 
     from airflow_provider_hve.auth import AccessToken
     from airflow_provider_hve.connection import HveConnectionConfig
-    from airflow_provider_hve.pipeline import Pipeline
+    from airflow_provider_hve.pipeline import Delivery, Pipeline
 
 log = logging.getLogger(__name__)
 
 TokenSource = Callable[..., "AccessToken"]
+
+SEND_RETRY_WINDOW = 60.0
+"""No retry of :meth:`HveSmtpSession.send` starts later than this many seconds after its first attempt."""
+RETRY_DELAY = 1.0
+"""First backoff of a retry, in seconds; doubled for each further one, and jittered down to half."""
+THROTTLED_RETRY_DELAY = 4.0
+"""First backoff after HVE said it is busy (``421``, ``432``, ``4.3.2``): it asked for fewer connections."""
+_THROTTLED = re.compile(r"\b(?:421|432)\b|\b4\.3\.2\b")
+# Stand-ins for a test's clock; nothing else replaces them.
+_sleep = time.sleep
+_clock = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -105,8 +128,10 @@ class HveSmtpSession:
         # Token first: an Entra problem is reported as such, and no SMTP connection idles meanwhile.
         token = self._get_token()
         try:
-            # The host given here is also the name the certificate is checked against at STARTTLS.
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout, local_hostname=_local_hostname())
+            # The host given here is also the name the certificate is checked against at STARTTLS. The EHLO name
+            # is set once the socket is connected (a placeholder here keeps smtplib from asking DNS for this
+            # machine's name, which takes seconds where DNS does not work).
+            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout, local_hostname="localhost")
         except smtplib.SMTPConnectError as exc:
             reply = _text(exc.smtp_error)
             raise HveConnectionError(
@@ -114,13 +139,19 @@ class HveSmtpSession:
                 f"{smtp_reply_hint(exc.smtp_code, reply)}"
             ) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise HveConnectionError(
+            error = _Permanent if isinstance(exc, socket.gaierror) else HveConnectionError
+            raise error(
                 f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
                 f"'port' ({config.port}) and that this worker may open outbound connections to it."
             ) from exc
+        smtp.local_hostname = ehlo_name(smtp.sock)
         try:
             self._secure(smtp, where)
             self._authenticate(smtp, token)
+        except (HveAuthError, _AuthDeferred):
+            # The server answered AUTH: the session is in step, so end it properly.
+            quit_quietly(smtp)
+            raise
         except BaseException:
             close_quietly(smtp)
             raise
@@ -130,10 +161,13 @@ class HveSmtpSession:
         """Say QUIT and close; never raises."""
         if self._smtp is not None:
             smtp, self._smtp = self._smtp, None
-            try:
-                smtp.quit()
-            except Exception:
-                close_quietly(smtp)
+            quit_quietly(smtp)
+
+    def _discard(self) -> None:
+        """Close a broken connection at once, without QUIT (it may be mid-message, or gone)."""
+        if self._smtp is not None:
+            smtp, self._smtp = self._smtp, None
+            close_quietly(smtp)
 
     def pipeline(self, *, envelope_from: str | None = None, pipelining: bool | None = None) -> Pipeline:
         """
@@ -153,46 +187,93 @@ class HveSmtpSession:
     def send(
         self,
         message: EmailMessage,
-        recipients: Sequence[str],
+        recipients: Sequence[str] | None = None,
         *,
         envelope_from: str | None = None,
         payload: bytes | None = None,
+        retries: int | None = None,
     ) -> SendResult:
         """
         Send one message to ``recipients`` (To, Cc and Bcc addresses: the envelope).
 
         Envelopes over 50 recipients are split into several transactions of the same message, so every
-        recipient receives it exactly once with the headers intact.
+        recipient receives it exactly once with the headers intact. The session connects if it is not open
+        (first use, or after a broken connection).
 
-        :param message: the message; must not carry a ``Bcc`` header.
-        :param recipients: validated envelope addresses.
+        Retried where safe, with jittered backoff, up to ``retries`` times within :data:`SEND_RETRY_WINDOW`
+        seconds: recipients refused with a temporary ``4xx`` reply are sent again (only they), and a connection
+        that broke before the message was handed over is opened again (new token check, new AUTH). A message
+        handed over without a final reply is never sent again: HVE may have it.
+
+        :param message: the message; ``Bcc`` and ``Resent-Bcc`` headers are removed from what is sent.
+        :param recipients: envelope addresses; default: the To, Cc and Bcc addresses of ``message`` (the
+            ``Resent-`` ones if it has a ``Resent-Date``), as ``smtplib.send_message`` does.
         :param envelope_from: MAIL FROM; defaults to the HVE account.
         :param payload: the message already serialised for SMTP (``OutgoingMessage.payload``).
+        :param retries: how many times to send again; default: the connection's ``send_retries`` extra.
         :return: accepted and refused recipients.
+        :raises HveConfigError: a bare string as ``recipients``, or an envelope address that could break the
+            SMTP command line (nothing was sent).
         :raises HveSendError: the server refused the sender, or the message for every recipient.
+        :raises HveConnectionError: the connection broke and the retries are spent, or the outcome is unknown
+            (the error names the Message-ID; see its ``in_flight``).
         """
-        if not recipients:
-            raise HveSendError("The message has no recipients; give at least one To, Cc or Bcc address.")
+        envelope = envelope_recipients(message, recipients)
+        sender = envelope_from or self.config.account
+        check_envelope_address(sender, "envelope_from")
+        for address in envelope:
+            check_envelope_address(address, "recipients")
+        if "Bcc" in message or "Resent-Bcc" in message:
+            # Envelope only: the copy sent has no Bcc (a serialised payload would still carry it).
+            message = copy.copy(message)
+            del message["Bcc"]
+            del message["Resent-Bcc"]
+            payload = None
+        content = payload or wire_bytes(message)
         message_id = str(message.get("Message-ID", ""))
-        pipeline = self.pipeline(envelope_from=envelope_from)
-        try:
-            (delivery,) = (
-                pipeline.submit(message_id, payload or wire_bytes(message), recipients, message_id) + pipeline.flush()
-            )
-        except HveConnectionError:
-            self._smtp = None
-            raise
-        self.messages_sent += 1
-        result = SendResult(message_id=message_id, accepted=tuple(delivery.accepted), refused=delivery.refused)
-        if not delivery.accepted:
-            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in delivery.refused.items())
-            hints = {smtp_reply_hint(code, reply) for code, reply in delivery.refused.values()} - {""}
+        retry = _Retry(self.config.send_retries if retries is None else retries, self.config.conn_id, message_id)
+        accepted: list[str] = []
+        refused: dict[str, tuple[int, str]] = {}
+        pending = list(envelope)
+        while True:
+            try:
+                delivery = self._send_once(content, pending, sender, message_id)
+            except HveConnectionError as exc:
+                self._discard()
+                # An earlier attempt may have delivered it to some recipients: say so, they must not get it twice.
+                earlier = f" Already accepted by HVE: {', '.join(accepted)}." if accepted else ""
+                if exc.in_flight:
+                    raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier) from exc
+                if isinstance(exc, _Permanent) or not retry.again(str(exc)):
+                    if retry.attempts == 1:
+                        raise
+                    raise HveConnectionError(f"{exc}{earlier}{retry.gave_up()}", unsent=[message_id]) from exc
+                continue
+            accepted.extend(delivery.accepted)
+            temporary = {addr: reply for addr, reply in delivery.refused.items() if 400 <= reply[0] < 500}
+            refused.update({addr: reply for addr, reply in delivery.refused.items() if addr not in temporary})
+            if temporary and retry.again("; ".join(f"{addr}: {c} {r}" for addr, (c, r) in temporary.items())):
+                pending = list(temporary)
+                continue
+            refused.update(temporary)
+            break
+        if not accepted:
+            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in refused.items())
+            hints = {smtp_reply_hint(code, reply) for code, reply in refused.values()} - {""}
             raise HveSendError(
                 f"HVE refused the message for every recipient (connection {self.config.conn_id!r}): "
-                f"{details}.{''.join(sorted(hints))}",
-                refused=delivery.refused,
+                f"{details}.{''.join(sorted(hints))}{retry.gave_up() if retry.attempts > 1 else ''}",
+                refused=refused,
             )
-        return result
+        self.messages_sent += 1
+        return SendResult(message_id=message_id, accepted=tuple(accepted), refused=refused)
+
+    def _send_once(self, content: bytes, recipients: Sequence[str], sender: str, message_id: str) -> Delivery:
+        if self._smtp is None:
+            self.open()
+        pipeline = self.pipeline(envelope_from=sender)
+        (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+        return delivery
 
     # -- connection set-up -----------------------------------------------------------------------------
 
@@ -203,7 +284,7 @@ class HveSmtpSession:
             _ehlo(smtp, where)
             if not smtp.has_extn("starttls"):
                 # Whatever else the server offers (AUTH included), a token never goes over plain text.
-                raise HveConnectionError(
+                raise _Permanent(
                     f"The SMTP server {where} does not offer STARTTLS, so no token was sent. HVE always "
                     f"offers it on port 587: check 'host' and 'port', and whether a proxy strips STARTTLS."
                 )
@@ -212,7 +293,7 @@ class HveSmtpSession:
             # implicit EHLO resets the session (530 5.7.57 at MAIL FROM).
             _ehlo(smtp, where)
         except ssl.SSLCertVerificationError as exc:
-            raise HveConnectionError(
+            raise _Permanent(
                 f"The TLS certificate of the SMTP server {where} failed verification "
                 f"({exc.verify_message}); no token was sent. If a proxy or a private CA sits in between, put "
                 f"its CA certificate in a PEM file and set extra 'ca_bundle'."
@@ -227,7 +308,7 @@ class HveSmtpSession:
 
         mechanisms = (smtp.esmtp_features.get("auth") or "").upper().split()
         if "XOAUTH2" not in mechanisms:
-            raise HveConnectionError(
+            raise _Permanent(
                 f"The SMTP server {self.config.host}:{self.config.port} (connection {self.config.conn_id!r}) "
                 f"does not offer AUTH XOAUTH2 (it offers: {' '.join(mechanisms) or 'no AUTH'}). Check that "
                 f"'host' is the HVE endpoint (smtp.hve.mx.microsoft)."
@@ -244,7 +325,7 @@ class HveSmtpSession:
                 reply = _text(exc.smtp_error)
                 if 400 <= exc.smtp_code < 500:
                     # 454 4.7.0, 432 4.3.2...: the credential is fine, HVE is busy; a new session may work.
-                    raise HveConnectionError(
+                    raise _AuthDeferred(
                         f"HVE at {self.config.host}:{self.config.port} deferred AUTH XOAUTH2 (connection "
                         f"{self.config.conn_id!r}): {exc.smtp_code} {reply}.{smtp_reply_hint(exc.smtp_code, reply)} "
                         f"This is temporary: try again later."
@@ -316,12 +397,124 @@ def close_quietly(smtp: smtplib.SMTP) -> None:
         smtp.close()
 
 
-_LOCAL_HOSTNAME: str | None = None
+def quit_quietly(smtp: smtplib.SMTP) -> None:
+    """Say QUIT and close, or just close if that fails (never raises)."""
+    try:
+        smtp.quit()
+    except Exception:
+        close_quietly(smtp)
 
 
-def _local_hostname() -> str:
-    # smtplib would call socket.getfqdn() per connection, which can take seconds without working DNS.
-    global _LOCAL_HOSTNAME
-    if _LOCAL_HOSTNAME is None:
-        _LOCAL_HOSTNAME = socket.gethostname() or "localhost"
-    return _LOCAL_HOSTNAME
+_FQDN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}")
+
+
+def ehlo_name(sock: socket.socket | None) -> str:
+    """
+    Return the name to give in EHLO: this host's name if it is fully qualified, else the address literal of the
+    connection's local end (``[10.0.0.5]``, ``[IPv6:::1]``), as RFC 5321 asks.
+
+    A bare host name (``EHLO vm``) makes servers with ``reject_non_fqdn_helo_hostname`` (Postfix) refuse every
+    recipient. No DNS is asked: it can take seconds where DNS does not work.
+    """
+    name = socket.gethostname()
+    if _FQDN.fullmatch(name):
+        return name
+    try:
+        address = ipaddress.ip_address(sock.getsockname()[0] if sock is not None else "127.0.0.1")
+    except (OSError, ValueError):
+        address = ipaddress.ip_address("127.0.0.1")
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        return f"[{mapped}]" if mapped is not None else f"[IPv6:{address.compressed}]"
+    return f"[{address}]"
+
+
+def envelope_recipients(message: EmailMessage, recipients: Sequence[str] | None) -> list[str]:
+    """
+    Return the envelope recipients: ``recipients``, or the message's To, Cc and Bcc addresses.
+
+    :raises HveConfigError: ``recipients`` is a bare string (it would be sent to each of its characters), or
+        the message names no recipient.
+    """
+    if isinstance(recipients, (str, bytes)):
+        raise HveConfigError(
+            f"Argument 'recipients' is a single string ({recipients!r}); give a list of addresses, e.g. "
+            f"[{recipients!r}]."
+        )
+    if recipients is None:
+        resent = message.get_all("Resent-Date")
+        if resent is not None and len(resent) > 1:
+            raise HveConfigError("The message has more than one Resent- header block; give 'recipients' explicitly.")
+        prefix = "Resent-" if resent else ""
+        fields = [str(value) for name in ("To", "Cc", "Bcc") for value in message.get_all(prefix + name, [])]
+        recipients = list(dict.fromkeys(address for _, address in getaddresses(fields) if address))
+    else:
+        recipients = list(recipients)
+    if not recipients:
+        raise HveConfigError(
+            "The message has no recipients; give 'recipients', or To, Cc or Bcc headers on the message."
+        )
+    return recipients
+
+
+class _Permanent(HveConnectionError):
+    """A connection failure that a new attempt would meet again (no STARTTLS, bad certificate, unknown host)."""
+
+
+class _AuthDeferred(HveConnectionError):
+    """HVE answered AUTH with a temporary 4xx: the credential is fine, a later session may work."""
+
+
+class _Retry:
+    """The retry budget of one :meth:`HveSmtpSession.send`: count, window, jittered exponential backoff."""
+
+    def __init__(self, retries: int, conn_id: str, message_id: str) -> None:
+        if retries < 0:
+            raise HveConfigError(f"Argument 'retries' is {retries}; use 0 (no retry) or more.")
+        self.retries = retries
+        self.attempts = 1
+        self._conn_id = conn_id
+        self._message_id = message_id
+        self._started = _clock()
+
+    def again(self, cause: str) -> bool:
+        """Wait before the next attempt and return True; or return False when the budget or the window is spent."""
+        if self.attempts > self.retries:
+            return False
+        first = THROTTLED_RETRY_DELAY if _THROTTLED.search(cause) else RETRY_DELAY
+        base = first * 2 ** (self.attempts - 1)
+        delay = random.uniform(base / 2, base)  # jitter: senders that failed together do not return together
+        if _clock() - self._started + delay > SEND_RETRY_WINDOW:
+            return False
+        log.warning(
+            "HVE did not take message %s (connection %r): %s Sending it again in %.1f s (retry %d of %d).",
+            self._message_id,
+            self._conn_id,
+            cause,
+            delay,
+            self.attempts,
+            self.retries,
+        )
+        _sleep(delay)
+        self.attempts += 1
+        return True
+
+    def gave_up(self) -> str:
+        return (
+            f" Gave up after {self.attempts} attempt(s) in {_clock() - self._started:.0f} s (at most "
+            f"{self.retries} retries within {SEND_RETRY_WINDOW:.0f} s: extra 'send_retries' or argument 'retries')."
+        )
+
+
+def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError, earlier: str) -> HveConnectionError:
+    cause = exc.__cause__
+    what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
+    return HveConnectionError(
+        f"The connection to HVE broke after message {message_id} was handed over and before HVE confirmed it "
+        f"(connection {conn_id!r}: {what}): its outcome is unknown. HVE may have delivered it, so it was not sent "
+        f"again: a second "
+        f"copy could reach the recipients twice. Check whether it arrived (message trace by Message-ID "
+        f"{message_id}) before sending it again.{earlier}",
+        in_flight=[message_id],
+        completed=exc.completed,
+    )

@@ -30,6 +30,7 @@ from airflow_provider_hve.sandbox.smtp_server import (
     INSUFFICIENT_RESOURCES,
     SUBMISSION_QUOTA_EXCEEDED,
     TEMPORARY_FAILURE,
+    TOO_BIG,
     TOO_MANY_CONNECTIONS,
 )
 
@@ -100,6 +101,13 @@ MATRIX: dict[str, Fault] = {
         report_checks={"paced": lambda r: r.throttled >= 1},
     ),
     "550 5.1.10 for three recipients": Fault(_refuse_three, all_accepted=False, refused=3),
+    # A 5xx to MAIL FROM about the message (too big for this server), not the sender: that row only.
+    "552 5.3.4 to MAIL FROM for one message": Fault(
+        lambda sb: sb.smtp.throttle(TOO_BIG, command="MAIL", count=1, after_messages=40),
+        all_accepted=False,
+        refused=1,
+        report_checks={"refused as too big": lambda r: [code for code, _ in r.refused.values()] == [552]},
+    ),
     "530 5.7.57 at MAIL FROM (the session lost its AUTH)": Fault(
         lambda sb: sb.smtp.throttle(
             "530 5.7.57 Client not authenticated to send mail", command="MAIL", count=1, after_messages=70
@@ -217,7 +225,7 @@ def test_fault_matrix(name: str, sandbox: HveSandbox, hve_connection: Callable[.
         assert check(report), f"{what}: {report.as_dict()}"
 
 
-def check_invariant(report: BulkReport, sandbox: HveSandbox) -> None:
+def check_invariant(report: BulkReport, sandbox: HveSandbox, addresses: list[str] = ADDRESSES) -> None:
     """Every recipient exactly once accepted or reported; the mailbox agrees; nobody twice."""
     # Give late deliveries (a stalled reply) time to land before judging the mailbox.
     sandbox.wait_for_messages(report.accepted, timeout=10)
@@ -228,10 +236,10 @@ def check_invariant(report: BulkReport, sandbox: HveSandbox) -> None:
     refused, unknown, not_sent = set(report.refused), set(report.unknown), set(report.not_sent)
     assert len(unknown) == len(report.unknown) and len(not_sent) == len(report.not_sent), "reported twice"
     assert not (refused & unknown or refused & not_sent or unknown & not_sent), "a row in two buckets"
-    assert refused | unknown | not_sent <= set(ADDRESSES), "a bucket holds an address that was not a row"
+    assert refused | unknown | not_sent <= set(addresses), "a bucket holds an address that was not a row"
     assert report.invalid == {} and report.skipped == 0
 
-    accepted = set(ADDRESSES) - refused - unknown - not_sent
+    accepted = set(addresses) - refused - unknown - not_sent
     assert len(accepted) == report.accepted, "a row is in no bucket (lost) or accepted twice"
     delivered = set(received)
     assert accepted <= delivered, f"reported accepted, not in the mailbox: {sorted(accepted - delivered)[:5]}"
@@ -316,3 +324,48 @@ def test_an_interrupted_run_stops_its_sessions_and_keeps_the_invariant(
     count = len(sandbox.messages)
     time.sleep(0.5)
     assert len(sandbox.messages) == count
+
+
+def test_no_message_is_handed_over_after_the_run_stops(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
+    # One message a second across two sessions, and HVE's quota runs out after two messages. The session that reads
+    # the 554 stops the run while the other one waits for its turn (about a second away): it must wake up and hand
+    # nothing over, instead of sending one more message into the quota after the run stopped.
+    sandbox.smtp.pipelining = False  # each message completes within its turn: the timeline is the limiter's
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=10_000, after_messages=2)
+    hook = HveHook(hve_conn_id=hve_connection())
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2, rate_per_minute=60)
+    with pytest.raises(HveSendError, match=r"quota is used up.*the run stopped: 2 accepted"):
+        merge.run(ROW_LIST[:10])
+    report: Any = merge.last_report
+    check_invariant(report, sandbox, ADDRESSES[:10])
+    transactions = [t for session in sandbox.smtp_sessions for t in session.transactions]
+    assert len(transactions) == 3, [(t.rcpt_tos, t.data_reply) for t in transactions]
+    assert report.accepted == 2 and len(report.refused) == 1 and len(report.not_sent) == 7
+
+
+def test_a_session_waiting_for_its_turn_wakes_up_when_the_run_stops() -> None:
+    from airflow_provider_hve.bulk import _RateLimiter
+
+    limiter = _RateLimiter(per_minute=1)  # one message a minute: the second turn is 60 s away
+    stop = threading.Event()
+    limiter.wait(stop)
+    stop.set()
+    started = time.monotonic()
+    limiter.wait(stop)
+    assert time.monotonic() - started < 30
+
+
+def test_the_stop_error_reports_the_final_figures(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
+    # The 6th message is delivered but its 250 comes 2 s late; every later message hits the quota. The other session
+    # reads a 554 and stops the run while the 6th's reply is still on its way: the error must count it (6 accepted),
+    # as the report does, not the 5 known when the run stopped.
+    sandbox.smtp.stall_after(5, 2.0, command="content")
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=10_000, after_messages=6)
+    hook = HveHook(hve_conn_id=hve_connection(timeout=10))
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2)
+    with pytest.raises(HveSendError) as caught:
+        merge.run(ROW_LIST[:40])
+    report: Any = merge.last_report
+    check_invariant(report, sandbox, ADDRESSES[:40])
+    assert report.accepted == 6 == len(sandbox.messages)
+    assert "the run stopped: 6 accepted." in str(caught.value), str(caught.value)

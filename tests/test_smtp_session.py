@@ -266,15 +266,21 @@ def test_untrusted_smtp_certificate_is_refused(
     assert all(not s.auth_attempts for s in sandbox.smtp_sessions)
 
 
-def test_unreachable_server_names_host_and_port(hve_connection: ConnFactory) -> None:
+def test_unreachable_server_names_host_and_port(hve_connection: ConnFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
+
+    from airflow_provider_hve import smtp
+
+    waits: list[float] = []
+    monkeypatch.setattr(smtp, "_sleep", waits.append)  # the clock: retries back off without waiting here
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     hook = HveHook(hve_conn_id=hve_connection(port=port))
-    with pytest.raises(HveConnectionError, match=f"localhost:{port}.*'hve_default'"):
+    with pytest.raises(HveConnectionError, match=f"localhost:{port}.*'hve_default'.*Gave up after 4 attempt"):
         hook.send_email(to="a@contoso.example", subject="x", text_content="x")
+    assert len(waits) == 3  # connection refused may be a restart: retried, then reported
 
 
 def test_size_limit_counts_crlf_line_ends(

@@ -160,9 +160,12 @@ class HveHook(BaseHook):
         headers: Mapping[str, str] | None = None,
         images: Mapping[str, str] | None = None,
         attachments: Iterable[Attachment] = (),
+        retries: int | None = None,
     ) -> SendResult:
         """
         Build, validate and send one message; every address is checked before connecting.
+
+        Temporary failures are retried where that cannot duplicate the message (see :meth:`send_message`).
 
         :param to: recipients, as a list or a comma/semicolon separated string.
         :param subject: the subject line.
@@ -177,6 +180,8 @@ class HveHook(BaseHook):
         :param headers: extra headers (``X-...``); structural headers are refused.
         :param images: inline images, content id -> path, shown in the HTML with ``cid:``.
         :param attachments: attachments built in memory.
+        :param retries: how many times to send again after a temporary failure; default: the connection's
+            ``send_retries`` extra (3); 0 turns retries off.
         :return: accepted and refused recipients and the Message-ID.
         """
         outgoing = self.build_message(
@@ -193,12 +198,28 @@ class HveHook(BaseHook):
             images=images,
             attachments=attachments,
         )
-        return self.send_message(outgoing)
+        return self.send_message(outgoing, retries=retries)
 
-    def send_message(self, outgoing: OutgoingMessage) -> SendResult:
-        """Send a built message over a new session and log what the server accepted and refused."""
-        with self.smtp_session() as session:
-            result = session.send(outgoing.message, outgoing.recipients, payload=outgoing.payload)
+    def send_message(self, outgoing: OutgoingMessage, *, retries: int | None = None) -> SendResult:
+        """
+        Send a built message over a new session and log what the server accepted and refused.
+
+        A temporary refusal (``4xx``) or a connection lost before the message was handed over is retried: a new
+        connection, a new AUTH, jittered backoff, at most ``retries`` times within a minute. A message whose
+        outcome is unknown (the connection broke after it was handed over) is never sent again: the error names
+        its Message-ID. A recipient refused for good is reported in the result; the others still receive it.
+
+        :param outgoing: the message and its envelope (:meth:`build_message`).
+        :param retries: how many times to send again; default: the connection's ``send_retries`` extra (3).
+        """
+        from airflow_provider_hve.smtp import HveSmtpSession
+
+        # Opened by send(), which opens it again after a broken connection; QUIT at the end either way.
+        session = HveSmtpSession(self.config, self.token_provider.get_token)
+        try:
+            result = session.send(outgoing.message, outgoing.recipients, payload=outgoing.payload, retries=retries)
+        finally:
+            session.close()
         if result.refused:
             log.warning(
                 "HVE refused %d recipient(s) of %s: %s",

@@ -125,6 +125,8 @@ class Transaction:
     rcpt_tos: list[str] = field(default_factory=list)
     rcpt_replies: list[tuple[str, str]] = field(default_factory=list)
     data_reply: str | None = None
+    mail_options: list[str] = field(default_factory=list)
+    """The parameters after ``MAIL FROM:<...>`` as received (upper case): ``SIZE=...``, ``BODY=8BITMIME``."""
 
 
 @dataclass
@@ -147,6 +149,8 @@ class SmtpSession:
     transactions: list[Transaction] = field(default_factory=list)
     authenticated_as: str | None = None
     closed: bool = False
+    quit: bool = False
+    """The client said QUIT (rather than just closing the connection)."""
     round_trips: int = 0
     commands: int = 0
 

@@ -105,6 +105,8 @@ class HveSmtp(SMTP):
         # aiosmtpd clears the class-level dict in __init__, so set an instance one afterwards.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits["AUTH"] = LONG_LINE
+        # The SIZE this connection advertises and enforces (SmtpServer.max_message_size; 10 MB as HVE's).
+        self.data_size_limit = handler.max_message_size
         self.hve_handler = handler
         self.record: SmtpSession | None = None
         # Lines of a multi-line reply (EHLO's "250-..."), written together with its last line.
@@ -188,6 +190,8 @@ class HveSmtp(SMTP):
     async def smtp_QUIT(self, arg: str) -> None:
         # aiosmtpd closes the transport right after the 221: it must be written by then.
         self._deliver_before_return = True
+        if self.record is not None:
+            self.record.quit = True
         await super().smtp_QUIT(arg)
 
     async def push(self, status: AnyStr) -> None:
@@ -369,6 +373,8 @@ class HveHandler:
         self.mailbox_dir = mailbox_dir
         self.pipelining = pipelining
         self.latency_ms = latency_ms
+        self.max_message_size = MAX_MESSAGE_SIZE
+        self.eight_bit_mime = True
         self.sessions: RecordList[SmtpSession] = RecordList()
         self.messages: RecordList[DeliveredMessage] = RecordList()
         self._session_ids = itertools.count(1)
@@ -476,6 +482,8 @@ class HveHandler:
             self._throttles.clear()
             self.max_sessions_per_account = None
             self._over_limit.clear()
+            self.max_message_size = MAX_MESSAGE_SIZE
+            self.eight_bit_mime = True
 
     def _forced_reply(self) -> str | None:
         with self._lock:
@@ -500,6 +508,8 @@ class HveHandler:
         if self.pipelining:
             # Exchange lists it among the keywords; the last line ("250 HELP") must stay last.
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if not self.eight_bit_mime:
+            responses.remove("250-8BITMIME")
         return responses
 
     async def handle_HELO(self, server: HveSmtp, session: Session, envelope: Envelope, hostname: str) -> str:
@@ -575,6 +585,8 @@ class HveHandler:
             reply = NOT_AUTHENTICATED
         elif address.lower() != str(session.auth_data).lower():
             reply = SEND_AS_DENIED
+        elif not self.eight_bit_mime and "BODY=8BITMIME" in mail_options:
+            reply = "555 5.5.4 BODY=8BITMIME not supported"
         elif self.over_limit(record):
             # Exchange's answer to more concurrent connections than the account may have.
             reply = TOO_MANY_CONNECTIONS
@@ -582,7 +594,7 @@ class HveHandler:
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
             reply = "250 2.1.0 Sender OK"
-        record.transactions.append(Transaction(mail_from=address, mail_from_reply=reply))
+        record.transactions.append(Transaction(mail_from=address, mail_from_reply=reply, mail_options=mail_options))
         return reply
 
     async def handle_RCPT(
@@ -746,6 +758,30 @@ class SmtpServer:
             raise ValueError(f"latency_ms must be >= 0, not {value!r}.")
         self.handler.latency_ms = value
 
+    @property
+    def max_message_size(self) -> int:
+        """Return the ``SIZE`` new connections advertise and enforce (``552 5.3.4`` to a larger ``MAIL FROM SIZE=``).
+
+        HVE's 10 MB by default; smaller to act like a relay with a lower limit (a Postfix at its 10,240,000
+        bytes default, say). Connections already open keep theirs. :meth:`reset_faults` restores it.
+        """
+        return self.handler.max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"max_message_size must be >= 1, not {size!r}.")
+        self.handler.max_message_size = size
+
+    @property
+    def eight_bit_mime(self) -> bool:
+        """Return whether EHLO advertises ``8BITMIME`` (RFC 6152); :meth:`reset_faults` turns it back on."""
+        return self.handler.eight_bit_mime
+
+    @eight_bit_mime.setter
+    def eight_bit_mime(self, enabled: bool) -> None:
+        self.handler.eight_bit_mime = enabled
+
     def fail_next_auth(self, reply: str = AUTH_EXPIRES_SOON, count: int = 1) -> None:
         """Answer the next ``count`` AUTH attempts with ``reply``, whatever the token.
 
@@ -850,5 +886,6 @@ class SmtpServer:
         self.handler.max_sessions_per_account = per_account
 
     def reset_faults(self) -> None:
-        """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit)."""
+        """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit, SIZE,
+        8BITMIME)."""
         self.handler.clear_forced_replies()

@@ -1,0 +1,175 @@
+"""The wire layer (HveSmtpSession.send, Pipeline.submit): what reaches the server whoever built the message.
+
+Assertions read what the sandbox's SMTP server received: the envelope, the MAIL FROM parameters, the EHLO
+name, QUIT, and whether the client closed its socket.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+
+import pytest
+
+from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.message import build_message
+from airflow_provider_hve.sandbox import HveSandbox
+from airflow_provider_hve.sandbox.smtp_server import NOT_AUTHENTICATED
+
+ConnFactory = Callable[..., str]
+ALICE, BOB, CAROL = "alice@contoso.example", "bob@contoso.example", "carol@contoso.example"
+
+
+@pytest.fixture
+def hook(hve_connection: ConnFactory) -> HveHook:
+    return HveHook(hve_conn_id=hve_connection())
+
+
+def plain_message(sandbox: HveSandbox, body: str = "hello") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sandbox.account
+    message["Subject"] = "Hi"
+    message["Message-ID"] = "<wire-test@contoso.example>"
+    message.set_content(body)
+    return message
+
+
+def test_recipients_default_to_to_cc_and_bcc_and_bcc_is_not_sent(sandbox: HveSandbox, hook: HveHook) -> None:
+    message = plain_message(sandbox)
+    message["To"] = f"Alice <{ALICE}>"
+    message["Cc"] = BOB
+    message["Bcc"] = CAROL
+    with hook.smtp_session() as session:
+        result = session.send(message)
+
+    assert sorted(result.accepted) == [ALICE, BOB, CAROL]
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert sorted(delivered.rcpt_tos) == [ALICE, BOB, CAROL]
+    assert b"Bcc" not in delivered.data and CAROL.encode() not in delivered.data
+    assert message["Bcc"] == CAROL  # the caller's message is left as it was
+
+
+def test_resent_headers_give_the_recipients_and_resent_bcc_is_not_sent(sandbox: HveSandbox, hook: HveHook) -> None:
+    message = plain_message(sandbox)
+    message["To"] = ALICE
+    message["Resent-Date"] = "Wed, 02 Dec 2026 10:00:00 +0000"
+    message["Resent-To"] = BOB
+    message["Resent-Bcc"] = CAROL
+    with hook.smtp_session() as session:
+        session.send(message)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert sorted(delivered.rcpt_tos) == [BOB, CAROL]
+    assert b"Resent-Bcc" not in delivered.data
+
+
+def test_a_bare_string_is_refused_as_a_recipient_list(sandbox: HveSandbox, hook: HveHook) -> None:
+    message = plain_message(sandbox)
+    with hook.smtp_session() as session, pytest.raises(HveConfigError, match="'recipients' is a single string"):
+        session.send(message, ALICE)  # type: ignore[arg-type]
+    assert sandbox.smtp_sessions[0].transactions == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        f"{ALICE}>\r\nRCPT TO:<{BOB}",
+        f"{ALICE}\n",
+        f"{ALICE}\r",
+        f"{ALICE}\x00",
+        f"<{ALICE}",
+        f"alice smith@{ALICE.split('@')[1]}",
+        "zoë@contoso.example",
+        "alice",
+    ],
+    ids=["rcpt-injection", "lf", "cr", "nul", "angle-bracket", "space", "non-ascii", "no-at"],
+)
+def test_envelope_addresses_are_checked_before_a_byte_is_written(
+    sandbox: HveSandbox, hook: HveHook, address: str
+) -> None:
+    message = plain_message(sandbox)
+    with hook.smtp_session() as session:
+        commands = sandbox.smtp_sessions[0].commands
+        with pytest.raises(HveConfigError, match="'recipients'.*envelope address"):
+            session.send(message, [ALICE, address])
+        with pytest.raises(HveConfigError, match="'envelope_from'"):
+            session.send(message, [ALICE], envelope_from=address)
+        pipeline = session.pipeline()
+        with pytest.raises(HveConfigError, match="'recipients'"):
+            pipeline.submit("row", b"Subject: x\r\n\r\nx\r\n", [address])
+        assert sandbox.smtp_sessions[0].commands == commands  # nothing was written
+        # The session is still in step: the next message goes, its replies counted right.
+        result = session.send(message, [CAROL])
+    assert result.accepted == (CAROL,)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == [CAROL]
+    assert [t.rcpt_tos for t in sandbox.smtp_sessions[0].transactions] == [[CAROL]]
+
+
+def test_8bit_content_declares_body_8bitmime_when_offered(sandbox: HveSandbox, hook: HveHook) -> None:
+    hook.send_email(to=ALICE, subject="Grüße", text_content="Grüße aus München — Zoë")
+    (transaction,) = sandbox.smtp_sessions[0].transactions
+    assert "BODY=8BITMIME" in transaction.mail_options
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert not delivered.data.isascii()
+    assert delivered.message.get_content().rstrip() == "Grüße aus München — Zoë"
+
+
+def test_7bit_content_declares_nothing(sandbox: HveSandbox, hook: HveHook) -> None:
+    hook.send_email(to=ALICE, subject="Hello", text_content="plain ASCII")
+    (transaction,) = sandbox.smtp_sessions[0].transactions
+    assert not any(option.startswith("BODY=") for option in transaction.mail_options)
+
+
+def test_8bit_content_is_encoded_7bit_for_a_server_without_8bitmime(sandbox: HveSandbox, hook: HveHook) -> None:
+    sandbox.smtp.eight_bit_mime = False
+    hook.send_email(to=ALICE, subject="Grüße", html_content="<p>Grüße — Zoë</p>", text_content="Grüße — Zoë")
+    (transaction,) = sandbox.smtp_sessions[0].transactions
+    assert not any(option.startswith("BODY=") for option in transaction.mail_options)
+    size = next(option for option in transaction.mail_options if option.startswith("SIZE="))
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.data.isascii()
+    assert size == f"SIZE={len(delivered.data)}"  # the size declared is the size of what was sent
+    text, html = (part.get_content() for part in delivered.message.iter_parts())
+    assert text.replace("\r\n", "\n") == "Grüße — Zoë\n" and "<p>Grüße — Zoë</p>" in html
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [("vm", "[127.0.0.1]"), ("worker-1.contoso.example", "worker-1.contoso.example"), ("", "[127.0.0.1]")],
+    ids=["bare-name-gives-address-literal", "fqdn-kept", "no-name"],
+)
+def test_ehlo_sends_a_fully_qualified_name_or_an_address_literal(
+    sandbox: HveSandbox, hook: HveHook, monkeypatch: pytest.MonkeyPatch, hostname: str, expected: str
+) -> None:
+    # The machine's own name, as a container or a VM may have it (Postfix refused every recipient after EHLO vm).
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    hook.send_email(to=ALICE, subject="x", text_content="x")
+    assert sandbox.smtp_sessions[0].ehlo_names == [expected, expected]
+
+
+def test_quit_after_a_failed_auth(sandbox: HveSandbox, hve_connection: ConnFactory) -> None:
+    hook = HveHook(hve_conn_id=hve_connection(login="someone-else@contoso.example"))
+    with pytest.raises(HveAuthError):
+        hook.send_email(to=ALICE, subject="x", text_content="x")
+    (session,) = sandbox.smtp_sessions
+    assert not session.auth_attempts[0].success
+    assert session.quit
+
+
+def test_a_broken_session_closes_its_socket(sandbox: HveSandbox, hook: HveHook) -> None:
+    # 530 at MAIL FROM: the server keeps the connection open; the client must close it, not leak it.
+    sandbox.smtp.throttle(NOT_AUTHENTICATED, command="MAIL", count=1)
+    message = build_message(sender=sandbox.account, to=ALICE, subject="x", text_content="x")
+    with hook.smtp_session() as session:
+        with pytest.raises(HveConnectionError, match="530 5.7.57") as caught:
+            session.send(message.message, message.recipients, retries=0)
+        assert not session.is_open
+        (record,) = sandbox.smtp_sessions
+        deadline = time.monotonic() + 10
+        while not record.closed and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the server's record for a condition, bounded: not a timing assumption
+        assert record.closed, "the broken connection's socket is still open"
+        assert caught.value.unsent  # certainly not delivered: safe to send again
