@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, delivery_key
-from airflow_provider_hve.bulk.ledger import Row, RowLedger, RowState, Settled
+from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.report import BulkReport, Progress
+from airflow_provider_hve.bulk.rows import Row, RowState, Settled
 from airflow_provider_hve.bulk.sessions import SessionWorker, SharedLedger, run_sessions
 from airflow_provider_hve.bulk.stops import stop_error
 from airflow_provider_hve.exceptions import HveConfigError

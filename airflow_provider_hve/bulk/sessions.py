@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from airflow_provider_hve.bulk.ledger import Finished, Outcome, Reconnect, Row, RowLedger, RowState, Send, Step, Wait
+from airflow_provider_hve.bulk.ledger import RowLedger
+from airflow_provider_hve.bulk.rows import Finished, Outcome, Reconnect, Row, RowState, Send, Step, Wait
 from airflow_provider_hve.bulk.stops import Raised
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
 
