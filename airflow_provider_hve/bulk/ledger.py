@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK
@@ -26,13 +25,16 @@ from airflow_provider_hve.bulk.rows import (
     NO_NEWS,
     OPEN_STATES,
     Finished,
+    Holding,
     LedgerError,
     Outcome,
     Reconnect,
     Reply,
+    RetryWait,
     Row,
     RowState,
     Send,
+    SessionRecord,
     Settled,
     Step,
     Tally,
@@ -52,29 +54,6 @@ reported as refused."""
 MAX_THROTTLE_PAUSE = 30.0
 """Longest pause of the whole run, in seconds, after HVE throttled it (432, or a 4xx to a whole message)."""
 MAX_RECONNECT_DELAY = 8.0
-
-
-@dataclass
-class _Retry:
-    row: Row
-    not_before: float
-    refused: dict[str, tuple[int, str]]
-    deferred: tuple[int, str] | None
-    """The 4xx that put off the whole message (HVE throttling), if that was the reason."""
-
-
-@dataclass
-class _Held:
-    row: Row
-    session: int
-    handed_over_at: float = 0.0
-
-
-@dataclass
-class _Session:
-    failures: int = 0
-    """Broken connections in a row without an accepted message in between."""
-    progressed: bool = False
 
 
 class RowLedger:
@@ -120,14 +99,14 @@ class RowLedger:
         self._states = bytearray(total)  # every row starts QUEUED (0), in the source or in _queue
         self._counts: Counter[RowState] = Counter({RowState.QUEUED: total})
         self._queue: deque[Row] = deque()
-        self._retries: dict[int, _Retry] = {}
-        self._held: dict[int, _Held] = {}  # TAKEN and IN_PIPELINE rows
+        self._retries: dict[int, RetryWait] = {}
+        self._held: dict[int, Holding] = {}  # TAKEN and IN_PIPELINE rows
         self._tries: dict[int, int] = {}  # temporary refusals so far, while the row is open
         self._addresses: dict[int, str] = {}  # rows settled other than accepted
         self._refusals: dict[int, dict[str, tuple[int, str]]] = {}
         self._reasons: dict[int, str] = {}
         self._journal: list[str] = []
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, SessionRecord] = {}
         self._next_session = 0
         self._next_start = self._pause_until = self._pause_began = float("-inf")
         self._throttle_streak = 0
@@ -138,7 +117,7 @@ class RowLedger:
     def open_session(self) -> int:
         """Register a session thread; return its id."""
         self._next_session += 1
-        self._sessions[self._next_session] = _Session()
+        self._sessions[self._next_session] = SessionRecord()
         return self._next_session
 
     def leave(self, session: int) -> None:
@@ -185,7 +164,7 @@ class RowLedger:
             self._next_start = now + self._rate_interval
             self._retries.pop(row.index, None)
             self._move(row.index, (RowState.QUEUED, RowState.WAITING), RowState.TAKEN)
-            self._held[row.index] = _Held(row, session)
+            self._held[row.index] = Holding(row, session)
             return Send(row)
 
     def handed_over(self, index: int, session: int) -> bool:
@@ -233,7 +212,7 @@ class RowLedger:
             self._refusals[row.index] = dict(reply.refused)
         if reply.accepted:
             self._settle(row.index, RowState.ACCEPTED, row.address, journal=row.key)
-            self._sessions.get(held.session, _Session()).progressed = True
+            self._sessions.get(held.session, SessionRecord()).progressed = True
             self._throttle_streak = 0
             return Outcome(accepted=True, too_many_connections=too_many)
         self._settle(row.index, RowState.REFUSED, row.address)
@@ -247,7 +226,7 @@ class RowLedger:
         sent again), the session's other rows go back to the queue. Return whether to reconnect.
         """
         self.withdraw(session, in_flight)
-        state = self._sessions.setdefault(session, _Session())
+        state = self._sessions.setdefault(session, SessionRecord())
         state.failures = 1 if state.progressed else state.failures + 1
         state.progressed = False
         if self.stopped is not None:
@@ -372,11 +351,11 @@ class RowLedger:
             return Wait(None)  # rows in other sessions' pipelines may come back
         return Finished(stopped=False)
 
-    def _due_retry(self, now: float) -> _Retry | None:
+    def _due_retry(self, now: float) -> RetryWait | None:
         due = [retry for retry in self._retries.values() if retry.not_before <= now]
         return min(due, key=lambda retry: retry.not_before) if due else None
 
-    def _spend_on(self, retry: _Retry) -> bool:
+    def _spend_on(self, retry: RetryWait) -> bool:
         """Spend one retry on sending this row again; without budget it is refused, or the run stops."""
         if self.retry_budget_left > 0:
             self.retry_budget_left -= 1
@@ -407,7 +386,7 @@ class RowLedger:
             self._move(row.index, (RowState.IN_PIPELINE,), RowState.WAITING)
             # Jitter, so sessions that were throttled together do not return together.
             not_before = self._clock() + 0.5 * 2**tries + self._rng.uniform(0, 0.25)
-            self._retries[row.index] = _Retry(row, not_before, dict(reply.refused), deferred)
+            self._retries[row.index] = RetryWait(row, not_before, dict(reply.refused), deferred)
 
     def _throttle(self, handed_over_at: float) -> None:
         """HVE deferred a whole message: every session pauses, longer each time in a row."""
@@ -446,7 +425,7 @@ class RowLedger:
         self._counts[now] -= 1
         self._counts[to] += 1
 
-    def _held_by(self, index: int, session: int, state: RowState) -> _Held:
+    def _held_by(self, index: int, session: int, state: RowState) -> Holding:
         held = self._held.get(index)
         if held is None or held.session != session or self._states[index] != state:
             raise LedgerError(f"row {index} is not {state.name} by session {session}")

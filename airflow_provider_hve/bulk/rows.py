@@ -111,3 +111,32 @@ class Tally:
     invalid: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetryWait:
+    """A row refused for now (4xx), waiting until ``not_before`` to be sent again."""
+
+    row: Row
+    not_before: float
+    refused: dict[str, tuple[int, str]]
+    deferred: tuple[int, str] | None
+    """The 4xx that put off the whole message (HVE throttling), if that was the reason."""
+
+
+@dataclass
+class Holding:
+    """A row a session has taken (and maybe given to its pipeline)."""
+
+    row: Row
+    session: int
+    handed_over_at: float = 0.0
+
+
+@dataclass
+class SessionRecord:
+    """What the ledger remembers of a session thread."""
+
+    failures: int = 0
+    """Broken connections in a row without an accepted message in between."""
+    progressed: bool = False
