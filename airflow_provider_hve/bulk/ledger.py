@@ -100,7 +100,7 @@ class RowLedger:
         self._counts: Counter[RowState] = Counter({RowState.QUEUED: total})
         self._queue: deque[Row] = deque()
         self._retries: dict[int, RetryWait] = {}
-        self._held: dict[int, Holding] = {}  # TAKEN and IN_PIPELINE rows
+        self._holdings: dict[int, Holding] = {}  # TAKEN and IN_PIPELINE rows
         self._tries: dict[int, int] = {}  # temporary refusals so far, while the row is open
         self._addresses: dict[int, str] = {}  # rows settled other than accepted
         self._refusals: dict[int, dict[str, tuple[int, str]]] = {}
@@ -164,7 +164,7 @@ class RowLedger:
             self._next_start = now + self._rate_interval
             self._retries.pop(row.index, None)
             self._move(row.index, (RowState.QUEUED, RowState.WAITING), RowState.TAKEN)
-            self._held[row.index] = Holding(row, session)
+            self._holdings[row.index] = Holding(row, session)
             return Send(row)
 
     def handed_over(self, index: int, session: int) -> bool:
@@ -173,21 +173,21 @@ class RowLedger:
 
         After a stop it may not: the row goes back to the queue and ends ``NOT_SENT``.
         """
-        held = self._held_by(index, session, RowState.TAKEN)
+        holding = self._holding_of(index, session, RowState.TAKEN)
         if self.stopped is not None:
-            self._requeue(held.row)
+            self._requeue(holding.row)
             return False
         self._move(index, (RowState.TAKEN,), RowState.IN_PIPELINE)
-        held.handed_over_at = self._clock()
+        holding.handed_over_at = self._clock()
         return True
 
     def put_back(self, index: int, session: int) -> None:
         """A taken row was not given to a pipeline (the session ended first): queue it again."""
-        self._requeue(self._held_by(index, session, RowState.TAKEN).row)
+        self._requeue(self._holding_of(index, session, RowState.TAKEN).row)
 
     def invalid(self, index: int, session: int, reason: str) -> None:
         """The row's data broke its template or message: ``INVALID``, never sent."""
-        row = self._held_by(index, session, RowState.TAKEN).row
+        row = self._holding_of(index, session, RowState.TAKEN).row
         self._settle(row.index, RowState.INVALID, row.address, reason=reason)
 
     # -- replies -------------------------------------------------------------------------------------------
@@ -196,14 +196,16 @@ class RowLedger:
         """Record a message's final outcome; return what it means for the session that read it."""
         if self._closed:
             return NO_NEWS  # a late reply after the report was made: the row stays as reported (unknown)
-        held = self._held.get(int(reply.key))
-        if held is None or self._states[held.row.index] != RowState.IN_PIPELINE:
+        holding = self._holdings.get(int(reply.key))
+        if holding is None or self._states[holding.row.index] != RowState.IN_PIPELINE:
             raise LedgerError(f"row {reply.key} completed but it is not in a pipeline (completed twice?)")
-        row, code_reply = held.row, reply.whole
-        deferred = code_reply if code_reply is not None and 400 <= code_reply[0] < 500 else None
-        too_many = deferred is not None and (deferred[0] == 432 or deferred[1].startswith("4.3.2"))
+        row = holding.row
+        code, text = reply.whole if reply.whole is not None else (0, "")
+        # The whole message put off (HVE throttling), as opposed to refused, or refused per recipient.
+        deferred = (code, text) if 400 <= code < 500 else None
+        too_many = deferred is not None and (code == 432 or text.startswith("4.3.2"))
         if deferred is not None:
-            self._throttle(held.handed_over_at)
+            self._throttle(holding.handed_over_at)
         codes = [code for code, _ in reply.refused.values()]
         if not reply.accepted and codes and all(400 <= code < 500 for code in codes):
             self._temporary(row, reply, deferred)
@@ -212,12 +214,12 @@ class RowLedger:
             self._refusals[row.index] = dict(reply.refused)
         if reply.accepted:
             self._settle(row.index, RowState.ACCEPTED, row.address, journal=row.key)
-            self._sessions.get(held.session, SessionRecord()).progressed = True
+            self._sessions.get(holding.session, SessionRecord()).progressed = True
             self._throttle_streak = 0
             return Outcome(accepted=True, too_many_connections=too_many)
         self._settle(row.index, RowState.REFUSED, row.address)
-        if code_reply is not None and self._session_wide(*code_reply):
-            self.stop(SessionWideRefusal(code_reply[0], code_reply[1], reply.message_id))
+        if code and self._session_wide(code, text):
+            self.stop(SessionWideRefusal(code, text, reply.message_id))
         return Outcome(accepted=False, too_many_connections=too_many)
 
     def broken(self, session: int, in_flight: Sequence[Any], cause: str) -> Reconnect | Finished:
@@ -247,7 +249,7 @@ class RowLedger:
         """The session lets go of its rows: those in ``in_flight`` are ``UNKNOWN``, the others queued again."""
         unknown = {int(key) for key in in_flight}
         for index in sorted(self._owned(session)):
-            row = self._held[index].row
+            row = self._holdings[index].row
             if index in unknown and self._states[index] == RowState.IN_PIPELINE:
                 self._settle(index, RowState.UNKNOWN, row.address, journal=UNKNOWN_MARK + row.key)
             else:
@@ -267,11 +269,11 @@ class RowLedger:
         """
         if not self._closed:
             self._pull(everything=True)
-            for index, held in list(self._held.items()):
+            for index, holding in list(self._holdings.items()):
                 if self._states[index] == RowState.IN_PIPELINE:
-                    self._settle(index, RowState.UNKNOWN, held.row.address, journal=UNKNOWN_MARK + held.row.key)
+                    self._settle(index, RowState.UNKNOWN, holding.row.address, journal=UNKNOWN_MARK + holding.row.key)
                 else:
-                    self._settle(index, RowState.NOT_SENT, held.row.address)
+                    self._settle(index, RowState.NOT_SENT, holding.row.address)
             for row in [*self._queue, *(retry.row for retry in self._retries.values())]:
                 self._settle(row.index, RowState.NOT_SENT, row.address)
             self._queue.clear()
@@ -316,13 +318,13 @@ class RowLedger:
         actual = Counter(RowState(state) for state in self._states)
         if +actual != +self._counts:
             raise LedgerError(f"state counts drifted: {dict(actual)} != {dict(self._counts)}")
-        places = [row.index for row in self._queue] + list(self._retries) + list(self._held)
+        places = [row.index for row in self._queue] + list(self._retries) + list(self._holdings)
         if len(places) != len(set(places)):
             raise LedgerError("a row is held in two places at once")
         expected = {
             RowState.WAITING: set(self._retries),
-            RowState.TAKEN: {i for i in self._held if self._states[i] == RowState.TAKEN},
-            RowState.IN_PIPELINE: {i for i in self._held if self._states[i] == RowState.IN_PIPELINE},
+            RowState.TAKEN: {i for i in self._holdings if self._states[i] == RowState.TAKEN},
+            RowState.IN_PIPELINE: {i for i in self._holdings if self._states[i] == RowState.IN_PIPELINE},
         }
         for state, indexes in expected.items():
             if len(indexes) != actual[state] or any(self._states[i] != state for i in indexes):
@@ -347,7 +349,7 @@ class RowLedger:
     def _nothing_due(self) -> Wait | Finished:
         if self._retries:
             return Wait(min(retry.not_before for retry in self._retries.values()))
-        if self._held:
+        if self._holdings:
             return Wait(None)  # rows in other sessions' pipelines may come back
         return Finished(stopped=False)
 
@@ -382,7 +384,7 @@ class RowLedger:
             self._settle(row.index, RowState.REFUSED, row.address)
         else:
             self._tries[row.index] = tries + 1
-            del self._held[row.index]
+            del self._holdings[row.index]
             self._move(row.index, (RowState.IN_PIPELINE,), RowState.WAITING)
             # Jitter, so sessions that were throttled together do not return together.
             not_before = self._clock() + 0.5 * 2**tries + self._rng.uniform(0, 0.25)
@@ -400,13 +402,13 @@ class RowLedger:
         self._pause_until = now + base / 2 + self._rng.uniform(0, base / 2)
 
     def _requeue(self, row: Row) -> None:
-        self._held.pop(row.index, None)
+        self._holdings.pop(row.index, None)
         self._move(row.index, (RowState.TAKEN, RowState.IN_PIPELINE), RowState.QUEUED)
         self._queue.appendleft(row)
 
     def _settle(self, index: int, state: RowState, address: str, *, reason: str = "", journal: str = "") -> None:
         self._move(index, OPEN_STATES, state)
-        self._held.pop(index, None)
+        self._holdings.pop(index, None)
         self._tries.pop(index, None)
         if state != RowState.ACCEPTED:
             self._addresses[index] = address
@@ -425,11 +427,11 @@ class RowLedger:
         self._counts[now] -= 1
         self._counts[to] += 1
 
-    def _held_by(self, index: int, session: int, state: RowState) -> Holding:
-        held = self._held.get(index)
-        if held is None or held.session != session or self._states[index] != state:
+    def _holding_of(self, index: int, session: int, state: RowState) -> Holding:
+        holding = self._holdings.get(index)
+        if holding is None or holding.session != session or self._states[index] != state:
             raise LedgerError(f"row {index} is not {state.name} by session {session}")
-        return held
+        return holding
 
     def _owned(self, session: int) -> set[int]:
-        return {index for index, held in self._held.items() if held.session == session}
+        return {index for index, holding in self._holdings.items() if holding.session == session}
