@@ -171,8 +171,11 @@ class RowLedger:
         """
         The session is about to give the row to its pipeline: True if it may (the last check before a write).
 
-        After a stop it may not: the row goes back to the queue and ends ``NOT_SENT``.
+        After a stop it may not: the row goes back to the queue and ends ``NOT_SENT``. Nor after the report was
+        made (a session that outlived the run's grace time): the row is already reported.
         """
+        if self._closed:
+            return False
         holding = self._holding_of(index, session, RowState.TAKEN)
         if self.stopped is not None:
             self._requeue(holding.row)
@@ -183,12 +186,14 @@ class RowLedger:
 
     def put_back(self, index: int, session: int) -> None:
         """A taken row was not given to a pipeline (the session ended first): queue it again."""
-        self._requeue(self._holding_of(index, session, RowState.TAKEN).row)
+        if not self._closed:
+            self._requeue(self._holding_of(index, session, RowState.TAKEN).row)
 
     def invalid(self, index: int, session: int, reason: str) -> None:
         """The row's data broke its template or message: ``INVALID``, never sent."""
-        row = self._holding_of(index, session, RowState.TAKEN).row
-        self._settle(row.index, RowState.INVALID, row.address, reason=reason)
+        if not self._closed:
+            row = self._holding_of(index, session, RowState.TAKEN).row
+            self._settle(row.index, RowState.INVALID, row.address, reason=reason)
 
     # -- replies -------------------------------------------------------------------------------------------
 

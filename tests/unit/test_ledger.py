@@ -261,3 +261,14 @@ def test_a_session_cannot_leave_holding_rows() -> None:
     book.withdraw(session, [0])
     book.leave(session)
     assert book.state(0) == RowState.UNKNOWN
+
+
+def test_a_session_that_outlives_the_report_hands_nothing_over() -> None:
+    # execution_timeout: the run ends after its grace time while a session still renders a row.
+    book, _ = ledger(1)
+    session = book.open_session()
+    step = book.take(session)
+    assert isinstance(step, Send)
+    assert book.finish().not_sent == [address(0)]
+    assert not book.handed_over(step.row.index, session)
+    assert book.state(0) == RowState.NOT_SENT
