@@ -1,7 +1,7 @@
 """Why a mail merge stopped early, and the error it raises for it.
 
 The ledger records the reason when the run stops; the error text is composed only after every session has
-finished, so the figures in it ("100 accepted so far") are final.
+finished, so the figures in it ("the run stopped: 100 accepted") are final.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def stop_error(reason: StopReason, accepted: int) -> BaseException:
         return HveSendError(
             f"HVE refused message {reason.message_id} with {reason.code} {reason.reply}."
             f"{smtp_reply_hint(reason.code, reason.reply)} This applies to every message, so the run stopped: "
-            f"{accepted} accepted so far. {_RETRY_HINT}",
+            f"{accepted} accepted. {_RETRY_HINT}",
             smtp_code=reason.code,
         )
     if isinstance(reason, DeferralsOutlastBudget):
         return HveConnectionError(
             f"HVE keeps deferring messages ({reason.code} {reason.reply}) and the run's retry budget "
-            f"({reason.budget}) is spent, so the run stopped: {accepted} accepted so far. Rows not sent are listed "
+            f"({reason.budget}) is spent, so the run stopped: {accepted} accepted. Rows not sent are listed "
             f"in the report (not_sent); a retry of the task later sends them and skips the delivered ones."
             f"{smtp_reply_hint(reason.code, reason.reply)}"
         )

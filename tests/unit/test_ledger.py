@@ -200,7 +200,7 @@ def test_the_stop_error_counts_replies_read_after_the_stop() -> None:
     book.completed(accepted(b))
     tally = book.finish()
     assert book.stopped is not None
-    assert "the run stopped: 1 accepted so far" in str(stop_error(book.stopped, tally.accepted))
+    assert "the run stopped: 1 accepted." in str(stop_error(book.stopped, tally.accepted))
 
 
 def test_a_refusal_of_one_message_at_mail_from_does_not_stop_the_run() -> None:
