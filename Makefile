@@ -11,7 +11,7 @@ OLDEST_STAMP   := $(OLDEST_VENV)/.installed
 AIRFLOW_OLDEST := $(shell sed -nE 's/^[[:space:]]*"apache-airflow>=([0-9]+(\.[0-9]+)*).*/\1/p' pyproject.toml \
                     | head -n 1 | awk -F. '{ print $$1 "." ($$2 == "" ? 0 : $$2) "." ($$3 == "" ? 0 : $$3) }')
 
-.PHONY: demo test test-oldest lint install sandbox clean bench docs
+.PHONY: demo test test-fast test-oldest lint install sandbox clean bench docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 ## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-fast: unit tests (row ledger and its state machine, pipeline replies, addresses, templates, config): no sandbox, no Airflow DB
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/test_connection_config.py $(PYTEST_ARGS)
 
 ## test-oldest: the same suite in its own .venv-oldest, on the oldest Airflow pyproject.toml declares ("apache-airflow>=X")
 test-oldest: $(OLDEST_STAMP)

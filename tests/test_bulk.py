@@ -200,3 +200,20 @@ def test_temporary_refusal_budget_is_bounded(sandbox: HveSandbox, hook: HveHook)
     assert report.accepted == 0 and report.retried == 3
     assert report.refused == {"user00000@contoso.example": [452, "4.3.1 Insufficient system resources"]}
     assert not sandbox.messages
+
+
+def test_a_stop_wakes_a_session_waiting_for_the_rate_and_nothing_more_is_handed_over(
+    sandbox: HveSandbox, hook: HveHook
+) -> None:
+    # One message every 10 s across two sessions: the second session waits for its turn when the first
+    # message's 554 quota reply stops the run. It must wake up at once and hand over nothing.
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000)
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2, rate_per_minute=6)
+    with pytest.raises(HveSendError, match=r"the run stopped: 0 accepted\."):
+        merge.run(rows(5))
+    report = merge.last_report
+    assert report is not None and report.elapsed_seconds < 5, report.as_dict()  # not the 10 s of the next turn
+    contents = [t for s in sandbox.smtp_sessions for t in s.transactions if t.data_reply is not None]
+    assert len(contents) == 1, contents  # the refused one; no message handed over after the stop
+    assert list(report.refused) == ["user00000@contoso.example"]
+    assert sorted(report.not_sent) == [r["email"] for r in rows(5)[1:]]

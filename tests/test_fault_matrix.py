@@ -343,16 +343,7 @@ def test_no_message_is_handed_over_after_the_run_stops(sandbox: HveSandbox, hve_
     assert report.accepted == 2 and len(report.refused) == 1 and len(report.not_sent) == 7
 
 
-def test_a_session_waiting_for_its_turn_wakes_up_when_the_run_stops() -> None:
-    from airflow_provider_hve.bulk import _RateLimiter
-
-    limiter = _RateLimiter(per_minute=1)  # one message a minute: the second turn is 60 s away
-    stop = threading.Event()
-    limiter.wait(stop)
-    stop.set()
-    started = time.monotonic()
-    limiter.wait(stop)
-    assert time.monotonic() - started < 30
+# A session waiting for its turn wakes on the stop: tests/unit/test_shared_ledger.py.
 
 
 def test_the_stop_error_reports_the_final_figures(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:

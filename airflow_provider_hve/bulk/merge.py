@@ -1,0 +1,263 @@
+"""Personalised bulk sending (mail merge): one token, long-lived pipelined sessions, per-recipient results.
+
+Rows stream through: each is rendered, built, sent and forgotten, so memory does not grow with the size of
+the messages. Every row ends in exactly one bucket of the :class:`BulkReport`: accepted, refused (with the
+server's reply), invalid (bad address or template, never sent), skipped (delivered by an earlier try),
+unknown (the connection broke after the message was handed over, so HVE may or may not have it), or not sent
+(the run stopped first). The state of each row is kept in one place, the
+:class:`~airflow_provider_hve.bulk.ledger.RowLedger`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, delivery_key
+from airflow_provider_hve.bulk.ledger import RowLedger
+from airflow_provider_hve.bulk.report import BulkReport, Progress
+from airflow_provider_hve.bulk.rows import Row, RowState, Settled
+from airflow_provider_hve.bulk.sessions import SessionWorker, SharedLedger, run_sessions
+from airflow_provider_hve.bulk.stops import stop_error
+from airflow_provider_hve.exceptions import HveConfigError
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.message import Attachment, OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 8
+"""Upper bound on parallel SMTP sessions per task; HVE limits concurrent connections per tenant."""
+RETRY_BUDGET_SHARE = 0.05
+"""Default retry budget of a run: this share of its rows (at least :data:`MIN_RETRY_BUDGET`)."""
+MIN_RETRY_BUDGET = 20
+
+
+def default_retry_budget(rows: int) -> int:
+    """Return the default number of retries (resends after 4xx, reconnects) a run of ``rows`` may spend."""
+    return max(MIN_RETRY_BUDGET, int(rows * RETRY_BUDGET_SHARE))
+
+
+class MailMerge:
+    """
+    Render one message per row and send them all through HVE.
+
+    :param hook: the HveHook (its connection, token provider and sessions).
+    :param subject: subject template; sees ``recipient`` (the row) and ``context``.
+    :param html_content: HTML template (autoescaped), or ``None``.
+    :param text_content: plain-text template, or ``None`` (derived from the HTML; slower).
+    :param address_key: the row key holding the recipient address.
+    :param sessions: parallel SMTP sessions (1..8).
+    :param rate_per_minute: at most this many messages a minute across sessions; ``None``: no limit.
+    :param env: the Jinja environment (the DAG's, for its filters and template folder).
+    :param context: extra template variables (the Airflow context).
+    :param delivery_log: where delivered rows are remembered across retries.
+    :param progress_interval: seconds between progress lines in the log.
+    :param max_reconnects: how many times in a row a session may be re-opened after a broken connection
+        without delivering a message in between.
+    :param retry_budget: how many retries the whole run may spend: each message sent again after a 4xx and
+        each reconnect costs one. ``None``: 5% of the rows, at least 20. Once spent, a recipient refused with
+        a 4xx is reported as refused; a message deferred as a whole (HVE throttling) or a broken connection
+        stops the run, and the rows not accepted are reported ``not_sent``.
+
+    Example::
+
+        report = MailMerge(HveHook(), subject="Hi {{ recipient.name }}", text_content="...").run(rows)
+    """
+
+    def __init__(
+        self,
+        hook: HveHook,
+        *,
+        subject: str,
+        html_content: str | None = None,
+        text_content: str | None = None,
+        address_key: str = "email",
+        from_email: str | None = None,
+        reply_to: str | Iterable[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        attachments: Sequence[Attachment] = (),
+        images: Mapping[str, str] | None = None,
+        sessions: int = 2,
+        rate_per_minute: float | None = None,
+        env: jinja2.Environment | None = None,
+        context: Mapping[str, Any] | None = None,
+        delivery_log: DeliveryLog | None = None,
+        progress_interval: float = 10.0,
+        max_reconnects: int = 3,
+        retry_budget: int | None = None,
+    ) -> None:
+        _check_arguments(sessions, rate_per_minute, max_reconnects, retry_budget, html_content, text_content)
+        self.hook = hook
+        self.address_key = address_key
+        self.from_email = from_email
+        self.reply_to = reply_to
+        self.headers = headers
+        self.attachments = list(attachments)
+        self.images = images
+        self.sessions = sessions
+        self.rate_per_minute = rate_per_minute
+        self.context = dict(context or {})
+        self.delivery_log = delivery_log
+        self.progress_interval = progress_interval
+        self.max_reconnects = max_reconnects
+        self.retry_budget = retry_budget
+        self.last_report: BulkReport | None = None
+        self._templates = _Templates(env, subject, html_content, text_content)
+
+    def run(self, rows: Sequence[Mapping[str, Any]]) -> BulkReport:
+        """
+        Validate every row, then send; return the report (nothing raised for per-recipient refusals).
+
+        :raises HveConfigError: before connecting, if the templates fail for the first row.
+        :raises HveAuthError: Entra or HVE refused the credential.
+        """
+        report = self.last_report = BulkReport(total=len(rows))
+        started = time.monotonic()
+        done_before = self.delivery_log.delivered() if self.delivery_log else set()
+        plan = self._plan(rows, done_before)
+        verdicts, first = _up_to_first_row(plan)
+        if first is not None:
+            self._build(first, check_sender=True)  # template and sender problems show up once, before connecting
+        ledger = RowLedger(
+            len(rows),
+            itertools.chain(verdicts, [first] if first is not None else [], plan),
+            retry_budget=self.retry_budget if self.retry_budget is not None else default_retry_budget(len(rows)),
+            max_reconnects=self.max_reconnects,
+            rate_interval=60.0 / self.rate_per_minute if self.rate_per_minute else 0.0,
+            clock=time.monotonic,
+        )
+        progress = Progress(len(rows), self.progress_interval)
+        shared = SharedLedger(ledger, self.delivery_log, progress)
+        provider = self.hook.token_provider if first is not None else None
+        requests_before = provider.requests_sent if provider is not None else 0
+        try:
+            if first is not None:
+                report.sessions = min(self.sessions, len(rows))
+                workers = [SessionWorker(shared, self.hook, self._build) for _ in range(report.sessions)]
+                run_sessions(shared, workers, grace_seconds=self.hook.config.timeout + 5)
+        finally:
+            try:
+                shared.change(lambda ledger: ledger.finish())
+                progress.final(ledger.settled(), ledger.count(RowState.REFUSED))
+                report.take_outcomes(ledger)
+            finally:
+                if provider is not None:
+                    report.token_requests = provider.requests_sent - requests_before
+                if self.delivery_log is not None:
+                    self.delivery_log.flush()
+                report.elapsed_seconds = time.monotonic() - started
+        report.log_summary()
+        if ledger.stopped is not None:
+            raise stop_error(ledger.stopped, report.accepted)  # composed now, after every session: figures are final
+        return report
+
+    # -- planning and rendering --------------------------------------------------------------------------
+
+    def _plan(self, rows: Sequence[Mapping[str, Any]], done_before: set[str]) -> Iterator[Row | Settled]:
+        """Yield each row to send, or its verdict, validating as it comes: nothing per row is kept in memory."""
+        from airflow_provider_hve.addresses import AddressError, parse_mailbox
+
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                yield Settled(index, RowState.INVALID, reason=f"is a {type(row).__name__}, not a dict")
+                continue
+            raw = row.get(self.address_key)
+            if not raw:
+                yield Settled(index, RowState.INVALID, reason=f"has no {self.address_key!r}")
+                continue
+            try:
+                mailbox = parse_mailbox(str(raw))
+            except AddressError as exc:
+                yield Settled(index, RowState.INVALID, str(raw), reason=str(exc))
+                continue
+            key = delivery_key(index, mailbox.addr_spec)
+            if key in done_before:
+                yield Settled(index, RowState.SKIPPED, mailbox.addr_spec)
+            elif UNKNOWN_MARK + key in done_before:
+                # An earlier try handed it over and never heard back: still unknown, and never sent again.
+                yield Settled(index, RowState.UNKNOWN, mailbox.addr_spec)
+            else:
+                yield Row(index, mailbox, key, row)
+
+    def _build(self, row: Row, *, check_sender: bool = False) -> OutgoingMessage:
+        subject, html, text = self._templates.render(self.context, row.data, row.index)
+        return self.hook.build_message(
+            to=[row.mailbox],
+            subject=subject,
+            html_content=html,
+            text_content=text,
+            from_email=self.from_email,
+            reply_to=self.reply_to,
+            headers=self.headers,
+            images=self.images,
+            attachments=self.attachments,
+            check_sender=check_sender,
+        )
+
+
+def _up_to_first_row(plan: Iterator[Row | Settled]) -> tuple[list[Settled], Row | None]:
+    """Read the plan up to its first row to send; return the verdicts before it, and that row."""
+    verdicts: list[Settled] = []
+    for planned in plan:
+        if isinstance(planned, Row):
+            return verdicts, planned
+        verdicts.append(planned)
+    return verdicts, None
+
+
+def _check_arguments(
+    sessions: int,
+    rate_per_minute: float | None,
+    max_reconnects: int,
+    retry_budget: int | None,
+    html_content: str | None,
+    text_content: str | None,
+) -> None:
+    if not 1 <= sessions <= MAX_SESSIONS:
+        raise HveConfigError(f"Argument 'sessions' is {sessions}; use 1 to {MAX_SESSIONS}.")
+    if rate_per_minute is not None and rate_per_minute <= 0:
+        raise HveConfigError(f"Argument 'rate_per_minute' is {rate_per_minute}; use a positive number.")
+    if max_reconnects < 0:
+        raise HveConfigError(f"Argument 'max_reconnects' is {max_reconnects}; use 0 or more.")
+    if retry_budget is not None and retry_budget < 0:
+        raise HveConfigError(f"Argument 'retry_budget' is {retry_budget}; use 0 or more, or None for the default.")
+    if html_content is None and text_content is None:
+        raise HveConfigError("Give 'html_content' or 'text_content' (or both): the messages have no body.")
+
+
+class _Templates:
+    """The three templates, compiled once; undefined variables are errors, HTML is autoescaped."""
+
+    def __init__(self, env: jinja2.Environment | None, subject: str, html: str | None, text: str | None) -> None:
+        import jinja2
+
+        from airflow_provider_hve.templating import default_environment
+
+        base = env or default_environment()
+        plain = base.overlay(undefined=jinja2.StrictUndefined, autoescape=False)
+        escaped = base.overlay(undefined=jinja2.StrictUndefined, autoescape=True)
+        self.subject = plain.from_string(subject)
+        self.html = escaped.from_string(html) if html is not None else None
+        self.text = plain.from_string(text) if text is not None else None
+
+    def render(
+        self, context: Mapping[str, Any], row: Mapping[str, Any], index: int
+    ) -> tuple[str, str | None, str | None]:
+        variables = {**context, "recipient": row}
+        rendered: dict[str, str | None] = {}
+        for name, template in (("subject", self.subject), ("html_content", self.html), ("text_content", self.text)):
+            try:
+                rendered[name] = template.render(variables) if template is not None else None
+            except Exception as exc:  # TemplateError, or the row's data (1 / 0, None formatted as a number...)
+                raise HveConfigError(
+                    f"Row {index}: the template of argument {name!r} failed: {type(exc).__name__}: {exc}. Each row "
+                    f"is available as 'recipient' (e.g. {{{{ recipient.name }}}})."
+                ) from exc
+        return " ".join((rendered["subject"] or "").split()), rendered["html_content"], rendered["text_content"]

@@ -1,0 +1,219 @@
+"""The session threads of a mail merge: each takes a row from the ledger, submits it, applies the replies.
+
+All shared state is in the :class:`~airflow_provider_hve.bulk.ledger.RowLedger`, behind one lock
+(:class:`SharedLedger`). Waiting (rate, pause, backoff, reconnect delay) is done on that lock's condition, so
+a stop wakes every session at once and no message is handed over after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from airflow_provider_hve.bulk.ledger import RowLedger
+from airflow_provider_hve.bulk.rows import Finished, Outcome, Reconnect, Row, RowState, Send, Step, Wait
+from airflow_provider_hve.bulk.stops import Raised
+from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
+
+if TYPE_CHECKING:
+    from airflow_provider_hve.bulk.delivery_log import DeliveryLog
+    from airflow_provider_hve.bulk.report import Progress
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.message import OutgoingMessage
+    from airflow_provider_hve.pipeline import Delivery, Pipeline
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Build = Callable[[Row], "OutgoingMessage"]
+"""Render and build the message of one row (raises for a row whose data breaks its template)."""
+
+_TOO_MANY_CONNECTIONS = "HVE answered 432 4.3.2 (too many connections)"
+_IDLE_RECHECK = 1.0
+
+
+class SharedLedger:
+    """The ledger behind one lock; every change wakes the sessions waiting on it and feeds the delivery log."""
+
+    def __init__(self, ledger: RowLedger, delivery_log: DeliveryLog | None, progress: Progress) -> None:
+        self.ledger = ledger
+        self._log = delivery_log
+        self._progress = progress
+        self._changed = threading.Condition()
+
+    def change(self, transition: Callable[[RowLedger], T]) -> T:
+        """Apply one transition under the lock; wake the waiting sessions; record what was delivered."""
+        try:
+            with self._changed:
+                try:
+                    return transition(self.ledger)
+                finally:
+                    journal = self.ledger.take_journal()
+                    self._progress.update(self.ledger.settled(), self.ledger.count(RowState.REFUSED))
+                    self._changed.notify_all()
+        finally:
+            # Outside the lock: the delivery log may write to Airflow's store.
+            if journal and self._log is not None:
+                self._log.record(journal)
+
+    def next_step(self, session: int) -> Step:
+        """
+        Take the next row, waiting while nothing may go; return a :class:`Wait` only to a session that must
+        first read the replies in its own pipeline.
+        """
+        with self._changed:
+            while True:
+                step = self.ledger.take(session)
+                if not isinstance(step, Wait) or self.ledger.holds(session):
+                    return step
+                # Woken by any change; the timeout only bounds how long a missed wake-up could last.
+                until = time.monotonic() + _IDLE_RECHECK if step.until is None else step.until
+                self._changed.wait(max(until - time.monotonic(), 0.0))
+
+    def completed(self, deliveries: Sequence[Delivery]) -> Outcome:
+        """Record finished messages; return what they mean for the session that read them."""
+        if not deliveries:
+            return Outcome(accepted=False, too_many_connections=False)
+        outcomes = self.change(lambda ledger: [ledger.completed(delivery) for delivery in deliveries])
+        return Outcome(
+            accepted=any(outcome.accepted for outcome in outcomes),
+            too_many_connections=any(outcome.too_many_connections for outcome in outcomes),
+        )
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the run stops meanwhile."""
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            while self.ledger.stopped is None and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+
+    def stop(self, error: BaseException) -> None:
+        self.change(lambda ledger: ledger.stop(Raised(error)))
+
+
+class SessionWorker:
+    """One session thread: connects, sends until the ledger has nothing more for it, reconnects when it breaks."""
+
+    def __init__(self, shared: SharedLedger, hook: HveHook, build: Build) -> None:
+        self._shared = shared
+        self._hook = hook
+        self._build = build
+        self.session = shared.change(lambda ledger: ledger.open_session())
+
+    def run(self) -> None:
+        try:
+            while True:
+                ending = self._one_connection()
+                if not isinstance(ending, Reconnect):
+                    return
+                log.warning(
+                    "HVE session broke; reconnecting in %.1f s (%d in a row, max_reconnects=%d).",
+                    ending.delay,
+                    ending.failures,
+                    self._shared.ledger.max_reconnects,
+                )
+                self._shared.pause(ending.delay)
+        except BaseException as exc:
+            self._shared.stop(exc)
+        finally:
+            # Whatever is still in this session's pipeline may have been delivered: unknown, never resent.
+            self._shared.change(lambda ledger: ledger.withdraw(self.session, ledger.in_pipeline(self.session)))
+            self._shared.change(lambda ledger: ledger.leave(self.session))
+
+    def _one_connection(self) -> Reconnect | Finished:
+        """Send over one SMTP session; return whether to reconnect."""
+        pipeline: Pipeline | None = None
+        try:
+            with self._hook.smtp_session() as smtp:
+                pipeline = smtp.pipeline()
+                return self._send_until_done(pipeline)
+        except HveConnectionError as exc:
+            # Handed over without a final reply: unknown, never resent (no duplicates). The rest: queued again.
+            self._shared.completed(exc.completed)
+            cause, handed_over = str(exc), exc.in_flight
+            log.warning("HVE session broke: %s", cause)
+            return self._shared.change(lambda ledger: ledger.broken(self.session, handed_over, cause))
+        except BaseException as exc:
+            # Auth refused, sender refused, something unexpected: the outcomes read before count, then the run
+            # stops. Messages handed over without an answer are unknown (HVE may have them), never resent.
+            self._shared.completed(getattr(exc, "completed", ()))
+            in_flight = [delivery.key for delivery in pipeline.in_flight] if pipeline is not None else []
+            self._shared.change(lambda ledger: ledger.withdraw(self.session, in_flight))
+            if pipeline is not None:
+                pipeline.abort()
+            raise
+
+    def _send_until_done(self, pipeline: Pipeline) -> Reconnect | Finished:
+        """Take, submit, apply: until the ledger says this session is finished."""
+        while True:
+            step = self._shared.next_step(self.session)
+            if isinstance(step, Send):
+                if self._send(pipeline, step.row).too_many_connections:
+                    return self._too_many_connections(pipeline)
+            elif isinstance(step, Wait):
+                self._shared.completed(pipeline.flush())  # read our replies before waiting on others
+            else:
+                # Stopped (quota, sender refused...): read what is on its way, hand over nothing more.
+                self._shared.completed(pipeline.drain() if step.stopped else pipeline.flush())
+                self._shared.change(lambda ledger: ledger.withdraw(self.session))
+                return step
+
+    def _send(self, pipeline: Pipeline, row: Row) -> Outcome:
+        try:
+            outgoing = self._build(row)
+        except Exception as exc:  # the row's data broke its template or message: that row only
+            reason = _row_error(row.index, exc)
+            self._shared.change(lambda ledger: ledger.invalid(row.index, self.session, reason))
+            return Outcome(accepted=False, too_many_connections=False)
+        if not self._shared.change(lambda ledger: ledger.handed_over(row.index, self.session)):
+            return Outcome(accepted=False, too_many_connections=False)  # the run stopped meanwhile
+        message_id = str(outgoing.message["Message-ID"])
+        return self._shared.completed(pipeline.submit(row.index, outgoing.payload, outgoing.recipients, message_id))
+
+    def _too_many_connections(self, pipeline: Pipeline) -> Reconnect | Finished:
+        """HVE answered 432: leave if another session goes on, else reconnect (a retry, with backoff)."""
+        self._shared.completed(pipeline.flush())
+        if self._shared.change(lambda ledger: ledger.leave_if_others_go_on(self.session)):
+            log.warning("HVE has too many connections from this account: one session leaves.")
+            return Finished(stopped=False)
+        return self._shared.change(lambda ledger: ledger.broken(self.session, [], _TOO_MANY_CONNECTIONS))
+
+
+def run_sessions(shared: SharedLedger, workers: Sequence[SessionWorker], grace_seconds: float) -> None:
+    """
+    Run the workers in threads until all finish.
+
+    If the calling thread is interrupted (execution_timeout, SIGTERM), stop the run and give the sessions
+    ``grace_seconds`` to read the replies of what they handed over, so the report and the delivery log stay
+    true; then go on failing.
+    """
+    # Waited for through events, not Thread.join(): on Python 3.11 a join() interrupted by an exception (the
+    # task's timeout, SIGTERM) marks the thread as stopped while it still runs, and later joins return at
+    # once (CPython gh-90882).
+    finished = [threading.Event() for _ in workers]
+    for n, (worker, done) in enumerate(zip(workers, finished, strict=True)):
+        threading.Thread(target=_run_then_set, args=(worker, done), name=f"hve-session-{n}", daemon=True).start()
+    try:
+        for done in finished:
+            done.wait()
+    except BaseException as exc:
+        shared.stop(exc)
+        deadline = time.monotonic() + grace_seconds
+        for done in finished:
+            done.wait(timeout=max(deadline - time.monotonic(), 0))
+        raise
+
+
+def _run_then_set(worker: SessionWorker, done: threading.Event) -> None:
+    try:
+        worker.run()
+    finally:
+        done.set()
+
+
+def _row_error(index: int, exc: Exception) -> str:
+    if isinstance(exc, HveConfigError):
+        return str(exc)
+    return f"Row {index}: building its message failed: {type(exc).__name__}: {exc}."
