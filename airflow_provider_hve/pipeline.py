@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_hve.diagnostics import is_session_wide, smtp_reply_hint
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
+from airflow_provider_hve.wire import check_envelope_address, close_quietly
 
 if TYPE_CHECKING:
     import smtplib
@@ -35,7 +36,6 @@ MAX_RECIPIENTS_PER_TRANSACTION = 50
 _ACCEPTED_RCPT = (250, 251)
 # Printable ASCII without space, '<' and '>': anything else could end the address, the command line or the
 # reply count (CR, LF, NUL), or needs SMTPUTF8, which HVE does not offer.
-_ENVELOPE_ADDRESS = re.compile(r"[!-;=?-~]+")
 _ENHANCED_CODE = re.compile(r"\b5\.(\d{1,3})\.(\d{1,3})\b")
 _BARE_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -176,8 +176,6 @@ class Pipeline:
         The server may be waiting for a message's content after its 354: a command (QUIT included) would be
         read as content, and it would never answer. A message without its final dot is never delivered.
         """
-        from airflow_provider_hve.smtp import close_quietly
-
         close_quietly(self._smtp)
 
     def _read_outstanding(self) -> None:
@@ -347,29 +345,6 @@ class Pipeline:
             unsent=[d.key for d in unsent],
             completed=self._take_completed(),
         )
-
-
-def check_envelope_address(address: object, argument: str) -> None:
-    """
-    Refuse an envelope address that is not printable ASCII without spaces, ``<`` or ``>``.
-
-    Such an address would end its ``MAIL FROM:<...>``/``RCPT TO:<...>`` line early (CR, LF), add commands the
-    reply count does not expect, or need SMTPUTF8, which HVE does not offer.
-
-    :param address: the address as it would be written in the envelope.
-    :param argument: the argument it came from, for the error message.
-    :raises HveConfigError: naming the argument and the offending character.
-    """
-    if not isinstance(address, str):
-        raise HveConfigError(f"Argument {argument!r}: an envelope address is a {type(address).__name__}, not a string.")
-    if _ENVELOPE_ADDRESS.fullmatch(address) and "@" in address:
-        return
-    bad = next((char for char in address if not _ENVELOPE_ADDRESS.fullmatch(char)), None)
-    what = f"contains {bad!r}" if bad is not None else "has no '@'"
-    raise HveConfigError(
-        f"Argument {argument!r}: the envelope address {address!r} {what}; envelope addresses must be plain ASCII "
-        f"addresses (user@domain) without spaces, '<', '>' or line breaks. Nothing was sent."
-    )
 
 
 def refuses_the_message(code: int, reply: str) -> bool:

@@ -13,7 +13,6 @@ sends again, with jittered backoff, at most ``send_retries`` times (connection e
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import ipaddress
 import logging
@@ -32,14 +31,15 @@ from airflow_provider_hve.auth import mask
 from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
 from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.message import wire_bytes
-from airflow_provider_hve.pipeline import check_envelope_address
+from airflow_provider_hve.pipeline import Pipeline
+from airflow_provider_hve.wire import check_envelope_address, close_quietly, quit_quietly
 
 if TYPE_CHECKING:
     import smtplib
 
     from airflow_provider_hve.auth import AccessToken
     from airflow_provider_hve.connection import HveConnectionConfig
-    from airflow_provider_hve.pipeline import Delivery, Pipeline
+    from airflow_provider_hve.pipeline import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,6 @@ class HveSmtpSession:
         :param envelope_from: MAIL FROM; defaults to the HVE account.
         :param pipelining: force RFC 2920 pipelining on or off; default: what the server advertises.
         """
-        from airflow_provider_hve.pipeline import Pipeline
-
         if self._smtp is None:
             raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
         return Pipeline(
@@ -389,20 +387,6 @@ def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
-
-
-def close_quietly(smtp: smtplib.SMTP) -> None:
-    """Close the socket without QUIT, ignoring errors (best effort on a broken or abandoned connection)."""
-    with contextlib.suppress(Exception):
-        smtp.close()
-
-
-def quit_quietly(smtp: smtplib.SMTP) -> None:
-    """Say QUIT and close, or just close if that fails (never raises)."""
-    try:
-        smtp.quit()
-    except Exception:
-        close_quietly(smtp)
 
 
 _FQDN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}")
