@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from airflow_provider_hve.addresses import (
     HEADER_REGISTRY,
@@ -83,6 +83,33 @@ class Attachment:
     filename: str
     data: bytes
     content_type: str = "application/octet-stream"
+
+
+class MessageOptions(TypedDict, total=False):
+    """
+    The optional parts of one message, shared by :meth:`HveHook.build_message` and :meth:`HveHook.send_email`.
+
+    :param text_content: the plain-text alternative; derived from the HTML when not given.
+    :param cc: Cc recipients, as a list or a comma/semicolon separated string.
+    :param bcc: Bcc recipients: in the envelope only, never in the headers.
+    :param reply_to: Reply-To addresses.
+    :param from_email: the From header (may carry a display name); defaults to the connection's ``from_email``
+        extra, then to the HVE account. HVE sends only as the HVE account.
+    :param files: paths of files to attach.
+    :param headers: extra headers (``X-...``); structural and trace headers are refused.
+    :param images: inline images, content id -> path, shown in the HTML with ``cid:``.
+    :param attachments: attachments built in memory.
+    """
+
+    text_content: str | None
+    cc: AddressInput
+    bcc: AddressInput
+    reply_to: AddressInput
+    from_email: str | None
+    files: Iterable[str] | None
+    headers: Mapping[str, str] | None
+    images: Mapping[str, str] | None
+    attachments: Iterable[Attachment]
 
 
 @dataclass(frozen=True)

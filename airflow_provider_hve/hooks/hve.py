@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -13,8 +13,10 @@ from airflow.sdk import BaseHook
 from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from airflow_provider_hve.auth import TokenProvider
-    from airflow_provider_hve.message import AddressInput, Attachment, OutgoingMessage
+    from airflow_provider_hve.message import AddressInput, MessageOptions, OutgoingMessage
     from airflow_provider_hve.smtp import HveSmtpSession, SendResult
 
 log = logging.getLogger(__name__)
@@ -101,16 +103,8 @@ class HveHook(BaseHook):
         subject: str,
         html_content: str | None = None,
         *,
-        text_content: str | None = None,
-        cc: str | Iterable[str] | None = None,
-        bcc: str | Iterable[str] | None = None,
-        reply_to: str | Iterable[str] | None = None,
-        from_email: str | None = None,
-        files: Iterable[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        images: Mapping[str, str] | None = None,
-        attachments: Iterable[Attachment] = (),
         check_sender: bool = True,
+        **options: Unpack[MessageOptions],
     ) -> OutgoingMessage:
         """
         Validate the arguments and build the message and its envelope; nothing is sent.
@@ -121,19 +115,14 @@ class HveHook(BaseHook):
         """
         from airflow_provider_hve.message import build_message
 
+        parts: dict[str, Any] = dict(options)
+        from_email = parts.pop("from_email", None)
         outgoing = build_message(
             sender=from_email or self.config.from_email or self.config.account,
             to=to,
             subject=subject,
             html_content=html_content,
-            text_content=text_content,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            files=files,
-            headers=headers,
-            images=images,
-            attachments=attachments,
+            **parts,
         )
         if check_sender and outgoing.sender.lower() != self.config.account.lower():
             log.warning(
@@ -147,20 +136,12 @@ class HveHook(BaseHook):
 
     def send_email(
         self,
-        to: str | Iterable[str] | None,
+        to: AddressInput,
         subject: str,
         html_content: str | None = None,
         *,
-        text_content: str | None = None,
-        cc: str | Iterable[str] | None = None,
-        bcc: str | Iterable[str] | None = None,
-        reply_to: str | Iterable[str] | None = None,
-        from_email: str | None = None,
-        files: Iterable[str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        images: Mapping[str, str] | None = None,
-        attachments: Iterable[Attachment] = (),
         retries: int | None = None,
+        **options: Unpack[MessageOptions],
     ) -> SendResult:
         """
         Build, validate and send one message; every address is checked before connecting.
@@ -170,35 +151,14 @@ class HveHook(BaseHook):
         :param to: recipients, as a list or a comma/semicolon separated string.
         :param subject: the subject line.
         :param html_content: the HTML body.
-        :param text_content: the plain-text alternative; derived from the HTML when not given.
-        :param cc: Cc recipients.
-        :param bcc: Bcc recipients: in the envelope only, never in the headers.
-        :param reply_to: Reply-To addresses.
-        :param from_email: the From header (may carry a display name); defaults to the connection's
-            ``from_email`` extra, then to the HVE account. HVE sends only as the HVE account.
-        :param files: paths of files to attach.
-        :param headers: extra headers (``X-...``); structural headers are refused.
-        :param images: inline images, content id -> path, shown in the HTML with ``cid:``.
-        :param attachments: attachments built in memory.
         :param retries: how many times to send again after a temporary failure; default: the connection's
             ``send_retries`` extra (3); 0 turns retries off.
+        :param options: the optional parts of the message, by keyword (one definition for this method and
+            :meth:`build_message`): ``text_content``, ``cc``, ``bcc``, ``reply_to``, ``from_email``, ``files``,
+            ``headers``, ``images``, ``attachments``; see :class:`~airflow_provider_hve.message.MessageOptions`.
         :return: accepted and refused recipients and the Message-ID.
         """
-        outgoing = self.build_message(
-            to,
-            subject,
-            html_content,
-            text_content=text_content,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            from_email=from_email,
-            files=files,
-            headers=headers,
-            images=images,
-            attachments=attachments,
-        )
-        return self.send_message(outgoing, retries=retries)
+        return self.send_message(self.build_message(to, subject, html_content, **options), retries=retries)
 
     def send_message(self, outgoing: OutgoingMessage, *, retries: int | None = None) -> SendResult:
         """
