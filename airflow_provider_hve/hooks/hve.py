@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
 
@@ -51,7 +51,7 @@ class HveHook(BaseHook):
     @cached_property
     def config(self) -> HveConnectionConfig:
         """The connection, fetched and validated once."""
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
         from airflow_provider_hve.exceptions import HveConfigError
 
