@@ -54,7 +54,7 @@ def dag_bag(dag_folder: Any) -> Any:
     except ImportError:
         from airflow.models.dagbag import DagBag  # Airflow 2.11 to 3.1
 
-    return DagBag(dag_folder=str(dag_folder), include_examples=False)
+    return DagBag(dag_folder=str(dag_folder))  # [core] load_examples is off for the suite
 
 
 @pytest.fixture
