@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from airflow_provider_hve._compat import (
     AIRFLOW_V_3_2_PLUS,
     AIRFLOW_VERSION,
     HAS_DEADLINE_ALERTS,
+    HAS_TASK_STATE_STORE,
 )
 from airflow_provider_hve.sandbox import HveSandbox
 
 RUNNING = ".".join(map(str, AIRFLOW_VERSION))
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+MERGE_CASES = Path(__file__).resolve().parent / "dags" / "hve_merge_cases.py"
 HVE_FIELDS = ("tenant_id", "client_id", "auth_mode", "authority_host", "scope", "ca_bundle", "from_email", "timeout")
 
 
@@ -177,3 +180,26 @@ def test_version_flags_match_the_running_airflow() -> None:
     running = Version(airflow.__version__)
     assert (running.major, running.minor, running.micro) == AIRFLOW_VERSION
     assert (running >= Version("3.1.0")) == AIRFLOW_V_3_1_PLUS
+
+
+@pytest.mark.skipif(
+    HAS_TASK_STATE_STORE,
+    reason=f"Airflow {RUNNING} has task_state_store: tests/test_bulk.py proves each row is sent once across retries",
+)
+def test_without_task_state_store_a_retry_resends_and_the_log_says_so(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Before Airflow 3.3 the guarantee is weaker, and the task log says so plainly: nothing pretends."""
+    import airflow
+
+    sandbox.smtp.disconnect_after(15)  # the first try delivers 15 of 40, then HVE hangs up; the retry runs
+    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
+    assert dag_run.state == "success"
+
+    delivered = sandbox.wait_for_messages(55, timeout=10)
+    counts = Counter(m.rcpt_tos[0] for m in delivered)
+    assert sorted(counts) == [f"person{n:03d}@contoso.example" for n in range(40)]
+    assert sorted(counts.values()) == [1] * 25 + [2] * 15  # the first try's 15 got a second copy
+    out, err = capfd.readouterr()
+    warning = f"No task_state_store in the task context (Airflow {airflow.__version__}; it arrived in 3.3)"
+    assert warning in out + err

@@ -375,9 +375,12 @@ class HveMailMergeOperator(BaseOperator):
         env = self.get_template_env()
         store = context.get("task_state_store")
         if store is None:
+            import airflow
+
             self.log.warning(
-                "No task_state_store in the task context: if this task is retried, rows delivered by the failed "
-                "try may be sent again."
+                "No task_state_store in the task context (Airflow %s; it arrived in 3.3): if this task is retried, "
+                "rows delivered by the failed try may be sent again.",
+                airflow.__version__,
             )
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),
