@@ -84,7 +84,8 @@ class Airflow:
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         with sqlite3.connect(self.home / "airflow.db") as db:
-            (state,) = db.execute("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)).fetchone()
+            query = "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?"
+            (state,) = db.execute(query, (dag_id, run_id)).fetchone()
         return str(state)
 
     def is_serialized(self, dag_id: str) -> bool:
