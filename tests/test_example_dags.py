@@ -94,7 +94,9 @@ def test_failure_alerts_by_notifier_dag_callback_and_email_backend(
     # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
     assert backend_mail.message["From"] == sandbox.account
     html, _ = bodies(backend_mail.message)
-    assert "Load of 42 rows rejected" in html and "<b>amount</b>" not in html
+    assert "Load of 42 rows rejected" in html
+    if AIRFLOW_V_3_0_PLUS:  # 2.11's own failure mail puts the exception into its HTML unescaped (Airflow's template)
+        assert "<b>amount</b>" not in html
 
 
 def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> None:
