@@ -17,6 +17,9 @@ case "$leg" in
   # Airflow 3.0 declares no upper bound on these; with cadwyn 9 / fastapi 0.16x its in-process Execution API
   # (dag.test()) refuses every task start ("Input should be a valid dictionary"). 3.1 caps them like this.
   3.0 | 3.0.*) printf 'cadwyn<5.5\nfastapi<0.118\n' >>"$in_file" ;;
+  # 3.2's Execution API fails to build its routes with fastapi 0.16x (pydantic __pydantic_core_schema__);
+  # cap both at what 3.3 resolves to and runs with.
+  3.2 | 3.2.*) printf 'cadwyn<8\nfastapi<0.137\n' >>"$in_file" ;;
 esac
 out="constraints/airflow-$leg.txt"
 "$uv" pip compile --quiet --python-version 3.11 --no-emit-package airflow-provider-hve \

@@ -58,7 +58,7 @@ def dag_bag(dag_folder: Any) -> Any:
 
 
 @pytest.fixture
-def parse_dags() -> Callable[[Any], Any]:
+def parse_dags(airflow_db: None) -> Callable[[Any], Any]:
     """Return :func:`dag_bag`: parse a folder or a file with the DagBag of the Airflow under test."""
     return dag_bag
 
