@@ -91,6 +91,14 @@ def test_react_connection_form_metadata() -> None:
     hooks = json.loads(done.stdout.strip().splitlines()[-1])
     (hve,) = [hook for hook in hooks if hook["connection_type"] == "hve"]
     fields = hve["extra_fields"]
+    if not AIRFLOW_V_3_1_PLUS and fields is None:
+        import importlib.util
+
+        assert importlib.util.find_spec("wtforms") is None  # the only reason 3.0 may have no fields
+        pytest.skip(
+            f"Airflow {RUNNING} builds the form from WTForms only when WTForms is installed (it comes with "
+            "apache-airflow-providers-fab); without it the UI shows the Extra JSON box (docs/compatibility.md)"
+        )
     assert set(HVE_FIELDS) <= set(fields)
     assert fields["tenant_id"]["schema"]["title"] == "Tenant ID"
     assert fields["auth_mode"]["schema"]["enum"] == ["client_secret", "certificate", "password", "workload_identity"]

@@ -70,8 +70,11 @@ def test_failure_alerts_by_notifier_dag_callback_and_email_backend(
     dag_run = run_dag(EXAMPLE_DAGS / "hve_failure_alerts.py", "hve_failure_alerts")
     assert dag_run.state == "failed"
 
-    messages = sandbox.wait_for_messages(3)
-    assert len(messages) == 3
+    # Airflow 3.0.6's dag.test() does not deliver email_on_failure (its _send_task_error_email path); the
+    # notifier and the DAG callback do. docs/compatibility.md says so.
+    expected = 2 if AIRFLOW_VERSION[:2] == (3, 0) else 3
+    messages = sandbox.wait_for_messages(expected)
+    assert len(messages) == expected
     assert all(m.rcpt_tos == ["data-oncall@contoso.example"] for m in messages)
     escaped = "column &lt;b&gt;amount&lt;/b&gt; has &#39;N/A&#39; &amp; 3 other bad values"
 
@@ -90,6 +93,8 @@ def test_failure_alerts_by_notifier_dag_callback_and_email_backend(
     html, text = bodies(dag_alert.message)
     assert "Failed tasks" in html and "<li>load</li>" in html
 
+    if expected == 2:
+        return
     backend_mail = by_subject(messages, "Airflow alert:")
     # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
     assert backend_mail.message["From"] == sandbox.account
