@@ -547,8 +547,6 @@ def _first_line(text: str) -> str:
 
 def mask(value: str) -> None:
     """Register ``value`` with Airflow's secret masker so it never shows in task logs."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow < 3.0 layouts
-        return
+    from airflow.providers.common.compat.sdk import mask_secret
+
     mask_secret(value)

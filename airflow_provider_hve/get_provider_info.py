@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def _field(label: str, type_: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {"label": label, "description": description, "schema": {"type": [type_, "null"], **schema}}
+def _field(label: str, type_: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
+    # A required field's type has no "null": the declarative form (Airflow 3.2+) then marks it required.
+    kind: str | list[str] = type_ if required else [type_, "null"]
+    return {"label": label, "description": description, "schema": {"type": kind, **schema}}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -48,9 +50,15 @@ def get_provider_info() -> dict[str, Any]:
                         "Tenant ID",
                         "string",
                         "Directory (tenant) ID, or the tenant's primary domain (contoso.onmicrosoft.com).",
+                        required=True,
+                        minLength=1,
                     ),
                     "client_id": _field(
-                        "Client ID", "string", "Application (client) ID of the Entra app registration."
+                        "Client ID",
+                        "string",
+                        "Application (client) ID of the Entra app registration.",
+                        required=True,
+                        minLength=1,
                     ),
                     "auth_mode": _field(
                         "Auth mode",
@@ -144,4 +152,56 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "notifications": ["airflow_provider_hve.notifications.hve.HveNotifier"],
         "email-backends": ["airflow_provider_hve.utils.email.send_email"],
+    }
+
+
+def _hve_connection_type() -> dict[str, Any]:
+    (connection_type,) = get_provider_info()["connection-types"]
+    return connection_type
+
+
+def legacy_connection_form_widgets() -> dict[str, Any]:
+    """
+    Build the connection form for Airflow before 3.2 (``HveHook.get_connection_form_widgets``).
+
+    The fields are the declarative ``conn-fields`` above, as WTForms fields: 2.11's Flask UI draws them,
+    and 3.0/3.1 turn them into the same JSON the 3.2 form reads (with WTForms mocked where it is not
+    installed). A required marker cannot be expressed there: a validator would also block saving other
+    connection types on 2.11, and 3.0/3.1 drop it. ``HveConnectionConfig`` still refuses a missing value.
+    """
+    from wtforms import BooleanField, IntegerField, StringField
+    from wtforms.validators import Optional, any_of
+
+    try:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+
+        text_widget: dict[str, Any] = {"widget": BS3TextFieldWidget()}
+    except ImportError:  # Airflow 3.0/3.1 with WTForms but without the FAB provider
+        text_widget = {}
+
+    widgets: dict[str, Any] = {}
+    for name, field in _hve_connection_type()["conn-fields"].items():
+        schema = field["schema"]
+        kind = schema["type"] if isinstance(schema["type"], str) else schema["type"][0]
+        description = field["description"]
+        if "null" not in schema["type"]:
+            description = f"Required. {description}"
+        common: dict[str, Any] = {"description": description, "default": schema.get("default")}
+        if kind == "boolean":
+            widgets[name] = BooleanField(field["label"], **common)
+        elif kind in ("integer", "number"):
+            widgets[name] = IntegerField(field["label"], validators=[Optional()], **common, **text_widget)
+        else:
+            validators = [Optional(), any_of(schema["enum"])] if "enum" in schema else [Optional()]
+            widgets[name] = StringField(field["label"], validators=validators, **common, **text_widget)
+    return widgets
+
+
+def legacy_ui_field_behaviour() -> dict[str, Any]:
+    """The declarative ``ui-field-behaviour`` in the shape ``HveHook.get_ui_field_behaviour`` returns."""
+    behaviour = _hve_connection_type()["ui-field-behaviour"]
+    return {
+        "hidden_fields": list(behaviour["hidden-fields"]),
+        "relabeling": dict(behaviour["relabeling"]),
+        "placeholders": dict(behaviour["placeholders"]),
     }

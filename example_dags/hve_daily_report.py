@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.providers.common.compat.sdk import dag, task
 
 from airflow_provider_hve.operators.hve import HveEmailOperator
 

@@ -15,7 +15,7 @@ import datetime as dt
 import os
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.providers.common.compat.sdk import dag, task
 
 from airflow_provider_hve.operators.hve import HveMailMergeOperator
 

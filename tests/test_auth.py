@@ -107,7 +107,7 @@ def test_force_refresh_asks_entra_again(hve_connection: ConnFactory, token_posts
 
 
 def test_token_is_registered_with_the_secret_masker(hve_connection: ConnFactory) -> None:
-    from airflow.sdk._shared.secrets_masker import redact
+    from airflow.providers.common.compat.sdk import redact
 
     token = HveHook(hve_conn_id=hve_connection()).get_access_token()
     assert token not in str(redact(f"token was {token}"))

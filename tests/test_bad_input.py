@@ -66,7 +66,7 @@ def hook_send(conn: dict[str, Any] | None = None, **kwargs: Any) -> Act:
 
 def run_task(operator_class: type[Any], **kwargs: Any) -> Any:
     """Build the operator in a DAG and run it as the task runner does: render the templates, then execute."""
-    from airflow.sdk import DAG
+    from airflow.providers.common.compat.sdk import DAG
 
     kwargs.setdefault("hve_conn_id", CONN_ID)
     with DAG("hve_bad_input", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):

@@ -156,7 +156,7 @@ def test_workload_identity_reads_the_aks_variable(tmp_path: Any, monkeypatch: py
 
 
 def test_conn_type_must_be_hve() -> None:
-    from airflow.sdk import Connection
+    from airflow.providers.common.compat.sdk import Connection
 
     conn = Connection(conn_id="mail", conn_type="smtp", login="a@contoso.com", password=SECRET)
     with pytest.raises(HveConfigError, match="conn_type 'smtp'"):

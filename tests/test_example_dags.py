@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
@@ -29,10 +30,8 @@ def bodies(message: EmailMessage) -> tuple[str, str]:
     return html.get_content(), text.get_content()
 
 
-def test_example_dags_parse_without_errors() -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+def test_example_dags_parse_without_errors(parse_dags: Callable[[Any], Any]) -> None:
+    bag = parse_dags(EXAMPLE_DAGS)
     assert not bag.import_errors
     assert {"hve_daily_report", "hve_failure_alerts"} <= set(bag.dag_ids)
 
@@ -77,9 +76,13 @@ def test_failure_alerts_by_notifier_at_task_and_dag_level(run_dag: Callable[...,
     task_alert = by_subject(messages, "[Airflow] hve_failure_alerts.load failed (try 1 of 1)")
     assert len(str(task_alert.message["Subject"])) < 80
     html, text = bodies(task_alert.message)
-    assert "ValueError" in html and escaped in html and "<b>amount</b>" not in html
-    assert "column <b>amount</b> has 'N/A' & 3 other bad values" in text
-    for fact in ("hve_failure_alerts", dag_run.run_id, "Try", "1 of 1", "Duration", "Host", "Open the log"):
+    if AIRFLOW_VERSION[:2] not in ((3, 0), (3, 1)):  # their dag.test() gives callbacks no exception; real runs do
+        assert "ValueError" in html and escaped in html and "<b>amount</b>" not in html
+        assert "column <b>amount</b> has 'N/A' & 3 other bad values" in text
+    facts = ["hve_failure_alerts", dag_run.run_id, "Try", "1 of 1", "Host", "Open the log"]
+    if AIRFLOW_V_3_0_PLUS:  # 2.11's dag.test() leaves the task's start_date unset: no duration to show there
+        facts.append("Duration")
+    for fact in facts:
         assert fact in html, fact
 
     dag_alert = by_subject(messages, f"[Airflow] DAG hve_failure_alerts failed: {dag_run.run_id}")
@@ -88,13 +91,17 @@ def test_failure_alerts_by_notifier_at_task_and_dag_level(run_dag: Callable[...,
 
 
 def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> None:
+    # Airflow 2.11's own BaseOperator imports smtplib: count only what the provider adds on top of Airflow.
     code = (
         "import sys, runpy\n"
+        "from airflow.providers.common.compat.sdk import BaseNotifier, BaseOperator, dag, task\n"
+        "HEAVY = ('msal', 'aiosmtpd', 'inscriptis', 'email_validator', 'smtplib')\n"
+        "airflows_own = {m for m in HEAVY if m in sys.modules}\n"
         "import airflow_provider_hve.operators.hve, airflow_provider_hve.notifications.hve\n"
         "import airflow_provider_hve.utils.email\n"
-        f"for name in ('hve_daily_report', 'hve_failure_alerts'):\n"
+        f"for name in ('hve_daily_report', 'hve_failure_alerts', 'hve_deadline_alert'):\n"
         f"    runpy.run_path({str(EXAMPLE_DAGS)!r} + '/' + name + '.py')\n"
-        "heavy = [m for m in ('msal', 'aiosmtpd', 'inscriptis', 'email_validator', 'smtplib') if m in sys.modules]\n"
+        "heavy = [m for m in HEAVY if m in sys.modules and m not in airflows_own]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})

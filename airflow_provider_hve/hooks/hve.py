@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID, HveConnectionConfig
 
@@ -46,6 +46,20 @@ class HveHook(BaseHook):
     conn_type = "hve"
     hook_name = "Microsoft 365 High Volume Email"
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Return the labelled connection fields for Airflow before 3.2 (3.2+ reads ``conn-fields``)."""
+        from airflow_provider_hve.get_provider_info import legacy_connection_form_widgets
+
+        return legacy_connection_form_widgets()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Return the relabelled, hidden and placeholder standard fields for Airflow before 3.2."""
+        from airflow_provider_hve.get_provider_info import legacy_ui_field_behaviour
+
+        return legacy_ui_field_behaviour()
+
     def __init__(self, hve_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hve_conn_id = hve_conn_id
@@ -53,7 +67,7 @@ class HveHook(BaseHook):
     @cached_property
     def config(self) -> HveConnectionConfig:
         """The connection, fetched and validated once."""
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
         from airflow_provider_hve.exceptions import HveConfigError
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from airflow.sdk import BaseNotifier
+from airflow.providers.common.compat.sdk import BaseNotifier
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating
@@ -122,7 +122,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
             packaged_template,
         )
 
-        context["notification"] = notification_facts(context)
+        context["notification"] = deadline_facts(context) if "deadline" in context else notification_facts(context)
         if self.subject is None:
             self.subject = packaged_template(NOTIFICATION_SUBJECT_TEMPLATE).strip()
         if self.html_content is None and self.text_content is None:
@@ -148,8 +148,71 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         if result.refused:
             log.warning("HVE refused some alert recipients: %s", result.as_dict()["refused"])
 
+    async def async_notify(self, context: Any) -> None:
+        """
+        Send the rendered alert from the triggerer: what a ``DeadlineAlert`` callback runs (Airflow 3.1+).
+
+        The same sending path as :meth:`notify` (one SMTP client, its token cache and its error
+        translation), run in a worker thread so the triggerer's event loop is never blocked.
+
+        Example::
+
+            DAG(
+                ...,
+                deadline=DeadlineAlert(
+                    reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                    interval=timedelta(minutes=30),
+                    callback=AsyncCallback(HveNotifier, kwargs={"to": "data-oncall@contoso.com"}),
+                ),
+            )
+        """
+        import asyncio
+
+        await asyncio.to_thread(self.notify, context)
+
 
 send_hve_notification = HveNotifier
+
+
+def deadline_facts(context: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Collect what a Deadline Alert says from the context the triggerer hands its callback (Airflow 3.1+).
+
+    That context holds the DAG run (as JSON) and the deadline, not a task instance.
+    """
+    dag_run = context.get("dag_run")
+    run: Mapping[str, Any] = dag_run if isinstance(dag_run, Mapping) else {}
+    deadline = context.get("deadline")
+    missed = deadline.get("deadline_time") if isinstance(deadline, Mapping) else None
+    dag_id = run.get("dag_id") or getattr(dag_run, "dag_id", None)
+    run_id = run.get("dag_run_id") or run.get("run_id") or getattr(dag_run, "run_id", None)
+    facts: dict[str, Any] = {
+        "kind": "dag",
+        "dag_id": dag_id,
+        "task_id": None,
+        "run_id": run_id,
+        "logical_date": run.get("logical_date"),
+        "state": "deadline_missed",
+        "state_label": "missed its deadline",
+        "reason": None,
+        "exception_type": None,
+        "exception_message": None,
+        "log_url": None,
+        "failed_tasks": [],
+    }
+    facts["details"] = [
+        (label, value)
+        for label, value in (
+            ("DAG", dag_id),
+            ("Run", run_id),
+            ("Logical date", run.get("logical_date")),
+            ("Queued at", run.get("queued_at")),
+            ("Deadline", missed.isoformat() if isinstance(missed, dt.datetime) else missed),
+            ("Run state", run.get("state")),
+        )
+        if value not in (None, "")
+    ]
+    return facts
 
 
 def notification_facts(context: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating, RowTemplating
@@ -16,7 +16,7 @@ UNKNOWN_OUTCOME_KEY = "hve_email/unknown_outcome"
 """task_state_store key: the message a try handed over without getting HVE's answer."""
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
     from airflow_provider_hve.hooks.hve import HveHook
     from airflow_provider_hve.message import OutgoingMessage
@@ -402,9 +402,12 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         env = self.get_template_env()
         store = context.get("task_state_store")
         if store is None:
+            import airflow
+
             self.log.warning(
-                "No task_state_store in the task context: if this task is retried, rows delivered by the failed "
-                "try may be sent again."
+                "No task_state_store in the task context (Airflow %s; it arrived in 3.3): if this task is retried, "
+                "rows delivered by the failed try may be sent again.",
+                airflow.__version__,
             )
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),

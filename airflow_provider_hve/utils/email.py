@@ -90,10 +90,8 @@ def send_email(
 
 
 def _configured_conn_id() -> str:
-    try:
-        from airflow.sdk.configuration import conf
-    except ImportError:  # pragma: no cover
-        return DEFAULT_CONN_ID
+    from airflow.providers.common.compat.sdk import conf
+
     return conf.get("email", "email_conn_id", fallback=None) or DEFAULT_CONN_ID
 
 

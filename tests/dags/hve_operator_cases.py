@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_hve.operators.hve import HveEmailOperator
 

@@ -1,0 +1,223 @@
+"""What the provider does on each Airflow it supports (2.11 and every 3.x); run by every CI compatibility leg.
+
+Each test states the Airflow versions it covers; one that needs a newer Airflow skips with the version in its
+reason (see docs/compatibility.md for the table these tests back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve._compat import (
+    AIRFLOW_V_3_0_PLUS,
+    AIRFLOW_V_3_1_PLUS,
+    AIRFLOW_V_3_2_PLUS,
+    AIRFLOW_VERSION,
+    HAS_DEADLINE_ALERTS,
+    HAS_TASK_STATE_STORE,
+)
+from airflow_provider_hve.sandbox import HveSandbox
+
+RUNNING = ".".join(map(str, AIRFLOW_VERSION))
+EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+MERGE_CASES = Path(__file__).resolve().parent / "dags" / "hve_merge_cases.py"
+HVE_FIELDS = ("tenant_id", "client_id", "auth_mode", "authority_host", "scope", "ca_bundle", "from_email", "timeout")
+
+
+def needs(version: tuple[int, int], why: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        AIRFLOW_VERSION[:2] < version, reason=f"{why} needs Airflow {version[0]}.{version[1]}+; this is {RUNNING}"
+    )
+
+
+def test_provider_is_registered_with_the_hook_and_its_form() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert manager.providers["airflow-provider-hve"].data["package-name"] == "airflow-provider-hve"
+    hook = manager.hooks["hve"]
+    assert hook is not None and hook.hook_class_name == "airflow_provider_hve.hooks.hve.HveHook"
+    if AIRFLOW_V_3_0_PLUS and not AIRFLOW_V_3_2_PLUS:
+        return  # 3.0/3.1 load the form only for the UI, with WTForms mocked: test_react_connection_form_metadata
+    behaviour = manager.field_behaviours["hve"]
+    assert behaviour["relabeling"]["login"] == "HVE account"
+    assert {"schema", "extra"} <= set(behaviour["hidden_fields"])
+
+
+@pytest.mark.skipif(AIRFLOW_V_3_0_PLUS, reason=f"2.11's Flask connection form; Airflow {RUNNING} has the React UI")
+def test_flask_connection_form_of_airflow_2_has_the_labelled_fields() -> None:
+    from airflow.providers_manager import ProvidersManager
+    from airflow.www.forms import create_connection_form_class
+    from airflow.www.views import ConnectionFormWidget  # noqa: F401 - the view that draws these fields imports
+
+    form = create_connection_form_class()
+    ProvidersManager()  # the view adds the providers' widgets to the form class like this:
+    widgets = ProvidersManager().connection_form_widgets
+    for name in HVE_FIELDS:
+        assert f"extra__hve__{name}" in widgets, name
+    tenant = widgets["extra__hve__tenant_id"].field
+    assert tenant.args[0] == "Tenant ID"
+    assert tenant.kwargs["description"].startswith("Required.")
+    assert type(tenant.kwargs["widget"]).__name__ == "BS3TextFieldWidget"
+    auth_mode = widgets["extra__hve__auth_mode"].field
+    (any_of,) = [v for v in auth_mode.kwargs["validators"] if hasattr(v, "values")]
+    assert list(any_of.values) == ["client_secret", "certificate", "password", "workload_identity"]
+    assert form is not None
+
+
+@needs((3, 0), "The React UI's connection form (hook_meta API)")
+def test_react_connection_form_metadata() -> None:
+    """What the Airflow 3 UI reads to draw the form: declarative on 3.2+, from WTForms widgets on 3.0/3.1."""
+    # The service behind GET /ui/connections/hook_meta (tests/test_provider.py calls the endpoint on the
+    # newest Airflow; its auth differs between 3.x releases, the metadata is what this test is about). In a
+    # fresh process, as in the API server: 3.0/3.1 build the form only while WTForms is mocked, which a
+    # ProvidersManager already loaded by another test would skip.
+    code = (
+        "import json\n"
+        "from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService\n"
+        "print(json.dumps([h.model_dump(mode='json') for h in HookMetaService.hook_meta_data()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    hooks = json.loads(done.stdout.strip().splitlines()[-1])
+    (hve,) = [hook for hook in hooks if hook["connection_type"] == "hve"]
+    fields = hve["extra_fields"]
+    if not AIRFLOW_V_3_1_PLUS and fields is None:
+        import importlib.util
+
+        assert importlib.util.find_spec("wtforms") is None  # the only reason 3.0 may have no fields
+        pytest.skip(
+            f"Airflow {RUNNING} builds the form from WTForms only when WTForms is installed (it comes with "
+            "apache-airflow-providers-fab); without it the UI shows the Extra JSON box (docs/compatibility.md)"
+        )
+    assert set(HVE_FIELDS) <= set(fields)
+    assert fields["tenant_id"]["schema"]["title"] == "Tenant ID"
+    assert fields["auth_mode"]["schema"]["enum"] == ["client_secret", "certificate", "password", "workload_identity"]
+    assert fields["timeout"]["value"] == 30
+    if AIRFLOW_V_3_2_PLUS:  # declarative: a type without "null" is a required field
+        assert fields["tenant_id"]["schema"]["type"] == "string"
+        assert fields["client_id"]["schema"]["type"] == "string"
+        assert fields["scope"]["schema"]["type"] == ["string", "null"]
+    else:  # 3.0/3.1 turn WTForms fields into nullable types: the description says it instead
+        assert fields["tenant_id"]["description"].startswith("Required.")
+    standard = hve["standard_fields"]
+    assert standard["login"]["title"] == "HVE account"
+    assert standard["password"]["title"] == "Client secret / password"
+    assert standard["url_schema"]["hidden"] is True
+
+
+def test_airflow_send_email_goes_through_the_hve_backend(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    """Airflow's own send_email (what email_on_failure and EmailOperator call) reaches HVE on every version."""
+    hve_connection()
+    from airflow.utils.email import send_email
+
+    send_email(
+        "ops@contoso.example", "Backend on every Airflow", "<p>routed through <b>HVE</b></p>", cc="cc@contoso.example"
+    )
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert sorted(delivered.rcpt_tos) == ["cc@contoso.example", "ops@contoso.example"]
+    assert delivered.message["Subject"] == "Backend on every Airflow"
+    assert delivered.message["From"] == sandbox.account
+
+
+def _deadline_context(run_id: str) -> dict[str, Any]:
+    # The context the scheduler hands a Deadline Alert callback (airflow.models.deadline.handle_miss).
+    queued = dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.timezone.utc)
+    return {
+        "dag_run": {
+            "dag_id": "nightly_load",
+            "dag_run_id": run_id,
+            "queued_at": queued.isoformat(),
+            "state": "running",
+        },
+        "deadline": {"id": "0193", "deadline_time": queued + dt.timedelta(minutes=30)},
+    }
+
+
+def test_async_notify_sends_through_the_sync_path(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
+    hve_connection()
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    notifier = HveNotifier(to="oncall@contoso.example")
+    context = _deadline_context("scheduled__2026-03-01")
+    if not AIRFLOW_V_3_1_PLUS:
+        context["dag"] = None  # BaseNotifier before 3.1 reads context["dag"]; no deadline context exists there
+    notifier.render_template_fields(context)
+    asyncio.run(notifier.async_notify(context))
+
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["oncall@contoso.example"]
+    assert delivered.message["Subject"] == "[Airflow] DAG nightly_load missed its deadline"
+    html = delivered.message.get_body(("html",)).get_content()
+    assert "scheduled__2026-03-01" in html and "2026-03-01T06:30:00+00:00" in html
+
+
+@needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")
+def test_triggerer_style_await_renders_and_sends(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
+    """The triggerer builds the notifier with the context as a keyword and awaits it (BaseNotifier.__await__)."""
+    hve_connection()
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    async def trigger() -> None:
+        await HveNotifier(
+            to="oncall@contoso.example", subject="Late: {{ dag_run.dag_run_id }}", context=_deadline_context("r1")
+        )
+
+    asyncio.run(trigger())
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["Subject"] == "Late: r1"
+
+
+def test_deadline_example_is_defined_only_where_deadline_alerts_exist(parse_dags: Callable[[Any], Any]) -> None:
+    bag = parse_dags(EXAMPLE_DAGS / "hve_deadline_alert.py")
+    assert not bag.import_errors
+    if not HAS_DEADLINE_ALERTS:
+        assert "hve_deadline_alert" not in bag.dag_ids, f"Airflow {RUNNING} has no Deadline Alerts"
+        return
+    dag = bag.get_dag("hve_deadline_alert")
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.callback.path == "airflow_provider_hve.notifications.hve.HveNotifier"
+    assert alert.callback.kwargs == {"to": "data-oncall@contoso.example"}
+
+
+def test_version_flags_match_the_running_airflow() -> None:
+    import airflow
+    from packaging.version import Version
+
+    running = Version(airflow.__version__)
+    assert (running.major, running.minor, running.micro) == AIRFLOW_VERSION
+    assert (running >= Version("3.1.0")) == AIRFLOW_V_3_1_PLUS
+
+
+@pytest.mark.skipif(
+    HAS_TASK_STATE_STORE,
+    reason=f"Airflow {RUNNING} has task_state_store: tests/test_bulk.py proves each row is sent once across retries",
+)
+def test_without_task_state_store_a_retry_resends_and_the_log_says_so(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Before Airflow 3.3 the guarantee is weaker, and the task log says so plainly: nothing pretends."""
+    import airflow
+
+    sandbox.smtp.disconnect_after(15)  # the first try delivers 15 of 40, then HVE hangs up; the retry runs
+    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
+    assert dag_run.state == "success"
+
+    delivered = sandbox.wait_for_messages(55, timeout=10)
+    counts = Counter(m.rcpt_tos[0] for m in delivered)
+    assert sorted(counts) == [f"person{n:03d}@contoso.example" for n in range(40)]
+    assert sorted(counts.values()) == [1] * 25 + [2] * 15  # the first try's 15 got a second copy
+    out, err = capfd.readouterr()
+    warning = f"No task_state_store in the task context (Airflow {airflow.__version__}; it arrived in 3.3)"
+    assert warning in out + err

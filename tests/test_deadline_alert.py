@@ -1,0 +1,164 @@
+"""A Deadline Alert through HveNotifier, end to end: real scheduler, triggerer, DAG processor and API server.
+
+A temporary AIRFLOW_HOME on SQLite runs example_dags/hve_deadline_alert.py with a 3-second deadline and a
+task that works for minutes: the scheduler sees the deadline missed, the triggerer awaits HveNotifier
+(``async_notify``), and the alert must arrive in the sandbox's mailbox.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_hve._compat import AIRFLOW_VERSION, HAS_DEADLINE_ALERTS
+from airflow_provider_hve.sandbox import HveSandbox
+from airflow_provider_hve.sandbox.core import free_port
+
+pytestmark = pytest.mark.skipif(
+    not HAS_DEADLINE_ALERTS,
+    reason=f"Deadline Alerts arrived in Airflow 3.1; this is Airflow {'.'.join(map(str, AIRFLOW_VERSION))}",
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_dags" / "hve_deadline_alert.py"
+DAG_ID = "hve_deadline_alert"
+ONCALL = "deadline-oncall@contoso.example"
+# Bounded waits: the whole test gives up well inside pytest's timeout.
+SERIALIZED_WITHIN = 120
+ALERT_WITHIN = 150
+
+
+class Airflow:
+    """Airflow components as child processes of one temporary AIRFLOW_HOME; stopped as a group."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def cli(self, *args: str, timeout: float = 240) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the executor's workers are stopped with it
+        )
+        log.close()
+
+    def assert_running(self) -> None:
+        for name, process in self.processes.items():
+            assert process.poll() is None, f"airflow {name} exited with {process.returncode}:\n{self.log_tail(name)}"
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.home / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            query = "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?"
+            (state,) = db.execute(query, (dag_id, run_id)).fetchone()
+        return str(state)
+
+    def is_serialized(self, dag_id: str) -> bool:
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            try:
+                row = db.execute("SELECT 1 FROM serialized_dag WHERE dag_id = ?", (dag_id,)).fetchone()
+            except sqlite3.OperationalError:
+                return False
+        return row is not None
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
+    home = tmp_path / "airflow"
+    (home / "dags").mkdir(parents=True)
+    shutil.copy(EXAMPLE, home / "dags" / EXAMPLE.name)
+    api_port = free_port()
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "PYTEST_"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW_CONN_HVE_DEFAULT": sandbox.connection_json(),
+            "HVE_ONCALL_TO": ONCALL,
+            "HVE_DEADLINE_SECONDS": "3",
+            "HVE_DEADLINE_WORK_SECONDS": "300",
+        }
+    )
+    af = Airflow(home, env)
+    try:
+        af.cli("db", "migrate")
+        af.start("api-server", "api-server", "--port", str(api_port))
+        af.start("dag-processor", "dag-processor")
+        af.start("scheduler", "scheduler")
+        af.start("triggerer", "triggerer")
+        yield af
+    finally:
+        af.stop()
+
+
+@pytest.mark.timeout(600)
+def test_missed_deadline_is_mailed_by_the_triggerer(airflow: Airflow, sandbox: HveSandbox) -> None:
+    give_up = time.monotonic() + SERIALIZED_WITHIN
+    while not airflow.is_serialized(DAG_ID):
+        airflow.assert_running()
+        assert time.monotonic() < give_up, f"not parsed in {SERIALIZED_WITHIN}s:\n{airflow.log_tail('dag-processor')}"
+        time.sleep(1)  # polling a condition with a bound, not waiting for it to happen
+    airflow.cli("dags", "trigger", DAG_ID, "--run-id", "deadline_run")
+
+    try:
+        (alert,) = sandbox.wait_for_messages(1, timeout=ALERT_WITHIN)
+    except Exception:
+        airflow.assert_running()
+        raise AssertionError(
+            f"no alert in {ALERT_WITHIN}s.\nscheduler:\n{airflow.log_tail('scheduler')}\n"
+            f"triggerer:\n{airflow.log_tail('triggerer')}"
+        ) from None
+    assert alert.rcpt_tos == [ONCALL]
+    assert alert.message["Subject"] == f"[Airflow] DAG {DAG_ID} missed its deadline"
+    html = alert.message.get_body(("html",)).get_content()
+    assert "deadline_run" in html and "Deadline" in html and "Queued at" in html
+    # The deadline sent it, not a failure callback: the run is still going (its task works for minutes).
+    assert airflow.run_state(DAG_ID, "deadline_run") == "running"
