@@ -17,6 +17,8 @@ from airflow_provider_hve.utils.email import send_email
 
 CASES = Path(__file__).parent / "dags" / "hve_alert_cases.py"
 SECRET = "hunter2-Zq8-not-for-mail"
+# A secret with characters html.escape() changes: Airflow escapes the exception of a failure e-mail.
+ESCAPED_SECRET = "pa'ss&w<rd-Zq8>not\"for-mail"
 EXAMPLE_SUBJECT_TEMPLATE = Path(__file__).parent.parent / "example_dags" / "templates" / "hve_email_subject.j2"
 
 
@@ -73,6 +75,17 @@ def test_one_notifier_instance_sends_each_alert_with_its_own_facts(
     assert "Open the log" in html(first) and "Open the log" not in html(dag_alert)
 
 
+def test_sensor_alert_counts_from_the_first_poke(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    dag_run = run_dag(CASES, "hve_case_rescheduled_sensor")
+    assert dag_run.state == "failed"
+
+    (alert,) = sandbox.wait_for_messages(1)
+    assert "AirflowSensorTimeout" in plain(alert)
+    # The sensor times out only once it has waited longer than its timeout (3 s) since its first poke; the
+    # last poke alone takes well under a second.
+    assert 3 <= duration_seconds(plain(alert)) <= (dag_run.end_date - dag_run.start_date).total_seconds(), plain(alert)
+
+
 def _task_context(exception: BaseException) -> dict[str, Any]:
     return {"run_id": "manual__alert", "exception": exception, "params": {}}
 
@@ -127,6 +140,51 @@ def test_backend_masks_secrets_in_subject_and_body(hve_connection: Callable[...,
     assert mail.message["Subject"] == "Failed: ***"
     assert "token *** refused" in html(mail)
     assert SECRET.encode() not in mail.data
+
+
+def test_notifier_masks_secrets_in_a_user_template_exception(
+    hve_connection: Callable[..., str], sandbox: HveSandbox
+) -> None:
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(SECRET)
+    notifier = HveNotifier(
+        to="oncall@contoso.example",
+        subject="Alert: {{ exception }}",
+        html_content="<p>{{ exception }}</p>",
+        text_content="Raw: {{ exception }}",
+    )
+    context = _task_context(ValueError(f"login with {SECRET}"))
+    notifier(context)
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Subject"] == "Alert: login with ***"
+    assert "<p>login with ***</p>" in html(alert) and "Raw: login with ***" in plain(alert)
+    assert SECRET not in html(alert) + plain(alert) + str(alert.message["Subject"])
+    # Other callbacks of the same task still get Airflow's own context.
+    assert isinstance(context["exception"], ValueError)
+
+
+def test_backend_masks_html_escaped_secrets(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    import html as html_module
+
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(ESCAPED_SECRET)
+    escaped = html_module.escape(f"login with {ESCAPED_SECRET} refused")  # as Airflow builds exception_html
+    assert html_module.escape(ESCAPED_SECRET) in escaped
+    send_email(
+        "oncall@contoso.example",
+        "Failed",
+        f'<p title="{html_module.escape(ESCAPED_SECRET)}">Exception: {escaped}</p><p>a &amp; b</p>',
+    )
+    (mail,) = sandbox.wait_for_messages(1)
+    body = html(mail)
+    assert "Exception: login with *** refused" in body and 'title="***"' in body
+    assert "<p>a &amp; b</p>" in body  # the rest of the markup is left as written
+    for form in (ESCAPED_SECRET, html_module.escape(ESCAPED_SECRET), html_module.escape(ESCAPED_SECRET, quote=False)):
+        assert form not in body and form not in plain(mail)
 
 
 def test_backend_withholds_subject_and_body_when_airflow_cannot_mask_them(

@@ -48,7 +48,8 @@ def send_email(
     Send an e-mail through HVE with Airflow's ``email_backend`` signature.
 
     Secrets Airflow knows (connection passwords, masked variables) are replaced by ``***`` in the subject
-    and the body, as in :class:`HveNotifier`. If Airflow's secret masker cannot be imported, the subject and
+    and the body, as in :class:`HveNotifier`; in the body also where they appear HTML-escaped (Airflow
+    escapes the exception it puts into a failure e-mail). If Airflow's secret masker cannot be imported, the subject and
     body are withheld (a short notice is sent instead) and a warning is logged.
 
     :param to: recipients, a string (comma/semicolon separated) or a list.
@@ -113,10 +114,10 @@ def _resolve_conn_id(conn_id: str) -> str:
 
 
 def _redacted(subject: str, html_content: str) -> tuple[str, str]:
-    from airflow_provider_hve.redaction import redact_text
+    from airflow_provider_hve.redaction import redact_html, redact_text
 
     safe_subject = redact_text(str(subject), what="the subject")
-    safe_html = redact_text(str(html_content), what="the body")
+    safe_html = redact_html(str(html_content), what="the body")
     if safe_subject is None or safe_html is None:
         return WITHHELD_SUBJECT, WITHHELD_HTML
     return safe_subject, safe_html
