@@ -239,3 +239,22 @@ def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
     # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
     assert mail.message["From"] == sandbox.account
     assert "column &lt;b&gt;amount&lt;/b&gt; rejected" in html(mail) and "<b>amount</b>" not in html(mail)
+
+
+def test_example_backend_config_reads_as_airflow_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import textwrap
+
+    import example_dags.hve_failure_alerts as example
+    from airflow.configuration import AirflowConfigParser
+
+    doc = example.__doc__ or ""
+    start = doc.index("    [email]")
+    block = textwrap.dedent(doc[start : doc.index("\n\n", start)])
+    for name in ("EMAIL_BACKEND", "EMAIL_CONN_ID", "SUBJECT_TEMPLATE"):  # the environment would win over the file
+        monkeypatch.delenv(f"AIRFLOW__EMAIL__{name}", raising=False)
+    parser = AirflowConfigParser()
+    parser.read_string(block)
+    # Airflow keeps an inline "# ..." in the value: each comment of the snippet must be on its own line.
+    assert parser.get("email", "email_conn_id") == "hve_default"
+    assert parser.get("email", "email_backend") == "airflow_provider_hve.utils.email.send_email"
+    assert parser.get("email", "subject_template") == "/opt/airflow/dags/templates/hve_email_subject.j2"
