@@ -244,8 +244,9 @@ def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
 def test_example_backend_config_reads_as_airflow_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import textwrap
 
-    import example_dags.hve_failure_alerts as example
     from airflow.configuration import AirflowConfigParser
+
+    import example_dags.hve_failure_alerts as example
 
     doc = example.__doc__ or ""
     start = doc.index("    [email]")

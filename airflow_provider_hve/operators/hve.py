@@ -47,8 +47,9 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param headers: extra ``X-`` headers. (templated)
     :param images: inline images, content id -> file path, shown with ``<img src="cid:ID">``. (templated)
     :param data: report rows: a list of dicts, usually an upstream task's output (XComArg, resolved at run
-        time). Rows are data: a string inside a row is never rendered as a template; only a top-level
-        template string (``"{{ ti.xcom_pull(...) }}"``) is.
+        time, also inside a literal row). Rows are data: a string inside a row is never rendered as a
+        template; only a top-level template string (``"{{ ti.xcom_pull('extract') }}"``) is, and what it
+        renders to is read back as rows (JSON, or the rows' Python text).
     :param title: report title; defaults to the subject. (templated)
     :param csv_filename: also attach ``data`` as a CSV file of this name. (templated)
     :param dry_run: render and validate everything and write the ``.eml`` (mode 0600; a mapped task's file
