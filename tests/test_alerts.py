@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -224,6 +225,22 @@ def test_backend_uses_an_existing_smtp_default_connection(
     assert mail.rcpt_tos == ["oncall@contoso.example"]
 
 
+def test_backend_uses_hve_default_when_smtp_default_is_airflows_smtp_connection(
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What `airflow connections create-default-connections` makes: an smtp connection named smtp_default.
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({"conn_type": "smtp", "host": "localhost", "port": 25}))
+    hve_connection()
+    with caplog.at_level(logging.WARNING):
+        send_email("oncall@contoso.example", "Past smtp_default", "<p>hi</p>", conn_id="smtp_default")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.rcpt_tos == ["oncall@contoso.example"] and mail.message["Subject"] == "Past smtp_default"
+    assert "'smtp_default' is of type 'smtp'" in caplog.text and "hve_default" in caplog.text
+
+
 @pytest.mark.filterwarnings("ignore:Setting email:UserWarning")  # Airflow 3 deprecates email= on tasks
 def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
     run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
@@ -259,3 +276,20 @@ def test_example_backend_config_reads_as_airflow_reads_it(monkeypatch: pytest.Mo
     assert parser.get("email", "email_conn_id") == "hve_default"
     assert parser.get("email", "email_backend") == "airflow_provider_hve.utils.email.send_email"
     assert parser.get("email", "subject_template") == "/opt/airflow/dags/templates/hve_email_subject.j2"
+
+
+def test_awaiting_a_notifier_renders_on_a_copy(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    import asyncio
+    import contextlib
+
+    hve_connection()
+    notifier = HveNotifier(to="{{ params.oncall }}", subject="Alert for {{ run_id }}")
+    notifier.context = {"run_id": "manual__await", "params": {"oncall": "oncall@contoso.example"}}
+
+    async def alert() -> None:
+        await notifier
+
+    # Sending from the triggerer needs async_notify; without it Airflow raises NotImplementedError after rendering.
+    with contextlib.suppress(NotImplementedError):
+        asyncio.run(alert())
+    assert notifier.subject == "Alert for {{ run_id }}" and notifier.to == "{{ params.oncall }}"
