@@ -270,7 +270,18 @@ def _report(operator: HveEmailOperator, table: Any, context: Any) -> dict[str, A
 def _write_eml(outgoing: OutgoingMessage, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Owner-only (0600): the message may hold personal data. fchmod too, for a file left by an earlier run.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    # O_NOFOLLOW: a symbolic link planted under the file's name is not followed (nor its target truncated).
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise HveConfigError(
+                f"Dry run: {path!r} is a symbolic link; it is not followed. Remove it, or set dry_run_dir to a "
+                f"folder only this account can write to."
+            ) from exc
+        raise
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(outgoing.message.as_bytes())
