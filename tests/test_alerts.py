@@ -293,3 +293,18 @@ def test_awaiting_a_notifier_renders_on_a_copy(hve_connection: Callable[..., str
     with contextlib.suppress(NotImplementedError):
         asyncio.run(alert())
     assert notifier.subject == "Alert for {{ run_id }}" and notifier.to == "{{ params.oncall }}"
+
+
+def test_readme_backend_config_sets_a_readable_subject_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.configuration import AirflowConfigParser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```ini\n[email]") + len("```ini\n")
+    for name in ("EMAIL_BACKEND", "EMAIL_CONN_ID", "SUBJECT_TEMPLATE"):  # the environment would win over the file
+        monkeypatch.delenv(f"AIRFLOW__EMAIL__{name}", raising=False)
+    parser = AirflowConfigParser()
+    parser.read_string(readme[start : readme.index("```", start)])
+    assert parser.get("email", "email_backend") == "airflow_provider_hve.utils.email.send_email"
+    # Airflow's default subject prints the whole task instance; the README names the shipped template.
+    assert Path(parser.get("email", "subject_template")).name == EXAMPLE_SUBJECT_TEMPLATE.name
+    assert EXAMPLE_SUBJECT_TEMPLATE.is_file()
