@@ -125,8 +125,8 @@ def rows_from_text(rendered: Any) -> Any:
 
     Without ``render_template_as_native_obj`` Jinja renders ``{{ ti.xcom_pull('extract') }}`` to the rows'
     Python text (``[{'a': None, 'b': True}]``), and ``{{ ... | tojson }}`` to JSON: both are read back as
-    data (JSON, else a Python literal; ``ast.literal_eval`` evaluates no code). Anything else is returned as
-    it is, for the operator to refuse.
+    data (JSON, else a Python list literal; ``ast.literal_eval`` evaluates no code). Anything else is
+    returned as it is, for the operator to refuse.
     """
     import ast
     import json
@@ -138,9 +138,11 @@ def rows_from_text(rendered: Any) -> Any:
     except ValueError:
         pass
     try:
-        return ast.literal_eval(rendered.strip())
+        rows = ast.literal_eval(rendered.strip())
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return rendered
+    # Only rows: "None" (an XCom that does not exist) stays text, for the operator's error to name.
+    return rows if isinstance(rows, (list, tuple)) else rendered
 
 
 class EmailTemplating(RowTemplating):
