@@ -10,8 +10,9 @@ Four rules on top of Airflow's templating:
 * The body templates see extra variables (report rows, the notification facts) that the class adds
   after the other fields have been rendered.
 * Fields that hold rows of data (``data``, ``recipients``) are data, not templates: an upstream task's
-  output (XComArg) is resolved and a top-level template string is rendered, but no string inside a row is
-  ever rendered (a row value ``{{ conn.hve_default.password }}`` stays that text).
+  output (XComArg) is resolved wherever it sits, and a top-level template string is rendered and read back
+  as rows (JSON or a Python literal), but no string inside a row is ever rendered (a row value
+  ``{{ conn.hve_default.password }}`` stays that text).
 
 The rules live in ``_do_render_template_fields``, the hook Airflow calls for a plain task
 (``render_template_fields``) and for a mapped one (``MappedOperator`` renders through the unmapped task's
@@ -78,15 +79,70 @@ class RowTemplating:
             raise HveConfigError(f"Argument {name!r}: the template failed: {type(exc).__name__}: {exc}.") from exc
 
     def _render_rows(self, value: Any, context: Any, env: jinja2.Environment, seen: set[int]) -> Any:
-        """Resolve an upstream output or render a top-level template string; leave literal rows as they are."""
+        """
+        Resolve upstream outputs, call a callable, or render a top-level template string.
+
+        An upstream output (XComArg) is resolved wherever it sits in the rows (``[{"n": t.output}]``), as
+        Airflow resolves it; a callable field value is called with ``context`` and ``jinja_env``, as Airflow
+        does. Strings inside rows are never rendered.
+        """
         if id(value) in seen:  # already resolved by Airflow (a mapped task's expanded value)
             return value
         if isinstance(value, str):
-            return self.render_template(value, context, env, seen)
-        resolve = getattr(value, "resolve", None)
-        if callable(resolve) and not isinstance(value, os.PathLike):
-            return resolve(context)
-        return value
+            return rows_from_text(self.render_template(value, context, env, seen))
+        if callable(value) and not isinstance(value, _resolve_mixin()):
+            return value(context=context, jinja_env=env)
+        return resolve_nested(value, context)
+
+
+def _resolve_mixin() -> type[Any]:
+    """Return Airflow's base class of run-time values (XComArg and the like)."""
+    try:
+        from airflow.sdk.definitions._internal.mixins import ResolveMixin
+    except ImportError:  # pragma: no cover - Airflow 2
+        from airflow.utils.mixins import ResolveMixin  # type: ignore[no-redef]
+    return ResolveMixin
+
+
+def resolve_nested(value: Any, context: Any) -> Any:
+    """Resolve every run-time value (XComArg) in ``value`` at any depth; leave everything else, strings included."""
+    if isinstance(value, _resolve_mixin()):
+        return value.resolve(context)
+    if value.__class__ is tuple:
+        return tuple(resolve_nested(item, context) for item in value)
+    if isinstance(value, list):
+        return [resolve_nested(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: resolve_nested(item, context) for key, item in value.items()}
+    if isinstance(value, set):
+        return {resolve_nested(item, context) for item in value}
+    return value
+
+
+def rows_from_text(rendered: Any) -> Any:
+    """
+    Read rows from what a top-level template string rendered to.
+
+    Without ``render_template_as_native_obj`` Jinja renders ``{{ ti.xcom_pull('extract') }}`` to the rows'
+    Python text (``[{'a': None, 'b': True}]``), and ``{{ ... | tojson }}`` to JSON: both are read back as
+    data (JSON, else a Python list literal; ``ast.literal_eval`` evaluates no code). Anything else is
+    returned as it is, for the operator to refuse.
+    """
+    import ast
+    import json
+
+    if not isinstance(rendered, str):  # rendered as a native object already
+        return rendered
+    try:
+        return json.loads(rendered)
+    except ValueError:
+        pass
+    try:
+        rows = ast.literal_eval(rendered.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return rendered
+    # Only rows: "None" (an XCom that does not exist) stays text, for the operator's error to name.
+    return rows if isinstance(rows, (list, tuple)) else rendered
 
 
 class EmailTemplating(RowTemplating):

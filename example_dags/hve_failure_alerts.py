@@ -11,7 +11,8 @@ keep ``email=[...]``, which Airflow 3 deprecates in favour of notifiers such as 
 
     [email]
     email_backend = airflow_provider_hve.utils.email.send_email
-    email_conn_id = hve_default          # optional: Airflow's default smtp_default means hve_default
+    # optional: Airflow's default smtp_default means hve_default
+    email_conn_id = hve_default
     subject_template = /opt/airflow/dags/templates/hve_email_subject.j2
 
 ``templates/hve_email_subject.j2`` next to this file is a readable subject for those mails (Airflow's default

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -17,6 +18,8 @@ from airflow_provider_hve.utils.email import send_email
 
 CASES = Path(__file__).parent / "dags" / "hve_alert_cases.py"
 SECRET = "hunter2-Zq8-not-for-mail"
+# A secret with characters html.escape() changes: Airflow escapes the exception of a failure e-mail.
+ESCAPED_SECRET = "pa'ss&w<rd-Zq8>not\"for-mail"
 EXAMPLE_SUBJECT_TEMPLATE = Path(__file__).parent.parent / "example_dags" / "templates" / "hve_email_subject.j2"
 
 
@@ -71,6 +74,17 @@ def test_one_notifier_instance_sends_each_alert_with_its_own_facts(
         assert f'href="http://localhost:8080{run_url}"' in html(alert)
         assert "Open the run" in html(alert)
     assert "Open the log" in html(first) and "Open the log" not in html(dag_alert)
+
+
+def test_sensor_alert_counts_from_the_first_poke(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    dag_run = run_dag(CASES, "hve_case_rescheduled_sensor")
+    assert dag_run.state == "failed"
+
+    (alert,) = sandbox.wait_for_messages(1)
+    assert "AirflowSensorTimeout" in plain(alert)
+    # The sensor times out only once it has waited longer than its timeout (3 s) since its first poke; the
+    # last poke alone takes well under a second.
+    assert 3 <= duration_seconds(plain(alert)) <= (dag_run.end_date - dag_run.start_date).total_seconds(), plain(alert)
 
 
 def _task_context(exception: BaseException) -> dict[str, Any]:
@@ -129,6 +143,51 @@ def test_backend_masks_secrets_in_subject_and_body(hve_connection: Callable[...,
     assert SECRET.encode() not in mail.data
 
 
+def test_notifier_masks_secrets_in_a_user_template_exception(
+    hve_connection: Callable[..., str], sandbox: HveSandbox
+) -> None:
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(SECRET)
+    notifier = HveNotifier(
+        to="oncall@contoso.example",
+        subject="Alert: {{ exception }}",
+        html_content="<p>{{ exception }}</p>",
+        text_content="Raw: {{ exception }}",
+    )
+    context = _task_context(ValueError(f"login with {SECRET}"))
+    notifier(context)
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Subject"] == "Alert: login with ***"
+    assert "<p>login with ***</p>" in html(alert) and "Raw: login with ***" in plain(alert)
+    assert SECRET not in html(alert) + plain(alert) + str(alert.message["Subject"])
+    # Other callbacks of the same task still get Airflow's own context.
+    assert isinstance(context["exception"], ValueError)
+
+
+def test_backend_masks_html_escaped_secrets(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    import html as html_module
+
+    from airflow.sdk.log import mask_secret
+
+    hve_connection()
+    mask_secret(ESCAPED_SECRET)
+    escaped = html_module.escape(f"login with {ESCAPED_SECRET} refused")  # as Airflow builds exception_html
+    assert html_module.escape(ESCAPED_SECRET) in escaped
+    send_email(
+        "oncall@contoso.example",
+        "Failed",
+        f'<p title="{html_module.escape(ESCAPED_SECRET)}">Exception: {escaped}</p><p>a &amp; b</p>',
+    )
+    (mail,) = sandbox.wait_for_messages(1)
+    body = html(mail)
+    assert "Exception: login with *** refused" in body and 'title="***"' in body
+    assert "<p>a &amp; b</p>" in body  # the rest of the markup is left as written
+    for form in (ESCAPED_SECRET, html_module.escape(ESCAPED_SECRET), html_module.escape(ESCAPED_SECRET, quote=False)):
+        assert form not in body and form not in plain(mail)
+
+
 def test_backend_withholds_subject_and_body_when_airflow_cannot_mask_them(
     hve_connection: Callable[..., str],
     sandbox: HveSandbox,
@@ -166,6 +225,22 @@ def test_backend_uses_an_existing_smtp_default_connection(
     assert mail.rcpt_tos == ["oncall@contoso.example"]
 
 
+def test_backend_uses_hve_default_when_smtp_default_is_airflows_smtp_connection(
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What `airflow connections create-default-connections` makes: an smtp connection named smtp_default.
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({"conn_type": "smtp", "host": "localhost", "port": 25}))
+    hve_connection()
+    with caplog.at_level(logging.WARNING):
+        send_email("oncall@contoso.example", "Past smtp_default", "<p>hi</p>", conn_id="smtp_default")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.rcpt_tos == ["oncall@contoso.example"] and mail.message["Subject"] == "Past smtp_default"
+    assert "'smtp_default' is of type 'smtp'" in caplog.text and "hve_default" in caplog.text
+
+
 @pytest.mark.filterwarnings("ignore:Setting email:UserWarning")  # Airflow 3 deprecates email= on tasks
 def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
     run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
@@ -181,3 +256,55 @@ def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
     # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
     assert mail.message["From"] == sandbox.account
     assert "column &lt;b&gt;amount&lt;/b&gt; rejected" in html(mail) and "<b>amount</b>" not in html(mail)
+
+
+def test_example_backend_config_reads_as_airflow_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import textwrap
+
+    from airflow.configuration import AirflowConfigParser
+
+    import example_dags.hve_failure_alerts as example
+
+    doc = example.__doc__ or ""
+    start = doc.index("    [email]")
+    block = textwrap.dedent(doc[start : doc.index("\n\n", start)])
+    for name in ("EMAIL_BACKEND", "EMAIL_CONN_ID", "SUBJECT_TEMPLATE"):  # the environment would win over the file
+        monkeypatch.delenv(f"AIRFLOW__EMAIL__{name}", raising=False)
+    parser = AirflowConfigParser()
+    parser.read_string(block)
+    # Airflow keeps an inline "# ..." in the value: each comment of the snippet must be on its own line.
+    assert parser.get("email", "email_conn_id") == "hve_default"
+    assert parser.get("email", "email_backend") == "airflow_provider_hve.utils.email.send_email"
+    assert parser.get("email", "subject_template") == "/opt/airflow/dags/templates/hve_email_subject.j2"
+
+
+def test_awaiting_a_notifier_renders_on_a_copy(hve_connection: Callable[..., str], sandbox: HveSandbox) -> None:
+    import asyncio
+    import contextlib
+
+    hve_connection()
+    notifier = HveNotifier(to="{{ params.oncall }}", subject="Alert for {{ run_id }}")
+    notifier.context = {"run_id": "manual__await", "params": {"oncall": "oncall@contoso.example"}}
+
+    async def alert() -> None:
+        await notifier
+
+    # Sending from the triggerer needs async_notify; without it Airflow raises NotImplementedError after rendering.
+    with contextlib.suppress(NotImplementedError):
+        asyncio.run(alert())
+    assert notifier.subject == "Alert for {{ run_id }}" and notifier.to == "{{ params.oncall }}"
+
+
+def test_readme_backend_config_sets_a_readable_subject_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.configuration import AirflowConfigParser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```ini\n[email]") + len("```ini\n")
+    for name in ("EMAIL_BACKEND", "EMAIL_CONN_ID", "SUBJECT_TEMPLATE"):  # the environment would win over the file
+        monkeypatch.delenv(f"AIRFLOW__EMAIL__{name}", raising=False)
+    parser = AirflowConfigParser()
+    parser.read_string(readme[start : readme.index("```", start)])
+    assert parser.get("email", "email_backend") == "airflow_provider_hve.utils.email.send_email"
+    # Airflow's default subject prints the whole task instance; the README names the shipped template.
+    assert Path(parser.get("email", "subject_template")).name == EXAMPLE_SUBJECT_TEMPLATE.name
+    assert EXAMPLE_SUBJECT_TEMPLATE.is_file()

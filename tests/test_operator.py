@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,37 @@ def test_mapped_tasks_escape_html_use_the_report_and_keep_every_dry_run(
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in emls)
     recipients = {email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"] for p in emls}
     assert recipients == {"one@contoso.example", "two@contoso.example", "three@contoso.example"}
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="dry", key="return_value")
+        summaries = {row.map_index: XComModel.deserialize_value(row) for row in session.scalars(query).all()}
+    assert sorted(summaries) == [0, 1, 2]
+    for summary in summaries.values():
+        assert summary["dry_run"] is True and summary["bcc_count"] == 1
+        assert "audit@contoso.example" not in json.dumps(summary)  # the Bcc address: counted, never listed
+        assert summary["recipients"] == [email.message_from_bytes(Path(summary["eml_path"]).read_bytes())["To"]]
+
+
+def test_dry_run_does_not_follow_a_symbolic_link_planted_at_its_path(
+    hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.operators.hve import _write_eml
+
+    outgoing = HveHook(hve_conn_id=hve_connection()).build_message("one@contoso.example", "Dry", "<p>hi</p>")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = tmp_path / "dry" / "hve_dag__mail__run.eml"
+    planted.parent.mkdir()
+    planted.symlink_to(victim)
+
+    with pytest.raises(HveConfigError, match="is a symbolic link; it is not followed"):
+        _write_eml(outgoing, str(planted))
+    assert victim.read_text() == "keep me" and planted.is_symlink()
+
+    # A plain path is still written, owner-only.
+    written = Path(_write_eml(outgoing, str(tmp_path / "dry" / "plain.eml")))
+    assert b"Subject: Dry" in written.read_bytes() and written.stat().st_mode & 0o777 == 0o600

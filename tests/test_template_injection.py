@@ -42,3 +42,23 @@ def test_rows_are_never_rendered_as_templates(run_dag: Callable[..., Any], sandb
     # A top-level template string is still a template (an upstream output pulled by Jinja).
     templated = messages["template@contoso.example"].message
     assert dag_run.logical_date.strftime("%Y-%m-%d") in templated.get_body(("html",)).get_content()
+
+
+def _csv_rows(delivered: Any) -> list[dict[str, str]]:
+    (attachment,) = list(delivered.message.iter_attachments())
+    return list(csv.DictReader(io.StringIO(attachment.get_content().lstrip("\ufeff"))))
+
+
+def test_rows_resolve_upstream_outputs_callables_and_the_documented_xcom_pull(
+    run_dag: Callable[..., Any], sandbox: HveSandbox
+) -> None:
+    dag_run = run_dag(CASES, "hve_case_rows_resolved")
+    assert dag_run.state == "success"
+
+    messages = {m.rcpt_tos[0]: m for m in sandbox.wait_for_messages(3)}
+    # data="{{ ti.xcom_pull('extract') }}" without render_template_as_native_obj: the rows, as the task returned.
+    assert _csv_rows(messages["pull@contoso.example"]) == [{"name": "Ada", "active": "True", "note": "", "calc": SUM}]
+    # data=[{"count": count(), ...}]: the XComArg inside a literal row is resolved; the string is left alone.
+    assert _csv_rows(messages["nested@contoso.example"]) == [{"count": "7", "calc": SUM}]
+    # data=<callable>: called with the context, as Airflow does for any templated field.
+    assert _csv_rows(messages["callable@contoso.example"]) == [{"called": "yes", "calc": SUM}]

@@ -111,7 +111,12 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         super(HveNotifier, copy.copy(self)).__call__(*args)
 
     def __await__(self) -> Any:
-        """Send one alert from the triggerer, rendered on a copy like :meth:`__call__`."""
+        """
+        Render on a copy, like :meth:`__call__`, then await :meth:`async_notify` (Airflow's triggerer path).
+
+        Airflow's own ``__await__`` renders the template fields in place: the next deadline alert of the same
+        parsed DAG would carry this one's subject and body.
+        """
         return super(HveNotifier, copy.copy(self)).__await__()
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
@@ -122,7 +127,13 @@ class HveNotifier(EmailTemplating, BaseNotifier):
             packaged_template,
         )
 
-        context["notification"] = deadline_facts(context) if "deadline" in context else notification_facts(context)
+        # The template sees the redacted exception text, never the raw exception (``{{ exception }}`` in a user
+        # template). On a copy of the context: other callbacks of the same task get Airflow's own.
+        facts = deadline_facts(context) if "deadline" in context else notification_facts(context)
+        context = dict(context)
+        context["notification"] = facts
+        if context.get("exception") is not None:
+            context["exception"] = facts["exception_message"]
         if self.subject is None:
             self.subject = packaged_template(NOTIFICATION_SUBJECT_TEMPLATE).strip()
         if self.html_content is None and self.text_content is None:
@@ -251,7 +262,7 @@ def notification_facts(context: Mapping[str, Any]) -> dict[str, Any]:
         "state_label": _STATE_LABELS.get(state, state or "finished"),
         "try_number": try_number,
         "max_tries": total_tries,
-        "duration": _duration(ti),
+        "duration": _duration(ti, context),
         "hostname": getattr(ti, "hostname", None) if kind == "task" else None,
         "reason": reason if reason not in (None, "success", "task_failure") else None,
         "exception_type": type(exception).__name__ if isinstance(exception, BaseException) else None,
@@ -283,22 +294,43 @@ def _value(state: Any) -> Any:
     return getattr(state, "value", state)
 
 
-def _duration(ti: Any) -> str | None:
-    """Return how long the task instance ran: its recorded duration, else end - start, else start to now."""
+def _duration(ti: Any, context: Mapping[str, Any]) -> str | None:
+    """
+    Return how long the task instance ran: its recorded duration, else from its first start to its end (or now).
+
+    A sensor in reschedule mode starts again at every poke: its ``start_date`` is the last poke's, so the
+    duration counts from the first poke of the try (Airflow's ``get_first_reschedule_date``).
+    """
     recorded = getattr(ti, "duration", None)  # Airflow 2's TaskInstance keeps it
     if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
         seconds = max(0, round(recorded))
     else:
-        start = getattr(ti, "start_date", None)
-        if not isinstance(start, dt.datetime):
+        start = _first_start(ti, context)
+        if start is None:
             return None
         end = getattr(ti, "end_date", None)
-        if not isinstance(end, dt.datetime):  # a callback of a task still running (on_execute, on_retry)
+        # No end yet (a callback of a task still running), or a stale one from an earlier try: until now.
+        if not isinstance(end, dt.datetime) or end < start:
             end = dt.datetime.now(tz=start.tzinfo or dt.timezone.utc)
         seconds = max(0, round((end - start).total_seconds()))
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def _first_start(ti: Any, context: Mapping[str, Any]) -> dt.datetime | None:
+    start = getattr(ti, "start_date", None)
+    if not isinstance(start, dt.datetime):
+        return None
+    if context.get("task_reschedule_count"):
+        try:
+            first = ti.get_first_reschedule_date(context)
+        except Exception as exc:  # outside the task runner (DAG processor): no supervisor to ask
+            log.debug("Could not read the first reschedule date: %s", exc)
+            first = None
+        if isinstance(first, dt.datetime) and first < start:
+            return first
+    return start
 
 
 def _exception_text(exception: Any) -> str | None:

@@ -47,8 +47,9 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param headers: extra ``X-`` headers. (templated)
     :param images: inline images, content id -> file path, shown with ``<img src="cid:ID">``. (templated)
     :param data: report rows: a list of dicts, usually an upstream task's output (XComArg, resolved at run
-        time). Rows are data: a string inside a row is never rendered as a template; only a top-level
-        template string (``"{{ ti.xcom_pull(...) }}"``) is.
+        time, also inside a literal row). Rows are data: a string inside a row is never rendered as a
+        template; only a top-level template string (``"{{ ti.xcom_pull('extract') }}"``) is, and what it
+        renders to is read back as rows (JSON, or the rows' Python text).
     :param title: report title; defaults to the subject. (templated)
     :param csv_filename: also attach ``data`` as a CSV file of this name. (templated)
     :param dry_run: render and validate everything and write the ``.eml`` (mode 0600; a mapped task's file
@@ -269,7 +270,18 @@ def _report(operator: HveEmailOperator, table: Any, context: Any) -> dict[str, A
 def _write_eml(outgoing: OutgoingMessage, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Owner-only (0600): the message may hold personal data. fchmod too, for a file left by an earlier run.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    # O_NOFOLLOW: a symbolic link planted under the file's name is not followed (nor its target truncated).
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise HveConfigError(
+                f"Dry run: {path!r} is a symbolic link; it is not followed. Remove it, or set dry_run_dir to a "
+                f"folder only this account can write to."
+            ) from exc
+        raise
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(outgoing.message.as_bytes())

@@ -48,7 +48,8 @@ def send_email(
     Send an e-mail through HVE with Airflow's ``email_backend`` signature.
 
     Secrets Airflow knows (connection passwords, masked variables) are replaced by ``***`` in the subject
-    and the body, as in :class:`HveNotifier`. If Airflow's secret masker cannot be imported, the subject and
+    and the body, as in :class:`HveNotifier`; in the body also where they appear HTML-escaped (Airflow
+    escapes the exception it puts into a failure e-mail). If Airflow's secret masker cannot be imported, the subject and
     body are withheld (a short notice is sent instead) and a warning is logged.
 
     :param to: recipients, a string (comma/semicolon separated) or a list.
@@ -61,7 +62,8 @@ def send_email(
     :param mime_subtype: ignored: the message structure follows its parts.
     :param mime_charset: ignored: parts are UTF-8.
     :param conn_id: the ``hve`` connection; default ``[email] email_conn_id``, then ``hve_default``.
-        Airflow's own default, ``smtp_default``, counts as unset when no such connection exists.
+        Airflow's own default, ``smtp_default``, counts as unset when no such connection exists or when it
+        is not an ``hve`` connection (a warning is logged then).
     :param from_email: From header; ``airflow@airflow`` (Airflow's placeholder) counts as unset.
     :param custom_headers: extra headers.
     """
@@ -96,25 +98,39 @@ def _configured_conn_id() -> str:
 
 
 def _resolve_conn_id(conn_id: str) -> str:
-    """Treat Airflow's default ``smtp_default`` as unset unless such a connection exists."""
+    """
+    Treat Airflow's default ``smtp_default`` as unset unless it is an ``hve`` connection.
+
+    ``airflow connections create-default-connections`` creates an ``smtp_default`` of type ``smtp``; it is
+    Airflow's, not a choice of ours, so the backend uses ``hve_default`` then (with a warning).
+    """
     if conn_id != AIRFLOW_DEFAULT_CONN_ID:
         return conn_id
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        BaseHook.get_connection(conn_id)
+        conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         log.debug("No connection %r: using %r", conn_id, DEFAULT_CONN_ID)
+        return DEFAULT_CONN_ID
+    if conn.conn_type != "hve":
+        log.warning(
+            "Connection %r is of type %r, not 'hve' (Airflow's default SMTP connection): sending through %r. "
+            "Set [email] email_conn_id to your hve connection to silence this.",
+            conn_id,
+            conn.conn_type,
+            DEFAULT_CONN_ID,
+        )
         return DEFAULT_CONN_ID
     return conn_id
 
 
 def _redacted(subject: str, html_content: str) -> tuple[str, str]:
-    from airflow_provider_hve.redaction import redact_text
+    from airflow_provider_hve.redaction import redact_html, redact_text
 
     safe_subject = redact_text(str(subject), what="the subject")
-    safe_html = redact_text(str(html_content), what="the body")
+    safe_html = redact_html(str(html_content), what="the body")
     if safe_subject is None or safe_html is None:
         return WITHHELD_SUBJECT, WITHHELD_HTML
     return safe_subject, safe_html

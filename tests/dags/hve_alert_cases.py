@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pendulum
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, BaseSensorOperator, task
 
 from airflow_provider_hve.notifications.hve import HveNotifier
 
@@ -35,3 +35,22 @@ with DAG(
         raise RuntimeError("second boom")
 
     first() >> second()
+
+
+class NeverReady(BaseSensorOperator):
+    """A sensor that never sees its condition: it times out."""
+
+    def poke(self, context: object) -> bool:
+        return False
+
+
+with DAG("hve_case_rescheduled_sensor", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+    # In reschedule mode every poke starts the task instance again: its start_date is the last poke's, so an
+    # alert computed from it said "0m 00s" for a sensor that waited for its whole timeout.
+    NeverReady(
+        task_id="wait",
+        mode="reschedule",
+        poke_interval=1,
+        timeout=3,
+        on_failure_callback=HveNotifier(to=ONCALL),
+    )

@@ -45,3 +45,44 @@ with DAG("hve_case_literal_rows", schedule=None, start_date=START, catchup=False
         subject="Rows from a template string",
         data='[{"ds": "{{ ds }}"}]',
     )
+
+
+def _rows_from_a_callable(context: object, jinja_env: object) -> list[dict]:
+    return [{"called": "yes", "calc": SUM}]
+
+
+with DAG("hve_case_rows_resolved", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+
+    @task
+    def extract() -> list[dict]:
+        # None and True: the rows' Python text (what Jinja renders without native objects) is not JSON.
+        return [{"name": "Ada", "active": True, "note": None, "calc": SUM}]
+
+    @task
+    def count() -> int:
+        return 7
+
+    # The documented form: a top-level template string pulling the rows (no render_template_as_native_obj).
+    extract() >> HveEmailOperator(
+        task_id="report_xcom_pull",
+        to="pull@contoso.example",
+        subject="Rows pulled by a template string",
+        csv_filename="rows.csv",
+        data="{{ ti.xcom_pull('extract') }}",
+    )
+    # An upstream output inside a literal row is resolved; the string next to it is not rendered.
+    HveEmailOperator(
+        task_id="report_nested_output",
+        to="nested@contoso.example",
+        subject="An upstream output inside a row",
+        csv_filename="rows.csv",
+        data=[{"count": count(), "calc": SUM}],
+    )
+    # A callable field value is called with the context, as Airflow calls it.
+    HveEmailOperator(
+        task_id="report_callable",
+        to="callable@contoso.example",
+        subject="Rows from a callable",
+        csv_filename="rows.csv",
+        data=_rows_from_a_callable,
+    )
