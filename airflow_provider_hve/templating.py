@@ -21,6 +21,7 @@ The rules live in ``_do_render_template_fields``, the hook Airflow calls for a p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -149,7 +150,8 @@ class EmailTemplating(RowTemplating):
     """Mixin for an Airflow ``Templater`` (operator or notifier) that sends e-mail."""
 
     template_ext: Sequence[str] = TEMPLATE_EXTENSIONS
-    _hve_rendering_body = False
+    _hve_rendering_body: str | None = None
+    """The body field being rendered (a template file is read only for these), else None."""
 
     # Provided by Airflow's Templater.
     get_template_env: Any
@@ -162,12 +164,13 @@ class EmailTemplating(RowTemplating):
 
     def resolve_template_files(self) -> None:
         """Load body fields that name a template file; other fields are never read as files."""
+        env = self.get_template_env()
         for name in BODY_FIELDS:
             content = getattr(self, name, None)
-            if isinstance(content, str) and content.endswith(TEMPLATE_EXTENSIONS):
-                source = self._template_source(content)
-                if source is not None:
-                    setattr(self, name, source)
+            if isinstance(content, str):
+                # At parse time a missing file is left as is: rendering names it (the DAG folder may differ).
+                with contextlib.suppress(HveConfigError):
+                    setattr(self, name, template_or_file(env, content, name))
         self.prepare_template()
 
     def render_template(
@@ -177,18 +180,11 @@ class EmailTemplating(RowTemplating):
         jinja_env: jinja2.Environment | None = None,
         seen_oids: set[int] | None = None,
     ) -> Any:
-        if isinstance(content, str) and not self._hve_rendering_body:
+        if isinstance(content, str):
             env = jinja_env or self.get_template_env()
+            if self._hve_rendering_body is not None:  # only a body field may name a template file
+                content = template_or_file(env, content, self._hve_rendering_body)
             return self._render(env.from_string(content), context)
-        if isinstance(content, str) and content.endswith(TEMPLATE_EXTENSIONS):
-            source = self._template_source(content, jinja_env)
-            if source is None:
-                raise HveConfigError(
-                    f"Template file {content!r} was not found. Relative paths are looked up in the DAG's "
-                    f"folder and its template_searchpath; or give an absolute path."
-                )
-            env = jinja_env or self.get_template_env()
-            return self._render(env.from_string(source), context)
         return super().render_template(content, context, jinja_env, seen_oids)  # type: ignore[misc]
 
     def render_template_fields(self, context: Any, jinja_env: jinja2.Environment | None = None) -> None:
@@ -202,14 +198,15 @@ class EmailTemplating(RowTemplating):
         super()._render_own_fields([n for n in names if n not in BODY_FIELDS], context, jinja_env, seen_oids)
         for key, value in self.body_template_context(context).items():
             context[key] = value
-        self._hve_rendering_body = True
         try:
             if "html_content" in names:
+                self._hve_rendering_body = "html_content"
                 self._render_field("html_content", context, jinja_env.overlay(autoescape=True), seen_oids)
             if "text_content" in names:
+                self._hve_rendering_body = "text_content"
                 self._render_field("text_content", context, jinja_env, seen_oids)
         finally:
-            self._hve_rendering_body = False
+            self._hve_rendering_body = None
 
     def _template_env(self, context: Any) -> jinja2.Environment:
         dag = context.get("dag") if hasattr(context, "get") else None
@@ -217,9 +214,6 @@ class EmailTemplating(RowTemplating):
         if dag is not None and not hasattr(dag, "get_template_env"):
             dag = None
         return self.get_template_env(dag=dag)
-
-    def _template_source(self, path: str, env: jinja2.Environment | None = None) -> str | None:
-        return template_file_source(env or self.get_template_env(), path)
 
 
 def default_environment() -> jinja2.Environment:
