@@ -18,11 +18,23 @@ case "$leg" in
   # (dag.test()) refuses every task start ("Input should be a valid dictionary"). 3.1 caps them like this.
   3.0 | 3.0.*) printf 'cadwyn<5.5\nfastapi<0.118\n' >>"$in_file" ;;
   # 3.2's Execution API fails to build its routes with fastapi 0.16x (pydantic __pydantic_core_schema__);
-  # cap both at what 3.3 resolves to and runs with.
-  3.2 | 3.2.*) printf 'cadwyn<8\nfastapi<0.137\n' >>"$in_file" ;;
+  # cap both at what 3.3 resolves to and runs with. svcs 26 (July 2026) breaks 3.2's dag.test(): the
+  # in-process Execution API's lifespan stops early (no [api_auth] jwt_secret) and svcs 26 then removes
+  # app.state.svcs_registry, so every task start gets HTTP 500; svcs 25 leaves it, as 3.2.2 expects.
+  3.2 | 3.2.*) printf 'cadwyn<8\nfastapi<0.137\nsvcs<26\n' >>"$in_file" ;;
+esac
+# Airflow's official constraints are frozen when a release ships; resolve as of then (newer releases of
+# Airflow's dependencies are what users of that release would not have). The providers this one builds on
+# float (a team installing it upgrades them): common-compat's sdk module (mask_secret) and the test
+# extra's apache-airflow-providers-smtp>=3.2 (Oct 2026) are newer than some releases.
+as_of=()
+newest=(--exclude-newer-package apache-airflow-providers-common-compat=false
+  --exclude-newer-package apache-airflow-providers-smtp=false)
+case "$leg" in
+  3.2 | 3.2.*) as_of=(--exclude-newer 2026-06-01 "${newest[@]}") ;; # 3.2.2 was uploaded on 2026-05-29
 esac
 out="constraints/airflow-$leg.txt"
 "$uv" pip compile --quiet --python-version 3.11 --no-emit-package airflow-provider-hve \
   --custom-compile-command "make constraints  # leg $leg: $spec + airflow-provider-hve[test], Python 3.11" \
-  --no-annotate -o "$out" "$in_file"
+  --no-annotate --upgrade "${as_of[@]}" -o "$out" "$in_file"
 echo "$out: $(grep -E '^apache-airflow==' "$out")"

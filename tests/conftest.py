@@ -129,13 +129,6 @@ def airflow_db() -> None:
 @pytest.fixture
 def run_dag(airflow_db: None, hve_connection: Callable[..., str]) -> Callable[..., Any]:
     """Return ``run(dag_file, dag_id)``: parse the file with a DagBag and run the DAG with ``dag.test()``."""
-    import airflow
-
-    if airflow.__version__.startswith("3.2."):
-        pytest.skip(
-            f"dag.test() of Airflow {airflow.__version__} fails in Airflow's in-process Execution API (HTTP 500 on "
-            "task start) with constraints/airflow-3.2.txt; 3.2 runs DAGs for real in tests/test_deadline_alert.py"
-        )
     hve_connection()
 
     def run(dag_file: Any, dag_id: str) -> Any:
