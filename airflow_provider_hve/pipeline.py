@@ -56,9 +56,20 @@ class Delivery:
 
 @dataclass
 class _Transaction:
+    """One ``MAIL``/``RCPT``/``DATA`` transaction: a message, or one 50-recipient batch of it."""
+
     delivery: Delivery
     recipients: Sequence[str]
     accepted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _OpenMessage:
+    """A submitted message whose transactions are not all finished."""
+
+    delivery: Delivery
+    recipients: Sequence[str]
+    transactions_left: int
 
 
 class Pipeline:
@@ -91,8 +102,10 @@ class Pipeline:
         self._staged: tuple[_Transaction, bytes] | None = None  # commands sent, replies not read yet
         self._completed: list[Delivery] = []  # finished, not yet returned to the caller
         self._rset_pending = False  # an RSET was written, its reply not read yet
-        self._open: dict[int, tuple[Delivery, int]] = {}  # id(delivery) -> (delivery, transactions left)
-        self._handed_over: set[int] = set()  # id(delivery) of messages whose content was written
+        self._open: dict[int, _OpenMessage] = {}  # by id(delivery)
+        # Transactions whose content was written and whose final reply was not read, by id(transaction). Per
+        # transaction, not per message: one batch of a split message may be delivered and the next refused.
+        self._handed_over: dict[int, _Transaction] = {}
         self.transactions = 0
         if smtp.sock is not None:
             # Small pipelined writes must not wait for the peer's delayed ACK (Nagle).
@@ -138,7 +151,7 @@ class Pipeline:
             recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
-        self._open[id(delivery)] = (delivery, len(chunks))
+        self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
         content = _dot_stuffed(payload)
         parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
         for chunk in chunks:
@@ -199,7 +212,8 @@ class Pipeline:
         After a broken connection these may or may not have been delivered: resending them risks a
         duplicate. A message whose content was not written yet is not in flight and can be sent again.
         """
-        return [delivery for key, (delivery, _) in self._open.items() if key in self._handed_over]
+        unanswered = {id(transaction.delivery) for transaction in self._handed_over.values()}
+        return [message.delivery for key, message in self._open.items() if key in unanswered]
 
     # -- one transaction ---------------------------------------------------------------------------------
 
@@ -275,7 +289,7 @@ class Pipeline:
                 delivery.refused[address] = (code, reply)
         data_code, data_reply = replies[-1] if len(replies) == len(transaction.recipients) + 2 else (0, "")
         if data_code == 354 and transaction.accepted:
-            self._handed_over.add(id(delivery))
+            self._handed_over[id(transaction)] = transaction
             self._awaiting = transaction
             return content
         if data_code == 354:
@@ -291,6 +305,7 @@ class Pipeline:
 
     def _finish(self, transaction: _Transaction, code: int, reply: str) -> None:
         delivery = transaction.delivery
+        self._handed_over.pop(id(transaction), None)
         if code == 250:
             delivery.accepted.extend(transaction.accepted)
         else:
@@ -298,12 +313,11 @@ class Pipeline:
                 delivery.whole = (code, reply)
             for address in transaction.accepted:
                 delivery.refused[address] = (code, reply)
-        owner, left = self._open[id(delivery)]
-        if left > 1:
-            self._open[id(delivery)] = (owner, left - 1)
+        message = self._open[id(delivery)]
+        message.transactions_left -= 1
+        if message.transactions_left > 0:
             return
         del self._open[id(delivery)]
-        self._handed_over.discard(id(delivery))
         # Kept on the pipeline until handed to the caller: an error later in the same call must not lose it.
         self._completed.append(delivery)
 
@@ -326,21 +340,49 @@ class Pipeline:
             raise self._broken(exc) from exc
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
-            if final_of is not None and not final_of.delivery.accepted:
-                # A 421 in place of the final reply is a definite answer: this message was not accepted, so
-                # sending it again cannot duplicate it.
-                self._handed_over.discard(id(final_of.delivery))
+            if final_of is not None:
+                # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
+                # sending it again cannot duplicate it (an earlier batch of the same message may have been).
+                self._handed_over.pop(id(final_of), None)
             raise self._broken(None, f"{code} {text}")
         return code, text
 
     def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
+        """
+        The error for a broken connection: each open message is unknown (a transaction handed over without a
+        final reply), partly delivered (completed: an earlier batch accepted, the rest refused with the reply,
+        temporary), or not delivered at all (unsent, safe to send again).
+        """
         in_flight = self.in_flight
-        unsent = [d for d, _ in self._open.values() if d not in in_flight]
+        unknown_ids = {id(delivery) for delivery in in_flight}
+        unsent: list[Delivery] = []
+        partly = 0
+        # What the recipients of a partly delivered message who did not get it are refused with: always a
+        # temporary reply (the reply itself when it is one, e.g. 421), so that they are sent again.
+        code_text, _, reply_text = (reply or "").partition(" ")
+        if code_text.startswith("4") and code_text.isdecimal():
+            why = (int(code_text), reply_text)
+        else:
+            why = (451, f"4.4.2 Not sent: the connection to HVE broke first ({reply or type(exc).__name__})")
+        for key, message in list(self._open.items()):
+            if key in unknown_ids:
+                continue
+            if not message.delivery.accepted:
+                unsent.append(message.delivery)
+                continue
+            # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
+            answered = {*message.delivery.accepted, *message.delivery.refused}
+            message.delivery.refused.update({a: why for a in message.recipients if a not in answered})
+            del self._open[key]
+            self._completed.append(message.delivery)
+            partly += 1
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
         cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}."
+        partial = f" {partly} partly delivered (some recipients accepted, the others not sent)." if partly else ""
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
-            f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again.",
+            f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again."
+            f"{partial}",
             in_flight=[d.key for d in in_flight],
             unsent=[d.key for d in unsent],
             completed=self._take_completed(),

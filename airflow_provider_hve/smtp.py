@@ -247,13 +247,20 @@ class HveSmtpSession:
                 delivery = self._send_once(content, pending, sender, message_id)
             except HveConnectionError as exc:
                 self._discard()
-                # An earlier attempt may have delivered it to some recipients: say so, and carry them on the
-                # error (``accepted``), they must not get it twice. Then the message is not "unsent" either.
+                # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch
+                # of a split message): say so, and carry them on the error (``accepted``), they must not get it
+                # twice. Then the message is not "unsent" either; only the others are sent again.
+                accepted.extend(exc.accepted)
+                for partly in exc.completed:
+                    refused.update({a: r for a, r in partly.refused.items() if not 400 <= r[0] < 500})
+                    pending = [a for a, r in partly.refused.items() if 400 <= r[0] < 500]
                 earlier = _already_accepted(accepted)
                 if exc.in_flight:
                     raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier, accepted) from exc
+                if not pending:
+                    break
                 if isinstance(exc, _Permanent) or not retry.again(str(exc)):
-                    if retry.attempts == 1:
+                    if retry.attempts == 1 and not accepted:
                         raise
                     raise HveConnectionError(
                         f"{exc}{earlier}{retry.gave_up()}", unsent=[] if accepted else [message_id], accepted=accepted
@@ -287,7 +294,13 @@ class HveSmtpSession:
         if self._smtp is None:
             self.open()
         pipeline = self.pipeline(envelope_from=sender)
-        (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+        try:
+            (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+        except HveConnectionError as exc:
+            # Batches of this message that HVE accepted before the break, whether the message completed partly
+            # (``exc.completed``) or its last batch's outcome is unknown (``in_flight``).
+            exc.accepted = tuple(a for d in [*exc.completed, *pipeline.in_flight] for a in d.accepted)
+            raise
         return delivery
 
     # -- connection set-up -----------------------------------------------------------------------------
