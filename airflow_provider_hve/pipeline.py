@@ -64,6 +64,17 @@ class _Transaction:
 
 
 @dataclass
+class _Next:
+    """What to write after a transaction's command replies: its content, an empty message, or RSET."""
+
+    data: bytes
+    awaiting: _Transaction | None = None
+    """The transaction whose final reply follows ``data``."""
+    handed_over: bool = False
+    """``data`` is the content of a message with accepted recipients: once written, HVE may deliver it."""
+
+
+@dataclass
 class _OpenMessage:
     """A submitted message whose transactions are not all finished."""
 
@@ -100,6 +111,7 @@ class Pipeline:
         self._eight_bit = smtp.has_extn("8bitmime")
         self._awaiting: _Transaction | None = None  # content sent, final reply not read yet
         self._staged: tuple[_Transaction, bytes] | None = None  # commands sent, replies not read yet
+        self._next: _Next | None = None  # the staged transaction's replies read, what follows not written yet
         self._completed: list[Delivery] = []  # finished, not yet returned to the caller
         self._rset_pending = False  # an RSET was written, its reply not read yet
         self._open: dict[int, _OpenMessage] = {}  # by id(delivery)
@@ -158,12 +170,26 @@ class Pipeline:
             self._transaction(_Transaction(delivery, chunk), content, parameters)
         return self._take_completed()
 
+    def collect(self) -> list[Delivery]:
+        """
+        Read the replies due before the next :meth:`submit` writes anything; return the deliveries completed.
+
+        With pipelining, that is the final reply of the message before last and the command replies of the last
+        one; its content is written by the next :meth:`submit` (or :meth:`flush`), not here. A caller that must
+        decide whether to hand over more (a mail merge that may stop on a quota reply) calls this first, applies
+        what it returns, and then calls :meth:`submit` or :meth:`drain`: the round trips are the same.
+        """
+        self._collect()
+        return self._take_completed()
+
+    def _collect(self) -> None:
+        if self._staged is not None and self._next is None:
+            self._next = self._resolve_staged()
+
     def flush(self) -> list[Delivery]:
         """Send what is staged and read every outstanding reply; return the deliveries completed."""
-        if self._staged is not None:
-            prefix = self._resolve_staged()
-            if prefix:
-                self._write(prefix)
+        self._collect()
+        self._send_next()
         self._read_outstanding()
         return self._take_completed()
 
@@ -175,7 +201,7 @@ class Pipeline:
         For stopping early. A message whose commands went out but whose content did not is dropped with the
         connection: the server got no end of data, so it was certainly not accepted.
         """
-        self._staged = None
+        self._staged = self._next = None
         try:
             self._read_outstanding()
         finally:
@@ -229,11 +255,26 @@ class Pipeline:
         # The previous transaction's replies have had the time this message took to build: read them, and
         # send its content and this transaction's commands in one write. This transaction's replies are read
         # on the next call, while the caller builds the next message.
-        prefix = self._resolve_staged() if self._staged is not None else b""
-        self._write(prefix + "".join(commands).encode("ascii"))
+        self._collect()
+        self._send_next("".join(commands).encode("ascii"))
         self._staged = (transaction, content)
 
-    def _resolve_staged(self) -> bytes:
+    def _send_next(self, then: bytes = b"") -> None:
+        """Write what follows the staged transaction's replies (if read), then ``then``, in one write."""
+        after, self._next = self._next, None
+        if after is None:
+            if then:
+                self._write(then)
+            return
+        if after.handed_over and after.awaiting is not None:
+            self._handed_over[id(after.awaiting)] = after.awaiting
+        self._write(after.data + then)
+        if after.awaiting is not None:
+            self._awaiting = after.awaiting
+        else:
+            self._rset_pending = True
+
+    def _resolve_staged(self) -> _Next:
         """Read the staged transaction's replies; return what to write next (its content, or RSET)."""
         assert self._staged is not None
         (transaction, content), self._staged = self._staged, None
@@ -248,12 +289,11 @@ class Pipeline:
             replies.append(self._read())
             if replies[0][0] != 250:
                 break
-        to_write = self._after_commands(transaction, replies, content)
-        if to_write:
-            self._write(to_write)
+        self._next = self._after_commands(transaction, replies, content)
+        self._send_next()
         self._read_outstanding()
 
-    def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> bytes:
+    def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> _Next:
         """Record the command replies; return what to write next: the content, an empty message, or RSET."""
         mail_code, mail_reply = replies[0]
         delivery = transaction.delivery
@@ -262,9 +302,8 @@ class Pipeline:
             # and DATA replies that follow a refused MAIL say nothing more ("503 need MAIL").
             delivery.whole = (mail_code, mail_reply)
             delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
-            self._rset_pending = True
             self._finish(transaction, mail_code, mail_reply)
-            return b"RSET\r\n"
+            return _Next(b"RSET\r\n")
         if mail_code == 530:
             # 530 5.7.57: the session lost its authentication. A new session fixes it; this message was not taken.
             raise self._broken(None, f"{mail_code} {mail_reply}")
@@ -272,9 +311,8 @@ class Pipeline:
             # 552 5.3.4 (too big for this server): the sender is fine, only this message is refused.
             delivery.whole = (mail_code, mail_reply)
             delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
-            self._rset_pending = True
             self._finish(transaction, mail_code, mail_reply)
-            return b"RSET\r\n"
+            return _Next(b"RSET\r\n")
         if mail_code != 250:
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
@@ -289,19 +327,15 @@ class Pipeline:
                 delivery.refused[address] = (code, reply)
         data_code, data_reply = replies[-1] if len(replies) == len(transaction.recipients) + 2 else (0, "")
         if data_code == 354 and transaction.accepted:
-            self._handed_over[id(transaction)] = transaction
-            self._awaiting = transaction
-            return content
+            return _Next(content, awaiting=transaction, handed_over=True)
         if data_code == 354:
             # DATA accepted after every RCPT was refused: an empty message, as RFC 2920 asks; its reply is
             # read like a final reply and the transaction completes with every recipient refused.
-            self._awaiting = transaction
-            return b".\r\n"
+            return _Next(b".\r\n", awaiting=transaction)
         # The transaction ended without content (every RCPT or the DATA refused): clear it with RSET, or the
         # next MAIL FROM gets "503 sender already specified". Its reply is read with the next batch.
-        self._rset_pending = True
         self._finish(transaction, data_code, data_reply or "no recipient accepted")
-        return b"RSET\r\n"
+        return _Next(b"RSET\r\n")
 
     def _finish(self, transaction: _Transaction, code: int, reply: str) -> None:
         delivery = transaction.delivery
