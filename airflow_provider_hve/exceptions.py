@@ -23,6 +23,10 @@ from airflow.providers.common.compat.sdk import AirflowException
 class HveError(AirflowException):
     """Root of every error raised by the HVE provider."""
 
+    accepted: tuple[str, ...] = ()
+    """Recipients HVE had already accepted the message for when a single send failed (an earlier attempt of
+    :meth:`~airflow_provider_hve.smtp.HveSmtpSession.send` delivered to them): never send it to them again."""
+
 
 class HveConfigError(HveError, ValueError):
     """A connection field or an argument is missing or invalid; raised before anything is sent."""
@@ -65,6 +69,7 @@ class HveConnectionError(HveError):
         may not have them, so sending them again risks a duplicate.
     :param unsent: keys of messages that were certainly not accepted: safe to send again.
     :param completed: outcomes (``pipeline.Delivery``) read before the connection broke.
+    :param accepted: recipients HVE accepted the message for before the failure (see :attr:`HveError.accepted`).
     """
 
     def __init__(
@@ -74,11 +79,13 @@ class HveConnectionError(HveError):
         in_flight: Sequence[object] = (),
         unsent: Sequence[object] = (),
         completed: Sequence[Any] = (),
+        accepted: Sequence[str] = (),
     ) -> None:
         super().__init__(message)
         self.in_flight = list(in_flight)
         self.unsent = list(unsent)
         self.completed = list(completed)
+        self.accepted = tuple(accepted)
 
 
 class HveSendError(HveError):
@@ -89,6 +96,7 @@ class HveSendError(HveError):
     :param refused: recipient address -> ``(code, reply text)`` for each refused recipient.
     :param smtp_code: the SMTP reply code of a whole-message refusal.
     :param completed: outcomes (``pipeline.Delivery``) of earlier messages read before the refusal.
+    :param accepted: recipients HVE accepted the message for before the failure (see :attr:`HveError.accepted`).
     """
 
     def __init__(
@@ -98,8 +106,10 @@ class HveSendError(HveError):
         refused: dict[str, tuple[int, str]] | None = None,
         smtp_code: int | None = None,
         completed: Sequence[Any] = (),
+        accepted: Sequence[str] = (),
     ) -> None:
         super().__init__(message)
         self.refused = dict(refused or {})
         self.smtp_code = smtp_code
         self.completed = list(completed)
+        self.accepted = tuple(accepted)

@@ -56,9 +56,31 @@ class Delivery:
 
 @dataclass
 class _Transaction:
+    """One ``MAIL``/``RCPT``/``DATA`` transaction: a message, or one 50-recipient batch of it."""
+
     delivery: Delivery
     recipients: Sequence[str]
     accepted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Next:
+    """What to write after a transaction's command replies: its content, an empty message, or RSET."""
+
+    data: bytes
+    awaiting: _Transaction | None = None
+    """The transaction whose final reply follows ``data``."""
+    handed_over: bool = False
+    """``data`` is the content of a message with accepted recipients: once written, HVE may deliver it."""
+
+
+@dataclass
+class _OpenMessage:
+    """A submitted message whose transactions are not all finished."""
+
+    delivery: Delivery
+    recipients: Sequence[str]
+    transactions_left: int
 
 
 class Pipeline:
@@ -89,10 +111,13 @@ class Pipeline:
         self._eight_bit = smtp.has_extn("8bitmime")
         self._awaiting: _Transaction | None = None  # content sent, final reply not read yet
         self._staged: tuple[_Transaction, bytes] | None = None  # commands sent, replies not read yet
+        self._next: _Next | None = None  # the staged transaction's replies read, what follows not written yet
         self._completed: list[Delivery] = []  # finished, not yet returned to the caller
         self._rset_pending = False  # an RSET was written, its reply not read yet
-        self._open: dict[int, tuple[Delivery, int]] = {}  # id(delivery) -> (delivery, transactions left)
-        self._handed_over: set[int] = set()  # id(delivery) of messages whose content was written
+        self._open: dict[int, _OpenMessage] = {}  # by id(delivery)
+        # Transactions whose content was written and whose final reply was not read, by id(transaction). Per
+        # transaction, not per message: one batch of a split message may be delivered and the next refused.
+        self._handed_over: dict[int, _Transaction] = {}
         self.transactions = 0
         if smtp.sock is not None:
             # Small pipelined writes must not wait for the peer's delayed ACK (Nagle).
@@ -138,19 +163,33 @@ class Pipeline:
             recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
-        self._open[id(delivery)] = (delivery, len(chunks))
+        self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
         content = _dot_stuffed(payload)
         parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
         for chunk in chunks:
             self._transaction(_Transaction(delivery, chunk), content, parameters)
         return self._take_completed()
 
+    def collect(self) -> list[Delivery]:
+        """
+        Read the replies due before the next :meth:`submit` writes anything; return the deliveries completed.
+
+        With pipelining, that is the final reply of the message before last and the command replies of the last
+        one; its content is written by the next :meth:`submit` (or :meth:`flush`), not here. A caller that must
+        decide whether to hand over more (a mail merge that may stop on a quota reply) calls this first, applies
+        what it returns, and then calls :meth:`submit` or :meth:`drain`: the round trips are the same.
+        """
+        self._collect()
+        return self._take_completed()
+
+    def _collect(self) -> None:
+        if self._staged is not None and self._next is None:
+            self._next = self._resolve_staged()
+
     def flush(self) -> list[Delivery]:
         """Send what is staged and read every outstanding reply; return the deliveries completed."""
-        if self._staged is not None:
-            prefix = self._resolve_staged()
-            if prefix:
-                self._write(prefix)
+        self._collect()
+        self._send_next()
         self._read_outstanding()
         return self._take_completed()
 
@@ -162,7 +201,7 @@ class Pipeline:
         For stopping early. A message whose commands went out but whose content did not is dropped with the
         connection: the server got no end of data, so it was certainly not accepted.
         """
-        self._staged = None
+        self._staged = self._next = None
         try:
             self._read_outstanding()
         finally:
@@ -199,7 +238,8 @@ class Pipeline:
         After a broken connection these may or may not have been delivered: resending them risks a
         duplicate. A message whose content was not written yet is not in flight and can be sent again.
         """
-        return [delivery for key, (delivery, _) in self._open.items() if key in self._handed_over]
+        unanswered = {id(transaction.delivery) for transaction in self._handed_over.values()}
+        return [message.delivery for key, message in self._open.items() if key in unanswered]
 
     # -- one transaction ---------------------------------------------------------------------------------
 
@@ -215,11 +255,26 @@ class Pipeline:
         # The previous transaction's replies have had the time this message took to build: read them, and
         # send its content and this transaction's commands in one write. This transaction's replies are read
         # on the next call, while the caller builds the next message.
-        prefix = self._resolve_staged() if self._staged is not None else b""
-        self._write(prefix + "".join(commands).encode("ascii"))
+        self._collect()
+        self._send_next("".join(commands).encode("ascii"))
         self._staged = (transaction, content)
 
-    def _resolve_staged(self) -> bytes:
+    def _send_next(self, then: bytes = b"") -> None:
+        """Write what follows the staged transaction's replies (if read), then ``then``, in one write."""
+        after, self._next = self._next, None
+        if after is None:
+            if then:
+                self._write(then)
+            return
+        if after.handed_over and after.awaiting is not None:
+            self._handed_over[id(after.awaiting)] = after.awaiting
+        self._write(after.data + then)
+        if after.awaiting is not None:
+            self._awaiting = after.awaiting
+        else:
+            self._rset_pending = True
+
+    def _resolve_staged(self) -> _Next:
         """Read the staged transaction's replies; return what to write next (its content, or RSET)."""
         assert self._staged is not None
         (transaction, content), self._staged = self._staged, None
@@ -234,12 +289,11 @@ class Pipeline:
             replies.append(self._read())
             if replies[0][0] != 250:
                 break
-        to_write = self._after_commands(transaction, replies, content)
-        if to_write:
-            self._write(to_write)
+        self._next = self._after_commands(transaction, replies, content)
+        self._send_next()
         self._read_outstanding()
 
-    def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> bytes:
+    def _after_commands(self, transaction: _Transaction, replies: list[tuple[int, str]], content: bytes) -> _Next:
         """Record the command replies; return what to write next: the content, an empty message, or RSET."""
         mail_code, mail_reply = replies[0]
         delivery = transaction.delivery
@@ -248,9 +302,8 @@ class Pipeline:
             # and DATA replies that follow a refused MAIL say nothing more ("503 need MAIL").
             delivery.whole = (mail_code, mail_reply)
             delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
-            self._rset_pending = True
             self._finish(transaction, mail_code, mail_reply)
-            return b"RSET\r\n"
+            return _Next(b"RSET\r\n")
         if mail_code == 530:
             # 530 5.7.57: the session lost its authentication. A new session fixes it; this message was not taken.
             raise self._broken(None, f"{mail_code} {mail_reply}")
@@ -258,9 +311,8 @@ class Pipeline:
             # 552 5.3.4 (too big for this server): the sender is fine, only this message is refused.
             delivery.whole = (mail_code, mail_reply)
             delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
-            self._rset_pending = True
             self._finish(transaction, mail_code, mail_reply)
-            return b"RSET\r\n"
+            return _Next(b"RSET\r\n")
         if mail_code != 250:
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
@@ -275,22 +327,19 @@ class Pipeline:
                 delivery.refused[address] = (code, reply)
         data_code, data_reply = replies[-1] if len(replies) == len(transaction.recipients) + 2 else (0, "")
         if data_code == 354 and transaction.accepted:
-            self._handed_over.add(id(delivery))
-            self._awaiting = transaction
-            return content
+            return _Next(content, awaiting=transaction, handed_over=True)
         if data_code == 354:
             # DATA accepted after every RCPT was refused: an empty message, as RFC 2920 asks; its reply is
             # read like a final reply and the transaction completes with every recipient refused.
-            self._awaiting = transaction
-            return b".\r\n"
+            return _Next(b".\r\n", awaiting=transaction)
         # The transaction ended without content (every RCPT or the DATA refused): clear it with RSET, or the
         # next MAIL FROM gets "503 sender already specified". Its reply is read with the next batch.
-        self._rset_pending = True
         self._finish(transaction, data_code, data_reply or "no recipient accepted")
-        return b"RSET\r\n"
+        return _Next(b"RSET\r\n")
 
     def _finish(self, transaction: _Transaction, code: int, reply: str) -> None:
         delivery = transaction.delivery
+        self._handed_over.pop(id(transaction), None)
         if code == 250:
             delivery.accepted.extend(transaction.accepted)
         else:
@@ -298,12 +347,11 @@ class Pipeline:
                 delivery.whole = (code, reply)
             for address in transaction.accepted:
                 delivery.refused[address] = (code, reply)
-        owner, left = self._open[id(delivery)]
-        if left > 1:
-            self._open[id(delivery)] = (owner, left - 1)
+        message = self._open[id(delivery)]
+        message.transactions_left -= 1
+        if message.transactions_left > 0:
             return
         del self._open[id(delivery)]
-        self._handed_over.discard(id(delivery))
         # Kept on the pipeline until handed to the caller: an error later in the same call must not lose it.
         self._completed.append(delivery)
 
@@ -326,21 +374,49 @@ class Pipeline:
             raise self._broken(exc) from exc
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
-            if final_of is not None and not final_of.delivery.accepted:
-                # A 421 in place of the final reply is a definite answer: this message was not accepted, so
-                # sending it again cannot duplicate it.
-                self._handed_over.discard(id(final_of.delivery))
+            if final_of is not None:
+                # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
+                # sending it again cannot duplicate it (an earlier batch of the same message may have been).
+                self._handed_over.pop(id(final_of), None)
             raise self._broken(None, f"{code} {text}")
         return code, text
 
     def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
+        """
+        The error for a broken connection: each open message is unknown (a transaction handed over without a
+        final reply), partly delivered (completed: an earlier batch accepted, the rest refused with the reply,
+        temporary), or not delivered at all (unsent, safe to send again).
+        """
         in_flight = self.in_flight
-        unsent = [d for d, _ in self._open.values() if d not in in_flight]
+        unknown_ids = {id(delivery) for delivery in in_flight}
+        unsent: list[Delivery] = []
+        partly = 0
+        # What the recipients of a partly delivered message who did not get it are refused with: always a
+        # temporary reply (the reply itself when it is one, e.g. 421), so that they are sent again.
+        code_text, _, reply_text = (reply or "").partition(" ")
+        if code_text.startswith("4") and code_text.isdecimal():
+            why = (int(code_text), reply_text)
+        else:
+            why = (451, f"4.4.2 Not sent: the connection to HVE broke first ({reply or type(exc).__name__})")
+        for key, message in list(self._open.items()):
+            if key in unknown_ids:
+                continue
+            if not message.delivery.accepted:
+                unsent.append(message.delivery)
+                continue
+            # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
+            answered = {*message.delivery.accepted, *message.delivery.refused}
+            message.delivery.refused.update({a: why for a in message.recipients if a not in answered})
+            del self._open[key]
+            self._completed.append(message.delivery)
+            partly += 1
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
         cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}."
+        partial = f" {partly} partly delivered (some recipients accepted, the others not sent)." if partly else ""
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
-            f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again.",
+            f"unknown (may have been delivered): {unknown}; {len(unsent)} not delivered, safe to send again."
+            f"{partial}",
             in_flight=[d.key for d in in_flight],
             unsent=[d.key for d in unsent],
             completed=self._take_completed(),

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.auth import mask
 from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
-from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError, HveSendError
+from airflow_provider_hve.exceptions import (
+    HveAuthError,
+    HveConfigError,
+    HveConnectionError,
+    HveError,
+    HveSendError,
+)
 from airflow_provider_hve.message import wire_bytes
 from airflow_provider_hve.pipeline import Pipeline
 from airflow_provider_hve.wire import check_envelope_address, close_quietly, quit_quietly
@@ -215,6 +221,9 @@ class HveSmtpSession:
         :raises HveSendError: the server refused the sender, or the message for every recipient.
         :raises HveConnectionError: the connection broke and the retries are spent, or the outcome is unknown
             (the error names the Message-ID; see its ``in_flight``).
+
+        Whatever the error, if an earlier attempt delivered the message to some recipients, its ``accepted``
+        names them (and its text says "Already accepted by HVE"): never send it to them again.
         """
         envelope = envelope_recipients(message, recipients)
         sender = envelope_from or self.config.account
@@ -238,15 +247,30 @@ class HveSmtpSession:
                 delivery = self._send_once(content, pending, sender, message_id)
             except HveConnectionError as exc:
                 self._discard()
-                # An earlier attempt may have delivered it to some recipients: say so, they must not get it twice.
-                earlier = f" Already accepted by HVE: {', '.join(accepted)}." if accepted else ""
+                # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch
+                # of a split message): say so, and carry them on the error (``accepted``), they must not get it
+                # twice. Then the message is not "unsent" either; only the others are sent again.
+                accepted.extend(exc.accepted)
+                for partly in exc.completed:
+                    refused.update({a: r for a, r in partly.refused.items() if not 400 <= r[0] < 500})
+                    pending = [a for a, r in partly.refused.items() if 400 <= r[0] < 500]
+                earlier = _already_accepted(accepted)
                 if exc.in_flight:
-                    raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier) from exc
+                    raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier, accepted) from exc
+                if not pending:
+                    break
                 if isinstance(exc, _Permanent) or not retry.again(str(exc)):
-                    if retry.attempts == 1:
+                    if retry.attempts == 1 and not accepted:
                         raise
-                    raise HveConnectionError(f"{exc}{earlier}{retry.gave_up()}", unsent=[message_id]) from exc
+                    raise HveConnectionError(
+                        f"{exc}{earlier}{retry.gave_up()}", unsent=[] if accepted else [message_id], accepted=accepted
+                    ) from exc
                 continue
+            except HveError as exc:
+                # AUTH refused on the reconnect, MAIL FROM refused...: the recipients accepted so far still count.
+                if not accepted:
+                    raise
+                raise _with_accepted(exc, accepted) from exc
             accepted.extend(delivery.accepted)
             temporary = {addr: reply for addr, reply in delivery.refused.items() if 400 <= reply[0] < 500}
             refused.update({addr: reply for addr, reply in delivery.refused.items() if addr not in temporary})
@@ -270,7 +294,13 @@ class HveSmtpSession:
         if self._smtp is None:
             self.open()
         pipeline = self.pipeline(envelope_from=sender)
-        (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+        try:
+            (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+        except HveConnectionError as exc:
+            # Batches of this message that HVE accepted before the break, whether the message completed partly
+            # (``exc.completed``) or its last batch's outcome is unknown (``in_flight``).
+            exc.accepted = tuple(a for d in [*exc.completed, *pipeline.in_flight] for a in d.accepted)
+            raise
         return delivery
 
     # -- connection set-up -----------------------------------------------------------------------------
@@ -490,7 +520,21 @@ class _Retry:
         )
 
 
-def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError, earlier: str) -> HveConnectionError:
+def _already_accepted(accepted: Sequence[str]) -> str:
+    return f" Already accepted by HVE: {', '.join(accepted)} (not sent to them again)." if accepted else ""
+
+
+def _with_accepted(exc: HveError, accepted: Sequence[str]) -> HveError:
+    """The same error (type, attributes), its text and ``accepted`` naming the recipients that already have it."""
+    again = copy.copy(exc)
+    again.args = (f"{exc}{_already_accepted(accepted)}", *exc.args[1:])
+    again.accepted = tuple(accepted)
+    return again
+
+
+def _outcome_unknown(
+    conn_id: str, message_id: str, exc: HveConnectionError, earlier: str, accepted: Sequence[str]
+) -> HveConnectionError:
     cause = exc.__cause__
     what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
     return HveConnectionError(
@@ -501,4 +545,5 @@ def _outcome_unknown(conn_id: str, message_id: str, exc: HveConnectionError, ear
         f"{message_id}) before sending it again.{earlier}",
         in_flight=[message_id],
         completed=exc.completed,
+        accepted=accepted,
     )

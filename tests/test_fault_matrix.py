@@ -343,6 +343,26 @@ def test_no_message_is_handed_over_after_the_run_stops(sandbox: HveSandbox, hve_
     assert report.accepted == 2 and len(report.refused) == 1 and len(report.not_sent) == 7
 
 
+def test_no_content_is_handed_over_after_the_run_stops_with_pipelining(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    # Pipelined, one session: the 554 to message 3's content is read in the same call that would write message
+    # 4's content. The reply must reach the ledger (and stop the run) before that write: message 4's commands may
+    # have gone out, its content must not.
+    assert sandbox.smtp.pipelining
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=10_000, after_messages=2)
+    hook = HveHook(hve_conn_id=hve_connection())
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=1)
+    with pytest.raises(HveSendError, match=r"quota is used up.*the run stopped: 2 accepted"):
+        merge.run(ROW_LIST[:10])
+    report: Any = merge.last_report
+    check_invariant(report, sandbox, ADDRESSES[:10])
+    (session,) = sandbox.smtp_sessions
+    with_content = [t.rcpt_tos for t in session.transactions if t.data_reply is not None]
+    assert with_content == [[ADDRESSES[0]], [ADDRESSES[1]], [ADDRESSES[2]]], with_content
+    assert report.accepted == 2 and len(report.refused) == 1 and len(report.not_sent) == 7
+
+
 # A session waiting for its turn wakes on the stop: tests/unit/test_shared_ledger.py.
 
 

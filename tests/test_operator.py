@@ -148,6 +148,32 @@ def test_resend_unknown_sends_again_on_retry(
     assert result["outcome"] == "accepted" and result["accepted"] == ["everyone@contoso.example"]
 
 
+@pytest.mark.skipif(
+    not HAS_TASK_STATE_STORE,
+    reason="the already-accepted record lives in task_state_store, new in Airflow 3.3 (docs/compatibility.md)",
+)
+def test_a_retry_after_a_partly_delivered_try_sends_each_recipient_the_message_once(
+    run_dag: Callable[..., Any],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    task_outputs: Callable[..., Any],
+) -> None:
+    # Try 1: Carol accepted, Alice 452 (temporary), the one retry inside the send meets a 421 at MAIL FROM: the
+    # try fails with Carol delivered. Try 2 must send to Alice only, as the same message.
+    hve_connection(send_retries=1)
+    sandbox.smtp.throttle("452 4.3.1 Insufficient system resources", command="RCPT", count=1)
+    sandbox.smtp.throttle("421 4.3.2 Service not available", command="MAIL", count=1, after_messages=1)
+    dag_run = run_dag(CASES, "hve_case_partly_delivered")
+
+    assert dag_run.state == "success"
+    messages = sandbox.wait_for_messages(2)
+    received = sorted(address for message in messages for address in message.rcpt_tos)
+    assert received == ["alice@contoso.example", "carol@contoso.example"], "a recipient got it twice, or never"
+    assert len({str(message.message["Message-ID"]) for message in messages}) == 1  # one message, in two parts
+    result, _ = task_outputs(dag_run, "mail")
+    assert sorted(result["accepted"]) == ["alice@contoso.example", "carol@contoso.example"]
+
+
 def test_mapped_tasks_escape_html_use_the_report_and_keep_every_dry_run(
     run_dag: Callable[..., Any],
     sandbox: HveSandbox,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_hve import smtp
-from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
+from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.message import build_message
 from airflow_provider_hve.sandbox import HveSandbox
@@ -247,7 +247,27 @@ def test_giving_up_names_the_recipients_an_earlier_attempt_delivered_to(
     # Carol gets it at once, Alice's 452 calls for a retry, and then HVE hangs up at every MAIL FROM.
     sandbox.smtp.throttle(INSUFFICIENT_RESOURCES, command="RCPT", count=1)
     sandbox.smtp.throttle(SERVICE_CLOSING, command="MAIL", count=100, after_messages=1)
-    with pytest.raises(HveConnectionError, match=f"Already accepted by HVE: {CAROL}.*Gave up after 3 attempt"):
+    expected = f"Already accepted by HVE: {CAROL}.*Gave up after 3 attempt"
+    with pytest.raises(HveConnectionError, match=expected) as caught:
         hook.send_email(to=[ALICE, CAROL], subject="Alert", text_content="task failed", retries=2)
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.rcpt_tos == [CAROL]
+    # Carried on the error, for whoever sends again (the operator's retry): Carol has it, so it is not "unsent".
+    assert caught.value.accepted == (CAROL,)
+    assert caught.value.unsent == [] and caught.value.in_flight == []
+
+
+def test_an_auth_refusal_on_the_reconnect_keeps_the_recipients_already_accepted(
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock
+) -> None:
+    # Carol gets it, Alice's 452 calls for a retry, HVE hangs up at its MAIL FROM, and refuses the new AUTH.
+    sandbox.smtp.throttle(INSUFFICIENT_RESOURCES, command="RCPT", count=1)
+    sandbox.smtp.throttle(SERVICE_CLOSING, command="MAIL", count=1, after_messages=1)
+    sandbox.smtp.throttle("535 5.7.3 Authentication unsuccessful", command="AUTH", count=1, after_messages=1)
+    with pytest.raises(HveAuthError, match=f"Already accepted by HVE: {CAROL}") as caught:
+        hook.send_email(to=[ALICE, CAROL], subject="Alert", text_content="task failed", retries=3)
+    assert caught.value.accepted == (CAROL,)
+    assert caught.value.smtp_reply is not None and "5.7.3" in caught.value.smtp_reply  # still the auth diagnosis
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == [CAROL]
+    assert len(sandbox.smtp_sessions) == 2  # the reconnect reached AUTH

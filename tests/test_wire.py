@@ -173,3 +173,42 @@ def test_a_broken_session_closes_its_socket(sandbox: HveSandbox, hook: HveHook) 
             time.sleep(0.02)  # polling the server's record for a condition, bounded: not a timing assumption
         assert record.closed, "the broken connection's socket is still open"
         assert caught.value.unsent  # certainly not delivered: safe to send again
+
+
+# -- a split message (over 50 recipients) whose second batch is refused with a 421 -------------------------------
+
+SIXTY = [f"user{n:02d}@contoso.example" for n in range(60)]
+
+
+def test_a_421_to_the_second_batch_is_a_refusal_of_that_batch_only(sandbox: HveSandbox, hook: HveHook) -> None:
+    # Batch 1 (50 recipients) gets its 250; HVE answers batch 2's content with 421 and hangs up. Those 10 were
+    # certainly not accepted (a definite reply), the 50 certainly were: neither "unknown" nor "safe to resend".
+    sandbox.smtp.throttle("421 4.3.2 Service not available", command="content", count=1, after_messages=1)
+    message = build_message(sender=sandbox.account, to=SIXTY, subject="x", text_content="x")
+    with hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        with pytest.raises(HveConnectionError, match="1 partly delivered") as caught:
+            pipeline.submit("m", message.payload, message.recipients, "<m@x>")
+            pipeline.flush()
+    assert caught.value.in_flight == [] and caught.value.unsent == []
+    (partly,) = caught.value.completed
+    assert partly.accepted == SIXTY[:50]
+    assert sorted(partly.refused) == SIXTY[50:] and {code for code, _ in partly.refused.values()} == {421}
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == SIXTY[:50]
+
+
+def test_send_retries_only_the_batch_refused_with_a_421(
+    sandbox: HveSandbox, hook: HveHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_hve import smtp
+
+    delays: list[float] = []
+    monkeypatch.setattr(smtp, "_sleep", delays.append)  # the backoff is recorded, not waited out
+    sandbox.smtp.throttle("421 4.3.2 Service not available", command="content", count=1, after_messages=1)
+    result = hook.send_message(build_message(sender=sandbox.account, to=SIXTY, subject="x", text_content="x"))
+    assert sorted(result.accepted) == SIXTY and result.refused == {}
+    delivered = sandbox.wait_for_messages(2)
+    assert sorted(a for m in delivered for a in m.rcpt_tos) == SIXTY  # each exactly once
+    assert [m.rcpt_tos for m in delivered][1] == SIXTY[50:]  # the retry: the refused batch only
+    assert len(delays) == 1 and len(sandbox.smtp_sessions) == 2

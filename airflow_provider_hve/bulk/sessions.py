@@ -167,10 +167,17 @@ class SessionWorker:
             reason = _row_error(row.index, exc)
             self._shared.change(lambda ledger: ledger.invalid(row.index, self.session, reason))
             return Outcome(accepted=False, too_many_connections=False)
+        # The replies that came while the message was built first: one of them may stop the run (a quota), and
+        # then this message, and the content of the one before it, must not be written.
+        earlier = self._shared.completed(pipeline.collect())
         if not self._shared.change(lambda ledger: ledger.handed_over(row.index, self.session)):
-            return Outcome(accepted=False, too_many_connections=False)  # the run stopped meanwhile
+            return earlier  # the run stopped meanwhile
         message_id = str(outgoing.message["Message-ID"])
-        return self._shared.completed(pipeline.submit(row.index, outgoing.payload, outgoing.recipients, message_id))
+        now = self._shared.completed(pipeline.submit(row.index, outgoing.payload, outgoing.recipients, message_id))
+        return Outcome(
+            accepted=earlier.accepted or now.accepted,
+            too_many_connections=earlier.too_many_connections or now.too_many_connections,
+        )
 
     def _too_many_connections(self, pipeline: Pipeline) -> Reconnect | Finished:
         """HVE answered 432: leave if another session goes on, else reconnect (a retry, with backoff)."""

@@ -14,6 +14,8 @@ from airflow_provider_hve.templating import EmailTemplating, RowTemplating
 
 UNKNOWN_OUTCOME_KEY = "hve_email/unknown_outcome"
 """task_state_store key: the message a try handed over without getting HVE's answer."""
+ALREADY_ACCEPTED_KEY = "hve_email/already_accepted"
+"""task_state_store key: the recipients HVE accepted the message for in a try that then failed."""
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -59,6 +61,8 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param resend_unknown: if a try lost the connection after handing the message over (HVE may have it), a
         retry fails without sending it again (the error says how to check) unless this is True, which prefers
         a possible duplicate to a possible loss. Recorded in the task's ``task_state_store``.
+        Recipients HVE accepted in a failed try never get it again: a retry sends the message (same
+        Message-ID) only to the others, also recorded in ``task_state_store``.
     :param hve_conn_id: the ``hve`` connection.
 
     Example::
@@ -154,7 +158,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         return {"data": list(table.rows), "report": _report(self, table, context)}
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
+        from airflow_provider_hve.exceptions import HveConnectionError, HveError, HveSendError
         from airflow_provider_hve.hooks.hve import HveHook
 
         hook = HveHook(hve_conn_id=self.hve_conn_id)
@@ -192,19 +196,42 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 f"been delivered. Check a recipient's mailbox (search for that Message-ID). To send it again "
                 f"anyway, set resend_unknown=True on this task and clear it."
             )
+        stored = store.get(ALREADY_ACCEPTED_KEY) if store is not None else None
+        delivered: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+        earlier = tuple(delivered.get("accepted") or ())
+        if earlier:
+            outgoing = _without_recipients(outgoing, earlier, str(delivered.get("message_id") or ""))
+            self.log.info(
+                "Try %s already delivered %s to %s: sending it only to the %d other recipient(s).",
+                delivered.get("try_number"),
+                outgoing.message["Message-ID"],
+                ", ".join(earlier),
+                len(outgoing.recipients),
+            )
+        message_id = str(outgoing.message["Message-ID"])
         try:
-            result = hook.send_message(outgoing)
-        except HveConnectionError as exc:
-            if exc.in_flight and store is not None:
-                ti = context.get("ti")
-                store.set(
-                    UNKNOWN_OUTCOME_KEY,
-                    {"message_id": str(outgoing.message["Message-ID"]), "try_number": getattr(ti, "try_number", None)},
-                )
+            if not outgoing.recipients:
+                result: dict[str, Any] = {"message_id": message_id, "accepted": [], "refused": {}}
+            else:
+                result = hook.send_message(outgoing).as_dict()
+        except HveError as exc:
+            if store is not None:
+                try_number = getattr(context.get("ti"), "try_number", None)
+                if exc.accepted:
+                    accepted = list(dict.fromkeys([*earlier, *exc.accepted]))
+                    store.set(
+                        ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": accepted}
+                    )
+                if isinstance(exc, HveConnectionError) and exc.in_flight:
+                    store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
             raise
-        if store is not None and unknown:
-            store.delete(UNKNOWN_OUTCOME_KEY)
-        return {"dry_run": False, "outcome": "accepted", **result.as_dict()}
+        if store is not None:
+            if unknown:
+                store.delete(UNKNOWN_OUTCOME_KEY)
+            if delivered:
+                store.delete(ALREADY_ACCEPTED_KEY)
+        result["accepted"] = [*earlier, *result["accepted"]]
+        return {"dry_run": False, "outcome": "accepted", **result}
 
     def _table(self) -> Any:
         from airflow_provider_hve.reports import table_from_data
@@ -244,6 +271,22 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         if isinstance(map_index, int) and map_index >= 0:  # mapped tasks share dag, task and run ids
             name += f"__{map_index}"
         return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".eml")
+
+
+def _without_recipients(outgoing: OutgoingMessage, delivered: Sequence[str], message_id: str) -> OutgoingMessage:
+    """The message of an earlier try (its Message-ID) for the recipients HVE has not accepted it for yet."""
+    import dataclasses
+
+    have = {address.lower() for address in delivered}
+    message = outgoing.message
+    if message_id:
+        # The same message as the one the others received: one Message-ID in every mailbox and message trace.
+        message.replace_header("Message-ID", message_id)
+    return dataclasses.replace(
+        outgoing,
+        recipients=tuple(address for address in outgoing.recipients if address.lower() not in have),
+        payload=b"",  # serialised again by the session, with the Message-ID above
+    )
 
 
 def _report(operator: HveEmailOperator, table: Any, context: Any) -> dict[str, Any]:

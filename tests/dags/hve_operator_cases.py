@@ -70,6 +70,17 @@ for _dag_id, _resend in (("hve_case_unknown_outcome", False), ("hve_case_unknown
             retry_delay=dt.timedelta(seconds=0),
         )
 
+# The tests make the first try deliver to Carol and then give up on Alice: the retry sends to Alice only.
+with DAG("hve_case_partly_delivered", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+    HveEmailOperator(
+        task_id="mail",
+        to=["alice@contoso.example", "carol@contoso.example"],
+        subject="Quarterly numbers",
+        text_content="Numbers inside.",
+        retries=1,
+        retry_delay=dt.timedelta(seconds=0),
+    )
+
 # Mapped tasks: Airflow renders them through the unmapped task's _do_render_template_fields, which must apply the
 # same rules as a plain task (HTML autoescaped, the report template for data).
 with DAG(
