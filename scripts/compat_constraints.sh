@@ -21,6 +21,10 @@ case "$leg" in
   # cap both at what 3.3 resolves to and runs with.
   3.2 | 3.2.*) printf 'cadwyn<8\nfastapi<0.137\n' >>"$in_file" ;;
 esac
+case "$leg" in
+  # The floor leg also holds common-compat at the floor pyproject.toml declares, so that floor is tested.
+  *.*.*) sed -nE 's/^ *"(apache-airflow-providers-common-compat)>=([0-9.]+)",.*/\1==\2/p' pyproject.toml >>"$in_file" ;;
+esac
 out="constraints/airflow-$leg.txt"
 "$uv" pip compile --quiet --python-version 3.11 --no-emit-package airflow-provider-hve \
   --custom-compile-command "make constraints  # leg $leg: $spec + airflow-provider-hve[test], Python 3.11" \

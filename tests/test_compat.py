@@ -200,6 +200,30 @@ def test_version_flags_match_the_running_airflow() -> None:
     assert (running >= Version("3.1.0")) == AIRFLOW_V_3_1_PLUS
 
 
+def _declared_floor(distribution: str) -> str:
+    """Return the lowest version pyproject.toml allows for ``distribution`` (its ``>=`` bound)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    for line in requires("airflow-provider-hve") or ():
+        requirement = Requirement(line)
+        if requirement.name == distribution and requirement.marker is None:
+            (floor,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+            return floor
+    raise AssertionError(f"airflow-provider-hve declares no {distribution}")
+
+
+def test_floor_leg_runs_the_declared_common_compat_floor() -> None:
+    """The floor leg (Airflow 2.11.0) installs common-compat at the floor we declare, so that floor is tested."""
+    from importlib.metadata import version
+
+    if RUNNING != _declared_floor("apache-airflow"):
+        pytest.skip(f"only the floor leg ({_declared_floor('apache-airflow')}) pins the floor; this is {RUNNING}")
+    compat = "apache-airflow-providers-common-compat"
+    assert version(compat) == _declared_floor(compat)
+
+
 @pytest.mark.skipif(
     HAS_TASK_STATE_STORE,
     reason=f"Airflow {RUNNING} has task_state_store: tests/test_bulk.py proves each row is sent once across retries",
