@@ -215,6 +215,22 @@ def test_backend_treats_airflows_default_smtp_conn_id_as_unset(
     assert mail.rcpt_tos == ["oncall@contoso.example"]
 
 
+def test_backend_with_only_email_backend_set_sends_through_hve_default(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No conn_id and no [email] email_conn_id: Airflow's own default applies (smtp_default on 2.11 and 3.x).
+    monkeypatch.delenv("AIRFLOW__EMAIL__EMAIL_CONN_ID", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    from airflow.providers.common.compat.sdk import conf
+
+    assert conf.get("email", "email_conn_id", fallback=None) in (None, "smtp_default")
+    hve_connection()
+    send_email("oncall@contoso.example", "Via Airflow's default conn id", "<p>hi</p>")
+    (mail,) = sandbox.wait_for_messages(1)
+    assert mail.rcpt_tos == ["oncall@contoso.example"]
+    assert mail.message["Subject"] == "Via Airflow's default conn id"
+
+
 def test_backend_uses_an_existing_smtp_default_connection(
     hve_connection: Callable[..., str], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
