@@ -218,7 +218,7 @@ def test_floor_leg_runs_the_declared_common_compat_floor() -> None:
     """The floor leg (Airflow 2.11.0) installs common-compat at the floor we declare, so that floor is tested."""
     from importlib.metadata import version
 
-    if RUNNING != _declared_floor("apache-airflow"):
+    if _declared_floor("apache-airflow") != RUNNING:
         pytest.skip(f"only the floor leg ({_declared_floor('apache-airflow')}) pins the floor; this is {RUNNING}")
     compat = "apache-airflow-providers-common-compat"
     assert version(compat) == _declared_floor(compat)
