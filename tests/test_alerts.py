@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
 from airflow_provider_hve.notifications.hve import HveNotifier
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
 from airflow_provider_hve.utils.email import send_email
@@ -87,8 +88,37 @@ def test_sensor_alert_counts_from_the_first_poke(run_dag: Callable[..., Any], sa
     assert 3 <= duration_seconds(plain(alert)) <= (dag_run.end_date - dag_run.start_date).total_seconds(), plain(alert)
 
 
+def test_alert_links_to_the_run_where_the_running_airflow_shows_it(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow3.contoso.example/")
+    monkeypatch.setenv("AIRFLOW__WEBSERVER__BASE_URL", "https://airflow2.contoso.example")
+    hve_connection()
+    run_id = "manual__2026-01-01T00:00:00+00:00"
+    ti = SimpleNamespace(dag_id="hve_alert_context", task_id="load", run_id=run_id, map_index=-1)
+    context = {"dag": _dag(), "ti": ti, "exception": ValueError("boom"), "params": {}}
+    HveNotifier(to="oncall@contoso.example", subject="Alert")(context)
+    (alert,) = sandbox.wait_for_messages(1)
+    quoted_run = "manual__2026-01-01T00%3A00%3A00%2B00%3A00"
+    if AIRFLOW_V_3_0_PLUS:  # [api] base_url, the run's own page
+        expected = f"https://airflow3.contoso.example/dags/hve_alert_context/runs/{quoted_run}"
+    else:  # Airflow 2.11: [webserver] base_url; it has no runs page, its grid view selects the run
+        expected = f"https://airflow2.contoso.example/dags/hve_alert_context/grid?dag_run_id={quoted_run}"
+    assert f'href="{expected}"' in html(alert)
+
+
+def _dag() -> Any:
+    """A DAG for a hand-made callback context: Airflow 2.11's notifier renders with context["dag"] (3.x need not)."""
+    import pendulum
+    from airflow.providers.common.compat.sdk import DAG
+
+    return DAG("hve_alert_context", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+
+
 def _task_context(exception: BaseException) -> dict[str, Any]:
-    return {"run_id": "manual__alert", "exception": exception, "params": {}}
+    return {"dag": _dag(), "run_id": "manual__alert", "exception": exception, "params": {}}
 
 
 def _hide_airflow_masker(monkeypatch: pytest.MonkeyPatch) -> None:
