@@ -61,14 +61,17 @@ docs: $(DOCS_STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The newest Airflow, from its pinned set (resolved by `make constraints` like the legs').
+NEWEST_CONSTRAINTS := constraints/airflow-3.3.txt
+
+$(STAMP): pyproject.toml $(NEWEST_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff mypy
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(NEWEST_CONSTRAINTS) -e ".[test]" ruff mypy
 	touch $(STAMP)
 
 $(DOCS_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[docs]"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(NEWEST_CONSTRAINTS) -e ".[docs]"
 	touch $(DOCS_STAMP)
 
 clean:
