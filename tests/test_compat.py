@@ -73,6 +73,19 @@ def test_flask_connection_form_of_airflow_2_has_the_labelled_fields() -> None:
     (any_of,) = [v for v in auth_mode.kwargs["validators"] if hasattr(v, "values")]
     assert list(any_of.values) == ["client_secret", "certificate", "password", "workload_identity"]
     assert form is not None
+    # The timeout is a number of seconds, a fraction included: the form takes 2.5 (the connection reads the text
+    # as a number) and refuses text or less than 1 second. (2.11 accepts no FloatField: it would drop the widgets.)
+    from werkzeug.datastructures import MultiDict
+    from wtforms import Form
+
+    timeout_form = type("TimeoutForm", (Form,), {"timeout": widgets["extra__hve__timeout"].field})
+    filled = timeout_form(MultiDict({"timeout": "2.5"}))
+    assert filled.validate(), filled.errors
+    assert float(filled.timeout.data) == 2.5
+    assert timeout_form(MultiDict({"timeout": ""})).validate()  # optional: the default applies
+    for wrong in ("soon", "0.5"):
+        refused = timeout_form(MultiDict({"timeout": wrong}))
+        assert not refused.validate() and "Enter a number, at least 1" in str(refused.errors), wrong
 
 
 @needs((3, 0), "The React UI's connection form (hook_meta API)")
