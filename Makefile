@@ -13,8 +13,10 @@ CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
 # What every leg runs: connection (form metadata included), hook, operator, notifier, e-mail backend, the
 # example DAGs under dag.test(), and the compatibility tests themselves.
 # (tests/test_deadline_alert.py runs a real scheduler + triggerer; it skips, saying why, before Airflow 3.1.)
+# Alerts (notifier, backend, smtp_default), template injection (rows, mapped XCom values) and the README DAG too.
 COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_smtp_session.py \
-                tests/test_operator.py tests/test_example_dags.py tests/test_deadline_alert.py
+                tests/test_operator.py tests/test_example_dags.py tests/test_deadline_alert.py \
+                tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
 .PHONY: demo test test-fast test-compat test-compat-all constraints lint install sandbox clean bench docs
@@ -59,14 +61,17 @@ docs: $(DOCS_STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The newest Airflow, from its pinned set (resolved by `make constraints` like the legs').
+NEWEST_CONSTRAINTS := constraints/airflow-3.3.txt
+
+$(STAMP): pyproject.toml $(NEWEST_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test]" ruff mypy
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(NEWEST_CONSTRAINTS) -e ".[test]" ruff mypy
 	touch $(STAMP)
 
 $(DOCS_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[docs]"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(NEWEST_CONSTRAINTS) -e ".[docs]"
 	touch $(DOCS_STAMP)
 
 clean:

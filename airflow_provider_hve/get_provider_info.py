@@ -189,12 +189,33 @@ def legacy_connection_form_widgets() -> dict[str, Any]:
         common: dict[str, Any] = {"description": description, "default": schema.get("default")}
         if kind == "boolean":
             widgets[name] = BooleanField(field["label"], **common)
-        elif kind in ("integer", "number"):
+        elif kind == "integer":
             widgets[name] = IntegerField(field["label"], validators=[Optional()], **common, **text_widget)
+        elif kind == "number":
+            # A fraction too (timeout 2.5): IntegerField refuses it, and 2.11 allows no FloatField (it drops
+            # every widget of the hook then). A text field checked as a number; the connection reads "2.5".
+            validators = [Optional(), _number_at_least(schema.get("minimum"))]
+            widgets[name] = StringField(field["label"], validators=validators, **common, **text_widget)
         else:
             validators = [Optional(), any_of(schema["enum"])] if "enum" in schema else [Optional()]
             widgets[name] = StringField(field["label"], validators=validators, **common, **text_widget)
     return widgets
+
+
+def _number_at_least(minimum: float | None) -> Any:
+    """Return a WTForms validator: the text is a number (a fraction too), at least ``minimum``."""
+    from wtforms.validators import ValidationError
+
+    def validate(form: Any, field: Any) -> None:
+        try:
+            number = float(str(field.data).strip())
+        except ValueError:
+            number = float("nan")
+        if not number >= (minimum if minimum is not None else float("-inf")):
+            lowest = f", at least {minimum:g}" if minimum is not None else ""
+            raise ValidationError(f"Enter a number{lowest}, such as 30 or 2.5.")
+
+    return validate
 
 
 def legacy_ui_field_behaviour() -> dict[str, Any]:

@@ -180,6 +180,10 @@ class EmailTemplating(RowTemplating):
         jinja_env: jinja2.Environment | None = None,
         seen_oids: set[int] | None = None,
     ) -> Any:
+        # Checked first, as Airflow's own render_template does: a mapped task's values that came from XCom
+        # are in seen_oids, and data from XCom is never a template (not even a string).
+        if seen_oids is not None and id(content) in seen_oids:
+            return content
         if isinstance(content, str):
             env = jinja_env or self.get_template_env()
             if self._hve_rendering_body is not None:  # only a body field may name a template file

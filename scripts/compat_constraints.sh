@@ -33,6 +33,10 @@ newest=(--exclude-newer-package apache-airflow-providers-common-compat=false
 case "$leg" in
   3.2 | 3.2.*) as_of=(--exclude-newer 2026-06-01 "${newest[@]}") ;; # 3.2.2 was uploaded on 2026-05-29
 esac
+case "$leg" in
+  # The floor leg also holds common-compat at the floor pyproject.toml declares, so that floor is tested.
+  *.*.*) sed -nE 's/^ *"(apache-airflow-providers-common-compat)>=([0-9.]+)",.*/\1==\2/p' pyproject.toml >>"$in_file" ;;
+esac
 out="constraints/airflow-$leg.txt"
 "$uv" pip compile --quiet --python-version 3.11 --no-emit-package airflow-provider-hve \
   --custom-compile-command "make constraints  # leg $leg: $spec + airflow-provider-hve[test], Python 3.11" \

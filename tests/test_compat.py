@@ -73,6 +73,19 @@ def test_flask_connection_form_of_airflow_2_has_the_labelled_fields() -> None:
     (any_of,) = [v for v in auth_mode.kwargs["validators"] if hasattr(v, "values")]
     assert list(any_of.values) == ["client_secret", "certificate", "password", "workload_identity"]
     assert form is not None
+    # The timeout is a number of seconds, a fraction included: the form takes 2.5 (the connection reads the text
+    # as a number) and refuses text or less than 1 second. (2.11 accepts no FloatField: it would drop the widgets.)
+    from werkzeug.datastructures import MultiDict
+    from wtforms import Form
+
+    timeout_form = type("TimeoutForm", (Form,), {"timeout": widgets["extra__hve__timeout"].field})
+    filled = timeout_form(MultiDict({"timeout": "2.5"}))
+    assert filled.validate(), filled.errors
+    assert float(filled.timeout.data) == 2.5
+    assert timeout_form(MultiDict({"timeout": ""})).validate()  # optional: the default applies
+    for wrong in ("soon", "0.5"):
+        refused = timeout_form(MultiDict({"timeout": wrong}))
+        assert not refused.validate() and "Enter a number, at least 1" in str(refused.errors), wrong
 
 
 @needs((3, 0), "The React UI's connection form (hook_meta API)")
@@ -198,6 +211,30 @@ def test_version_flags_match_the_running_airflow() -> None:
     running = Version(airflow.__version__)
     assert (running.major, running.minor, running.micro) == AIRFLOW_VERSION
     assert (running >= Version("3.1.0")) == AIRFLOW_V_3_1_PLUS
+
+
+def _declared_floor(distribution: str) -> str:
+    """Return the lowest version pyproject.toml allows for ``distribution`` (its ``>=`` bound)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    for line in requires("airflow-provider-hve") or ():
+        requirement = Requirement(line)
+        if requirement.name == distribution and requirement.marker is None:
+            (floor,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+            return floor
+    raise AssertionError(f"airflow-provider-hve declares no {distribution}")
+
+
+def test_floor_leg_runs_the_declared_common_compat_floor() -> None:
+    """The floor leg (Airflow 2.11.0) installs common-compat at the floor we declare, so that floor is tested."""
+    from importlib.metadata import version
+
+    if _declared_floor("apache-airflow") != RUNNING:
+        pytest.skip(f"only the floor leg ({_declared_floor('apache-airflow')}) pins the floor; this is {RUNNING}")
+    compat = "apache-airflow-providers-common-compat"
+    assert version(compat) == _declared_floor(compat)
 
 
 @pytest.mark.skipif(

@@ -7,6 +7,7 @@ task that works for minutes: the scheduler sees the deadline missed, the trigger
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -35,6 +36,12 @@ ONCALL = "deadline-oncall@contoso.example"
 # Bounded waits: the whole test gives up well inside pytest's timeout.
 SERIALIZED_WITHIN = 120
 ALERT_WITHIN = 150
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group; one whose members have all exited already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
 
 
 class Airflow:
@@ -72,14 +79,19 @@ class Airflow:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self) -> None:
+        """
+        Stop every process group started, whether or not its leader still runs: a crashed scheduler leaves its
+        executor's workers behind in its group. Never raises (it runs in a ``finally``: the test's own failure
+        must stay the one reported).
+        """
         for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+            _signal_group(process.pid, signal.SIGTERM)
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes.values():  # whatever ignored SIGTERM, leaders and orphans alike
+            _signal_group(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
 
     def run_state(self, dag_id: str, run_id: str) -> str:
@@ -162,3 +174,34 @@ def test_missed_deadline_is_mailed_by_the_triggerer(airflow: Airflow, sandbox: H
     assert "deadline_run" in html and "Deadline" in html and "Queued at" in html
     # The deadline sent it, not a failure callback: the run is still going (its task works for minutes).
     assert airflow.run_state(DAG_ID, "deadline_run") == "running"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_stop_ends_the_group_of_a_leader_that_already_exited(tmp_path: Path) -> None:
+    # As a crashed scheduler: the group leader is gone, the worker it started still runs in its group.
+    af = Airflow(tmp_path, dict(os.environ))
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!"], stdout=subprocess.PIPE, start_new_session=True, text=True
+    )
+    assert leader.stdout is not None
+    orphan = int(leader.stdout.readline())
+    leader.wait(timeout=30)
+    af.processes["scheduler"] = leader  # type: ignore[assignment]
+    assert _alive(orphan)
+
+    try:
+        af.stop()
+        give_up = time.monotonic() + 10
+        while _alive(orphan):  # SIGKILL is delivered asynchronously: bounded wait for the kernel to finish it
+            assert time.monotonic() < give_up, f"pid {orphan} of the exited leader's group still runs"
+            time.sleep(0.05)
+    finally:
+        _signal_group(leader.pid, signal.SIGKILL)  # leave nothing behind if the assertion failed

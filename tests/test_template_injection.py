@@ -62,3 +62,19 @@ def test_rows_resolve_upstream_outputs_callables_and_the_documented_xcom_pull(
     assert _csv_rows(messages["nested@contoso.example"]) == [{"count": "7", "calc": SUM}]
     # data=<callable>: called with the context, as Airflow does for any templated field.
     assert _csv_rows(messages["callable@contoso.example"]) == [{"called": "yes", "calc": SUM}]
+
+
+def test_mapped_values_from_xcom_are_not_rendered(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
+    # .partial(...).expand(subject=upstream(), ...): Airflow keeps the expanded values out of rendering (they
+    # are in seen_oids); the subject once went out as "calc 49 secret <the client secret>".
+    dag_run = run_dag(CASES, "hve_case_mapped_xcom")
+    assert dag_run.state == "success"
+
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["mapped@contoso.example"]
+    assert sandbox.client_secret.encode() not in delivered.data
+    message = delivered.message
+    assert message["Subject"] == f"calc {SUM} secret {HOSTILE}"
+    assert message["To"].addresses[0].display_name == f"Calc {SUM}"
+    assert message["X-Calc"] == SUM and message["X-Secret"] == HOSTILE
+    assert message.get_body(("plain",)).get_content().strip() == "hi"

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
@@ -354,15 +354,23 @@ def _log_url(ti: Any) -> str | None:
 
 
 def _run_url(dag_id: str | None, run_id: str | None) -> str | None:
-    """Return the Airflow UI address of the DAG run (``[api] base_url``, as the task log link uses)."""
+    """
+    Return the Airflow UI address of the DAG run, as the task log link of that version builds it.
+
+    Airflow 3: ``[api] base_url`` + ``/dags/<dag_id>/runs/<run_id>``. Airflow 2.11 keeps the address under
+    ``[webserver] base_url`` and has no runs page: its grid view selects the run, ``/dags/<dag_id>/grid?dag_run_id=``.
+    """
     if not dag_id or not run_id:
         return None
-    try:
-        from airflow.sdk.configuration import conf
-    except ImportError:  # pragma: no cover - Airflow 2
-        from airflow.configuration import conf
-    base_url = str(conf.get("api", "base_url", fallback=None) or "http://localhost:8080/")
-    return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    from airflow.providers.common.compat.sdk import conf
+
+    from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
+
+    section = "api" if AIRFLOW_V_3_0_PLUS else "webserver"
+    base_url = str(conf.get(section, "base_url", fallback=None) or "http://localhost:8080/").rstrip("/")
+    if AIRFLOW_V_3_0_PLUS:
+        return f"{base_url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    return f"{base_url}/dags/{quote(dag_id)}/grid?{urlencode({'dag_run_id': run_id})}"
 
 
 def _failed_tasks(dag_id: str | None, run_id: str | None, ti: Any) -> list[str]:

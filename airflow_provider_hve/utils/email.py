@@ -106,8 +106,8 @@ def _resolve_conn_id(conn_id: str) -> str:
     """
     if conn_id != AIRFLOW_DEFAULT_CONN_ID:
         return conn_id
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    # Through the compat layer: Airflow 2.11 (whose default email_conn_id is smtp_default) has no airflow.sdk.
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
 
     try:
         conn = BaseHook.get_connection(conn_id)

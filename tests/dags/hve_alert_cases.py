@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import pendulum
-from airflow.sdk import DAG, BaseSensorOperator, task
+
+# Through the compat layer, as the example DAGs do: this file parses on Airflow 2.11 and 3.x.
+from airflow.providers.common.compat.sdk import DAG, BaseSensorOperator, task
 
 from airflow_provider_hve.notifications.hve import HveNotifier
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, task
+
+# Through the compat layer, as the example DAGs do: this file parses on Airflow 2.11 and 3.x.
+from airflow.providers.common.compat.sdk import DAG, task
 
 with DAG("hve_case_email_backend", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False):
 

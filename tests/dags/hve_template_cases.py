@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, task
+
+# Through the compat layer, as the example DAGs do: this file parses on Airflow 2.11 and 3.x.
+from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_hve.operators.hve import HveEmailOperator, HveMailMergeOperator
 
@@ -85,4 +87,28 @@ with DAG("hve_case_rows_resolved", schedule=None, start_date=START, catchup=Fals
         subject="Rows from a callable",
         csv_filename="rows.csv",
         data=_rows_from_a_callable,
+    )
+
+
+MAPPED_SUBJECT = f"calc {SUM} secret {HOSTILE}"
+MAPPED_TO = f"Calc {SUM} <mapped@contoso.example>"
+MAPPED_HEADERS = {"X-Calc": SUM, "X-Secret": HOSTILE}
+
+with DAG("hve_case_mapped_xcom", schedule=None, start_date=START, catchup=False, tags=["hve-tests"]):
+
+    @task
+    def subjects() -> list[str]:
+        return [MAPPED_SUBJECT]
+
+    @task
+    def recipients() -> list[str]:
+        return [MAPPED_TO]
+
+    @task
+    def headers() -> list[dict[str, str]]:
+        return [MAPPED_HEADERS]
+
+    # Values a mapped task gets from XCom are data: Airflow never renders them, and neither may we.
+    HveEmailOperator.partial(task_id="mapped", text_content="hi").expand(
+        subject=subjects(), to=recipients(), headers=headers()
     )
