@@ -328,7 +328,12 @@ def _first_start(ti: Any, context: Mapping[str, Any]) -> dt.datetime | None:
         except Exception as exc:  # outside the task runner (DAG processor): no supervisor to ask
             log.debug("Could not read the first reschedule date: %s", exc)
             first = None
-        if isinstance(first, dt.datetime) and first < start:
+        if isinstance(first, str):  # Airflow 3.0's supervisor hands it over as an ISO string
+            try:
+                first = dt.datetime.fromisoformat(first)
+            except ValueError:
+                first = None
+        if isinstance(first, dt.datetime) and first.tzinfo is not None and first < start:
             return first
     return start
 
