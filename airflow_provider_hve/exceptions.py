@@ -72,6 +72,10 @@ class HveConnectionError(HveError):
     :param accepted: recipients HVE accepted the message for before the failure (see :attr:`HveError.accepted`).
     """
 
+    permanent = False
+    """True when a new connection would meet the same failure (no STARTTLS, a certificate that fails
+    verification, no AUTH XOAUTH2, an unknown host): a retry only repeats it."""
+
     def __init__(
         self,
         message: str,

@@ -411,7 +411,11 @@ class Pipeline:
             self._completed.append(message.delivery)
             partly += 1
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
-        cause = f"{reply}.{smtp_reply_hint(421, reply)}" if reply else f"{type(exc).__name__}: {exc}."
+        cause = (
+            f"{reply}.{smtp_reply_hint(_reply_code(code_text), reply_text)}"
+            if reply
+            else f"{type(exc).__name__}: {exc}."
+        )
         partial = f" {partly} partly delivered (some recipients accepted, the others not sent)." if partly else ""
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
@@ -468,7 +472,12 @@ def _has_8bit(payload: bytes) -> bool:
 def _advertised_size(smtp: smtplib.SMTP) -> int:
     """Return the SIZE limit from the EHLO reply (RFC 1870), or 0 when none is given."""
     value = (smtp.esmtp_features.get("size") or "").strip()
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isascii() and value.isdecimal() else 0
+
+
+def _reply_code(text: str) -> int | None:
+    """Return the reply code of ``"421 4.3.2 ..."``-like text, or None when it does not start with one."""
+    return int(text) if len(text) == 3 and text.isascii() and text.isdecimal() else None
 
 
 def _dot_stuffed(payload: bytes) -> bytes:

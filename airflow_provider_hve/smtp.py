@@ -57,7 +57,9 @@ RETRY_DELAY = 1.0
 """First backoff of a retry, in seconds; doubled for each further one, and jittered down to half."""
 THROTTLED_RETRY_DELAY = 4.0
 """First backoff after HVE said it is busy (``421``, ``432``, ``4.3.2``): it asked for fewer connections."""
-_THROTTLED = re.compile(r"\b(?:421|432)\b|\b4\.3\.2\b")
+# A reply code where a reply starts (": 421 ...", "addr: 432 4.3.2 ..."), not any number in the text (a
+# Message-ID, a host name); or the enhanced code 4.3.2 (too many connections, server busy).
+_THROTTLED = re.compile(r"(?:^|[:;] )(?:421|432)(?:[ -]|$)|(?<![\w.])4\.3\.2(?![\w.])")
 # Stand-ins for a test's clock; nothing else replaces them.
 _sleep = time.sleep
 _clock = time.monotonic
@@ -112,7 +114,6 @@ class HveSmtpSession:
         self.config = config
         self._get_token = get_token
         self._smtp: smtplib.SMTP | None = None
-        self.messages_sent = 0
 
     def __enter__(self) -> HveSmtpSession:
         self.open()
@@ -169,7 +170,7 @@ class HveSmtpSession:
             smtp, self._smtp = self._smtp, None
             quit_quietly(smtp)
 
-    def _discard(self) -> None:
+    def discard(self) -> None:
         """Close a broken connection at once, without QUIT (it may be mid-message, or gone)."""
         if self._smtp is not None:
             smtp, self._smtp = self._smtp, None
@@ -246,7 +247,7 @@ class HveSmtpSession:
             try:
                 delivery = self._send_once(content, pending, sender, message_id)
             except HveConnectionError as exc:
-                self._discard()
+                self.discard()
                 # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch
                 # of a split message): say so, and carry them on the error (``accepted``), they must not get it
                 # twice. Then the message is not "unsent" either; only the others are sent again.
@@ -259,7 +260,7 @@ class HveSmtpSession:
                     raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier, accepted) from exc
                 if not pending:
                     break
-                if isinstance(exc, _Permanent) or not retry.again(str(exc)):
+                if exc.permanent or not retry.again(str(exc)):
                     if retry.attempts == 1 and not accepted:
                         raise
                     raise HveConnectionError(
@@ -287,7 +288,6 @@ class HveSmtpSession:
                 f"{details}.{''.join(sorted(hints))}{retry.gave_up() if retry.attempts > 1 else ''}",
                 refused=refused,
             )
-        self.messages_sent += 1
         return SendResult(message_id=message_id, accepted=tuple(accepted), refused=refused)
 
     def _send_once(self, content: bytes, recipients: Sequence[str], sender: str, message_id: str) -> Delivery:
@@ -473,6 +473,8 @@ def envelope_recipients(message: EmailMessage, recipients: Sequence[str] | None)
 
 class _Permanent(HveConnectionError):
     """A connection failure that a new attempt would meet again (no STARTTLS, bad certificate, unknown host)."""
+
+    permanent = True
 
 
 class _AuthDeferred(HveConnectionError):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_hve.bulk import MailMerge
-from airflow_provider_hve.exceptions import HveConfigError, HveSendError
+from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import RECIPIENT_NOT_FOUND, SUBMISSION_QUOTA_EXCEEDED
@@ -217,3 +217,20 @@ def test_a_stop_wakes_a_session_waiting_for_the_rate_and_nothing_more_is_handed_
     assert len(contents) == 1, contents  # the refused one; no message handed over after the stop
     assert list(report.refused) == ["user00000@contoso.example"]
     assert sorted(report.not_sent) == [r["email"] for r in rows(5)[1:]]
+
+
+def test_a_server_without_starttls_stops_the_run_without_reconnecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A permanent set-up failure (no STARTTLS, a certificate that fails verification) would meet every
+    # reconnect again: the run stops at once, says why, and lists every row as not sent.
+    import json
+
+    with HveSandbox(starttls=False) as plain:
+        monkeypatch.setenv("AIRFLOW_CONN_HVE_PLAIN", json.dumps(plain.connection()))
+        merge = MailMerge(HveHook(hve_conn_id="hve_plain"), subject="x", text_content="y", sessions=2)
+        with pytest.raises(HveConnectionError, match="does not offer STARTTLS, so no token was sent"):
+            merge.run(rows(5))
+        assert len(plain.smtp_sessions) <= 2  # one connection per session, no reconnect
+        assert not any(session.auth_attempts for session in plain.smtp_sessions)
+        report = merge.last_report
+        assert report is not None and report.accepted == 0 and not plain.messages
+        assert sorted(report.not_sent) == [r["email"] for r in rows(5)]

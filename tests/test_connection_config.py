@@ -166,3 +166,11 @@ def test_conn_type_must_be_hve() -> None:
 def test_extra_must_be_json_object() -> None:
     with pytest.raises(HveConfigError, match="not valid JSON"):
         HveConnectionConfig.from_fields("hve_reports", login="a@contoso.com", password=SECRET, extra="{tenant")
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "-1", "1.5", True])
+def test_a_count_is_a_plain_whole_number(value: Any) -> None:
+    # "²".isdigit() is True and int("²") raises; "٣" is an Arabic-Indic three: both are refused, clearly.
+    with pytest.raises(HveConfigError, match="'send_retries' is not a whole number"):
+        make({"send_retries": value})
+    assert make({"send_retries": " 4 "}).send_retries == 4

@@ -212,3 +212,21 @@ def test_send_retries_only_the_batch_refused_with_a_421(
     assert sorted(a for m in delivered for a in m.rcpt_tos) == SIXTY  # each exactly once
     assert [m.rcpt_tos for m in delivered][1] == SIXTY[50:]  # the retry: the refused batch only
     assert len(delays) == 1 and len(sandbox.smtp_sessions) == 2
+
+
+def test_leaving_a_session_by_an_exception_closes_it_without_quit(sandbox: HveSandbox, hook: HveHook) -> None:
+    # With pipelining the server has answered 354 and waits for the content: a QUIT would be read as content
+    # (and the client would wait for a reply that never comes). Left by an exception, the socket just closes.
+    from airflow_provider_hve.message import wire_bytes
+
+    with pytest.raises(RuntimeError, match="the DAG author's bug"), hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        assert pipeline.submit("k", wire_bytes(plain_message(sandbox)), [ALICE]) == []
+        raise RuntimeError("the DAG author's bug")
+    (record,) = sandbox.smtp_sessions
+    deadline = time.monotonic() + 10
+    while not record.closed and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the server's record for a condition, bounded: not a timing assumption
+    assert record.closed and not record.quit
+    assert [t.mail_from for t in record.transactions] == [sandbox.account]  # it had begun the message...
+    assert not sandbox.messages  # ...and, without its end of data, it was never delivered

@@ -45,6 +45,7 @@ class SharedLedger:
 
     def change(self, transition: Callable[[RowLedger], T]) -> T:
         """Apply one transition under the lock; wake the waiting sessions; record what was delivered."""
+        journal: list[str] = []
         try:
             with self._changed:
                 try:
@@ -130,20 +131,29 @@ class SessionWorker:
                 pipeline = smtp.pipeline()
                 return self._send_until_done(pipeline)
         except HveConnectionError as exc:
+            if exc.permanent:  # no STARTTLS, a bad certificate...: every reconnect would meet it again
+                self._give_up(pipeline, exc)
+                raise
             # Handed over without a final reply: unknown, never resent (no duplicates). The rest: queued again.
             self._shared.completed(exc.completed)
             cause, handed_over = str(exc), exc.in_flight
             log.warning("HVE session broke: %s", cause)
             return self._shared.change(lambda ledger: ledger.broken(self.session, handed_over, cause))
         except BaseException as exc:
-            # Auth refused, sender refused, something unexpected: the outcomes read before count, then the run
-            # stops. Messages handed over without an answer are unknown (HVE may have them), never resent.
-            self._shared.completed(getattr(exc, "completed", ()))
-            in_flight = [delivery.key for delivery in pipeline.in_flight] if pipeline is not None else []
-            self._shared.change(lambda ledger: ledger.withdraw(self.session, in_flight))
-            if pipeline is not None:
-                pipeline.abort()
+            self._give_up(pipeline, exc)
             raise
+
+    def _give_up(self, pipeline: Pipeline | None, exc: BaseException) -> None:
+        """
+        Auth refused, sender refused, a permanent connection failure, something unexpected: the outcomes read
+        before count, then the run stops. Messages handed over without an answer are unknown (HVE may have
+        them), never resent.
+        """
+        self._shared.completed(getattr(exc, "completed", ()))
+        in_flight = [delivery.key for delivery in pipeline.in_flight] if pipeline is not None else []
+        self._shared.change(lambda ledger: ledger.withdraw(self.session, in_flight))
+        if pipeline is not None:
+            pipeline.abort()
 
     def _send_until_done(self, pipeline: Pipeline) -> Reconnect | Finished:
         """Take, submit, apply: until the ledger says this session is finished."""

@@ -101,13 +101,21 @@ class HveHook(BaseHook):
 
     @contextmanager
     def smtp_session(self) -> Iterator[HveSmtpSession]:
-        """Yield an authenticated session that sends many messages over one connection; QUIT on exit."""
+        """
+        Yield an authenticated session that sends many messages over one connection; QUIT on exit.
+
+        Left by an exception, the connection is closed without QUIT: it may be in the middle of a message,
+        where the server would read QUIT as content and never answer.
+        """
         from airflow_provider_hve.smtp import HveSmtpSession
 
         session = HveSmtpSession(self.config, self.token_provider.get_token)
         session.open()
         try:
             yield session
+        except BaseException:
+            session.discard()
+            raise
         finally:
             session.close()
 

@@ -117,3 +117,19 @@ def test_a_template_file_is_read_and_a_missing_one_named(tmp_path: Path) -> None
     assert template_or_file(env, "Hello {{ x }}", "html_content") == "Hello {{ x }}"
     with pytest.raises(HveConfigError, match="'html_content'.*'missing.html' was not found"):
         template_or_file(env, "missing.html", "html_content")
+
+
+@pytest.mark.parametrize(
+    ("cause", "throttled"),
+    [
+        ("The connection to HVE broke (connection 'hve_default'): 421 4.3.2 Service not available.", True),
+        ("alice@contoso.example: 432 4.3.2 STOREDRV; mailbox server is too busy", True),
+        ("alice@contoso.example: 451 4.7.0 Temporary server error", False),
+        # A reply code is where a reply starts, not any number: a Message-ID or a host name may hold one.
+        ("HVE did not take <1733.421.99@vm.contoso.example> (connection 'hve_421'): 451 4.4.2 timeout", False),
+    ],
+)
+def test_a_throttling_reply_is_told_by_its_code_not_by_any_number_in_the_text(cause: str, throttled: bool) -> None:
+    from airflow_provider_hve.smtp import _THROTTLED
+
+    assert bool(_THROTTLED.search(cause)) is throttled
