@@ -384,7 +384,7 @@ class _Reader:
         if value is None:
             return default
         text = str(value).strip()
-        if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or int(text) > maximum:
+        if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or len(text) > 9 or int(text) > maximum:
             raise self._error(name, f"is not a whole number from 0 to {maximum} {hidden(value)}; use e.g. 3.")
         return int(text)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -199,14 +199,33 @@ class Pipeline:
         connection; return the deliveries completed.
 
         For stopping early. A message whose commands went out but whose content did not is dropped with the
-        connection: the server got no end of data, so it was certainly not accepted.
+        connection: the server got no end of data, so it was certainly not accepted. A message over 50
+        recipients whose first batches were accepted completes partly delivered: the recipients of its batches
+        not sent are refused with a temporary ``451 4.4.2`` (sent again by a later run, never lost).
         """
         self._staged = self._next = None
         try:
             self._read_outstanding()
         finally:
             self.abort()
+        self._complete_partly_delivered((451, "4.4.2 Not sent: the run stopped before this batch"))
         return self._take_completed()
+
+    def _complete_partly_delivered(self, why: tuple[int, str], skip: Collection[int] = ()) -> int:
+        """
+        Complete each open message that some recipients certainly got (an earlier 50-recipient batch accepted)
+        and the others certainly did not, its unanswered recipients refused with ``why``; return how many.
+        """
+        partly = 0
+        for key, message in list(self._open.items()):
+            if key in skip or not message.delivery.accepted:
+                continue
+            answered = {*message.delivery.accepted, *message.delivery.refused}
+            message.delivery.refused.update({a: why for a in message.recipients if a not in answered})
+            del self._open[key]
+            self._completed.append(message.delivery)
+            partly += 1
+        return partly
 
     def abort(self) -> None:
         """
@@ -389,8 +408,6 @@ class Pipeline:
         """
         in_flight = self.in_flight
         unknown_ids = {id(delivery) for delivery in in_flight}
-        unsent: list[Delivery] = []
-        partly = 0
         # What the recipients of a partly delivered message who did not get it are refused with: always a
         # temporary reply (the reply itself when it is one, e.g. 421), so that they are sent again.
         code_text, _, reply_text = (reply or "").partition(" ")
@@ -398,18 +415,9 @@ class Pipeline:
             why = (int(code_text), reply_text)
         else:
             why = (451, f"4.4.2 Not sent: the connection to HVE broke first ({reply or type(exc).__name__})")
-        for key, message in list(self._open.items()):
-            if key in unknown_ids:
-                continue
-            if not message.delivery.accepted:
-                unsent.append(message.delivery)
-                continue
-            # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
-            answered = {*message.delivery.accepted, *message.delivery.refused}
-            message.delivery.refused.update({a: why for a in message.recipients if a not in answered})
-            del self._open[key]
-            self._completed.append(message.delivery)
-            partly += 1
+        # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
+        partly = self._complete_partly_delivered(why, skip=unknown_ids)
+        unsent = [message.delivery for key, message in self._open.items() if key not in unknown_ids]
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
         cause = (
             f"{reply}.{smtp_reply_hint(_reply_code(code_text), reply_text)}"

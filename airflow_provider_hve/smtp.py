@@ -59,7 +59,7 @@ THROTTLED_RETRY_DELAY = 4.0
 """First backoff after HVE said it is busy (``421``, ``432``, ``4.3.2``): it asked for fewer connections."""
 # A reply code where a reply starts (": 421 ...", "addr: 432 4.3.2 ..."), not any number in the text (a
 # Message-ID, a host name); or the enhanced code 4.3.2 (too many connections, server busy).
-_THROTTLED = re.compile(r"(?:^|[:;] )(?:421|432)(?:[ -]|$)|(?<![\w.])4\.3\.2(?![\w.])")
+_THROTTLED = re.compile(r"(?:^|[:;] )(?:421|432)(?:[ -]|$)|(?<![\w.-])4\.3\.2(?![\w.-])")
 # Stand-ins for a test's clock; nothing else replaces them.
 _sleep = time.sleep
 _clock = time.monotonic
@@ -146,7 +146,7 @@ class HveSmtpSession:
                 f"{smtp_reply_hint(exc.smtp_code, reply)}"
             ) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            error = _Permanent if isinstance(exc, socket.gaierror) else HveConnectionError
+            error = _Permanent if _unknown_host(exc) else HveConnectionError
             raise error(
                 f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
                 f"'port' ({config.port}) and that this worker may open outbound connections to it."
@@ -469,6 +469,12 @@ def envelope_recipients(message: EmailMessage, recipients: Sequence[str] | None)
             "The message has no recipients; give 'recipients', or To, Cc or Bcc headers on the message."
         )
     return recipients
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """True when DNS says the host does not exist (not a temporary resolver failure such as EAI_AGAIN)."""
+    permanent = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
+    return isinstance(exc, socket.gaierror) and exc.errno in permanent
 
 
 class _Permanent(HveConnectionError):

@@ -214,15 +214,29 @@ def test_send_retries_only_the_batch_refused_with_a_421(
     assert len(delays) == 1 and len(sandbox.smtp_sessions) == 2
 
 
-def test_leaving_a_session_by_an_exception_closes_it_without_quit(sandbox: HveSandbox, hook: HveHook) -> None:
+def test_leaving_a_session_by_an_exception_closes_it_without_quit(
+    sandbox: HveSandbox, hook: HveHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # With pipelining the server has answered 354 and waits for the content: a QUIT would be read as content
-    # (and the client would wait for a reply that never comes). Left by an exception, the socket just closes.
+    # (and smtplib would take the queued reply to MAIL FROM for QUIT's). Left by an exception, the socket just
+    # closes. A spy that calls through (smtplib still does the work) records whether QUIT was said.
+    import smtplib
+
     from airflow_provider_hve.message import wire_bytes
 
+    quits: list[object] = []
+    real_quit = smtplib.SMTP.quit
+
+    def spy(self: smtplib.SMTP) -> object:
+        quits.append(self)
+        return real_quit(self)
+
+    monkeypatch.setattr(smtplib.SMTP, "quit", spy)
     with pytest.raises(RuntimeError, match="the DAG author's bug"), hook.smtp_session() as session:
         pipeline = session.pipeline()
         assert pipeline.submit("k", wire_bytes(plain_message(sandbox)), [ALICE]) == []
         raise RuntimeError("the DAG author's bug")
+    assert quits == []
     (record,) = sandbox.smtp_sessions
     deadline = time.monotonic() + 10
     while not record.closed and time.monotonic() < deadline:
@@ -230,3 +244,28 @@ def test_leaving_a_session_by_an_exception_closes_it_without_quit(sandbox: HveSa
     assert record.closed and not record.quit
     assert [t.mail_from for t in record.transactions] == [sandbox.account]  # it had begun the message...
     assert not sandbox.messages  # ...and, without its end of data, it was never delivered
+
+
+def test_a_partly_delivered_message_is_reported_when_the_pipeline_drains(sandbox: HveSandbox, hook: HveHook) -> None:
+    # A quota reply stops a run while a 120-recipient message is on its way: its first batches may already be
+    # accepted. drain() reports them (delivered) and the others (temporary refusal: sent by a later run), so a
+    # retry never mails the accepted ones twice and nobody is lost.
+    from airflow_provider_hve.message import wire_bytes
+    from airflow_provider_hve.sandbox.smtp_server import SUBMISSION_QUOTA_EXCEEDED
+
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1)
+    many = [f"user{n:03d}@contoso.example" for n in range(120)]
+    with hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        done = pipeline.submit("first", wire_bytes(plain_message(sandbox)), [ALICE])
+        done += pipeline.submit("many", wire_bytes(plain_message(sandbox, "to many")), many)
+        done += pipeline.drain()
+    by_key = {delivery.key: delivery for delivery in done}
+    assert by_key["first"].refused[ALICE][0] == 554
+    # The batches written before the stop reply was read were accepted (the protocol's order, not timing:
+    # a batch goes out before the reply to the one before it is read).
+    big = by_key["many"]
+    delivered = [r for m in sandbox.messages for r in m.rcpt_tos]
+    assert big.accepted and sorted(big.accepted) == sorted(delivered)
+    assert sorted([*big.accepted, *big.refused]) == many
+    assert {reply[0] for reply in big.refused.values()} == {451}

@@ -328,10 +328,12 @@ def _first_start(ti: Any, context: Mapping[str, Any]) -> dt.datetime | None:
         except Exception as exc:  # outside the task runner (DAG processor): no supervisor to ask
             log.debug("Could not read the first reschedule date: %s", exc)
             first = None
-        if isinstance(first, str):  # Airflow 3.0's supervisor hands it over as an ISO string
+        if isinstance(first, str):  # Airflow 3.0's supervisor hands it over as an ISO string ("...Z")
+            import pendulum  # Airflow's own date library, on every version; reads "Z" on Python 3.10 too
+
             try:
-                first = dt.datetime.fromisoformat(first)
-            except ValueError:
+                first = pendulum.parse(first)
+            except ValueError:  # pendulum's ParserError is one
                 first = None
         if isinstance(first, dt.datetime) and first.tzinfo is not None and first < start:
             return first
