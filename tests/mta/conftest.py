@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from airflow_provider_hve.sandbox import HveSandbox
 
 
 def _load_instance_module() -> ModuleType:
-    # scripts/ is no package: load the one file by path, as the Makefile runs it.
+    # scripts/ is no package: load the one file by path.
     path = Path(__file__).resolve().parents[2] / "scripts" / "mta" / "instance.py"
     spec = importlib.util.spec_from_file_location("hve_mta_instance", path)
     assert spec is not None and spec.loader is not None
@@ -29,6 +30,7 @@ def _load_instance_module() -> ModuleType:
 mta_instance = _load_instance_module()
 MtaInstance = mta_instance.MtaInstance
 UNAVAILABLE: str | None = mta_instance.unavailable()
+REQUIRED = bool(os.environ.get("HVE_MTA_REQUIRED"))
 
 
 @pytest.fixture(scope="session")
