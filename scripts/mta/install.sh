@@ -20,13 +20,15 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 packages=(postfix dovecot-core)
+log=$(mktemp /tmp/hve-mta-apt.XXXXXX.log)
 # A fresh machine may have no package lists yet.
-if ! apt-get install -y -q --no-install-recommends "${packages[@]}" >/tmp/hve-mta-apt.log 2>&1; then
-  apt-get update -q >>/tmp/hve-mta-apt.log 2>&1
-  apt-get install -y -q --no-install-recommends "${packages[@]}" >>/tmp/hve-mta-apt.log 2>&1 || {
-    tail -n 30 /tmp/hve-mta-apt.log >&2
-    echo "scripts/mta/install.sh: apt-get install ${packages[*]} failed (full log: /tmp/hve-mta-apt.log)" >&2
+if ! apt-get install -y -q --no-install-recommends "${packages[@]}" >"$log" 2>&1; then
+  apt-get update -q >>"$log" 2>&1
+  apt-get install -y -q --no-install-recommends "${packages[@]}" >>"$log" 2>&1 || {
+    tail -n 30 "$log" >&2
+    echo "scripts/mta/install.sh: apt-get install ${packages[*]} failed (full log: "$log")" >&2
     exit 1
   }
 fi
+rm -f "$log"
 echo "== mta: installed Postfix $(/usr/sbin/postconf -d -h mail_version) and Dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1)"

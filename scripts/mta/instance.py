@@ -42,6 +42,7 @@ from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
 DOVECOT = "/usr/sbin/dovecot"
+DOVEADM = "/usr/bin/doveadm"
 DOMAIN = "contoso.example"
 REFUSED = ("refused@contoso.example",)
 # The access-table action; Postfix answers "550 5.1.1 <address>: Recipient address rejected: refused by ...".
@@ -248,6 +249,13 @@ class MtaInstance:
         self._wait_for_exit(self.root / "dovecot" / "run" / "master.pid", 20)
         if self._given_root is None and not os.environ.get("HVE_MTA_KEEP"):
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def auth_penalties(self) -> list[str]:
+        """Return the IPs Dovecot's anvil holds an auth penalty for (``doveadm penalty``); none while it is off."""
+        done = subprocess.run(
+            [DOVEADM, "-c", str(self.dovecot_conf), "penalty"], capture_output=True, text=True, timeout=30, check=True
+        )
+        return [line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip()]
 
     @property
     def auth_socket(self) -> Path:

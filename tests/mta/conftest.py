@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -45,12 +46,33 @@ def mta(sandbox: HveSandbox) -> Iterator[Any]:
         yield instance
 
 
+class LogWatch:
+    """Postfix's log since a test started. Lines reach the file through postlogd, after the client saw the reply:
+    wait for what a test expects there, with a deadline, instead of reading once."""
+
+    def __init__(self, mta: Any, *, whole: bool = False) -> None:
+        self._mta = mta
+        self._start = 0 if whole else mta.log_size()
+
+    def text(self) -> str:
+        """Return what Postfix logged since the test started (``whole``: since Postfix started)."""
+        return str(self._mta.log_since(self._start))
+
+    def wait(self, condition: Callable[[str], bool], timeout: float = 30) -> str:
+        """Return the log as soon as ``condition(log)`` holds, or as it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.text()
+            if condition(log) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.05)
+
+
 @pytest.fixture
-def mta_log(mta: Any) -> Callable[[], str]:
-    """Return a function giving what Postfix logged since the test started; the Maildir starts empty."""
+def mta_log(mta: Any) -> LogWatch:
+    """Watch what Postfix logs from now on; the Maildir starts empty."""
     mta.clear_mailbox()
-    start = mta.log_size()
-    return lambda: mta.log_since(start)
+    return LogWatch(mta)
 
 
 @pytest.fixture
