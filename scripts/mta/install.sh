@@ -26,7 +26,7 @@ if ! apt-get install -y -q --no-install-recommends "${packages[@]}" >"$log" 2>&1
   apt-get update -q >>"$log" 2>&1
   apt-get install -y -q --no-install-recommends "${packages[@]}" >>"$log" 2>&1 || {
     tail -n 30 "$log" >&2
-    echo "scripts/mta/install.sh: apt-get install ${packages[*]} failed (full log: "$log")" >&2
+    echo "scripts/mta/install.sh: apt-get install ${packages[*]} failed (full log: $log)" >&2
     exit 1
   }
 fi
