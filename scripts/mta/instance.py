@@ -3,8 +3,9 @@
 Postfix (submission on 127.0.0.1 and a free port, STARTTLS required, AUTH only after TLS, SASL through
 Dovecot, strict pipelining checks, Maildir delivery for one virtual domain) and Dovecot (auth only: XOAUTH2 and
 OAUTHBEARER through its ``oauth2`` passdb, which asks the sandbox's introspection endpoint whether a token is
-good). Everything lives in one temporary folder: configuration, queue, logs, sockets, mailboxes. Nothing under
-/etc is read or written (``postfix -c`` and ``dovecot -c``), so several runs side by side do not collide.
+good). Everything lives in one temporary folder: configuration, queue, logs, sockets, mailboxes (``postfix -c``
+and ``dovecot -c``). Nothing under /etc is written and the system's main.cf and dovecot.conf are not read (Postfix
+only reads the package's own files in /etc/postfix), so runs side by side do not collide.
 
 Needs root (Postfix's master and Dovecot's start as root and drop privileges) and the Debian packages
 ``postfix`` and ``dovecot-core`` (``scripts/mta/install.sh``).
@@ -13,14 +14,14 @@ Run it by hand against a fresh sandbox, to poke at it with a DAG or swaks::
 
     sudo .venv/bin/python scripts/mta/instance.py
 
-Traps this configuration avoids (each one cost a debugging session):
+Traps this configuration avoids (docs/development.md lists them too):
 
 - ``maillog_file`` is refused unless its folder starts with one of ``maillog_file_prefixes``.
 - anvil's per-client limits exempt ``smtpd_client_event_limit_exceptions``, which defaults to ``$mynetworks``
   and so to loopback: it is emptied here so the limits bind the test client as they would bind a remote one.
-- Dovecot delays every answer to an IP after a failed login (anvil's ``auth_penalty``, up to 15 s), and Postfix
-  then answers ``454 4.7.0`` to the next AUTH: a test that checks a wrong token would slow down or break the
-  tests after it. The penalty socket is closed (``mode = 0``) and ``auth_failure_delay = 0``.
+- Dovecot delays every answer to an IP after a failed login (anvil's auth penalty, growing to 15 s; past
+  Postfix's patience the client gets ``454 4.7.0``): a test that checks a wrong token would slow down or break
+  the tests after it. The penalty socket is closed (``mode = 0``) and ``auth_failure_delay = 0``.
 - Dovecot answers a bad XOAUTH2 token with a ``334`` carrying a JSON error; the client must answer with an empty
   line to get the ``535``.
 - ``reject_non_fqdn_helo_hostname`` refuses a bare host name in EHLO (at RCPT time, so every recipient fails).
