@@ -19,15 +19,20 @@ COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
-.PHONY: demo test test-fast test-compat test-compat-all constraints lint install sandbox clean bench docs
+.PHONY: demo test test-fast test-mta test-compat test-compat-all constraints lint install sandbox clean bench docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow)
+## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow); tests/mta aside
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/mta $(PYTEST_ARGS)
+
+## test-mta: the provider against a real Postfix + Dovecot (installed with apt where missing; needs root), ~1 min
+test-mta: $(STAMP)
+	scripts/mta/install.sh
+	HVE_MTA_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/mta $(PYTEST_ARGS)
 
 ## test-fast: unit tests (row ledger and its state machine, pipeline replies, addresses, templates, config): no sandbox, no Airflow DB
 test-fast: $(STAMP)

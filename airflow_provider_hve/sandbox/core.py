@@ -35,6 +35,7 @@ from airflow_provider_hve.sandbox import directory as d
 from airflow_provider_hve.sandbox.directory import AppRegistration, Directory, FederatedCredential, User
 from airflow_provider_hve.sandbox.entra import EntraServer
 from airflow_provider_hve.sandbox.grants import TokenGrants
+from airflow_provider_hve.sandbox.introspection import Introspection
 from airflow_provider_hve.sandbox.pki import SandboxPki
 from airflow_provider_hve.sandbox.records import (
     DeliveredMessage,
@@ -227,6 +228,13 @@ class HveSandbox:
         """Return the tenant's token endpoint URL."""
         return self.entra.token_endpoint(self.tenant_id)
 
+    def introspection_endpoint(self, host: str = "localhost") -> str:
+        """Return the token introspection URL (RFC 7662) a real MTA checks tokens with; not an Entra endpoint.
+
+        :param host: ``localhost`` or ``127.0.0.1`` (both are in the sandbox's certificate)
+        """
+        return self.entra.introspection_endpoint(self.tenant_id, host)
+
     @property
     def ca_bundle(self) -> str:
         """Return the path of the CA certificate to trust."""
@@ -377,6 +385,11 @@ class HveSandbox:
         return self.entra.requests
 
     @property
+    def introspections(self) -> RecordList[Introspection]:
+        """Return every token introspection a real MTA asked for, with the sandbox's verdict."""
+        return self.entra.introspections
+
+    @property
     def smtp_sessions(self) -> RecordList[SmtpSession]:
         """Return every SMTP connection that sent at least one command."""
         assert self._handler is not None, "The sandbox is not running."
@@ -420,5 +433,6 @@ class HveSandbox:
     def reset_records(self) -> None:
         """Forget recorded requests, sessions and messages (files stay in the mailbox)."""
         self.token_requests.clear()
+        self.introspections.clear()
         self.smtp_sessions.clear()
         self.messages.clear()

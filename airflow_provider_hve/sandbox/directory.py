@@ -190,6 +190,12 @@ class Directory:
         with self._lock:
             return self._users.get(upn.lower())
 
+    def hve_accounts_allowing(self, client_id: str) -> list[User]:
+        """Return the HVE accounts whose allowed-apps list holds ``client_id``, by UPN."""
+        with self._lock:
+            users = sorted(self._users.values(), key=lambda user: user.upn.lower())
+        return [user for user in users if user.hve_allowed_apps is not None and client_id in user.hve_allowed_apps]
+
     def accepts(self, address: str) -> bool:
         """Tell whether the address is in one of the tenant's accepted domains."""
         domain = address.rpartition("@")[2].lower()

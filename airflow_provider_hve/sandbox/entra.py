@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_hve.sandbox.grants import EntraError, TokenGrants
+from airflow_provider_hve.sandbox.introspection import Introspection, introspect
 from airflow_provider_hve.sandbox.pki import SandboxPki
 from airflow_provider_hve.sandbox.records import RecordList, TokenRequest
 
@@ -26,6 +27,8 @@ _DISCOVERY = re.compile(r"^/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configur
 _TOKEN = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
 _USERREALM = re.compile(r"^/common/userrealm/(?P<user>[^/?]+)$")
 _JWKS = re.compile(r"^/(?P<tenant>[^/]+)/discovery/v2\.0/keys$")
+# Not an Entra endpoint: RFC 7662 introspection for a real MTA in front of the sandbox (see .introspection).
+_INTROSPECT = re.compile(r"^/(?P<tenant>[^/]+)/sandbox/introspect$")
 
 
 def _timestamp() -> str:
@@ -60,6 +63,7 @@ class EntraServer:
         self.port = port
         self.latency_ms = latency_ms
         self.requests: RecordList[TokenRequest] = RecordList()
+        self.introspections: RecordList[Introspection] = RecordList()
         self._throttle: list[tuple[int, int | None]] = []  # (status, Retry-After) for the next POSTs
         self._throttle_lock = threading.Lock()
         self._redirects: list[tuple[int, str]] = []  # (status, Location) for the next POSTs
@@ -84,6 +88,13 @@ class EntraServer:
     def token_endpoint(self, tenant: str) -> str:
         """Return the token endpoint URL of a tenant (also the audience of client assertions)."""
         return f"{self.authority_host}/{tenant}/oauth2/v2.0/token"
+
+    def introspection_endpoint(self, tenant: str, host: str = "localhost") -> str:
+        """Return the URL of the sandbox's token introspection (RFC 7662; no Entra endpoint, see .introspection).
+
+        :param host: ``localhost`` or ``127.0.0.1`` (both are in the certificate)
+        """
+        return f"https://{host}:{self.port}/{tenant}/sandbox/introspect"
 
     def start(self) -> None:
         """Serve in a daemon thread."""
@@ -239,6 +250,9 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode("utf-8", errors="replace")
         form = dict(parse_qsl(raw, keep_blank_values=True))
+        if match := _INTROSPECT.match(path):
+            self._introspect(match["tenant"], form.get("token", ""))
+            return
         record = self._record("POST", path, form.get("grant_type"), form)
         match = _TOKEN.match(path)
         if not match:
@@ -271,6 +285,15 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
             return
         self._json(record, 200, body)
 
+    def _introspect(self, tenant: str, token: str) -> None:
+        # Kept apart from `requests`: tests count token requests there, and these are the MTA's, not the client's.
+        if tenant.lower() != self.entra.tenant_id:
+            verdict = Introspection(False, None, f"unknown tenant {tenant}")
+        else:
+            verdict = introspect(self.entra.grants.directory, self.entra.grants.issuer, token)
+        self.entra.introspections.append(verdict)
+        self._write_json(200, verdict.body(), None)
+
     def _record(self, method: str, path: str, grant_type: str | None, form: dict[str, str]) -> TokenRequest:
         record = TokenRequest(
             method=method,
@@ -289,6 +312,9 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
 
     def _json(self, record: TokenRequest, status: int, body: dict[str, Any]) -> None:
         record.status = status
+        self._write_json(status, body, record.client_request_id)
+
+    def _write_json(self, status: int, body: dict[str, Any], client_request_id: str | None) -> None:
         payload = json.dumps(body).encode()
         latency = self.entra.latency_ms
         if latency > 0:
@@ -299,8 +325,8 @@ class _EntraRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Cache-Control", "no-store, no-cache")
         self.send_header("Content-Length", str(len(payload)))
-        if record.client_request_id:
-            self.send_header("client-request-id", record.client_request_id)
+        if client_request_id:
+            self.send_header("client-request-id", client_request_id)
         retry_after = getattr(self, "_retry_after", None)
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
