@@ -138,6 +138,21 @@ class Pipeline:
         :raises HveConnectionError: the connection broke; its ``in_flight`` lists the messages whose outcome is
             unknown (handed over, no final reply), ``unsent`` those that were certainly not accepted.
         """
+        prepared = self._prepare(key, payload, recipients, message_id)
+        if prepared is not None:
+            delivery, chunks, payload, parameters = prepared
+            content = _dot_stuffed(payload)
+            for chunk in chunks:
+                self._transaction(_Transaction(delivery, chunk), content, parameters)
+        return self._take_completed()
+
+    def _prepare(
+        self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str
+    ) -> tuple[Delivery, list[Sequence[str]], bytes, str] | None:
+        """
+        Check a message and open it: return its delivery, its 50-recipient batches, the payload to send (7-bit
+        when the server lacks 8BITMIME) and the MAIL FROM parameters; ``None`` when it completed at once (too big).
+        """
         if isinstance(recipients, (str, bytes)):
             raise HveConfigError(
                 f"Message {message_id or key!r}: 'recipients' is a single string; give a list of addresses."
@@ -158,17 +173,14 @@ class Pipeline:
             delivery.whole = (552, reply)
             delivery.refused.update({address: (552, reply) for address in recipients})
             self._completed.append(delivery)
-            return self._take_completed()
+            return None
         chunks = [
             recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
         self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
-        content = _dot_stuffed(payload)
         parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
-        for chunk in chunks:
-            self._transaction(_Transaction(delivery, chunk), content, parameters)
-        return self._take_completed()
+        return delivery, chunks, payload, parameters
 
     def collect(self) -> list[Delivery]:
         """
@@ -374,12 +386,16 @@ class Pipeline:
             raise self._broken(exc) from exc
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
-            if final_of is not None:
-                # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
-                # sending it again cannot duplicate it (an earlier batch of the same message may have been).
-                self._handed_over.pop(id(final_of), None)
+            self._hung_up_at(final_of)
             raise self._broken(None, f"{code} {text}")
         return code, text
+
+    def _hung_up_at(self, final_of: _Transaction | None) -> None:
+        """Forget what a ``421`` (the server closes, answering and doing nothing more) proves was not accepted."""
+        if final_of is not None:
+            # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
+            # sending it again cannot duplicate it (an earlier batch of the same message may have been).
+            self._handed_over.pop(id(final_of), None)
 
     def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
         """
