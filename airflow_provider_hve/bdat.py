@@ -80,7 +80,7 @@ class BdatPipeline(Pipeline):
                 commands = [f"MAIL FROM:<{self._sender}>{parameters}\r\n"]
                 commands += [f"RCPT TO:<{address}>\r\n" for address in batch]
                 commands.append(f"BDAT {len(content)} LAST\r\n")
-                group = "".join(commands).encode("ascii") + content + b"RSET\r\n"
+                group = "".join(commands).encode("utf-8") + content + b"RSET\r\n"
                 self.transactions += 1
                 self._gathered.append((_Transaction(delivery, batch), group))
                 if len(self._gathered) >= self.current_window:

@@ -101,7 +101,8 @@ class Pipeline:
     """
 
     def __init__(self, smtp: smtplib.SMTP, sender: str, *, conn_id: str, pipelining: bool | None = None) -> None:
-        check_envelope_address(sender, "envelope_from")
+        self._smtputf8 = smtp.has_extn("smtputf8")
+        check_envelope_address(sender, "envelope_from", smtputf8=self._smtputf8)
         self._smtp = smtp
         self._sender = sender
         self._conn_id = conn_id
@@ -160,7 +161,7 @@ class Pipeline:
         if not recipients:
             raise HveSendError(f"Message {message_id or key!r} has no recipients.")
         for address in recipients:
-            check_envelope_address(address, "recipients")
+            check_envelope_address(address, "recipients", smtputf8=self._smtputf8)
         delivery = Delivery(key=key, message_id=message_id)
         eight_bit = _has_8bit(payload)
         if eight_bit and not self._eight_bit:
@@ -180,6 +181,8 @@ class Pipeline:
         ]
         self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
         parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
+        if not (self._sender.isascii() and all(address.isascii() for address in recipients)):
+            parameters += " SMTPUTF8"  # an internationalised address (checked: the server offers it)
         return delivery, chunks, payload, parameters
 
     def collect(self) -> list[Delivery]:
@@ -268,7 +271,7 @@ class Pipeline:
         # send its content and this transaction's commands in one write. This transaction's replies are read
         # on the next call, while the caller builds the next message.
         self._collect()
-        self._send_next("".join(commands).encode("ascii"))
+        self._send_next("".join(commands).encode("utf-8"))
         self._staged = (transaction, content)
 
     def _send_next(self, then: bytes = b"") -> None:
@@ -297,7 +300,7 @@ class Pipeline:
     def _transaction_in_lockstep(self, transaction: _Transaction, commands: list[str], content: bytes) -> None:
         replies = []
         for command in commands:
-            self._write(command.encode("ascii"))
+            self._write(command.encode("utf-8"))
             replies.append(self._read())
             if replies[0][0] != 250:
                 break

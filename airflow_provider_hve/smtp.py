@@ -238,9 +238,10 @@ class HveSmtpSession:
         """
         envelope = envelope_recipients(message, recipients)
         sender = envelope_from or self.config.account
-        check_envelope_address(sender, "envelope_from")
+        smtputf8 = self._smtp is not None and self._smtp.has_extn("smtputf8")
+        check_envelope_address(sender, "envelope_from", smtputf8=smtputf8)
         for address in envelope:
-            check_envelope_address(address, "recipients")
+            check_envelope_address(address, "recipients", smtputf8=smtputf8)
         if "Bcc" in message or "Resent-Bcc" in message:
             # Envelope only: the copy sent has no Bcc (a serialised payload would still carry it).
             message = copy.copy(message)
