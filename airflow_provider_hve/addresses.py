@@ -3,7 +3,9 @@
 Syntax is checked by ``email-validator`` (RFC 5321/5322, internationalised domains turned into their
 ASCII form); display names are parsed by the standard library's header registry. Line breaks are refused
 outright: they are how header injection starts. Non-ASCII before the ``@`` is refused too: it needs
-SMTPUTF8, which HVE does not offer.
+SMTPUTF8 and UTF-8 headers (RFC 6531/6532); HVE offers SMTPUTF8, but the message builder writes 7-bit headers.
+(Envelope addresses given to ``HveSmtpSession.send`` or ``Pipeline.submit`` may be internationalised when the
+server offers SMTPUTF8; see :func:`~airflow_provider_hve.wire.check_envelope_address`.)
 """
 
 from __future__ import annotations
@@ -175,8 +177,9 @@ def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
     if not local_part.isascii():
         wide = "".join(dict.fromkeys(ch for ch in local_part if not ch.isascii()))
         raise AddressError(
-            f"{addr_spec!r} has non-ASCII characters before the '@' ({wide!r}): HVE does not support SMTPUTF8, "
-            f"so the part before the '@' must be ASCII (internationalised domains and display names are fine)"
+            f"{addr_spec!r} has non-ASCII characters before the '@' ({wide!r}): the message builder does not write "
+            f"SMTPUTF8 (RFC 6532) headers, so the part before the '@' must be ASCII (internationalised domains and "
+            f"display names are fine)"
         )
     try:
         # Syntax only: deliverability (DNS) is the server's business, and workers may have no DNS.

@@ -30,6 +30,9 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_SCOPE = "https://outlook.office365.com/.default"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_SEND_RETRIES = 3
+# Messages written per window of BDAT transactions (see airflow_provider_hve.bdat and docs/reliability.md).
+DEFAULT_BDAT_WINDOW = 16
+MAX_BDAT_WINDOW = 256
 MAX_SEND_RETRIES = 10
 # Where AKS workload identity (and Azure's other federated setups) mount the service-account token.
 FEDERATED_TOKEN_FILE_ENV = "AZURE_FEDERATED_TOKEN_FILE"
@@ -106,6 +109,7 @@ EXTRA_FIELDS = (
     "from_email",
     "timeout",
     "send_retries",
+    "bdat_window",
 )
 
 
@@ -149,6 +153,8 @@ class HveConnectionConfig:
     timeout: float = DEFAULT_TIMEOUT
     send_retries: int = DEFAULT_SEND_RETRIES
     """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
+    bdat_window: int = DEFAULT_BDAT_WINDOW
+    """Messages written per window when the server offers CHUNKING (see :mod:`airflow_provider_hve.bdat`)."""
 
     @property
     def authority(self) -> str:
@@ -243,6 +249,7 @@ class HveConnectionConfig:
             from_email=reader.from_email(),
             timeout=reader.positive_number("timeout", DEFAULT_TIMEOUT),
             send_retries=reader.count("send_retries", DEFAULT_SEND_RETRIES, MAX_SEND_RETRIES),
+            bdat_window=reader.window("bdat_window", DEFAULT_BDAT_WINDOW, MAX_BDAT_WINDOW),
         )
 
 
@@ -386,6 +393,18 @@ class _Reader:
         text = str(value).strip()
         if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or len(text) > 9 or int(text) > maximum:
             raise self._error(name, f"is not a whole number from 0 to {maximum} {hidden(value)}; use e.g. 3.")
+        return int(text)
+
+    def window(self, name: str, default: int, maximum: int) -> int:
+        value = self.extra.get(name)
+        if value is None:
+            return default
+        text = str(value).strip()
+        if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= maximum:
+            raise self._error(
+                name,
+                f"is not a whole number from 1 to {maximum} {hidden(value)}; use e.g. {default} (1: one at a time).",
+            )
         return int(text)
 
     def authority_host(self) -> tuple[str, bool]:

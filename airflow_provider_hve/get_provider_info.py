@@ -133,6 +133,15 @@ def get_provider_info() -> dict[str, Any]:
                         minimum=0,
                         maximum=10,
                     ),
+                    "bdat_window": _field(
+                        "BDAT window",
+                        "integer",
+                        "Messages written before their replies are read when the server offers CHUNKING; bigger "
+                        "is faster, but more outcomes are unknown if the connection breaks. 1: one at a time.",
+                        default=16,
+                        minimum=1,
+                        maximum=256,
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "extra"],

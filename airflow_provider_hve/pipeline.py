@@ -74,6 +74,10 @@ class _Next:
     """``data`` is the content of a message with accepted recipients: once written, HVE may deliver it."""
 
 
+STOPPED_BEFORE_THIS_BATCH = (451, "4.4.2 Not sent: the run stopped before this batch")
+"""How the recipients of a partly delivered message's batches not written are refused when a run stops."""
+
+
 @dataclass
 class _OpenMessage:
     """A submitted message whose transactions are not all finished."""
@@ -101,7 +105,8 @@ class Pipeline:
     """
 
     def __init__(self, smtp: smtplib.SMTP, sender: str, *, conn_id: str, pipelining: bool | None = None) -> None:
-        check_envelope_address(sender, "envelope_from")
+        self._smtputf8 = smtp.has_extn("smtputf8")
+        check_envelope_address(sender, "envelope_from", smtputf8=self._smtputf8)
         self._smtp = smtp
         self._sender = sender
         self._conn_id = conn_id
@@ -138,6 +143,21 @@ class Pipeline:
         :raises HveConnectionError: the connection broke; its ``in_flight`` lists the messages whose outcome is
             unknown (handed over, no final reply), ``unsent`` those that were certainly not accepted.
         """
+        prepared = self._prepare(key, payload, recipients, message_id)
+        if prepared is not None:
+            delivery, chunks, payload, parameters = prepared
+            content = _dot_stuffed(payload)
+            for chunk in chunks:
+                self._transaction(_Transaction(delivery, chunk), content, parameters)
+        return self._take_completed()
+
+    def _prepare(
+        self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str
+    ) -> tuple[Delivery, list[Sequence[str]], bytes, str] | None:
+        """
+        Check a message and open it: return its delivery, its 50-recipient batches, the payload to send (7-bit
+        when the server lacks 8BITMIME) and the MAIL FROM parameters; ``None`` when it completed at once (too big).
+        """
         if isinstance(recipients, (str, bytes)):
             raise HveConfigError(
                 f"Message {message_id or key!r}: 'recipients' is a single string; give a list of addresses."
@@ -145,7 +165,7 @@ class Pipeline:
         if not recipients:
             raise HveSendError(f"Message {message_id or key!r} has no recipients.")
         for address in recipients:
-            check_envelope_address(address, "recipients")
+            check_envelope_address(address, "recipients", smtputf8=self._smtputf8)
         delivery = Delivery(key=key, message_id=message_id)
         eight_bit = _has_8bit(payload)
         if eight_bit and not self._eight_bit:
@@ -158,17 +178,16 @@ class Pipeline:
             delivery.whole = (552, reply)
             delivery.refused.update({address: (552, reply) for address in recipients})
             self._completed.append(delivery)
-            return self._take_completed()
+            return None
         chunks = [
             recipients[i : i + MAX_RECIPIENTS_PER_TRANSACTION]
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
         self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
-        content = _dot_stuffed(payload)
         parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
-        for chunk in chunks:
-            self._transaction(_Transaction(delivery, chunk), content, parameters)
-        return self._take_completed()
+        if not (self._sender.isascii() and all(address.isascii() for address in recipients)):
+            parameters += " SMTPUTF8"  # an internationalised address (checked: the server offers it)
+        return delivery, chunks, payload, parameters
 
     def collect(self) -> list[Delivery]:
         """
@@ -208,7 +227,7 @@ class Pipeline:
             self._read_outstanding()
         finally:
             self.abort()
-        self._complete_partly_delivered((451, "4.4.2 Not sent: the run stopped before this batch"))
+        self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
         return self._take_completed()
 
     def _complete_partly_delivered(self, why: tuple[int, str], skip: Collection[int] = ()) -> int:
@@ -275,7 +294,7 @@ class Pipeline:
         # send its content and this transaction's commands in one write. This transaction's replies are read
         # on the next call, while the caller builds the next message.
         self._collect()
-        self._send_next("".join(commands).encode("ascii"))
+        self._send_next("".join(commands).encode("utf-8"))
         self._staged = (transaction, content)
 
     def _send_next(self, then: bytes = b"") -> None:
@@ -304,7 +323,7 @@ class Pipeline:
     def _transaction_in_lockstep(self, transaction: _Transaction, commands: list[str], content: bytes) -> None:
         replies = []
         for command in commands:
-            self._write(command.encode("ascii"))
+            self._write(command.encode("utf-8"))
             replies.append(self._read())
             if replies[0][0] != 250:
                 break
@@ -393,12 +412,16 @@ class Pipeline:
             raise self._broken(exc) from exc
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
-            if final_of is not None:
-                # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
-                # sending it again cannot duplicate it (an earlier batch of the same message may have been).
-                self._handed_over.pop(id(final_of), None)
+            self._hung_up_at(final_of)
             raise self._broken(None, f"{code} {text}")
         return code, text
+
+    def _hung_up_at(self, final_of: _Transaction | None) -> None:
+        """Forget what a ``421`` (the server closes, answering and doing nothing more) proves was not accepted."""
+        if final_of is not None:
+            # A 421 in place of the final reply is a definite answer: this transaction was not accepted, so
+            # sending it again cannot duplicate it (an earlier batch of the same message may have been).
+            self._handed_over.pop(id(final_of), None)
 
     def _broken(self, exc: BaseException | None, reply: str | None = None) -> HveConnectionError:
         """

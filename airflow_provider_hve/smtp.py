@@ -176,18 +176,28 @@ class HveSmtpSession:
             smtp, self._smtp = self._smtp, None
             close_quietly(smtp)
 
-    def pipeline(self, *, envelope_from: str | None = None, pipelining: bool | None = None) -> Pipeline:
+    def pipeline(
+        self, *, envelope_from: str | None = None, pipelining: bool | None = None, chunking: bool | None = None
+    ) -> Pipeline:
         """
         Return a :class:`~airflow_provider_hve.pipeline.Pipeline` over this session, for streams of messages.
 
+        When the server offers PIPELINING and CHUNKING it is a :class:`~airflow_provider_hve.bdat.BdatPipeline`
+        with the connection's ``bdat_window``; otherwise the DATA pipeline.
+
         :param envelope_from: MAIL FROM; defaults to the HVE account.
         :param pipelining: force RFC 2920 pipelining on or off; default: what the server advertises.
+        :param chunking: ``False`` keeps to DATA even when the server offers CHUNKING (RFC 3030).
         """
         if self._smtp is None:
             raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
-        return Pipeline(
-            self._smtp, envelope_from or self.config.account, conn_id=self.config.conn_id, pipelining=pipelining
-        )
+        sender = envelope_from or self.config.account
+        offered = self._smtp.has_extn("pipelining") and self._smtp.has_extn("chunking")
+        if pipelining is not False and chunking is not False and offered:
+            from airflow_provider_hve.bdat import BdatPipeline
+
+            return BdatPipeline(self._smtp, sender, conn_id=self.config.conn_id, window=self.config.bdat_window)
+        return Pipeline(self._smtp, sender, conn_id=self.config.conn_id, pipelining=pipelining)
 
     def send(
         self,
@@ -228,9 +238,10 @@ class HveSmtpSession:
         """
         envelope = envelope_recipients(message, recipients)
         sender = envelope_from or self.config.account
-        check_envelope_address(sender, "envelope_from")
+        smtputf8 = self._smtp is not None and self._smtp.has_extn("smtputf8")
+        check_envelope_address(sender, "envelope_from", smtputf8=smtputf8)
         for address in envelope:
-            check_envelope_address(address, "recipients")
+            check_envelope_address(address, "recipients", smtputf8=smtputf8)
         if "Bcc" in message or "Resent-Bcc" in message:
             # Envelope only: the copy sent has no Bcc (a serialised payload would still carry it).
             message = copy.copy(message)

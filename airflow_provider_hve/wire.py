@@ -17,28 +17,42 @@ if TYPE_CHECKING:
     import smtplib
 
 _ENVELOPE_ADDRESS = re.compile(r"[!-;=?-~]+")
+# With SMTPUTF8 (RFC 6531) any non-ASCII character may appear too, except controls and white space.
+_INTERNATIONAL_CHAR = re.compile(r"[^\x00-\x7f\s\x80-\x9f\u2028\u2029\ufeff]")
 
 
-def check_envelope_address(address: object, argument: str) -> None:
+def check_envelope_address(address: object, argument: str, *, smtputf8: bool = False) -> None:
     """
     Refuse an envelope address that is not printable ASCII without spaces, ``<`` or ``>``.
 
-    Such an address would end its ``MAIL FROM:<...>``/``RCPT TO:<...>`` line early (CR, LF), add commands the
-    reply count does not expect, or need SMTPUTF8, which HVE does not offer.
+    Such an address would end its ``MAIL FROM:<...>``/``RCPT TO:<...>`` line early (CR, LF) or add commands the
+    reply count does not expect. Non-ASCII characters (an internationalised address) are allowed only when the
+    server offers SMTPUTF8 (RFC 6531): the caller then sends ``SMTPUTF8`` on ``MAIL FROM``.
 
     :param address: the address as it would be written in the envelope.
     :param argument: the argument it came from, for the error message.
+    :param smtputf8: the server offers SMTPUTF8.
     :raises HveConfigError: naming the argument and the offending character.
     """
     if not isinstance(address, str):
         raise HveConfigError(f"Argument {argument!r}: an envelope address is a {type(address).__name__}, not a string.")
-    if _ENVELOPE_ADDRESS.fullmatch(address) and "@" in address:
+
+    def allowed(char: str) -> bool:
+        return bool(_ENVELOPE_ADDRESS.fullmatch(char) or (smtputf8 and _INTERNATIONAL_CHAR.fullmatch(char)))
+
+    bad = next((char for char in address if not allowed(char)), None)
+    if bad is None and "@" in address:
         return
-    bad = next((char for char in address if not _ENVELOPE_ADDRESS.fullmatch(char)), None)
+    if bad is not None and not smtputf8 and all(allowed(char) or not char.isascii() for char in address):
+        raise HveConfigError(
+            f"Argument {argument!r}: the envelope address {address!r} has non-ASCII characters, and the server does "
+            f"not offer SMTPUTF8 (RFC 6531), so it cannot carry internationalised addresses. Use the address's ASCII "
+            f"form (an IDN domain as its xn-- A-label) or a server that offers SMTPUTF8. Nothing was sent."
+        )
     what = f"contains {bad!r}" if bad is not None else "has no '@'"
     raise HveConfigError(
-        f"Argument {argument!r}: the envelope address {address!r} {what}; envelope addresses must be plain ASCII "
-        f"addresses (user@domain) without spaces, '<', '>' or line breaks. Nothing was sent."
+        f"Argument {argument!r}: the envelope address {address!r} {what}; envelope addresses must be addresses "
+        f"(user@domain) without spaces, '<', '>', control characters or line breaks. Nothing was sent."
     )
 
 

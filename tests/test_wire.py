@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,8 @@ def test_a_bare_string_is_refused_as_a_recipient_list(sandbox: HveSandbox, hook:
 def test_envelope_addresses_are_checked_before_a_byte_is_written(
     sandbox: HveSandbox, hook: HveHook, address: str
 ) -> None:
+    # A non-ASCII address is refused only by a server without SMTPUTF8 (see the tests below).
+    sandbox.smtp.smtputf8 = address.isascii()
     message = plain_message(sandbox)
     with hook.smtp_session() as session:
         commands = sandbox.smtp_sessions[0].commands
@@ -232,6 +235,7 @@ def test_leaving_a_session_by_an_exception_closes_it_without_quit(
         return real_quit(self)
 
     monkeypatch.setattr(smtplib.SMTP, "quit", spy)
+    sandbox.smtp.chunking = False  # the DATA path: a BDAT window writes nothing before it is full
     with pytest.raises(RuntimeError, match="the DAG author's bug"), hook.smtp_session() as session:
         pipeline = session.pipeline()
         assert pipeline.submit("k", wire_bytes(plain_message(sandbox)), [ALICE]) == []
@@ -246,13 +250,17 @@ def test_leaving_a_session_by_an_exception_closes_it_without_quit(
     assert not sandbox.messages  # ...and, without its end of data, it was never delivered
 
 
-def test_a_partly_delivered_message_is_reported_when_the_pipeline_drains(sandbox: HveSandbox, hook: HveHook) -> None:
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_a_partly_delivered_message_is_reported_when_the_pipeline_drains(
+    sandbox: HveSandbox, hook: HveHook, chunking: bool
+) -> None:
     # A quota reply stops a run while a 120-recipient message is on its way: its first batches may already be
     # accepted. drain() reports them (delivered) and the others (temporary refusal: sent by a later run), so a
     # retry never mails the accepted ones twice and nobody is lost.
     from airflow_provider_hve.message import wire_bytes
     from airflow_provider_hve.sandbox.smtp_server import SUBMISSION_QUOTA_EXCEEDED
 
+    sandbox.smtp.chunking = chunking
     sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1)
     many = [f"user{n:03d}@contoso.example" for n in range(120)]
     with hook.smtp_session() as session:
@@ -269,3 +277,48 @@ def test_a_partly_delivered_message_is_reported_when_the_pipeline_drains(sandbox
     assert big.accepted and sorted(big.accepted) == sorted(delivered)
     assert sorted([*big.accepted, *big.refused]) == many
     assert {reply[0] for reply in big.refused.values()} == {451}
+
+
+def test_an_internationalised_address_goes_with_smtputf8_when_the_server_offers_it(
+    sandbox: HveSandbox, hook: HveHook
+) -> None:
+    message = plain_message(sandbox)
+    with hook.smtp_session() as session:
+        result = session.send(message, [ALICE, "zoë@contoso.example"])
+        pipeline = session.pipeline()
+        pipeline.submit("row", wire_bytes_of(message), ["jürgen@contoso.example"])
+        (delivery,) = pipeline.flush()
+    assert result.accepted == (ALICE, "zoë@contoso.example")
+    assert delivery.accepted == ["jürgen@contoso.example"]
+    first, second = sandbox.smtp_sessions[0].transactions
+    assert first.rcpt_tos == [ALICE, "zoë@contoso.example"] and "SMTPUTF8" in first.mail_options
+    assert second.rcpt_tos == ["jürgen@contoso.example"] and "SMTPUTF8" in second.mail_options
+    assert len(sandbox.wait_for_messages(2)) == 2
+
+
+def test_an_ascii_envelope_does_not_ask_for_smtputf8(sandbox: HveSandbox, hook: HveHook) -> None:
+    hook.send_email(to=ALICE, subject="x", text_content="y")
+    (transaction,) = sandbox.smtp_sessions[0].transactions
+    assert "SMTPUTF8" not in transaction.mail_options
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_an_internationalised_address_is_refused_clearly_without_smtputf8(
+    sandbox: HveSandbox, hook: HveHook, chunking: bool
+) -> None:
+    sandbox.smtp.smtputf8 = False
+    sandbox.smtp.chunking = chunking
+    message = plain_message(sandbox)
+    with hook.smtp_session() as session:
+        commands = sandbox.smtp_sessions[0].commands
+        with pytest.raises(HveConfigError, match=r"'recipients'.*non-ASCII.*does not offer SMTPUTF8.*Nothing was sent"):
+            session.send(message, [ALICE, "zoë@contoso.example"])
+        with pytest.raises(HveConfigError, match=r"does not offer SMTPUTF8"):
+            session.pipeline().submit("row", wire_bytes_of(message), ["zoë@contoso.example"])
+        assert sandbox.smtp_sessions[0].commands == commands  # nothing was written
+
+
+def wire_bytes_of(message: Any) -> bytes:
+    from airflow_provider_hve.message import wire_bytes
+
+    return wire_bytes(message)

@@ -209,11 +209,14 @@ class RowLedger:
         # The whole message put off (HVE throttling), as opposed to refused, or refused per recipient.
         deferred = (code, text) if 400 <= code < 500 else None
         too_many = deferred is not None and (code == 432 or text.startswith("4.3.2"))
+        # Deferred with others already on their way when an earlier deferral paused the run (a BDAT window):
+        # one throttling event, so its resends spend the retry budget once, not once per message in the window.
+        echo = deferred is not None and holding.handed_over_at < self._pause_began
         if deferred is not None:
             self._throttle(holding.handed_over_at)
         codes = [code for code, _ in reply.refused.values()]
         if not reply.accepted and codes and all(400 <= code < 500 for code in codes):
-            self._temporary(row, reply, deferred)
+            self._temporary(row, reply, deferred, free=echo)
             return Outcome(accepted=False, too_many_connections=too_many)
         if reply.refused:
             self._refusals[row.index] = dict(reply.refused)
@@ -364,6 +367,9 @@ class RowLedger:
 
     def _spend_on(self, retry: RetryWait) -> bool:
         """Spend one retry on sending this row again; without budget it is refused, or the run stops."""
+        if retry.free:
+            self.retried += 1
+            return True
         if self.retry_budget_left > 0:
             self.retry_budget_left -= 1
             self.retried += 1
@@ -379,7 +385,7 @@ class RowLedger:
             self._settle(retry.row.index, RowState.REFUSED, retry.row.address)
         return False
 
-    def _temporary(self, row: Row, reply: Reply, deferred: tuple[int, str] | None) -> None:
+    def _temporary(self, row: Row, reply: Reply, deferred: tuple[int, str] | None, *, free: bool = False) -> None:
         """A 4xx only: wait and send again (backoff with jitter), refuse after too many, queue after a stop."""
         tries = self._tries.get(row.index, 0)
         if self.stopped is not None:
@@ -393,7 +399,7 @@ class RowLedger:
             self._move(row.index, (RowState.IN_PIPELINE,), RowState.WAITING)
             # Jitter, so sessions that were throttled together do not return together.
             not_before = self._clock() + 0.5 * 2**tries + self._rng.uniform(0, 0.25)
-            self._retries[row.index] = RetryWait(row, not_before, dict(reply.refused), deferred)
+            self._retries[row.index] = RetryWait(row, not_before, dict(reply.refused), deferred, free)
 
     def _throttle(self, handed_over_at: float) -> None:
         """HVE deferred a whole message: every session pauses, longer each time in a row."""

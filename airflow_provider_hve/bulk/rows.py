@@ -122,6 +122,9 @@ class RetryWait:
     refused: dict[str, tuple[int, str]]
     deferred: tuple[int, str] | None
     """The 4xx that put off the whole message (HVE throttling), if that was the reason."""
+    free: bool = False
+    """Deferred by a throttling event already paid for (it was on its way when an earlier deferral paused the
+    run): its resend does not spend the retry budget. Each row still has at most ``TRANSIENT_RETRIES`` tries."""
 
 
 @dataclass

@@ -127,6 +127,8 @@ class Transaction:
     data_reply: str | None = None
     mail_options: list[str] = field(default_factory=list)
     """The parameters after ``MAIL FROM:<...>`` as received (upper case): ``SIZE=...``, ``BODY=8BITMIME``."""
+    bdat_chunks: int = 0
+    """How many ``BDAT`` chunks carried the content (0: it came by DATA, or not at all)."""
 
 
 @dataclass

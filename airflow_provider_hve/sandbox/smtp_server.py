@@ -4,6 +4,7 @@ STARTTLS, then ``AUTH XOAUTH2`` with a sandbox token, then MAIL/RCPT/DATA under 
 rules (send as the HVE account only, accepted domains only, 50 recipients, 10 MB), with
 HVE's reply codes. Everything received is recorded for tests.
 
+The EHLO answer is Exchange Online's (see :mod:`.extensions`, which also holds BDAT and SMTPUTF8).
 PIPELINING (RFC 2920) is advertised and honoured: aiosmtpd reads commands line by line from
 one buffered stream, so a batch written at once is answered command by command, in order,
 and ``DATA`` gets its ``354`` only when a recipient was accepted (else ``503 5.5.2``). Each
@@ -24,7 +25,6 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AnyStr
 
@@ -32,6 +32,15 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from airflow_provider_hve.sandbox.directory import MAIL_SEND, Directory
+from airflow_provider_hve.sandbox.extensions import (
+    BASIC_AUTH_DISABLED,
+    EXCHANGE_SIZE,
+    NEEDS_SMTPUTF8,
+    SMTPUTF8_NOT_OFFERED,
+    ChunkingSmtp,
+    ehlo_lines,
+)
+from airflow_provider_hve.sandbox.faults import DisconnectPlan, StallPlan, Throttle
 from airflow_provider_hve.sandbox.records import (
     AuthAttempt,
     DeliveredMessage,
@@ -78,7 +87,8 @@ _REPLY_REWRITES = {
     "503 Error: need MAIL command": NEED_MAIL,
     "503 Error: need RCPT command": NEED_RCPT,
 }
-# What throttle() and stall_after() can act on: command verbs, and "content" (the reply after a message).
+# What throttle() and stall_after() can act on: command verbs, and "content" (the reply after a message's
+# content, at the end of DATA or at BDAT ... LAST).
 FAULTABLE_COMMANDS = ("EHLO", "AUTH", "MAIL", "RCPT", "DATA", "content")
 # readuntil() called without a separator: aiosmtpd's command loop, and nothing else (see HveSmtp).
 _COMMAND_LINE = object()
@@ -90,7 +100,7 @@ def _buffered(reader: asyncio.StreamReader) -> int:
     return len(reader._buffer)  # type: ignore[attr-defined]
 
 
-class HveSmtp(SMTP):
+class HveSmtp(ChunkingSmtp):
     """One SMTP connection: aiosmtpd's protocol with HVE's line limits and replies.
 
     On top of aiosmtpd it counts command lines and round trips into :attr:`record`, delays
@@ -105,7 +115,8 @@ class HveSmtp(SMTP):
         # aiosmtpd clears the class-level dict in __init__, so set an instance one afterwards.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits["AUTH"] = LONG_LINE
-        # The SIZE this connection advertises and enforces (SmtpServer.max_message_size; 10 MB as HVE's).
+        # The size this connection enforces (SmtpServer.max_message_size; 10 MB as HVE's); EHLO advertises
+        # handler.advertised_size (Exchange's 157286400) instead.
         self.data_size_limit = handler.max_message_size
         self.hve_handler = handler
         self.record: SmtpSession | None = None
@@ -285,66 +296,6 @@ class HveSmtp(SMTP):
         return line.decode("ascii", errors="replace").rstrip("\r\n")
 
 
-@dataclass
-class _Throttle:
-    """A pending :meth:`SmtpServer.throttle`."""
-
-    reply: str
-    command: str
-    seconds: float | None
-    """How long it lasts once started, or ``None``."""
-    remaining: int | None
-    """Replies left to give, or ``None``."""
-    starts_at: int
-    """Total of accepted messages from which it applies."""
-    until: float | None = None
-    """``time.monotonic()`` at which it ends; set when it starts."""
-
-    def applies(self, accepted_total: int, now: float) -> bool:
-        """Tell whether it is in force now (starting it if its time has come)."""
-        if accepted_total < self.starts_at:
-            return False
-        if self.seconds is not None and self.until is None:
-            self.until = now + self.seconds
-        return (self.until is None or now < self.until) and (self.remaining is None or self.remaining > 0)
-
-    def over(self, now: float) -> bool:
-        return (self.until is not None and now >= self.until) or (self.remaining is not None and self.remaining <= 0)
-
-
-@dataclass
-class _EveryN:
-    """A fault due after every ``every`` accepted messages, ``remaining`` more times."""
-
-    every: int
-    remaining: int
-    due: int
-    """Total of accepted messages at which it is next due."""
-
-    def fire(self, accepted_total: int) -> bool:
-        """Tell whether it is due now; if so, count it and schedule the next one."""
-        if accepted_total < self.due:
-            return False
-        self.remaining -= 1
-        self.due = accepted_total + self.every
-        return True
-
-
-@dataclass
-class _DisconnectPlan(_EveryN):
-    """A pending :meth:`SmtpServer.disconnect_after`."""
-
-    reply: str = ""
-
-
-@dataclass
-class _StallPlan(_EveryN):
-    """A pending :meth:`SmtpServer.stall_after`."""
-
-    seconds: float = 0.0
-    command: str = "content"
-
-
 class HveHandler:
     """aiosmtpd handler: XOAUTH2 checks, HVE's sending rules, the mailbox folder.
 
@@ -374,16 +325,19 @@ class HveHandler:
         self.pipelining = pipelining
         self.latency_ms = latency_ms
         self.max_message_size = MAX_MESSAGE_SIZE
+        self.advertised_size = EXCHANGE_SIZE
         self.eight_bit_mime = True
+        self.chunking = True
+        self.smtputf8 = True
         self.sessions: RecordList[SmtpSession] = RecordList()
         self.messages: RecordList[DeliveredMessage] = RecordList()
         self._session_ids = itertools.count(1)
         self._message_numbers = itertools.count(len(list(mailbox_dir.glob("*.eml"))) + 1)
         self._forced_auth_replies: collections.deque[str] = collections.deque()
         self._refused_recipients: dict[str, str] = {}
-        self._disconnect: _DisconnectPlan | None = None
-        self._stall: _StallPlan | None = None
-        self._throttles: list[_Throttle] = []
+        self._disconnect: DisconnectPlan | None = None
+        self._stall: StallPlan | None = None
+        self._throttles: list[Throttle] = []
         self.max_sessions_per_account: int | None = None
         self._open_sessions: dict[str, set[int]] = {}  # account -> authenticated sessions still open
         self._over_limit: set[int] = set()  # sessions that authenticated while the account was at its limit
@@ -409,7 +363,7 @@ class HveHandler:
     def plan_disconnect(self, messages: int, reply: str, times: int) -> None:
         """Hang up on the first command after every ``messages`` accepted messages, ``times`` times."""
         with self._lock:
-            self._disconnect = _DisconnectPlan(messages, times, self._accepted_total + messages, reply=reply)
+            self._disconnect = DisconnectPlan(messages, times, self._accepted_total + messages, reply=reply)
 
     def take_disconnect(self) -> str | None:
         """Return the reply to hang up with if a planned disconnect is due now, and consume it."""
@@ -424,7 +378,7 @@ class HveHandler:
     def plan_stall(self, messages: int, seconds: float, command: str, times: int) -> None:
         """Delay the reply to ``command`` by ``seconds`` after every ``messages`` accepted messages, ``times`` times."""
         with self._lock:
-            self._stall = _StallPlan(messages, times, self._accepted_total + messages, seconds=seconds, command=command)
+            self._stall = StallPlan(messages, times, self._accepted_total + messages, seconds=seconds, command=command)
 
     def take_stall(self, command: str) -> float:
         """Return how long to hold the reply to ``command`` now (0: not at all), and consume the stall."""
@@ -441,7 +395,7 @@ class HveHandler:
     ) -> None:
         """Answer ``command`` with ``reply`` for ``seconds`` or ``count`` times (see :meth:`SmtpServer.throttle`)."""
         with self._lock:
-            self._throttles.append(_Throttle(reply, command, seconds, count, self._accepted_total + after_messages))
+            self._throttles.append(Throttle(reply, command, seconds, count, self._accepted_total + after_messages))
 
     def take_throttle(self, command: str) -> str | None:
         """Return the reply a throttle forces on ``command`` now, if any."""
@@ -483,7 +437,10 @@ class HveHandler:
             self.max_sessions_per_account = None
             self._over_limit.clear()
             self.max_message_size = MAX_MESSAGE_SIZE
+            self.advertised_size = EXCHANGE_SIZE
             self.eight_bit_mime = True
+            self.chunking = True
+            self.smtputf8 = True
 
     def _forced_reply(self) -> str | None:
         with self._lock:
@@ -505,12 +462,17 @@ class HveHandler:
         # With a new-style EHLO hook aiosmtpd leaves remembering the EHLO to the hook.
         session.host_name = hostname
         self._record(server).ehlo_names.append(hostname)
-        if self.pipelining:
-            # Exchange lists it among the keywords; the last line ("250 HELP") must stay last.
-            responses.insert(len(responses) - 1, "250-PIPELINING")
-        if not self.eight_bit_mime:
-            responses.remove("250-8BITMIME")
-        return responses
+        auth = next((line[4:] for line in responses if line.startswith("250-AUTH ")), None)
+        return ehlo_lines(
+            responses[0],
+            size=self.advertised_size,
+            pipelining=self.pipelining,
+            eight_bit_mime=self.eight_bit_mime,
+            chunking=self.chunking,
+            smtputf8=self.smtputf8,
+            starttls="250-STARTTLS" in responses,
+            auth=auth,
+        )
 
     async def handle_HELO(self, server: HveSmtp, session: Session, envelope: Envelope, hostname: str) -> str:
         self._record(server).ehlo_names.append(hostname)
@@ -572,6 +534,30 @@ class HveHandler:
             return AUTH_FAILED, "app is not on the HVE account's allowed-apps list"
         return AUTH_OK, "ok"
 
+    async def auth_LOGIN(self, server: HveSmtp, args: list[str]) -> AuthResult:
+        """Refuse ``AUTH LOGIN`` after its two challenges: the sandbox knows no passwords, only tokens.
+
+        Exchange advertises LOGIN next to XOAUTH2; where basic authentication is off it answers ``535 5.7.139``.
+        """
+        record = self._record(server)
+        attempt = AuthAttempt(mechanism="LOGIN", client_lines=["AUTH " + " ".join(args)], two_step=len(args) < 2)
+        record.auth_attempts.append(attempt)
+        if len(args) < 2:
+            username = await server.challenge_auth("Username:")
+            if not isinstance(username, bytes):
+                attempt.reason = "client aborted"
+                return AuthResult(success=False, handled=True)
+            attempt.user = username.decode("utf-8", errors="replace")
+        else:
+            attempt.user = base64.b64decode(args[1] + "==").decode("utf-8", errors="replace")
+        # The password is read and dropped: it never reaches a record.
+        password = await server.challenge_auth("Password:")
+        if not isinstance(password, bytes):
+            # challenge_auth has answered already (501).
+            attempt.reason = "client aborted"
+            return AuthResult(success=False, handled=True)
+        return self._refuse(attempt, BASIC_AUTH_DISABLED, "basic authentication (AUTH LOGIN) is not accepted")
+
     @staticmethod
     def _refuse(attempt: AuthAttempt, reply: str, reason: str) -> AuthResult:
         attempt.reply, attempt.reason = reply, reason
@@ -583,6 +569,10 @@ class HveHandler:
         record = self._record(server)
         if not session.authenticated:
             reply = NOT_AUTHENTICATED
+        elif "SMTPUTF8" in mail_options and not self.smtputf8:
+            reply = SMTPUTF8_NOT_OFFERED
+        elif not address.isascii() and "SMTPUTF8" not in mail_options:
+            reply = NEEDS_SMTPUTF8
         elif address.lower() != str(session.auth_data).lower():
             reply = SEND_AS_DENIED
         elif not self.eight_bit_mime and "BODY=8BITMIME" in mail_options:
@@ -603,7 +593,9 @@ class HveHandler:
         record = self._record(server)
         with self._lock:
             refused = self._refused_recipients.get(address.lower())
-        if refused is not None:
+        if not address.isascii() and not envelope.smtp_utf8:
+            reply = NEEDS_SMTPUTF8
+        elif refused is not None:
             reply = refused
         elif not self.directory.accepts(address):
             reply = NOT_ACCEPTED_DOMAIN
@@ -725,9 +717,10 @@ class SmtpServer:
             ident="Microsoft ESMTP MAIL Service ready (HVE sandbox)",
             tls_context=tls_context if starttls else None,
             auth_require_tls=not auth_in_clear,
-            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            auth_exclude_mechanism=["PLAIN"],
             data_size_limit=MAX_MESSAGE_SIZE,
-            enable_SMTPUTF8=False,
+            # Lets aiosmtpd read UTF-8 command lines; whether SMTPUTF8 is offered is the handler's switch.
+            enable_SMTPUTF8=True,
         )
 
     def start(self) -> None:
@@ -760,10 +753,12 @@ class SmtpServer:
 
     @property
     def max_message_size(self) -> int:
-        """Return the ``SIZE`` new connections advertise and enforce (``552 5.3.4`` to a larger ``MAIL FROM SIZE=``).
+        """Return the message size new connections enforce (``552 5.3.4`` to a larger ``MAIL FROM SIZE=`` or content).
 
-        HVE's 10 MB by default; smaller to act like a relay with a lower limit (a Postfix at its 10,240,000
-        bytes default, say). Connections already open keep theirs. :meth:`reset_faults` restores it.
+        HVE's 10 MB by default, while EHLO advertises Exchange's ``SIZE 157286400`` (:attr:`advertised_size`).
+        Setting it also sets :attr:`advertised_size`, to act like a relay that advertises its lower limit
+        (a Postfix at its 10,240,000 bytes default, say). Connections already open keep theirs.
+        :meth:`reset_faults` restores both.
         """
         return self.handler.max_message_size
 
@@ -772,6 +767,43 @@ class SmtpServer:
         if size < 1:
             raise ValueError(f"max_message_size must be >= 1, not {size!r}.")
         self.handler.max_message_size = size
+        self.handler.advertised_size = size
+
+    @property
+    def advertised_size(self) -> int:
+        """Return the ``SIZE`` that EHLO advertises: Exchange's 157286400 unless set (HVE still enforces 10 MB)."""
+        return self.handler.advertised_size
+
+    @advertised_size.setter
+    def advertised_size(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"advertised_size must be >= 0, not {size!r}.")
+        self.handler.advertised_size = size
+
+    @property
+    def chunking(self) -> bool:
+        """Return whether EHLO advertises ``CHUNKING`` and ``BINARYMIME`` (RFC 3030) and ``BDAT`` is accepted.
+
+        Off, ``BDAT`` gets ``502 5.5.1`` and clients fall back to DATA. :meth:`reset_faults` turns it back on.
+        """
+        return self.handler.chunking
+
+    @chunking.setter
+    def chunking(self, enabled: bool) -> None:
+        self.handler.chunking = enabled
+
+    @property
+    def smtputf8(self) -> bool:
+        """Return whether EHLO advertises ``SMTPUTF8`` (RFC 6531); :meth:`reset_faults` turns it back on.
+
+        Either way a non-ASCII address without the ``SMTPUTF8`` parameter on MAIL FROM gets ``553 5.6.7``;
+        off, the parameter itself gets ``555 5.5.4``.
+        """
+        return self.handler.smtputf8
+
+    @smtputf8.setter
+    def smtputf8(self, enabled: bool) -> None:
+        self.handler.smtputf8 = enabled
 
     @property
     def eight_bit_mime(self) -> bool:
@@ -887,5 +919,5 @@ class SmtpServer:
 
     def reset_faults(self) -> None:
         """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit, SIZE,
-        8BITMIME)."""
+        8BITMIME, CHUNKING, SMTPUTF8)."""
         self.handler.clear_forced_replies()

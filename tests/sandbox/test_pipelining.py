@@ -38,7 +38,7 @@ def test_pipelining_is_advertised_before_and_after_starttls(sb: HveSandbox, smtp
     with smtp_client() as tls:
         assert tls.has_extn("pipelining") and tls.has_extn("auth")
         # The keyword must not displace the final line of the multi-line reply.
-        assert tls.ehlo_resp is not None and tls.ehlo_resp.endswith(b"\nHELP")
+        assert tls.ehlo_resp is not None and tls.ehlo_resp.endswith(b"\nSMTPUTF8")
 
 
 def test_no_pipelining_switch_stops_advertising_it(sb: HveSandbox, smtp_client: SmtpFactory) -> None:

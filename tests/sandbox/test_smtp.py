@@ -178,14 +178,14 @@ def test_auth_in_clear_switch_advertises_auth_before_tls(
 ) -> None:
     sandbox = make_sandbox(auth_in_clear=True)
     with smtp_client(sandbox, starttls=False) as client:
-        assert client.esmtp_features["auth"].strip() == "XOAUTH2"
+        assert client.esmtp_features["auth"].split() == ["LOGIN", "XOAUTH2"]
         assert "starttls" in client.esmtp_features
 
 
-def test_only_xoauth2_is_offered(sb: HveSandbox, smtp_client: SmtpFactory) -> None:
+def test_login_and_xoauth2_are_offered_as_by_exchange(sb: HveSandbox, smtp_client: SmtpFactory) -> None:
     with smtp_client() as client:
-        assert client.esmtp_features["auth"].split() == ["XOAUTH2"]
-        assert client.esmtp_features["size"] == "10485760"
+        assert client.esmtp_features["auth"].split() == ["LOGIN", "XOAUTH2"]
+        assert client.esmtp_features["size"] == "157286400"
         assert client.docmd("AUTH", "PLAIN AGZvbwBiYXI=")[0] == 504
 
 
