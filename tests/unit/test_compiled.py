@@ -286,3 +286,32 @@ def test_text_encoding_is_the_email_packages(text: str) -> None:
     cte, body = encode_text(text)
     assert part["Content-Transfer-Encoding"] == cte
     assert reference.split(b"\r\n\r\n", 1)[1] == body
+
+
+_ATOM_CHARS = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet=_ATOM_CHARS, min_size=1, max_size=12), min_size=1, max_size=3),
+    st.lists(
+        st.text(alphabet=string.ascii_letters + string.digits + "-", min_size=1, max_size=12), min_size=2, max_size=3
+    ),
+)
+def test_bare_address_fast_path_is_what_the_header_parser_returns(local: list[str], domain: list[str]) -> None:
+    from airflow_provider_hve.addresses import _BARE_ADDRESS, HEADER_REGISTRY
+
+    address = f"{'.'.join(local)}@{'.'.join(domain)}"
+    assert _BARE_ADDRESS.fullmatch(address)
+    header = HEADER_REGISTRY("to", address)
+    assert not header.defects
+    assert [(a.display_name, a.addr_spec) for a in header.addresses] == [("", address)]
+
+
+@pytest.mark.parametrize(
+    "address", ["a..b@x.example", ".a@x.example", "a@x", '"a b"@x.example', "Ann <a@x.example>"]
+)
+def test_other_addresses_take_the_header_parser(address: str) -> None:
+    from airflow_provider_hve.addresses import _BARE_ADDRESS
+
+    assert _BARE_ADDRESS.fullmatch(address) is None
