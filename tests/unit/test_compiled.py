@@ -308,9 +308,7 @@ def test_bare_address_fast_path_is_what_the_header_parser_returns(local: list[st
     assert [(a.display_name, a.addr_spec) for a in header.addresses] == [("", address)]
 
 
-@pytest.mark.parametrize(
-    "address", ["a..b@x.example", ".a@x.example", "a@x", '"a b"@x.example', "Ann <a@x.example>"]
-)
+@pytest.mark.parametrize("address", ["a..b@x.example", ".a@x.example", "a@x", '"a b"@x.example', "Ann <a@x.example>"])
 def test_other_addresses_take_the_header_parser(address: str) -> None:
     from airflow_provider_hve.addresses import _BARE_ADDRESS
 
