@@ -313,3 +313,16 @@ def test_other_addresses_take_the_header_parser(address: str) -> None:
     from airflow_provider_hve.addresses import _BARE_ADDRESS
 
     assert _BARE_ADDRESS.fullmatch(address) is None
+
+
+def test_a_header_line_over_998_octets_is_refused_as_with_the_email_package(hook: HveHook) -> None:
+    from airflow_provider_hve.addresses import Mailbox
+
+    merge = MailMerge(hook, subject="Hi", text_content="x", attachments=ATTACHMENTS)
+    good = Row(0, parse_mailbox("a@contoso.example"), "0:a", {})
+    unchecked = Row(1, Mailbox("a" * 1000 + "@contoso.example"), "1:b", {})  # past validation, as if it had failed
+    with pytest.raises(HveConfigError, match="longer than 998 octets") as compiled_error:
+        merge.row_builder(good)(unchecked)
+    with pytest.raises(HveConfigError) as reference_error:
+        merge._build(unchecked)
+    assert str(compiled_error.value) == str(reference_error.value)
