@@ -123,6 +123,11 @@ class OutgoingMessage:
     payload: bytes = b""
     """The message as SMTP carries it (CRLF line ends), serialised once."""
 
+    @property
+    def message_id(self) -> str:
+        """Return the Message-ID header."""
+        return str(self.message["Message-ID"])
+
 
 def build_message(
     *,

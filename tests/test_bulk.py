@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_hve.addresses import parse_mailbox
 from airflow_provider_hve.bulk import MailMerge
+from airflow_provider_hve.bulk.rows import Row
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.message import Attachment
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import RECIPIENT_NOT_FOUND, SUBMISSION_QUOTA_EXCEEDED
 
@@ -234,3 +237,54 @@ def test_a_server_without_starttls_stops_the_run_without_reconnecting(monkeypatc
         report = merge.last_report
         assert report is not None and report.accepted == 0 and not plain.messages
         assert sorted(report.not_sent) == [r["email"] for r in rows(5)]
+
+
+INTERNATIONAL_ROWS = [
+    {"email": "ann@contoso.example", "name": "Ann <&>", "note": "Plain ASCII."},
+    {"email": "zoe@contoso.example", "name": "Zoë", "note": "Café crème, 中文, 🎉"},
+    {"email": "Li Ming <li@contoso.example>", "name": "李明", "note": "长" * 200},
+    {"email": "long@contoso.example", "name": "Long " * 30, "note": "All work and no play. " * 20},
+]
+
+
+@pytest.mark.parametrize("eight_bit_mime", [True, False], ids=["8bitmime", "no-8bitmime"])
+def test_compiled_messages_arrive_as_the_email_package_builds_them(
+    sandbox: HveSandbox, hook: HveHook, eight_bit_mime: bool
+) -> None:
+    sandbox.smtp.eight_bit_mime = eight_bit_mime
+    attachment = Attachment("summary é.csv", "name,city\nZoë,Zürich\n".encode(), "text/csv")
+    merge = MailMerge(
+        hook,
+        subject="Statement for {{ recipient.name }}",
+        html_content="<p>Dear {{ recipient.name }},</p><p>{{ recipient.note }}</p>",
+        text_content="Dear {{ recipient.name }},\n{{ recipient.note }}",
+        attachments=[attachment],
+        headers={"X-Campaign": "spring"},
+        sessions=2,
+    )
+    report = merge.run(INTERNATIONAL_ROWS)
+
+    assert report.accepted == len(INTERNATIONAL_ROWS)
+    delivered = {m.rcpt_tos[0]: m for m in sandbox.wait_for_messages(len(INTERNATIONAL_ROWS), timeout=10)}
+    for index, data in enumerate(INTERNATIONAL_ROWS):
+        mailbox = parse_mailbox(data["email"])
+        reference = merge._build(Row(index, mailbox, f"{index}:{mailbox.addr_spec}", data)).message
+        message = delivered[mailbox.addr_spec].message
+        assert message["Subject"] == reference["Subject"] == f"Statement for {' '.join(data['name'].split())}"
+        assert [str(message[h]) for h in ("From", "To", "X-Campaign")] == [
+            str(reference[h]) for h in ("From", "To", "X-Campaign")
+        ]
+        assert [p.get_content_type() for p in message.walk()] == [p.get_content_type() for p in reference.walk()]
+        for kind in ("plain", "html"):
+            got, want = message.get_body((kind,)), reference.get_body((kind,))
+            assert got is not None and want is not None
+            assert got.get_content().replace("\r\n", "\n") == want.get_content().replace("\r\n", "\n")
+        (got_attachment,) = message.iter_attachments()
+        assert (got_attachment.get_filename(), got_attachment.get_content()) == (
+            "summary é.csv",
+            "name,city\nZoë,Zürich\n",
+        )
+    assert "Dear Ann &lt;&amp;&gt;," in delivered["ann@contoso.example"].message.get_body(("html",)).get_content()
+    assert all(m.data.isascii() for m in delivered.values()) is not eight_bit_mime
+    # Built by the compiled message: one boundary for the whole run (the email package draws one per message).
+    assert len({m.message.get_boundary() for m in delivered.values()}) == 1

@@ -10,10 +10,11 @@ unknown (the connection broke after the message was handed over, so HVE may or m
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, delivery_key
@@ -27,6 +28,8 @@ from airflow_provider_hve.exceptions import HveConfigError
 if TYPE_CHECKING:
     import jinja2
 
+    from airflow_provider_hve.addresses import Mailbox
+    from airflow_provider_hve.bulk.compiled import MergedMessage
     from airflow_provider_hve.hooks.hve import HveHook
     from airflow_provider_hve.message import Attachment, OutgoingMessage
 
@@ -123,8 +126,10 @@ class MailMerge:
         done_before = self.delivery_log.delivered() if self.delivery_log else set()
         plan = self._plan(rows, done_before)
         verdicts, first = _up_to_first_row(plan)
+        build: Callable[[Row], OutgoingMessage | MergedMessage] = self._build
         if first is not None:
             self._build(first, check_sender=True)  # template and sender problems show up once, before connecting
+            build = self.row_builder(first)
         ledger = RowLedger(
             len(rows),
             itertools.chain(verdicts, [first] if first is not None else [], plan),
@@ -140,7 +145,7 @@ class MailMerge:
         try:
             if first is not None:
                 report.sessions = min(self.sessions, len(rows))
-                workers = [SessionWorker(shared, self.hook, self._build) for _ in range(report.sessions)]
+                workers = [SessionWorker(shared, self.hook, build) for _ in range(report.sessions)]
                 run_sessions(shared, workers, grace_seconds=self.hook.config.timeout + 5)
         finally:
             try:
@@ -186,13 +191,62 @@ class MailMerge:
             else:
                 yield Row(index, mailbox, key, row)
 
+    def row_builder(self, first: Row) -> Callable[[Row], OutgoingMessage | MergedMessage]:
+        """
+        Return the function that renders and builds one row's message for this run.
+
+        The message is compiled once (:mod:`~airflow_provider_hve.bulk.compiled`) from ``first``'s recipient;
+        each row then costs its rendering and the encoding of its bodies. With inline ``images`` every message
+        is built by the email package, as is a row whose content happens to contain a MIME boundary.
+        """
+        from airflow_provider_hve.bulk.compiled import compile_message
+
+        if self.images:
+            log.info("Inline images: every message of the merge is built by the email package (slower).")
+            return self._build
+        compiled = compile_message(
+            functools.partial(self._email_package_build, check_sender=False),
+            first=first.mailbox,
+            html=self._templates.html is not None,
+            text=True,  # given, or derived from the HTML per row
+        )
+        if compiled is None:
+            log.info("This merge's message could not be compiled: every message is built by the email package.")
+            return self._build
+
+        def build(row: Row) -> OutgoingMessage | MergedMessage:
+            subject, html, text = self._templates.render(self.context, row.data, row.index)
+            merged = compiled.fill(row.mailbox, subject, html, text)
+            if merged is not None:
+                return merged
+            log.debug("Row %d: its content holds a MIME boundary; built by the email package.", row.index)
+            return self._email_package_build(
+                to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=False
+            )
+
+        return build
+
     def _build(self, row: Row, *, check_sender: bool = False) -> OutgoingMessage:
+        """Render and build one row's message with the email package (the reference the compiled path matches)."""
         subject, html, text = self._templates.render(self.context, row.data, row.index)
+        return self._email_package_build(
+            to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=check_sender
+        )
+
+    def _email_package_build(
+        self,
+        *,
+        to: Sequence[Mailbox],
+        subject: str,
+        html_content: str | None,
+        text_content: str | None,
+        check_sender: bool,
+    ) -> OutgoingMessage:
         return self.hook.build_message(
-            to=[row.mailbox],
+            to=list(to),
             subject=subject,
-            html_content=html,
-            text_content=text,
+            html_content=html_content,
+            text_content=text_content,
             from_email=self.from_email,
             reply_to=self.reply_to,
             headers=self.headers,

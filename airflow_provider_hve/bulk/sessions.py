@@ -19,6 +19,7 @@ from airflow_provider_hve.bulk.stops import Raised
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
 
 if TYPE_CHECKING:
+    from airflow_provider_hve.bulk.compiled import MergedMessage
     from airflow_provider_hve.bulk.delivery_log import DeliveryLog
     from airflow_provider_hve.bulk.report import Progress
     from airflow_provider_hve.hooks.hve import HveHook
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Build = Callable[[Row], "OutgoingMessage"]
+Build = Callable[[Row], "OutgoingMessage | MergedMessage"]
 """Render and build the message of one row (raises for a row whose data breaks its template)."""
 
 _TOO_MANY_CONNECTIONS = "HVE answered 432 4.3.2 (too many connections)"
@@ -182,8 +183,9 @@ class SessionWorker:
         earlier = self._shared.completed(pipeline.collect())
         if not self._shared.change(lambda ledger: ledger.handed_over(row.index, self.session)):
             return earlier  # the run stopped meanwhile
-        message_id = str(outgoing.message["Message-ID"])
-        now = self._shared.completed(pipeline.submit(row.index, outgoing.payload, outgoing.recipients, message_id))
+        now = self._shared.completed(
+            pipeline.submit(row.index, outgoing.payload, outgoing.recipients, outgoing.message_id)
+        )
         return Outcome(
             accepted=earlier.accepted or now.accepted,
             too_many_connections=earlier.too_many_connections or now.too_many_connections,
