@@ -72,8 +72,12 @@ class BdatPipeline(Pipeline):
 
     def submit(self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str = "") -> list[Delivery]:
         """
-        Add one message (CRLF line ends) to the window; write the window once it holds ``window`` transactions,
-        after reading the replies to the window before. Return the deliveries completed meanwhile.
+        Add one message (CRLF line ends) to the window; once the window holds ``window`` transactions, read the
+        replies to the window before and write it. Return the deliveries completed meanwhile.
+
+        A caller that may stop on a reply (a mail merge meeting a quota) calls :meth:`collect` first, with the
+        number of transactions the message adds, applies what it returns, and only then submits: ``submit``
+        then reads nothing, so nothing is written after a reply that stops the run.
 
         Raises as :meth:`Pipeline.submit` does.
         """
@@ -90,19 +94,22 @@ class BdatPipeline(Pipeline):
                 group = "".join(commands).encode("utf-8") + content + b"RSET\r\n"
                 self.transactions += 1
                 self._gathered.append((_Transaction(delivery, batch), group))
-                if len(self._gathered) >= self.current_window:
-                    self._write_window()
+            # A message's batches go out together: a window holds whole messages, at least one.
+            if len(self._gathered) >= self.current_window:
+                self._write_window()
         return self._take_completed()
 
-    def collect(self) -> list[Delivery]:
+    def collect(self, transactions: int = 1) -> list[Delivery]:
         """
         Read the replies due before the next :meth:`submit` writes anything; return the deliveries completed.
 
         That is the previous window's replies when the next message fills the window (it will be written then),
         else nothing: a caller that may stop (a mail merge meeting a quota) sees every reply that arrives before
         more is written.
+
+        :param transactions: how many transactions the next message adds (one per 50 recipients).
         """
-        if self._written and len(self._gathered) + 1 >= self.current_window:
+        if self._written and len(self._gathered) + transactions >= self.current_window:
             self._read_window()
         return self._take_completed()
 
@@ -147,7 +154,8 @@ class BdatPipeline(Pipeline):
         # over: unknown, never sent again (see _hung_up_at for a 421).
         had_written, self._deferred = bool(self._written), False
         while self._written:
-            refusal = self._read_transaction() or refusal
+            settled = self._read_transaction()
+            refusal = refusal or settled  # the first refusal is the one to report
         if self._deferred:
             self.current_window = 1
         elif had_written:
@@ -156,6 +164,9 @@ class BdatPipeline(Pipeline):
             # 530: the session lost its authentication; a new session fixes it.
             raise self._broken(None, refusal)
         if refusal is not None:
+            # Nothing more is sent in this session: a message over 50 recipients whose earlier batches were
+            # accepted is partly delivered, not open. Every delivery read in this window goes with the error.
+            self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
             refusal.completed = [*refusal.completed, *self._take_completed()]
             raise refusal
 
@@ -207,7 +218,6 @@ class BdatPipeline(Pipeline):
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
                 f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",
                 smtp_code=mail_code,
-                completed=self._take_completed(),
             )
         for address, (code, reply) in zip(transaction.recipients, replies, strict=True):
             if code in _ACCEPTED_RCPT:

@@ -170,6 +170,10 @@ class Pipeline:
         eight_bit = _has_8bit(payload)
         if eight_bit and not self._eight_bit:
             payload, eight_bit = seven_bit(payload), False
+        # CRLF line ends before anything is counted: SIZE= and the BDAT octet count are of what is sent.
+        payload = _BARE_LINE_ENDS.sub(b"\r\n", payload)
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
         if self._max_size and len(payload) > self._max_size:
             reply = (
                 f"5.3.4 Not sent: the message is {len(payload):,} bytes and the server accepts at most "
@@ -189,7 +193,7 @@ class Pipeline:
             parameters += " SMTPUTF8"  # an internationalised address (checked: the server offers it)
         return delivery, chunks, payload, parameters
 
-    def collect(self) -> list[Delivery]:
+    def collect(self, transactions: int = 1) -> list[Delivery]:
         """
         Read the replies due before the next :meth:`submit` writes anything; return the deliveries completed.
 
@@ -197,6 +201,9 @@ class Pipeline:
         one; its content is written by the next :meth:`submit` (or :meth:`flush`), not here. A caller that must
         decide whether to hand over more (a mail merge that may stop on a quota reply) calls this first, applies
         what it returns, and then calls :meth:`submit` or :meth:`drain`: the round trips are the same.
+
+        :param transactions: how many transactions the next message adds (one per 50 recipients); the BDAT
+            pipeline needs it to know whether the next message fills its window.
         """
         self._collect()
         return self._take_completed()
@@ -352,6 +359,8 @@ class Pipeline:
             self._finish(transaction, mail_code, mail_reply)
             return _Next(b"RSET\r\n")
         if mail_code != 250:
+            # Nothing more is sent in this session: an earlier batch of this message may have been accepted.
+            self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
             raise HveSendError(
                 f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
                 f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",

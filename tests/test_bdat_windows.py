@@ -237,3 +237,73 @@ def test_a_connection_lost_before_the_replies_leaves_the_window_unknown(
         with pytest.raises(HveConnectionError) as caught:
             pipeline.submit(1, out.payload, out.recipients)
     assert caught.value.in_flight == [0] and caught.value.unsent == [1]
+
+
+def test_a_sender_refused_twice_in_one_window_loses_no_delivered_row(
+    sandbox: HveSandbox, hve_connection: ConnFactory
+) -> None:
+    # From the 38th message on, HVE refuses the sender (550 5.7.60) for every transaction of the window: the run
+    # stops, and every delivered row is reported accepted, never not_sent (a rerun would mail it twice).
+    from airflow_provider_hve.sandbox.smtp_server import SEND_AS_DENIED
+
+    sandbox.smtp.throttle(SEND_AS_DENIED, command="MAIL", count=1000, after_messages=37)
+    hook = HveHook(hve_conn_id=hve_connection(bdat_window=8))
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=1)
+    with pytest.raises(HveSendError, match="5.7.60"):
+        merge.run(rows(200))
+    report = merge.last_report
+    assert report is not None
+    delivered = sorted(r for m in sandbox.wait_for_messages(37) for r in m.rcpt_tos)
+    assert len(delivered) == 37
+    assert report.accepted == 37 and not set(delivered) & set(report.not_sent)
+    assert report.accepted + len(report.refused) + len(report.not_sent) + len(report.unknown) == 200
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_a_partly_delivered_message_is_reported_when_the_sender_is_refused(
+    sandbox: HveSandbox, hve_connection: ConnFactory, chunking: bool
+) -> None:
+    # 60 recipients: the first 50 get it, then HVE refuses the sender for the second batch. The error carries the
+    # partial result: 50 accepted (never mailed again), 10 not sent (temporary: a later run sends them).
+    from airflow_provider_hve.sandbox.smtp_server import SEND_AS_DENIED
+
+    sandbox.smtp.chunking = chunking
+    sandbox.smtp.throttle(SEND_AS_DENIED, command="MAIL", count=1, after_messages=1)
+    hook = HveHook(hve_conn_id=hve_connection())
+    many = addresses(60)
+    out = hook.build_message(to=many[0], subject="x", text_content="y")
+    with hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        with pytest.raises(HveSendError, match="5.7.60") as caught:
+            pipeline.submit("many", out.payload, many)
+            pipeline.flush()
+    (delivery,) = caught.value.completed
+    delivered = sorted(r for m in sandbox.wait_for_messages(1) for r in m.rcpt_tos)
+    assert sorted(delivery.accepted) == delivered == many[:50]
+    assert sorted(delivery.refused) == many[50:] and {code for code, _ in delivery.refused.values()} == {451}
+
+
+def test_submit_writes_nothing_after_a_stop_reply_even_for_a_split_message(
+    sandbox: HveSandbox, hve_connection: ConnFactory
+) -> None:
+    # As a mail merge does: collect(transactions) before each submit(); a quota reply (554 5.2.0) stops. submit()
+    # must never be the call that reads it, or it would already have written the next window (a message over 50
+    # recipients adds several transactions at once).
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000, after_messages=5)
+    hook = HveHook(hve_conn_id=hve_connection(bdat_window=4))
+    one = hook.build_message(to="a@contoso.example", subject="x", text_content="y")
+    with hook.smtp_session() as session:
+        pipeline = session.pipeline()
+        assert isinstance(pipeline, BdatPipeline)
+        stopped = False
+        for n in range(40):
+            recipients = addresses(120) if n % 3 == 2 else one.recipients
+            if any(d.whole and d.whole[0] == 554 for d in pipeline.collect(-(-len(recipients) // 50))):
+                stopped = True
+                break
+            done = pipeline.submit(n, one.payload, recipients)
+            assert not any(d.whole and d.whole[0] == 554 for d in done), f"submit({n}) read the stop reply"
+        assert stopped
+        written = sum(len(s.transactions) for s in sandbox.smtp_sessions)
+        pipeline.drain()
+    assert sum(len(s.transactions) for s in sandbox.smtp_sessions) == written  # drain() wrote nothing more

@@ -17,6 +17,7 @@ from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.rows import Finished, Outcome, Reconnect, Row, RowState, Send, Step, Wait
 from airflow_provider_hve.bulk.stops import Raised
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
+from airflow_provider_hve.pipeline import MAX_RECIPIENTS_PER_TRANSACTION
 
 if TYPE_CHECKING:
     from airflow_provider_hve.bulk.compiled import MergedMessage
@@ -180,7 +181,8 @@ class SessionWorker:
             return Outcome(accepted=False, too_many_connections=False)
         # The replies that came while the message was built first: one of them may stop the run (a quota), and
         # then this message, and the content of the one before it, must not be written.
-        earlier = self._shared.completed(pipeline.collect())
+        transactions = -(-len(outgoing.recipients) // MAX_RECIPIENTS_PER_TRANSACTION)
+        earlier = self._shared.completed(pipeline.collect(transactions))
         if not self._shared.change(lambda ledger: ledger.handed_over(row.index, self.session)):
             return earlier  # the run stopped meanwhile
         now = self._shared.completed(

@@ -4,8 +4,10 @@ Entra ID has no introspection endpoint: Exchange checks its tokens itself. A rea
 stands in for HVE in tests (Postfix with Dovecot's ``oauth2`` passdb, see
 ``docs/development.md``) needs one, so the sandbox serves ``POST /<tenant>/sandbox/introspect``
 with a form field ``token``. The answer is ``{"active": true, "username": <HVE account>}`` only
-when HVE itself would accept the token: signed by this sandbox, for Exchange Online, not
+when the token is one HVE could accept: signed by this sandbox, for Exchange Online, not
 expired, with Mail.Send, for an app on the account's allowed-apps list (``Add-HVEAppAccess``).
+HVE's own margin (it refuses a token within about 10 minutes of expiry, ``501 5.5.127``) is not
+applied here: a real MTA has no reply for it, and the sandbox's SMTP server tests that case.
 Otherwise ``{"active": false}``, as RFC 7662 asks, with no reason given to the caller.
 
 The introspection request carries the token only, not the account the client named in

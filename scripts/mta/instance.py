@@ -277,8 +277,10 @@ class MtaInstance:
         os.chown(self.root / "maildir", mail_uid, mail_gid)
         cert, key, ca = self._sources
         shutil.copyfile(cert, self.root / "tls" / "server.pem")
-        shutil.copyfile(key, self.root / "tls" / "server-key.pem")
-        (self.root / "tls" / "server-key.pem").chmod(0o600)
+        # The private key is created 0600, never readable by others even for a moment.
+        key_fd = os.open(self.root / "tls" / "server-key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(key_fd, "wb") as key_file:
+            key_file.write(Path(key).read_bytes())
         # Dovecot's auth process reads the CA after dropping privileges.
         shutil.copyfile(ca, self.root / "tls" / "ca.pem")
         (self.root / "tls" / "ca.pem").chmod(0o644)
