@@ -81,7 +81,7 @@ POSTFIX_RTT_MS = 10.0
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts (about 2 min): for development only")
+    parser.add_argument("--quick", action="store_true", help="small counts (about 3 min): for development only")
     parser.add_argument("--counts", default=None, help="0 ms message counts, default 1000,10000 (quick: 1000)")
     parser.add_argument("--latency-count", type=int, default=None, help="hve messages at 20 ms (default 2000)")
     parser.add_argument("--sample-slow", type=int, default=None, help="messages for slow senders (default 150)")
