@@ -1,341 +1,236 @@
-"""Bulk sending benchmark: this provider against the alternatives, in one run, against the local sandbox.
+"""Bulk sending benchmark: this provider against a bare smtplib loop (and apache-airflow-providers-smtp), in one
+run, with a PASS/FAIL row per target of issue 13.
 
-Run with ``make bench`` (or ``.venv/bin/python benchmarks/bench_bulk.py --help``). The sandbox runs in a
-child process (its own GIL) and emulates network latency per round trip (``--latencies``, ms). For each
-latency, side by side:
+Run with ``make bench`` (``make bench BENCH_ARGS="--quick"`` for a short run; ``python benchmarks/bench_bulk.py
+--help`` for the options). Every target is a ratio of two rates measured side by side in the same run, on the
+same machine, so the machine's speed (and the load of other jobs on it) cancels out as far as it can.
 
-* ``hve 1 session`` / ``hve N sessions``: :class:`~airflow_provider_hve.bulk.MailMerge`, personalised
-  subject, HTML and text per recipient, one token, pipelined sessions;
-* ``smtp provider``: what users have today, apache-airflow-providers-smtp's ``SmtpHook(auth_type="oauth2")``
-  used once per message the way ``EmailOperator`` does. Its MSAL authority is hard-coded to
-  login.microsoftonline.com: the benchmark wraps ``msal.ConfidentialClientApplication`` to point it at the
-  sandbox (nothing else of the provider is changed);
-* ``bare smtplib``: the floor, one pre-authenticated connection and messages built before timing.
+Senders:
 
-Slow alternatives are measured on a sample (``--sample``) and reported as rates; the table says how many
-messages each row measured. Reported: messages/second, SMTP round trips per message (counted by the
-server), token requests, SMTP connections, and the ratios the project targets. Then peak Python memory of a
-merge of 1,000 and 10,000 rows (tracemalloc, untimed), and the import cost of the operator modules in fresh
-interpreters (DAG parse cost).
+* ``hve``: :class:`~airflow_provider_hve.bulk.MailMerge`, personalised subject, HTML and text per recipient,
+  one token, the connection's BDAT window (``bdat_window``; default 16 unless a row says ``W=1``);
+* ``bare smtplib``: the floor, ``smtplib.sendmail`` per message on one connection opened, secured and
+  authenticated before timing, messages built before timing;
+* ``smtp provider``: apache-airflow-providers-smtp's ``SmtpHook(auth_type="oauth2")`` used once per message the
+  way ``EmailOperator`` does (a sample; its MSAL authority is pointed at the sandbox, nothing else changed).
+
+Servers: the sandbox (``airflow_provider_hve.sandbox``, in a child process with its own GIL; it advertises
+Exchange Online's EHLO, PIPELINING and CHUNKING included, and counts SMTP round trips: replies the client had
+to wait for), and, for one target, a private Postfix + Dovecot (``scripts/mta/instance.py``; needs root and
+``scripts/mta/install.sh``, else that row says SKIP).
+
+How latency is emulated (both ways for the 20 ms rows, each its own row):
+
+* ``sandbox switch``: the sandbox's ``latency_ms``: every reply the client waits for reaches the wire that long
+  after the command that asked for it (a reply pipelined behind others costs no extra wait). It is the
+  server's own model of a round trip;
+* ``delay proxy``: ``benchmarks/delay_proxy.py``, an independent asyncio TCP proxy in a child process that
+  holds every chunk of bytes for RTT/2 in each direction, in order, and knows nothing of SMTP. The client
+  connects to it at 127.0.0.1 (a name the sandbox's certificate holds; STARTTLS passes through as bytes), the
+  sandbox itself runs at 0 ms. Postfix is only ever reached through this proxy.
+
+Targets (issue 13):
+
+1. 20 ms, one session: hve >= 10x the bare loop; <= 0.15 SMTP round trips per message; hve at 20 ms >= half
+   of hve at 0 ms (same message count);
+2. 0 ms: hve (one session) >= 1.0x the bare loop over 1,000 and over 10,000 messages (each measured in full);
+3. 20 ms: hve with 4 sessions >= 3.5x hve with one session, both with ``bdat_window=1`` (how sessions scale);
+   also printed, the looser reading: 4 sessions with the default window against one session with W=1;
+4. Postfix through the delay proxy at 10 ms: hve >= 10x the bare loop (both against Postfix, both proxied);
+5. memory: the growth of peak RSS during a 100,000-row merge <= 1.5x that during a 10,000-row merge, each in
+   a fresh interpreter sending to the sandbox at 0 ms in one session (``scenarios.memory_child``: the peak mark
+   is reset after imports, hook and the rows list are made, so the rows, which the caller holds as a sequence,
+   are not counted; allocator slack is).
+
+The slow senders (the bare loop and the SMTP provider at 20 ms, the bare loop against Postfix) are measured on
+a sample (``--sample-slow``) and compared as rates; every row says how many messages it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import logging
 import os
 import platform
-import smtplib
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import tracemalloc
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-SUBJECT = "Your statement, {{ recipient.name }}"
-HTML = "<p>Dear {{ recipient.name }},</p><p>your balance is <b>{{ recipient.balance }}</b>.</p>"
-TEXT = "Dear {{ recipient.name }},\nyour balance is {{ recipient.balance }}."
+HERE = Path(__file__).resolve().parent
+# This checkout's package first (also for the child processes: the sandbox, the import-cost interpreters).
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+
+from report import Target, print_report, write_json  # noqa: E402
+from scenarios import (  # noqa: E402
+    Endpoint,
+    Row,
+    configure_smtp_provider,
+    measure,
+    peak_memory,
+    run_bare_smtplib,
+    run_hve,
+    run_smtp_provider,
+)
+
+RTT_MS = 20.0
+POSTFIX_RTT_MS = 10.0
 
 
-@dataclass
-class Row:
-    scenario: str
-    latency_ms: float
-    messages: int
-    seconds: float
-    round_trips_per_message: float
-    token_requests: int
-    smtp_connections: int
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds else 0.0
-
-
-def recipients(count: int) -> list[dict[str, Any]]:
-    return [{"email": f"user{n:05d}@contoso.example", "name": f"User {n}", "balance": n * 3} for n in range(count)]
-
-
-def measure(sandbox: Any, scenario: str, latency: float, count: int, prepare: Callable[[], Callable[[], None]]) -> Row:
-    """Reset the counters, prepare (untimed: e.g. the floor's connection and pre-built messages), time the run.
-
-    Round trips are those of the timed run only; token requests and connections include the preparation.
-    """
-    sandbox.reset()
-    run = prepare()
-    before = sandbox.stats()
-    started = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - started
-    delivered = sandbox.wait_for_messages(count, timeout=60)
-    stats = sandbox.stats()
-    if delivered < count:
-        raise SystemExit(f"{scenario}: only {delivered} of {count} messages arrived")
-    return Row(
-        scenario=scenario,
-        latency_ms=latency,
-        messages=count,
-        seconds=seconds,
-        round_trips_per_message=(stats.smtp_round_trips - before.smtp_round_trips) / count,
-        token_requests=stats.token_posts,
-        smtp_connections=stats.smtp_sessions,
-    )
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts (about 3 min): for development only")
+    parser.add_argument("--counts", default=None, help="0 ms message counts, default 1000,10000 (quick: 1000)")
+    parser.add_argument("--latency-count", type=int, default=None, help="hve messages at 20 ms (default 2000)")
+    parser.add_argument("--sample-slow", type=int, default=None, help="messages for slow senders (default 150)")
+    parser.add_argument("--memory-counts", default=None, help="rows of the memory target (default 10000,100000)")
+    parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix target")
+    parser.add_argument("--no-smtp-provider", action="store_true", help="skip apache-airflow-providers-smtp")
+    parser.add_argument("--no-import", action="store_true", help="skip the import-cost comparison")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    quick = args.quick
+    args.counts = [int(c) for c in (args.counts or ("1000" if quick else "1000,10000")).split(",")]
+    args.latency_count = args.latency_count or (500 if quick else 2000)
+    args.sample_slow = args.sample_slow or (40 if quick else 150)
+    args.memory_counts = [
+        int(c) for c in (args.memory_counts or ("1000,10000" if quick else "10000,100000")).split(",")
+    ]
+    if len(args.memory_counts) != 2:
+        parser.error("--memory-counts takes two counts: SMALL,LARGE")
+    return args
 
 
-def run_hve(count: int, sessions: int) -> Callable[[], None]:
-    from airflow_provider_hve.auth import clear_token_providers
-    from airflow_provider_hve.bulk import MailMerge
-    from airflow_provider_hve.hooks.hve import HveHook
-
-    rows = recipients(count)
-
-    def run() -> None:
-        clear_token_providers()
-        merge = MailMerge(
-            HveHook(), subject=SUBJECT, html_content=HTML, text_content=TEXT, sessions=sessions, progress_interval=1e9
-        )
-        report = merge.run(rows)
-        assert report.accepted == count, report.as_dict()
-
-    return run
+def sandbox_endpoint(sandbox: Any, latency: str, rtt_ms: float, port: int | None = None) -> Endpoint:
+    host = "localhost" if port is None else "127.0.0.1"
+    return Endpoint("sandbox", latency, rtt_ms, host, port or sandbox.smtp_port, sandbox.ca_bundle, sandbox.account)
 
 
-def run_smtp_provider(sandbox: Any, count: int) -> Callable[[], None]:
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-    rows = recipients(count)
-
-    def run() -> None:
-        with msal_pointed_at(sandbox):
-            send_all()
-
-    def send_all() -> None:
-        for row in rows:
-            # What EmailOperator does for every message: a new hook, a new MSAL app, a new connection.
-            with SmtpHook(smtp_conn_id="bench_smtp", auth_type="oauth2") as hook:
-                hook.send_email_smtp(
-                    to=row["email"],
-                    subject=f"Your statement, {row['name']}",
-                    html_content=f"<p>Dear {row['name']},</p><p>your balance is <b>{row['balance']}</b>.</p>",
-                )
-
-    return run
-
-
-def run_bare_smtplib(sandbox: Any, count: int) -> Callable[[], None]:
-    from email.message import EmailMessage
-
-    from airflow_provider_hve.hooks.hve import HveHook
-    from airflow_provider_hve.smtp import tls_context, xoauth2_string
-
-    payloads = []
-    for row in recipients(count):  # built before timing: the floor does no work per message
-        message = EmailMessage()
-        message["From"] = sandbox.account
-        message["To"] = row["email"]
-        message["Subject"] = f"Your statement, {row['name']}"
-        message.set_content(f"Dear {row['name']},\nyour balance is {row['balance']}.")
-        payloads.append((row["email"], message.as_bytes()))
-    token = HveHook().get_access_token()
-    client = smtplib.SMTP("localhost", sandbox.smtp_port, timeout=30)
-    client.ehlo()
-    client.starttls(context=tls_context(sandbox.ca_bundle))
-    client.ehlo()
-    client.auth("XOAUTH2", lambda _=None: xoauth2_string(sandbox.account, token), initial_response_ok=False)
-
-    def run() -> None:
-        for address, payload in payloads:
-            client.sendmail(sandbox.account, [address], payload)
-        client.quit()
-
-    return run
-
-
-@contextlib.contextmanager
-def msal_pointed_at(sandbox: Any) -> Iterator[None]:
-    """Make apache-airflow-providers-smtp's hard-coded MSAL authority use the sandbox (benchmark only)."""
-    import msal
-    import requests
-
-    original = msal.ConfidentialClientApplication
-    session_ca = sandbox.ca_bundle
-
-    class SandboxAuthority(original):  # type: ignore[misc, valid-type]
-        def __init__(self, client_id: str, client_credential: Any = None, authority: Any = None, **kwargs: Any):
-            http = requests.Session()
-            http.verify = session_ca
-            http.trust_env = False
-            super().__init__(
-                client_id,
-                client_credential=client_credential,
-                authority=sandbox.authority,
-                instance_discovery=False,
-                http_client=http,
-                **kwargs,
-            )
-
-    msal.ConfidentialClientApplication = SandboxAuthority  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        msal.ConfidentialClientApplication = original  # type: ignore[misc]
-
-
-def configure(sandbox: Any) -> None:
-    os.environ["AIRFLOW_CONN_HVE_DEFAULT"] = sandbox.connection_json()
-    conn = sandbox.connection()
-    os.environ["AIRFLOW_CONN_BENCH_SMTP"] = json.dumps(
-        {
-            "conn_type": "smtp",
-            "host": "localhost",
-            "port": sandbox.smtp_port,
-            "login": sandbox.account,
-            "extra": {
-                "client_id": conn["extra"]["client_id"],
-                "client_secret": conn["password"],
-                "tenant_id": conn["extra"]["tenant_id"],
-                "scope": "https://outlook.office365.com/.default",
-                "from_email": sandbox.account,
-                "disable_ssl": True,
-                "retry_limit": 0,
-            },
-        }
-    )
-    # The SMTP provider's STARTTLS context uses the default trust store: add the sandbox CA there.
-    os.environ["SSL_CERT_FILE"] = sandbox.ca_bundle
-
-
-def peak_memory(count: int) -> int:
-    from airflow_provider_hve.auth import clear_token_providers
-    from airflow_provider_hve.bulk import MailMerge
-    from airflow_provider_hve.hooks.hve import HveHook
-
-    rows = recipients(count)
-    clear_token_providers()
-    merge = MailMerge(
-        HveHook(), subject=SUBJECT, html_content=HTML, text_content=TEXT, sessions=1, progress_interval=1e9
-    )
-    tracemalloc.start()
-    merge.run(rows)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak
-
-
-def import_seconds(modules: list[str], runs: int) -> dict[str, tuple[float, float]]:
-    """Median (total, own) import seconds per module in fresh interpreters, runs interleaved.
-
-    ``total`` includes Airflow's Task SDK, which any DAG file imports anyway; ``own`` is what the module adds
-    once ``airflow.sdk`` is imported.
-    """
-    code = (
-        "import time; t0 = time.perf_counter(); import airflow.sdk; t1 = time.perf_counter(); import {m}; "
-        "t2 = time.perf_counter(); print(t2 - t0, t2 - t1)"
-    )
-    samples: dict[str, list[tuple[float, float]]] = {m: [] for m in modules}
-    for _ in range(runs):
-        for module in modules:
-            out = subprocess.run(
-                [sys.executable, "-c", code.format(m=module)], capture_output=True, text=True, check=True
-            )
-            total, own = out.stdout.strip().splitlines()[-1].split()
-            samples[module].append((float(total), float(own)))
-    return {m: (statistics.median(t for t, _ in s), statistics.median(o for _, o in s)) for m, s in samples.items()}
+def latency_rows(sandbox: Any, far: Endpoint, count: int, sample: int, provider: bool) -> list[Row]:
+    """The rows at 20 ms: bare loop, hve (default window), hve W=1 with 1 and with 4 sessions, hve with 4
+    sessions (default window), the SMTP provider."""
+    half = count // 2
+    rows = [
+        measure(sandbox, far, "bare smtplib", sample, lambda: run_bare_smtplib(sandbox, far, sample)),
+        measure(sandbox, far, "hve 1 session", count, lambda: run_hve(sandbox, far, count, 1, None)),
+        measure(sandbox, far, "hve 1 session W=1", half, lambda: run_hve(sandbox, far, half, 1, 1)),
+        measure(sandbox, far, "hve 4 sessions W=1", half, lambda: run_hve(sandbox, far, half, 4, 1)),
+        measure(sandbox, far, "hve 4 sessions", half, lambda: run_hve(sandbox, far, half, 4, None)),
+    ]
+    if provider:
+        rows.append(measure(sandbox, far, "smtp provider", sample, lambda: run_smtp_provider(sandbox, sample)))
+    return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default="1000,10000", help="messages per run of this provider")
-    parser.add_argument("--latencies", default="0,20", help="emulated latency per round trip, ms")
-    parser.add_argument("--sessions", type=int, default=4, help="sessions for the parallel run")
-    parser.add_argument("--sample", type=int, default=300, help="messages measured for the slow alternatives")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args()
-    counts = [int(c) for c in args.counts.split(",")]
-    latencies = [float(x) for x in args.latencies.split(",")]
+    args = parse_args()
+    if args.memory_child:
+        from scenarios import memory_child
 
+        logging.getLogger("airflow_provider_hve").setLevel(logging.ERROR)
+        memory_child(args.memory_child)
+        return 0
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hve-bench-airflow-"))
+    # The sandbox's "not a Microsoft host" warnings and the merges' progress lines would drown the rows.
+    logging.getLogger("airflow_provider_hve").setLevel(logging.ERROR)
+    from delay_proxy import DelayProxy
+
     from airflow_provider_hve.sandbox.process import SandboxProcess
 
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+        f"Python {platform.python_version()}",
+        flush=True,
+    )
     rows: list[Row] = []
-    results: dict[str, Any] = {"rows": [], "ratios": [], "memory": {}, "import": {}}
+    targets: list[Target] = []
+    memory: list[dict[str, float]] = []
     mailbox = tempfile.mkdtemp(prefix="hve-bench-mailbox-")
-    for latency in latencies:
-        with SandboxProcess(latency_ms=latency, mailbox_dir=mailbox) as sandbox:
-            configure(sandbox)
-            sample = min(args.sample, min(counts))
-            base = {
-                "smtp": measure(
-                    sandbox, "smtp provider", latency, sample, lambda n=sample: run_smtp_provider(sandbox, n)
-                ),
-                "bare": measure(
-                    sandbox, "bare smtplib", latency, sample, lambda n=sample: run_bare_smtplib(sandbox, n)
-                ),
-            }
-            rows += base.values()
-            for count in counts:
-                one = measure(sandbox, "hve 1 session", latency, count, lambda c=count: run_hve(c, 1))
-                many = measure(
-                    sandbox, f"hve {args.sessions} sessions", latency, count, lambda c=count: run_hve(c, args.sessions)
-                )
-                rows += [one, many]
-                results["ratios"].append(
-                    {
-                        "latency_ms": latency,
-                        "messages": count,
-                        "hve1_vs_smtp_provider": one.rate / base["smtp"].rate,
-                        "hve1_vs_bare": one.rate / base["bare"].rate,
-                        f"hve{args.sessions}_vs_hve1": many.rate / one.rate,
-                    }
-                )
-            if latency == latencies[0]:
-                results["memory"] = {str(c): peak_memory(c) for c in counts}
+    with SandboxProcess(latency_ms=0, mailbox_dir=mailbox) as sandbox:
+        configure_smtp_provider(sandbox)
+        local = sandbox_endpoint(sandbox, "none", 0)
 
-    print()
-    print("| scenario | latency ms | messages | msg/s | round trips/msg | token requests | SMTP connections |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(
-            f"| {row.scenario} | {row.latency_ms:g} | {row.messages} | {row.rate:,.0f} | "
-            f"{row.round_trips_per_message:.2f} | {row.token_requests} | {row.smtp_connections} |"
+        # -- 0 ms: hve against the bare loop, each over the full count ----------------------------------------
+        print("0 ms", flush=True)
+        zero_rate: dict[int, float] = {}
+        for count in sorted(set(args.counts) | {args.latency_count}):
+            bare = measure(sandbox, local, "bare smtplib", count, lambda c=count: run_bare_smtplib(sandbox, local, c))
+            one = measure(sandbox, local, "hve 1 session", count, lambda c=count: run_hve(sandbox, local, c, 1, None))
+            rows += [bare, one]
+            zero_rate[count] = one.rate
+            if count in args.counts:
+                targets.append(Target(f"0 ms, {count:,} msgs: hve 1 session / bare smtplib", one.rate / bare.rate, 1.0))
+        if not args.no_smtp_provider:
+            sample = args.sample_slow * 2
+            rows.append(measure(sandbox, local, "smtp provider", sample, lambda: run_smtp_provider(sandbox, sample)))
+
+        # -- 20 ms, both ways of adding latency -----------------------------------------------------------------
+        count = args.latency_count
+        for latency in ("sandbox switch", "delay proxy"):
+            print(f"{RTT_MS:g} ms, {latency}", flush=True)
+            with contextlib.ExitStack() as stack:
+                if latency == "sandbox switch":
+                    sandbox.set_latency(RTT_MS)
+                    far = sandbox_endpoint(sandbox, latency, RTT_MS)
+                else:
+                    sandbox.set_latency(0)
+                    proxy = stack.enter_context(DelayProxy("127.0.0.1", sandbox.smtp_port, RTT_MS))
+                    far = sandbox_endpoint(sandbox, latency, RTT_MS, proxy.port)
+                provider = latency == "sandbox switch" and not args.no_smtp_provider
+                bare, one, w1, four, four_w, *others = latency_rows(sandbox, far, count, args.sample_slow, provider)
+                rows += [bare, one, w1, four, four_w, *others]
+            where = f"{RTT_MS:g} ms ({latency})"
+            targets += [
+                Target(f"{where}: hve 1 session / bare smtplib", one.rate / bare.rate, 10.0),
+                Target(
+                    f"{where}: hve 1 session, round trips per message", one.round_trips_per_message or 0.0, 0.15, "<="
+                ),
+                Target(f"{where}: hve 1 session / hve 1 session at 0 ms", one.rate / zero_rate[count], 0.5),
+                Target(f"{where}: hve 4 sessions W=1 / hve 1 session W=1", four.rate / w1.rate, 3.5),
+                # The issue's words also read as 4 sessions with the default window against one with W=1.
+                Target(f"{where}: hve 4 sessions (default W) / hve 1 session W=1", four_w.rate / w1.rate, 3.5),
+            ]
+        sandbox.set_latency(0)
+
+        # -- Postfix through the delay proxy at 10 ms ----------------------------------------------------------
+        print(f"Postfix, {POSTFIX_RTT_MS:g} ms, delay proxy", flush=True)
+        from postfix import postfix_rows
+
+        postfix, why_not = postfix_rows(
+            sandbox, args.latency_count // 2, args.sample_slow, POSTFIX_RTT_MS, args.no_postfix
         )
-    print()
-    print(
-        "| latency ms | messages | hve 1 session / smtp provider | hve 1 session / bare smtplib | "
-        f"hve {args.sessions} sessions / hve 1 session |"
-    )
-    print("|---:|---:|---:|---:|---:|")
-    for ratio in results["ratios"]:
-        values = list(ratio.values())
-        print(f"| {values[0]:g} | {values[1]} | {values[2]:.1f}x | {values[3]:.2f}x | {values[4]:.2f}x |")
-    print()
-    for count, peak in results["memory"].items():
-        print(f"peak traced memory of a {int(count):,}-row merge (1 session): {peak / 1024:,.0f} KiB")
-    ours_mod, theirs_mod = "airflow_provider_hve.operators.hve", "airflow.providers.smtp.operators.smtp"
-    imports = import_seconds([ours_mod, theirs_mod], 7)
-    (ours_total, ours_own), (theirs_total, theirs_own) = imports[ours_mod], imports[theirs_mod]
-    results["import"] = {
-        "ours_total_s": ours_total,
-        "ours_own_s": ours_own,
-        "smtp_provider_total_s": theirs_total,
-        "smtp_provider_own_s": theirs_own,
-        "own_ratio": ours_own / theirs_own,
-    }
-    print(
-        f"import in a fresh interpreter (median of 7, interleaved): our operator module {ours_own * 1000:.0f} ms "
-        f"on top of airflow.sdk ({ours_total * 1000:.0f} ms in all), the SMTP provider's {theirs_own * 1000:.0f} ms "
-        f"({theirs_total * 1000:.0f} ms in all): ratio {ours_own / theirs_own:.2f}"
-    )
-    results["rows"] = [{**asdict(r), "rate": r.rate} for r in rows]
+        rows += postfix
+        name = f"Postfix, {POSTFIX_RTT_MS:g} ms (delay proxy): hve 1 session / bare smtplib"
+        if postfix:
+            bare, one = postfix
+            targets.append(Target(name, one.rate / bare.rate, 10.0))
+        else:
+            targets.append(Target(name, None, 10.0, skipped=why_not))
+
+        # -- memory ---------------------------------------------------------------------------------------------
+        print("memory", flush=True)
+        small, large = args.memory_counts
+        memory = [peak_memory(sandbox, local, small), peak_memory(sandbox, local, large)]
+        targets.append(
+            Target(
+                f"peak RSS growth, {large:,}-row merge / {small:,}-row merge",
+                memory[1]["peak_growth_kib"] / memory[0]["peak_growth_kib"],
+                1.5,
+                "<=",
+            )
+        )
+
+    imports = None
+    if not args.no_import:
+        from report import import_costs
+
+        imports = import_costs()
+    print_report(rows, targets, memory, imports, args)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+        write_json(args.json, rows, targets, memory, imports, args)
     return 0
 
 

@@ -1,0 +1,64 @@
+"""benchmarks/delay_proxy.py, the benchmark's independent latency: bytes pass both ways, in order, late by RTT/2.
+
+A real smtplib client talks to the sandbox through the proxy (STARTTLS and XOAUTH2 included) and the sandbox's
+record says what arrived. The only timing asserted is a lower bound the proxy guarantees by construction (it
+sleeps before it forwards), never an upper one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import smtplib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.sandbox import HveSandbox
+from airflow_provider_hve.smtp import tls_context, xoauth2_string
+
+
+def _load() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "delay_proxy.py"
+    spec = importlib.util.spec_from_file_location("hve_bench_delay_proxy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+DelayProxy = _load().DelayProxy
+
+
+def test_smtp_session_through_the_proxy_is_delivered_and_delayed(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    token = HveHook(hve_conn_id=hve_connection()).get_access_token()
+    rtt_ms = 60
+    with DelayProxy("127.0.0.1", sandbox.smtp_port, rtt_ms) as proxy:
+        # 127.0.0.1 is in the sandbox certificate: STARTTLS through the proxy checks the name the client dialled.
+        client = smtplib.SMTP(proxy.host, proxy.port, timeout=30, local_hostname="bench.example")
+        try:
+            client.ehlo()
+            client.starttls(context=tls_context(sandbox.ca_bundle))
+            client.ehlo()
+            client.auth("XOAUTH2", lambda _=None: xoauth2_string(sandbox.account, token), initial_response_ok=False)
+            started = time.monotonic()
+            assert client.noop()[0] == 250
+            noop_seconds = time.monotonic() - started
+            for n in range(3):  # several messages in one session: order and content intact
+                client.sendmail(sandbox.account, [f"user{n}@contoso.example"], _message(sandbox.account, n))
+        finally:
+            client.quit()
+    received = sandbox.messages.wait_for(3, timeout=10)
+    assert [m.rcpt_tos for m in received[-3:]] == [[f"user{n}@contoso.example"] for n in range(3)]
+    assert [m.message["Subject"] for m in received[-3:]] == ["proxied 0", "proxied 1", "proxied 2"]
+    assert noop_seconds >= rtt_ms / 1000, f"a NOOP through a {rtt_ms} ms proxy took {noop_seconds * 1000:.0f} ms"
+
+
+def _message(sender: str, n: int) -> bytes:
+    body = "line of text\r\n" * 2000  # larger than one read: arrives in several chunks
+    return f"From: {sender}\r\nTo: user{n}@contoso.example\r\nSubject: proxied {n}\r\n\r\n{body}".encode()
