@@ -31,7 +31,6 @@ from airflow_provider_hve.diagnostics import smtp_reply_hint
 from airflow_provider_hve.exceptions import HveSendError
 from airflow_provider_hve.pipeline import (
     _ACCEPTED_RCPT,
-    _BARE_LINE_ENDS,
     STOPPED_BEFORE_THIS_BATCH,
     Delivery,
     Pipeline,
@@ -84,9 +83,7 @@ class BdatPipeline(Pipeline):
         prepared = self._prepare(key, payload, recipients, message_id)
         if prepared is not None:
             delivery, batches, payload, parameters = prepared
-            content = _BARE_LINE_ENDS.sub(b"\r\n", payload)
-            if not content.endswith(b"\r\n"):
-                content += b"\r\n"
+            content = payload  # CRLF line ends (Pipeline._prepare)
             for batch in batches:
                 commands = [f"MAIL FROM:<{self._sender}>{parameters}\r\n"]
                 commands += [f"RCPT TO:<{address}>\r\n" for address in batch]

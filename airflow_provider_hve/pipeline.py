@@ -202,10 +202,15 @@ class Pipeline:
         decide whether to hand over more (a mail merge that may stop on a quota reply) calls this first, applies
         what it returns, and then calls :meth:`submit` or :meth:`drain`: the round trips are the same.
 
-        :param transactions: how many transactions the next message adds (one per 50 recipients); the BDAT
-            pipeline needs it to know whether the next message fills its window.
+        :param transactions: how many transactions the next message adds (one per 50 recipients). For a message
+            over 50 recipients, the content of the message before and its final reply are dealt with here (one
+            round trip more), since its first batch would otherwise read that reply in :meth:`submit` and write
+            on regardless.
         """
         self._collect()
+        if transactions > 1:
+            self._send_next()
+            self._read_outstanding()
         return self._take_completed()
 
     def _collect(self) -> None:

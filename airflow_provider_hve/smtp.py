@@ -238,17 +238,10 @@ class HveSmtpSession:
         """
         envelope = envelope_recipients(message, recipients)
         sender = envelope_from or self.config.account
-        # Checked before a byte is written; an internationalised address first as such, then (once the session
-        # is open and its EHLO known) against whether the server offers SMTPUTF8.
+        # Checked before a byte is written. An internationalised address is checked here as such; whether the
+        # server offers SMTPUTF8 is known only after its EHLO, and the pipeline of each session checks that.
         for address, argument in ((sender, "envelope_from"), *((a, "recipients") for a in envelope)):
             check_envelope_address(address, argument, smtputf8=True)
-        if not (sender.isascii() and all(address.isascii() for address in envelope)):
-            if self._smtp is None:
-                self.open()
-            smtputf8 = self._smtp is not None and self._smtp.has_extn("smtputf8")
-            check_envelope_address(sender, "envelope_from", smtputf8=smtputf8)
-            for address in envelope:
-                check_envelope_address(address, "recipients", smtputf8=smtputf8)
         if "Bcc" in message or "Resent-Bcc" in message:
             # Envelope only: the copy sent has no Bcc (a serialised payload would still carry it).
             message = copy.copy(message)

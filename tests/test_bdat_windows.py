@@ -283,18 +283,20 @@ def test_a_partly_delivered_message_is_reported_when_the_sender_is_refused(
     assert sorted(delivery.refused) == many[50:] and {code for code, _ in delivery.refused.values()} == {451}
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
 def test_submit_writes_nothing_after_a_stop_reply_even_for_a_split_message(
-    sandbox: HveSandbox, hve_connection: ConnFactory
+    sandbox: HveSandbox, hve_connection: ConnFactory, chunking: bool
 ) -> None:
     # As a mail merge does: collect(transactions) before each submit(); a quota reply (554 5.2.0) stops. submit()
     # must never be the call that reads it, or it would already have written the next window (a message over 50
     # recipients adds several transactions at once).
+    sandbox.smtp.chunking = chunking
     sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000, after_messages=5)
     hook = HveHook(hve_conn_id=hve_connection(bdat_window=4))
     one = hook.build_message(to="a@contoso.example", subject="x", text_content="y")
     with hook.smtp_session() as session:
         pipeline = session.pipeline()
-        assert isinstance(pipeline, BdatPipeline)
+        assert isinstance(pipeline, BdatPipeline) is chunking
         stopped = False
         for n in range(40):
             recipients = addresses(120) if n % 3 == 2 else one.recipients
