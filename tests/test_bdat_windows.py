@@ -291,7 +291,9 @@ def test_submit_writes_nothing_after_a_stop_reply_even_for_a_split_message(
     # must never be the call that reads it, or it would already have written the next window (a message over 50
     # recipients adds several transactions at once).
     sandbox.smtp.chunking = chunking
-    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000, after_messages=5)
+    # Messages 0, 1 and 2 (120 recipients: 3 transactions) and 3 are accepted; with DATA the quota answers
+    # message 4, right before the split message 5; with BDAT it answers message 3 in the window of 4.
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="content", count=1000, after_messages=5 + (not chunking))
     hook = HveHook(hve_conn_id=hve_connection(bdat_window=4))
     one = hook.build_message(to="a@contoso.example", subject="x", text_content="y")
     with hook.smtp_session() as session:
