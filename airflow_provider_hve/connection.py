@@ -249,7 +249,13 @@ class HveConnectionConfig:
             from_email=reader.from_email(),
             timeout=reader.positive_number("timeout", DEFAULT_TIMEOUT),
             send_retries=reader.count("send_retries", DEFAULT_SEND_RETRIES, MAX_SEND_RETRIES),
-            bdat_window=reader.window("bdat_window", DEFAULT_BDAT_WINDOW, MAX_BDAT_WINDOW),
+            bdat_window=reader.count(
+                "bdat_window",
+                DEFAULT_BDAT_WINDOW,
+                MAX_BDAT_WINDOW,
+                minimum=1,
+                example=f"{DEFAULT_BDAT_WINDOW} (1: one at a time)",
+            ),
         )
 
 
@@ -386,24 +392,16 @@ class _Reader:
             raise self._error(name, f"is {number:g}; use at least 1 second.")
         return number
 
-    def count(self, name: str, default: int, maximum: int) -> int:
+    def count(self, name: str, default: int, maximum: int, *, minimum: int = 0, example: str = "3") -> int:
+        """Read a whole number from ``minimum`` to ``maximum`` (ASCII digits only; ``example`` for the error)."""
         value = self.extra.get(name)
         if value is None:
             return default
         text = str(value).strip()
-        if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or len(text) > 9 or int(text) > maximum:
-            raise self._error(name, f"is not a whole number from 0 to {maximum} {hidden(value)}; use e.g. 3.")
-        return int(text)
-
-    def window(self, name: str, default: int, maximum: int) -> int:
-        value = self.extra.get(name)
-        if value is None:
-            return default
-        text = str(value).strip()
-        if isinstance(value, bool) or not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= maximum:
+        valid = not isinstance(value, bool) and text.isascii() and text.isdecimal() and len(text) <= 9
+        if not valid or not minimum <= int(text) <= maximum:
             raise self._error(
-                name,
-                f"is not a whole number from 1 to {maximum} {hidden(value)}; use e.g. {default} (1: one at a time).",
+                name, f"is not a whole number from {minimum} to {maximum} {hidden(value)}; use e.g. {example}."
             )
         return int(text)
 

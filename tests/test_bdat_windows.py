@@ -190,7 +190,9 @@ def test_a_quota_stops_the_run_within_one_window(sandbox: HveSandbox, hve_connec
 
 
 @pytest.mark.parametrize(
-    "value", [0, -1, "many", True, 257, "1.5"], ids=["zero", "negative", "word", "bool", "big", "float"]
+    "value",
+    [0, -1, "many", True, 257, "1.5", "9" * 5000],
+    ids=["zero", "negative", "word", "bool", "big", "float", "5000-digits"],
 )
 def test_bdat_window_extra_is_validated(hve_connection: ConnFactory, value: object) -> None:
     hook = HveHook(hve_conn_id=hve_connection(conn_id="hve_window", bdat_window=value))
