@@ -27,11 +27,8 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
 from airflow_provider_hve.connection import DEFAULT_BDAT_WINDOW, MAX_BDAT_WINDOW
-from airflow_provider_hve.diagnostics import smtp_reply_hint
-from airflow_provider_hve.exceptions import HveSendError
 from airflow_provider_hve.pipeline import (
     _ACCEPTED_RCPT,
-    STOPPED_BEFORE_THIS_BATCH,
     Delivery,
     Pipeline,
     _Transaction,
@@ -116,19 +113,13 @@ class BdatPipeline(Pipeline):
         self._read_window()
         return self._take_completed()
 
-    def drain(self) -> list[Delivery]:
-        """
-        Read the replies to the window already written, write nothing more, and close the connection; return the
-        deliveries completed. Messages gathered but not written were certainly not accepted; a message over 50
-        recipients whose earlier batches were accepted completes partly delivered (see :meth:`Pipeline.drain`).
-        """
+    def _drop_unwritten(self) -> None:
+        """Forget the transactions gathered and not written (:meth:`drain`): certainly not accepted."""
         self._gathered = []
-        try:
-            self._read_window()
-        finally:
-            self.abort()
-        self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
-        return self._take_completed()
+
+    def _read_written(self) -> None:
+        """Read every reply to the window already written (:meth:`drain`)."""
+        self._read_window()
 
     # -- windows -------------------------------------------------------------------------------------------
 
@@ -146,7 +137,7 @@ class BdatPipeline(Pipeline):
 
     def _read_window(self) -> None:
         """Read every reply to the written window, in order; raise what refused the sender once all are read."""
-        refusal: HveSendError | str | None = None
+        refusal: tuple[int, str] | None = None
         # Each transaction leaves the list once settled. On a broken connection those still in it stay handed
         # over: unknown, never sent again (see _hung_up_at for a 421).
         had_written, self._deferred = bool(self._written), False
@@ -157,15 +148,11 @@ class BdatPipeline(Pipeline):
             self.current_window = 1
         elif had_written:
             self.current_window = min(self.window, 2 * self.current_window)
-        if isinstance(refusal, str):
-            # 530: the session lost its authentication; a new session fixes it.
-            raise self._broken(None, refusal)
         if refusal is not None:
-            # Nothing more is sent in this session: a message over 50 recipients whose earlier batches were
-            # accepted is partly delivered, not open. Every delivery read in this window goes with the error.
-            self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
-            refusal.completed = [*refusal.completed, *self._take_completed()]
-            raise refusal
+            code, reply = refusal
+            if code == 530:  # the session lost its authentication; a new session fixes it
+                raise self._broken(None, f"{code} {reply}")
+            raise self._sender_refused(code, reply)  # with every delivery read in this window
 
     def _hung_up_at(self, final_of: _Transaction | None) -> None:
         # A 421 answers one command and the server closes: the commands behind it were neither carried out nor
@@ -174,10 +161,10 @@ class BdatPipeline(Pipeline):
         for transaction in self._written:
             self._handed_over.pop(id(transaction), None)
 
-    def _read_transaction(self) -> HveSendError | str | None:
+    def _read_transaction(self) -> tuple[int, str] | None:
         """
         Read the first unsettled transaction's replies (MAIL, RCPTs, BDAT, RSET) and settle it; return what to
-        raise once the window is read: the sender's refusal, or a ``530`` reply (the connection is then broken).
+        raise once the window is read: the reply refusing the sender (a ``530``: the connection is then broken).
         """
         transaction = self._written[0]
         mail_code, mail_reply = self._read(final_of=transaction)
@@ -194,7 +181,7 @@ class BdatPipeline(Pipeline):
         mail: tuple[int, str],
         replies: list[tuple[int, str]],
         final: tuple[int, str],
-    ) -> HveSendError | str | None:
+    ) -> tuple[int, str] | None:
         """Record one transaction's outcome from its replies (see :meth:`_read_transaction`)."""
         (mail_code, mail_reply), (final_code, final_reply) = mail, final
         delivery = transaction.delivery
@@ -209,13 +196,7 @@ class BdatPipeline(Pipeline):
                 self._finish(transaction, mail_code, mail_reply)
                 return None
             # The message stays open, not handed over: the caller may send it again in a new session.
-            if mail_code == 530:
-                return f"{mail_code} {mail_reply}"
-            return HveSendError(
-                f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
-                f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",
-                smtp_code=mail_code,
-            )
+            return mail_code, mail_reply
         for address, (code, reply) in zip(transaction.recipients, replies, strict=True):
             if code in _ACCEPTED_RCPT:
                 transaction.accepted.append(address)

@@ -234,13 +234,34 @@ class Pipeline:
         recipients whose first batches were accepted completes partly delivered: the recipients of its batches
         not sent are refused with a temporary ``451 4.4.2`` (sent again by a later run, never lost).
         """
-        self._staged = self._next = None
+        self._drop_unwritten()
         try:
-            self._read_outstanding()
+            self._read_written()
         finally:
             self.abort()
         self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
         return self._take_completed()
+
+    def _drop_unwritten(self) -> None:
+        """Forget what is staged and not written (:meth:`drain`): certainly not accepted."""
+        self._staged = self._next = None
+
+    def _read_written(self) -> None:
+        """Read the final reply of everything written (:meth:`drain`)."""
+        self._read_outstanding()
+
+    def _sender_refused(self, code: int, reply: str) -> HveSendError:
+        """
+        The error for a refused sender: nothing more is sent in this session, so a message over 50 recipients an
+        earlier batch of which was accepted completes partly delivered; every delivery read goes with the error.
+        """
+        self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
+        return HveSendError(
+            f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {code} "
+            f"{reply}.{smtp_reply_hint(code, reply)} Nothing more is sent in this session.",
+            smtp_code=code,
+            completed=self._take_completed(),
+        )
 
     def _complete_partly_delivered(self, why: tuple[int, str], skip: Collection[int] = ()) -> int:
         """
@@ -364,14 +385,7 @@ class Pipeline:
             self._finish(transaction, mail_code, mail_reply)
             return _Next(b"RSET\r\n")
         if mail_code != 250:
-            # Nothing more is sent in this session: an earlier batch of this message may have been accepted.
-            self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
-            raise HveSendError(
-                f"HVE refused MAIL FROM:<{self._sender}> (connection {self._conn_id!r}): {mail_code} "
-                f"{mail_reply}.{smtp_reply_hint(mail_code, mail_reply)} Nothing more is sent in this session.",
-                smtp_code=mail_code,
-                completed=self._take_completed(),
-            )
+            raise self._sender_refused(mail_code, mail_reply)
         for address, (code, reply) in zip(transaction.recipients, replies[1:-1], strict=False):
             if code in _ACCEPTED_RCPT:
                 transaction.accepted.append(address)
@@ -448,19 +462,16 @@ class Pipeline:
         # What the recipients of a partly delivered message who did not get it are refused with: always a
         # temporary reply (the reply itself when it is one, e.g. 421), so that they are sent again.
         code_text, _, reply_text = (reply or "").partition(" ")
-        if code_text.startswith("4") and code_text.isdecimal():
-            why = (int(code_text), reply_text)
+        code = _reply_code(code_text)
+        if code is not None and 400 <= code < 500:
+            why = (code, reply_text)
         else:
             why = (451, f"4.4.2 Not sent: the connection to HVE broke first ({reply or type(exc).__name__})")
         # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
         partly = self._complete_partly_delivered(why, skip=unknown_ids)
         unsent = [message.delivery for key, message in self._open.items() if key not in unknown_ids]
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
-        cause = (
-            f"{reply}.{smtp_reply_hint(_reply_code(code_text), reply_text)}"
-            if reply
-            else f"{type(exc).__name__}: {exc}."
-        )
+        cause = f"{reply}.{smtp_reply_hint(code, reply_text)}" if reply else f"{type(exc).__name__}: {exc}."
         partial = f" {partly} partly delivered (some recipients accepted, the others not sent)." if partly else ""
         return HveConnectionError(
             f"The connection to HVE broke (connection {self._conn_id!r}): {cause} Messages whose outcome is "
@@ -526,7 +537,5 @@ def _reply_code(text: str) -> int | None:
 
 
 def _dot_stuffed(payload: bytes) -> bytes:
-    data = _BARE_LINE_ENDS.sub(b"\r\n", payload)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+    """Return the DATA content of ``payload`` (CRLF line ends, ending in CRLF: see ``Pipeline._prepare``)."""
+    return _LEADING_DOT.sub(b"..", payload) + b".\r\n"
