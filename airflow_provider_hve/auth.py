@@ -546,7 +546,14 @@ def _first_line(text: str) -> str:
 
 
 def mask(value: str) -> None:
-    """Register ``value`` with Airflow's secret masker so it never shows in task logs."""
+    """
+    Register ``value`` with Airflow's secret masker so it never shows in task logs.
+
+    ``mask_secret`` also tells Airflow's supervisor; in the triggerer that must happen on the event loop's thread
+    (see :mod:`airflow_provider_hve.event_loop`), which :func:`call_on_loop` sees to.
+    """
     from airflow.providers.common.compat.sdk import mask_secret
 
-    mask_secret(value)
+    from airflow_provider_hve.event_loop import call_on_loop
+
+    call_on_loop(mask_secret, value)

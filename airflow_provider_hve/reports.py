@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -77,16 +78,53 @@ def packaged_template(name: str) -> str:
     return resources.files("airflow_provider_hve").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
+# The elements of HTML (the living standard, the obsolete ones still found in mail) and of inline SVG and MathML.
+# Anything else between < and > in a body is text that was not escaped, not markup.
+_ELEMENT_NAMES = """
+    a abbr acronym address applet area article aside audio b base basefont bdi bdo big blink blockquote body br
+    button canvas caption center cite code col colgroup data datalist dd del details dfn dialog dir div dl dt em
+    embed fieldset figcaption figure font footer form frame frameset h1 h2 h3 h4 h5 h6 head header hgroup hr html i
+    iframe image img input ins kbd label legend li link listing main map mark marquee math menu meta meter nav nobr
+    noframes noscript object ol optgroup option output p param picture plaintext pre progress q rb rp rt rtc ruby s
+    samp script search section select slot small source spacer span strike strong style sub summary sup svg table
+    tbody td template textarea tfoot th thead time title tr track tt u ul var video wbr xmp
+    circle clippath defs desc ellipse filter foreignobject g line lineargradient marker mask path pattern polygon
+    polyline radialgradient rect stop symbol text textpath tspan use
+    mi mn mo mrow ms mspace mtext msub msup msubsup mfrac msqrt mroot mtable mtr mtd semantics annotation
+"""
+_ELEMENTS = frozenset(_ELEMENT_NAMES.split())
+_TAG_START = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)")
+
+
+def escape_unknown_tags(html: str) -> str:
+    """
+    Escape what only looks like a tag: ``<`` before a name that is no HTML, SVG or MathML element.
+
+    Airflow 3.1's own failure e-mail puts the exception text into its HTML unescaped: ``disk <full> & broken``
+    would lose ``<full>`` in every mail client and in the plain-text alternative. Custom elements (a ``-`` in
+    the name) and namespaced ones (Outlook's ``<o:p>``) stay markup.
+    """
+
+    def escape(match: re.Match[str]) -> str:
+        name = match[2].lower()
+        if name in _ELEMENTS or "-" in name or ":" in name:
+            return match[0]
+        return f"&lt;{match[1]}{match[2]}"
+
+    return _TAG_START.sub(escape, html)
+
+
 def html_to_text(html: str) -> str:
     """
     Derive the plain-text alternative of an HTML body (tables stay readable as aligned columns).
 
-    Uses ``inscriptis``, a maintained HTML-to-text renderer, rather than a regular expression.
+    Uses ``inscriptis``, a maintained HTML-to-text renderer, rather than a regular expression. What only looks
+    like a tag (:func:`escape_unknown_tags`) stays in the text.
     """
     from inscriptis import get_text
     from inscriptis.model.config import ParserConfig
 
-    text = get_text(html, ParserConfig(display_links=True))
+    text = get_text(escape_unknown_tags(html), ParserConfig(display_links=True))
     return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"
 
 

@@ -348,9 +348,13 @@ def test_airflow_failure_email_through_the_backend_with_only_email_backend_set(
     # Airflow passes from_email='airflow@airflow' when [email] from_email is unset: sent as the account.
     assert mail.message["From"] == sandbox.account
     if AIRFLOW_V_3_3_PLUS:  # Airflow 3.3's own failure mail escapes the exception; 2.11's and 3.1's do not
-        assert "column &lt;b&gt;amount&lt;/b&gt; rejected" in html(mail) and "<b>amount</b>" not in html(mail)
+        assert "column &lt;b&gt;amount&lt;/b&gt; rejected: disk &lt;full&gt; &amp; broken" in html(mail)
+        assert "<b>amount</b>" not in html(mail)
+        assert "column <b>amount</b> rejected: disk <full> & broken" in plain(mail)
     else:
-        assert "column <b>amount</b> rejected" in html(mail)
+        # Real markup stays markup; what only looks like a tag is shown, in the HTML and in the plain text.
+        assert "column <b>amount</b> rejected: disk &lt;full> & broken" in html(mail)
+        assert "column amount rejected: disk <full> & broken" in plain(mail)
 
 
 def test_example_backend_config_reads_as_airflow_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:

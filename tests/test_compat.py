@@ -176,6 +176,57 @@ def test_async_notify_sends_through_the_sync_path(sandbox: HveSandbox, hve_conne
     assert "scheduled__2026-03-01" in html and "2026-03-01T06:30:00+00:00" in html
 
 
+def test_async_notify_keeps_supervisor_calls_on_the_event_loop_thread(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    In the triggerer, Airflow 3.1's supervisor channel breaks when a worker thread uses it (the trigger runner
+    died: "Response read out of order"). The blocking send runs in a thread; every mask_secret (token, XOAUTH2
+    response) and the connection look-up must happen on the event loop's own thread.
+    """
+    import threading
+
+    import airflow.providers.common.compat.sdk as compat_sdk
+
+    from airflow_provider_hve.auth import token_provider
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    hve_connection()
+    token_provider(HveHook().config)._evict_access_tokens()  # a fresh token: masked once more, from the send
+    real_mask, real_lookup = compat_sdk.mask_secret, HveHook.get_connection
+    calls: list[tuple[str, int]] = []
+
+    def mask_secret(value: Any, name: str | None = None) -> None:
+        calls.append(("mask_secret", threading.get_ident()))
+        real_mask(value, name)
+
+    def get_connection(conn_id: str) -> Any:
+        calls.append(("get_connection", threading.get_ident()))
+        return real_lookup(conn_id)
+
+    monkeypatch.setattr(compat_sdk, "mask_secret", mask_secret)
+    monkeypatch.setattr(HveHook, "get_connection", staticmethod(get_connection))
+    context = _deadline_context("r-threads")
+    if not AIRFLOW_V_3_1_PLUS:
+        context["dag"] = None
+    notifier = HveNotifier(to="oncall@contoso.example")
+    notifier.render_template_fields(context)
+
+    async def trigger() -> int:
+        await notifier.async_notify(context)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(trigger())
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["oncall@contoso.example"]
+    assert sum(name == "mask_secret" for name, _ in calls) >= 2, calls  # the new token and the XOAUTH2 response
+    if AIRFLOW_V_3_1_PLUS:  # the SDK's async look-up on the loop; before 3.1 (no triggerer callbacks) a thread
+        assert ("get_connection", loop_thread) not in calls and all(thread == loop_thread for _, thread in calls), calls
+    else:
+        assert all(thread == loop_thread for name, thread in calls if name == "mask_secret"), calls
+
+
 @needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")
 def test_triggerer_style_await_renders_and_sends(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
     """The triggerer builds the notifier with the context as a keyword and awaits it (BaseNotifier.__await__)."""

@@ -6,13 +6,16 @@ import copy
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating
+
+if TYPE_CHECKING:
+    from airflow_provider_hve.hooks.hve import HveHook
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,10 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         """Send the rendered alert."""
         from airflow_provider_hve.hooks.hve import HveHook
 
-        result = HveHook(hve_conn_id=self.hve_conn_id).send_email(
+        self._send(HveHook(hve_conn_id=self.hve_conn_id))
+
+    def _send(self, hook: HveHook) -> None:
+        result = hook.send_email(
             to=self.to,
             subject=" ".join(str(self.subject).split()),
             html_content=self.html_content,
@@ -164,7 +170,10 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         Send the rendered alert from the triggerer: what a ``DeadlineAlert`` callback runs (Airflow 3.1+).
 
         The same sending path as :meth:`notify` (one SMTP client, its token cache and its error
-        translation), run in a worker thread so the triggerer's event loop is never blocked.
+        translation), run in a worker thread so the triggerer's event loop is never blocked. What talks to
+        Airflow's supervisor stays on the event loop's thread: the connection is looked up through the SDK's
+        async API first, and secrets are masked through the loop (Airflow 3.1's triggerer dies when a worker
+        thread uses its supervisor channel; see :mod:`airflow_provider_hve.event_loop`).
 
         Example::
 
@@ -177,9 +186,12 @@ class HveNotifier(EmailTemplating, BaseNotifier):
                 ),
             )
         """
-        import asyncio
+        from airflow_provider_hve.event_loop import run_in_thread
+        from airflow_provider_hve.hooks.hve import HveHook
 
-        await asyncio.to_thread(self.notify, context)
+        hook = HveHook(hve_conn_id=self.hve_conn_id)
+        await hook.aget_config()
+        await run_in_thread(self._send, hook)
 
 
 send_hve_notification = HveNotifier

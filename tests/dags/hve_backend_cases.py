@@ -11,6 +11,6 @@ with DAG("hve_case_email_backend", schedule=None, start_date=pendulum.datetime(2
 
     @task(email=["oncall@contoso.example"], email_on_failure=True, email_on_retry=False)
     def load() -> None:
-        raise ValueError("column <b>amount</b> rejected")
+        raise ValueError("column <b>amount</b> rejected: disk <full> & broken")
 
     load()
