@@ -190,12 +190,13 @@ class BdatPipeline(Pipeline):
         if mail_code != 250:
             # Refused before any content was taken: certainly not delivered.
             self._handed_over.pop(id(transaction), None)
+            transaction.refuse(mail_code, mail_reply)
             if 400 <= mail_code < 500 or _refuses_the_message(mail_code, mail_reply):
                 delivery.whole = (mail_code, mail_reply)
-                delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
                 self._finish(transaction, mail_code, mail_reply)
                 return None
-            # The message stays open, not handed over: the caller may send it again in a new session.
+            # The sender is refused: the message stays open, not handed over (a message an earlier batch of which
+            # was accepted completes partly delivered, this batch with HVE's reply); the session ends.
             return mail_code, mail_reply
         for address, (code, reply) in zip(transaction.recipients, replies, strict=True):
             if code in _ACCEPTED_RCPT:

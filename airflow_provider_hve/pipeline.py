@@ -62,6 +62,10 @@ class _Transaction:
     recipients: Sequence[str]
     accepted: list[str] = field(default_factory=list)
 
+    def refuse(self, code: int, reply: str) -> None:
+        """Record every recipient of this transaction as refused with the reply to its ``MAIL FROM``."""
+        self.delivery.refused.update({address: (code, reply) for address in self.recipients})
+
 
 @dataclass
 class _Next:
@@ -253,7 +257,8 @@ class Pipeline:
     def _sender_refused(self, code: int, reply: str) -> HveSendError:
         """
         The error for a refused sender: nothing more is sent in this session, so a message over 50 recipients an
-        earlier batch of which was accepted completes partly delivered; every delivery read goes with the error.
+        earlier batch of which was accepted completes partly delivered (the refused batch with HVE's reply, the
+        batches not written with ``451 4.4.2 Not sent``); every delivery read goes with the error.
         """
         self._complete_partly_delivered(STOPPED_BEFORE_THIS_BATCH)
         return HveSendError(
@@ -372,7 +377,7 @@ class Pipeline:
             # Throttling (432 4.3.2, 451 4.3.0...): this transaction is refused, the session goes on. The RCPT
             # and DATA replies that follow a refused MAIL say nothing more ("503 need MAIL").
             delivery.whole = (mail_code, mail_reply)
-            delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
+            transaction.refuse(mail_code, mail_reply)
             self._finish(transaction, mail_code, mail_reply)
             return _Next(b"RSET\r\n")
         if mail_code == 530:
@@ -381,10 +386,12 @@ class Pipeline:
         if refuses_the_message(mail_code, mail_reply):
             # 552 5.3.4 (too big for this server): the sender is fine, only this message is refused.
             delivery.whole = (mail_code, mail_reply)
-            delivery.refused.update({address: (mail_code, mail_reply) for address in transaction.recipients})
+            transaction.refuse(mail_code, mail_reply)
             self._finish(transaction, mail_code, mail_reply)
             return _Next(b"RSET\r\n")
         if mail_code != 250:
+            # HVE's own reply for this batch's recipients (a partly delivered message completes with it).
+            transaction.refuse(mail_code, mail_reply)
             raise self._sender_refused(mail_code, mail_reply)
         for address, (code, reply) in zip(transaction.recipients, replies[1:-1], strict=False):
             if code in _ACCEPTED_RCPT:

@@ -279,7 +279,9 @@ class HveSmtpSession:
                     ) from exc
                 continue
             except HveError as exc:
-                # AUTH refused on the reconnect, MAIL FROM refused...: the recipients accepted so far still count.
+                # AUTH refused on the reconnect, MAIL FROM refused...: the recipients accepted so far still count,
+                # those of this attempt's earlier 50-recipient batches too.
+                accepted.extend(exc.accepted)
                 if not accepted:
                     raise
                 raise _with_accepted(exc, accepted) from exc
@@ -307,10 +309,12 @@ class HveSmtpSession:
         pipeline = self.pipeline(envelope_from=sender)
         try:
             (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
-        except HveConnectionError as exc:
-            # Batches of this message that HVE accepted before the break, whether the message completed partly
-            # (``exc.completed``) or its last batch's outcome is unknown (``in_flight``).
+        except (HveConnectionError, HveSendError) as exc:
+            # Batches of this message that HVE accepted before the break or the refused sender, whether the message
+            # completed partly (``exc.completed``) or its last batch's outcome is unknown (``in_flight``).
             exc.accepted = tuple(a for d in [*exc.completed, *pipeline.in_flight] for a in d.accepted)
+            if isinstance(exc, HveSendError):  # the refused batch with HVE's reply, the batches not written 451
+                exc.refused.update({a: r for d in exc.completed for a, r in d.refused.items()})
             raise
         return delivery
 

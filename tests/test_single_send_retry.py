@@ -21,6 +21,7 @@ from airflow_provider_hve.sandbox.smtp_server import (
     INSUFFICIENT_RESOURCES,
     NOT_AUTHENTICATED,
     SERVICE_CLOSING,
+    SUBMISSION_QUOTA_EXCEEDED,
     TEMPORARY_FAILURE,
     TOO_BIG,
 )
@@ -271,3 +272,28 @@ def test_an_auth_refusal_on_the_reconnect_keeps_the_recipients_already_accepted(
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.rcpt_tos == [CAROL]
     assert len(sandbox.smtp_sessions) == 2  # the reconnect reached AUTH
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+def test_a_quota_at_a_later_batch_keeps_the_first_batches_accepted(
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock, chunking: bool
+) -> None:
+    # 120 recipients go as batches of 50, 50 and 20. HVE delivers the first batch, then its quota refuses every
+    # MAIL FROM: the error must carry the 50 delivered (else a retry mails them twice) and the others refused with
+    # HVE's own reply, or, for a batch never written (DATA stops at the refusal), as not sent.
+    sandbox.smtp.chunking = chunking
+    everyone = [f"user{n:03d}@contoso.example" for n in range(120)]
+    sandbox.smtp.throttle(SUBMISSION_QUOTA_EXCEEDED, command="MAIL", count=2, after_messages=1)
+    with pytest.raises(HveSendError, match="SubmissionQuotaExceeded.*Already accepted by HVE: user000") as caught:
+        hook.send_email(to=everyone, subject="Report", text_content="numbers")
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == everyone[:50]
+    assert caught.value.accepted == tuple(everyone[:50])
+    refused = caught.value.refused
+    assert set(refused) == set(everyone[50:])
+    quota = (554, SUBMISSION_QUOTA_EXCEEDED[4:])
+    assert all(refused[address] == quota for address in everyone[50:100]), refused
+    if chunking:  # the third batch went in the same BDAT window and met the quota too
+        assert all(refused[address] == quota for address in everyone[100:]), refused
+    else:  # written after the refusal: never
+        assert all(refused[address][0] == 451 and "Not sent" in refused[address][1] for address in everyone[100:])
