@@ -288,3 +288,25 @@ def test_compiled_messages_arrive_as_the_email_package_builds_them(
     assert all(m.data.isascii() for m in delivered.values()) is not eight_bit_mime
     # Built by the compiled message: one boundary for the whole run (the email package draws one per message).
     assert len({m.message.get_boundary() for m in delivered.values()}) == 1
+
+
+def test_a_first_row_whose_data_breaks_the_template_is_invalid_and_the_rest_go(
+    sandbox: HveSandbox, hook: HveHook
+) -> None:
+    # The same data makes row 1 invalid and the run goes on; as row 0 it must not abort the whole merge.
+    data = [{"email": "nobody@contoso.example"}, *rows(3)]  # no "name": the subject's template fails for row 0
+    report = MailMerge(hook, subject="Hi {{ recipient.name }}", text_content="x", sessions=1).run(data)
+    assert list(report.invalid) == ["row 0"] and "has no attribute 'name'" in report.invalid["row 0"]
+    assert report.accepted == 3
+    assert sorted(m.rcpt_tos[0] for m in sandbox.wait_for_messages(3)) == [r["email"] for r in rows(3)]
+
+
+def test_two_rows_refused_at_one_address_count_twice_and_the_buckets_add_up(sandbox: HveSandbox, hook: HveHook) -> None:
+    sandbox.smtp.refuse_recipient("user00001@contoso.example")
+    data = [*rows(4), rows(2)[1]]  # row 4 is row 1 again: two rows, one address
+    summary = MailMerge(hook, subject="x", text_content="y", sessions=1).run(data).as_dict()
+    assert summary["refused"] == {"user00001@contoso.example": [550, RECIPIENT_NOT_FOUND[4:]]}
+    assert summary["refused_count"] == 2 and summary["accepted"] == 3
+    buckets = ("invalid", "unknown", "not_sent")
+    total = summary["accepted"] + summary["refused_count"] + summary["skipped_already_delivered"]
+    assert total + sum(len(summary[bucket]) for bucket in buckets) == summary["total"] == 5

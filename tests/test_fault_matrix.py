@@ -341,6 +341,46 @@ def test_an_interrupted_run_stops_its_sessions_and_keeps_the_invariant(
     assert len(sandbox.messages) == count
 
 
+def test_on_kill_stops_the_merge_and_its_operator_keeps_the_report(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    # What Airflow 3 does on SIGTERM: its handler calls the operator's on_kill() in the main thread, no exception.
+    # The merge must then hand over nothing more and end with a true report, pushed as XCom hve_summary.
+    from airflow_provider_hve.operators.hve import HveMailMergeOperator
+
+    sandbox.latency_ms = 20  # slow enough that the run is mid-way when killed
+    operator = HveMailMergeOperator(
+        task_id="merge", recipients=ROW_LIST, subject="x", text_content="y", sessions=2, hve_conn_id=hve_connection()
+    )
+    pushed: dict[str, Any] = {}
+
+    class TaskInstance:
+        def xcom_push(self, key: str, value: Any) -> None:
+            pushed[key] = value
+
+    def kill_after_some_deliveries() -> None:
+        sandbox.wait_for_messages(30, timeout=60)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: operator.on_kill())
+    watcher = threading.Thread(target=kill_after_some_deliveries, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(HveError, match="told to stop .* accepted, nothing more handed over"):
+            operator.execute({"ti": TaskInstance()})  # type: ignore[arg-type]
+    finally:
+        watcher.join()
+        signal.signal(signal.SIGTERM, previous)
+    summary = pushed["hve_summary"]
+    assert 0 < summary["accepted"] < ROWS and summary["not_sent"], summary
+    assert summary["accepted"] + summary["refused_count"] + len(summary["unknown"]) + len(summary["not_sent"]) == ROWS
+    sandbox.wait_for_messages(summary["accepted"], timeout=10)
+    count = len(sandbox.messages)
+    assert summary["accepted"] <= count <= summary["accepted"] + len(summary["unknown"]), (count, summary)
+    time.sleep(0.5)
+    assert len(sandbox.messages) == count, "a message was handed over after on_kill"
+
+
 def test_no_message_is_handed_over_after_the_run_stops(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
     # One message a second across two sessions, and HVE's quota runs out after two messages. The session that reads
     # the 554 stops the run while the other one waits for its turn (about a second away): it must wake up and hand

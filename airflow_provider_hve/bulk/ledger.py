@@ -292,7 +292,11 @@ class RowLedger:
 
     def tally(self) -> Tally:
         """The settled rows by bucket, in row order."""
-        tally = Tally(accepted=self._counts[RowState.ACCEPTED], skipped=self._counts[RowState.SKIPPED])
+        tally = Tally(
+            accepted=self._counts[RowState.ACCEPTED],
+            skipped=self._counts[RowState.SKIPPED],
+            refused_rows=self._counts[RowState.REFUSED],
+        )
         for index in sorted(self._refusals):
             for address, (code, reply) in self._refusals[index].items():
                 tally.refused[address] = [code, reply]

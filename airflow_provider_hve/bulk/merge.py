@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,8 @@ from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, de
 from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.report import BulkReport, Progress
 from airflow_provider_hve.bulk.rows import Row, RowState, Settled
-from airflow_provider_hve.bulk.sessions import SessionWorker, SharedLedger, run_sessions
-from airflow_provider_hve.bulk.stops import stop_error
+from airflow_provider_hve.bulk.sessions import SessionWorker, SharedLedger, row_error, run_sessions
+from airflow_provider_hve.bulk.stops import Killed, stop_error
 from airflow_provider_hve.exceptions import HveConfigError
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class MailMerge:
         self.max_reconnects = max_reconnects
         self.retry_budget = retry_budget
         self.last_report: BulkReport | None = None
+        self._shared: SharedLedger | None = None
         self._templates = _Templates(env, subject, html_content, text_content)
 
     def run(self, rows: Sequence[Mapping[str, Any]]) -> BulkReport:
@@ -128,7 +130,7 @@ class MailMerge:
         verdicts, first = _up_to_first_row(plan)
         build: Callable[[Row], OutgoingMessage | MergedMessage] = self._build
         if first is not None:
-            self._build(first, check_sender=True)  # template and sender problems show up once, before connecting
+            first = self._first_that_builds(first, plan, verdicts)
             build = self.row_builder(first)
         ledger = RowLedger(
             len(rows),
@@ -139,7 +141,7 @@ class MailMerge:
             clock=time.monotonic,
         )
         progress = Progress(len(rows), self.progress_interval)
-        shared = SharedLedger(ledger, self.delivery_log, progress)
+        shared = self._shared = SharedLedger(ledger, self.delivery_log, progress)
         provider = self.hook.token_provider if first is not None else None
         requests_before = provider.requests_sent if provider is not None else 0
         try:
@@ -163,7 +165,45 @@ class MailMerge:
             raise stop_error(ledger.stopped, report.accepted)  # composed now, after every session: figures are final
         return report
 
+    def stop(self) -> None:
+        """
+        Stop a running merge (the operator's ``on_kill``): nothing more is handed over, the sessions read the
+        replies of what they handed over, and :meth:`run` returns to raise with the final figures.
+
+        Safe from a signal handler: the ledger's lock is taken in a thread of its own, never in the handler.
+        """
+        shared = self._shared
+        if shared is not None:
+            threading.Thread(
+                target=shared.change, args=(lambda ledger: ledger.stop(Killed()),), name="hve-merge-stop", daemon=True
+            ).start()
+
     # -- planning and rendering --------------------------------------------------------------------------
+
+    def _first_that_builds(self, first: Row, plan: Iterator[Row | Settled], verdicts: list[Settled]) -> Row:
+        """
+        Return the first row whose message builds, before connecting: a broken template or sender shows up here.
+
+        A row whose own data breaks its message is invalid, as it would be anywhere later in the run, and the
+        next row is tried (its verdict goes to ``verdicts``). Only when no row builds is the run refused, with the
+        first row's error: nothing was sent.
+        """
+        row: Row | None = first
+        failure: Exception | None = None
+        while row is not None:
+            try:
+                self._build(row, check_sender=True)
+                return row
+            except Exception as exc:
+                verdicts.append(Settled(row.index, RowState.INVALID, row.mailbox.addr_spec, row_error(row.index, exc)))
+                if failure is None:
+                    failure = exc
+                    log.warning(
+                        "Row %d is invalid (%s); looking for a row that builds before connecting.", row.index, exc
+                    )
+            more, row = _up_to_first_row(plan)
+            verdicts.extend(more)
+        raise failure  # type: ignore[misc]  # set: the loop ran at least once, and returned on success
 
     def _plan(self, rows: Sequence[Mapping[str, Any]], done_before: set[str]) -> Iterator[Row | Settled]:
         """Yield each row to send, or its verdict, validating as it comes: nothing per row is kept in memory."""

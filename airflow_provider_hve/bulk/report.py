@@ -21,6 +21,8 @@ class BulkReport:
     total: int = 0
     accepted: int = 0
     skipped: int = 0
+    refused_rows: int = 0
+    """Rows refused (``refused`` is by address: two rows to one address are one entry there, two here)."""
     refused: dict[str, list[Any]] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
@@ -39,13 +41,13 @@ class BulkReport:
 
     @property
     def messages_per_second(self) -> float:
-        done = self.accepted + len(self.refused)
+        done = self.accepted + self.refused_rows
         return done / self.elapsed_seconds if self.elapsed_seconds else 0.0
 
     def take_outcomes(self, ledger: RowLedger) -> None:
         """Fill the buckets and counters from the ledger (after :meth:`RowLedger.finish`)."""
         tally = ledger.tally()
-        self.accepted, self.skipped = tally.accepted, tally.skipped
+        self.accepted, self.skipped, self.refused_rows = tally.accepted, tally.skipped, tally.refused_rows
         self.refused, self.invalid = tally.refused, tally.invalid
         self.unknown, self.not_sent = tally.unknown, tally.not_sent
         self.reconnects, self.retried, self.throttled = ledger.reconnects, ledger.retried, ledger.throttled
@@ -55,7 +57,7 @@ class BulkReport:
         return {
             "total": self.total,
             "accepted": self.accepted,
-            "refused_count": len(self.refused),
+            "refused_count": self.refused_rows,
             "refused": self.refused,
             "invalid": self.invalid,
             "unknown": self.unknown,
@@ -78,7 +80,7 @@ class BulkReport:
             "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s), "
             "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left.",
             self.accepted,
-            len(self.refused),
+            self.refused_rows,
             len(self.invalid),
             len(self.unknown),
             len(self.not_sent),

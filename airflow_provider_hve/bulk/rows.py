@@ -107,6 +107,8 @@ class Tally:
 
     accepted: int = 0
     skipped: int = 0
+    refused_rows: int = 0
+    """Rows refused: ``refused`` lists each address once, and an address may be in several rows."""
     refused: dict[str, list[Any]] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)

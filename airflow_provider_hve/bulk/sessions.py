@@ -176,7 +176,7 @@ class SessionWorker:
         try:
             outgoing = self._build(row)
         except Exception as exc:  # the row's data broke its template or message: that row only
-            reason = _row_error(row.index, exc)
+            reason = row_error(row.index, exc)
             self._shared.change(lambda ledger: ledger.invalid(row.index, self.session, reason))
             return Outcome(accepted=False, too_many_connections=False)
         # The replies that came while the message was built first: one of them may stop the run (a quota), and
@@ -234,7 +234,8 @@ def _run_then_set(worker: SessionWorker, done: threading.Event) -> None:
         done.set()
 
 
-def _row_error(index: int, exc: Exception) -> str:
+def row_error(index: int, exc: Exception) -> str:
+    """Why row ``index`` is invalid: its message could not be rendered or built."""
     if isinstance(exc, HveConfigError):
         return str(exc)
     return f"Row {index}: building its message failed: {type(exc).__name__}: {exc}."

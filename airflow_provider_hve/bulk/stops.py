@@ -55,16 +55,26 @@ class Raised:
     error: BaseException
 
 
-StopReason = SessionWideRefusal | DeferralsOutlastBudget | ReconnectsExhausted | ReconnectBudgetSpent | Raised
+@dataclass(frozen=True)
+class Killed:
+    """The task was told to stop (``on_kill``: Airflow's SIGTERM, or the task marked failed or success)."""
+
+
+StopReason = SessionWideRefusal | DeferralsOutlastBudget | ReconnectsExhausted | ReconnectBudgetSpent | Raised | Killed
 
 
 def stop_error(reason: StopReason, accepted: int) -> BaseException:
     """Return the error to raise for ``reason``, given the final number of accepted rows."""
     from airflow_provider_hve.diagnostics import smtp_reply_hint
-    from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
+    from airflow_provider_hve.exceptions import HveConnectionError, HveError, HveSendError
 
     if isinstance(reason, Raised):
         return reason.error
+    if isinstance(reason, Killed):
+        return HveError(
+            f"The mail merge was told to stop (on_kill: Airflow sent SIGTERM, or the task was marked failed or "
+            f"success): {accepted} accepted, nothing more handed over. {_RETRY_HINT}"
+        )
     if isinstance(reason, SessionWideRefusal):
         return HveSendError(
             f"HVE refused message {reason.message_id} with {reason.code} {reason.reply}."

@@ -445,9 +445,16 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         self.retry_budget = retry_budget
         self.hve_conn_id = hve_conn_id
 
+    def on_kill(self) -> None:
+        """Stop a running merge: hand over nothing more, keep the report (XCom ``hve_summary``) and the delivery log."""
+        merge = getattr(self, "_merge", None)
+        if merge is not None:
+            self.log.warning("Told to stop: the mail merge hands over nothing more and keeps its report.")
+            merge.stop()
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
-        from airflow_provider_hve.exceptions import HveConfigError, HveError, HveSendError
+        from airflow_provider_hve.exceptions import HveConfigError, HveSendError
         from airflow_provider_hve.hooks.hve import HveHook
         from airflow_provider_hve.message import attachments_from_files
         from airflow_provider_hve.reports import table_from_data
@@ -484,19 +491,24 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             max_reconnects=self.max_reconnects,
             retry_budget=self.retry_budget,
         )
+        self._merge: MailMerge | None = merge
         try:
             summary = merge.run(rows).as_dict()
         except HveConfigError:
             raise  # found before connecting: nothing was sent, no summary to keep
-        except HveError:
+        except BaseException:
+            # HVE's refusals, and the task's own end: execution_timeout, SIGTERM (on_kill), anything unexpected. The
+            # report is final by now (the sessions were stopped): keep it, the next try and the on-call need it.
             if merge.last_report is not None:
                 context["ti"].xcom_push(key="hve_summary", value=merge.last_report.as_dict())
             raise
-        problems = len(summary["refused"]) + len(summary["invalid"]) + len(summary["unknown"])
+        finally:
+            self._merge = None
+        problems = summary["refused_count"] + len(summary["invalid"]) + len(summary["unknown"])
         if problems and self.fail_on_refused:
             context["ti"].xcom_push(key="hve_summary", value=summary)
             raise HveSendError(
-                f"HVE mail merge: {summary['accepted']} of {summary['total']} delivered; {len(summary['refused'])} "
+                f"HVE mail merge: {summary['accepted']} of {summary['total']} delivered; {summary['refused_count']} "
                 f"refused, {len(summary['invalid'])} invalid, {len(summary['unknown'])} unknown (see XCom "
                 f"'hve_summary'). Set fail_on_refused=False to let the task succeed anyway.",
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
