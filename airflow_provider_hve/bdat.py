@@ -128,6 +128,7 @@ class BdatPipeline(Pipeline):
         self._read_window()
         if not self._gathered:
             return
+        self._probe_if_idle()  # before anything of the window is handed over
         gathered, self._gathered = self._gathered, []
         self._written = [transaction for transaction, _ in gathered]
         for transaction in self._written:
@@ -168,6 +169,10 @@ class BdatPipeline(Pipeline):
         """
         transaction = self._written[0]
         mail_code, mail_reply = self._read(final_of=transaction)
+        if mail_code != 250:
+            # Refused before any content was taken: certainly not delivered, even if the connection ends before
+            # the replies to its RCPTs and BDAT (an idle server's "451 4.7.0 Timeout", then the end).
+            self._handed_over.pop(id(transaction), None)
         replies = [self._read(final_of=transaction) for _ in transaction.recipients]
         final_code, final_reply = self._read(final_of=transaction)
         refusal = self._settle(transaction, (mail_code, mail_reply), replies, (final_code, final_reply))

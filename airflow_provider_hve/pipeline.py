@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 MAX_RECIPIENTS_PER_TRANSACTION = 50
 """HVE accepts at most 50 recipients per message; larger envelopes are split into several transactions."""
+
+IDLE_PROBE_SECONDS = 5.0
+"""A session quiet for this long is checked with ``NOOP`` before anything is handed over (see ``_probe_if_idle``)."""
 
 _ACCEPTED_RCPT = (250, 251)
 # Printable ASCII without space, '<' and '>': anything else could end the address, the command line or the
@@ -128,6 +132,7 @@ class Pipeline:
         # transaction, not per message: one batch of a split message may be delivered and the next refused.
         self._handed_over: dict[int, _Transaction] = {}
         self.transactions = 0
+        self._last_io = time.monotonic()  # the last write or read: how long the session has been quiet
         if smtp.sock is not None:
             # Small pipelined writes must not wait for the peer's delayed ACK (Nagle).
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -324,6 +329,8 @@ class Pipeline:
         commands += [f"RCPT TO:<{address}>\r\n" for address in transaction.recipients]
         commands.append("DATA\r\n")
         self.transactions += 1
+        if self._staged is None and self._next is None and self._awaiting is None and not self._rset_pending:
+            self._probe_if_idle()
         if not self.pipelining:
             self._transaction_in_lockstep(transaction, commands, content)
             return
@@ -430,6 +437,20 @@ class Pipeline:
 
     # -- I/O -----------------------------------------------------------------------------------------------
 
+    def _probe_if_idle(self) -> None:
+        """
+        On a session quiet for :data:`IDLE_PROBE_SECONDS`, with no reply outstanding, check with ``NOOP`` that it is
+        alive before handing anything over. A server that closed it meanwhile (Exchange: ``451 4.7.0 Timeout
+        waiting for client input``, then the end of the connection) would otherwise take the next message's bytes
+        and leave its outcome unknown; found here, nothing was handed over and it is sent again on a new session.
+        """
+        if time.monotonic() - self._last_io < IDLE_PROBE_SECONDS:
+            return
+        self._write(b"NOOP\r\n")
+        code, reply = self._read()
+        if code != 250:
+            raise self._broken(None, f"{code} {reply}")
+
     def _write(self, data: bytes) -> None:
         import smtplib
 
@@ -437,6 +458,7 @@ class Pipeline:
             self._smtp.send(data)
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise self._broken(exc) from exc
+        self._last_io = time.monotonic()
 
     def _read(self, final_of: _Transaction | None = None) -> tuple[int, str]:
         import smtplib
@@ -445,6 +467,7 @@ class Pipeline:
             code, reply = self._smtp.getreply()
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise self._broken(exc) from exc
+        self._last_io = time.monotonic()
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
             self._hung_up_at(final_of)

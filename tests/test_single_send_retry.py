@@ -7,6 +7,7 @@ Only the clock is replaced: ``smtp._sleep`` records the backoff instead of waiti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.message import build_message
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import (
+    IDLE_TIMEOUT,
     INSUFFICIENT_RESOURCES,
     NOT_AUTHENTICATED,
     SERVICE_CLOSING,
@@ -297,3 +299,44 @@ def test_a_quota_at_a_later_batch_keeps_the_first_batches_accepted(
         assert all(refused[address] == quota for address in everyone[100:]), refused
     else:  # written after the refusal: never
         assert all(refused[address][0] == 451 and "Not sent" in refused[address][1] for address in everyone[100:])
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+def test_a_session_the_server_closed_while_idle_is_found_dead_before_the_hand_over(
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock, chunking: bool
+) -> None:
+    # A session kept open (hook.smtp_session()) sits idle; HVE says "451 4.7.0 Timeout" and closes it. The next
+    # message must not be written into the dead connection and called unknown: a NOOP finds it dead with nothing
+    # handed over, and the message goes on a new connection, once.
+    sandbox.smtp.chunking = chunking
+    sandbox.smtp.idle_timeout = 0.5
+    with hook.smtp_session() as session:
+        first = hook.build_message([ALICE], "First", text_content="one")
+        session.send(first.message, first.recipients, payload=first.payload)
+        sandbox.wait_for_messages(1)
+        give_up = time.monotonic() + 10
+        while not sandbox.smtp_sessions[0].timed_out:  # the server's idle timeout, bounded
+            assert time.monotonic() < give_up, "the sandbox did not close the idle session"
+            time.sleep(0.05)
+        second = hook.build_message([BOB], "Second", text_content="two")
+        result = session.send(second.message, second.recipients, payload=second.payload)
+    assert result.accepted == (BOB,)
+    assert [m.message["Subject"] for m in sandbox.wait_for_messages(2)] == ["First", "Second"]
+    assert len(sandbox.smtp_sessions) == 2
+
+
+def test_a_bdat_transaction_refused_at_mail_from_before_the_end_is_sent_again(
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock
+) -> None:
+    # The server answers a BDAT window's MAIL FROM with 451 and closes: that transaction took no content, so it was
+    # certainly not delivered (before: "outcome unknown", and the single send refused to send it again).
+    assert sandbox.smtp.chunking
+    with hook.smtp_session() as session:
+        first = hook.build_message([ALICE], "First", text_content="one")
+        session.send(first.message, first.recipients, payload=first.payload)
+        sandbox.smtp.disconnect_after(0, IDLE_TIMEOUT)  # the next command: the second message's MAIL FROM
+        second = hook.build_message([BOB], "Second", text_content="two")
+        result = session.send(second.message, second.recipients, payload=second.payload)
+    assert result.accepted == (BOB,)
+    assert [m.message["Subject"] for m in sandbox.wait_for_messages(2)] == ["First", "Second"]
+    assert len(sandbox.smtp_sessions) == 2

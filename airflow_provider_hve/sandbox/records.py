@@ -153,6 +153,8 @@ class SmtpSession:
     closed: bool = False
     quit: bool = False
     """The client said QUIT (rather than just closing the connection)."""
+    timed_out: bool = False
+    """The server closed it after ``idle_timeout`` without a command (``451 4.7.0 Timeout ...``)."""
     round_trips: int = 0
     commands: int = 0
 

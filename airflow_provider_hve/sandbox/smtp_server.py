@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -73,6 +73,7 @@ TOO_MANY_CONNECTIONS = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exc
 TEMPORARY_FAILURE = "451 4.3.0 Temporary server error. Please try again later"
 INSUFFICIENT_RESOURCES = "452 4.3.1 Insufficient system resources"
 RECIPIENT_NOT_FOUND = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
+IDLE_TIMEOUT = "451 4.7.0 Timeout waiting for client input"
 SUBMISSION_QUOTA_EXCEEDED = (
     "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; "
     "Failed to process message due to a permanent exception with message Cannot submit message."
@@ -174,6 +175,19 @@ class HveSmtp(ChunkingSmtp):
             await method(arg)
 
         return run
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # SmtpServer.idle_timeout, when set, in place of aiosmtpd's 300 s (read at each command).
+        super()._reset_timeout(duration or self.hve_handler.idle_timeout)
+
+    def _timeout_cb(self) -> None:
+        # As Exchange does: a last reply nobody asked for, then the connection closes.
+        transport = cast("asyncio.WriteTransport | None", self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{IDLE_TIMEOUT}\r\n".encode())
+        if self.record is not None:
+            self.record.timed_out = True
+        super()._timeout_cb()
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -329,6 +343,7 @@ class HveHandler:
         self.eight_bit_mime = True
         self.chunking = True
         self.smtputf8 = True
+        self.idle_timeout: float | None = None
         self.sessions: RecordList[SmtpSession] = RecordList()
         self.messages: RecordList[DeliveredMessage] = RecordList()
         self._session_ids = itertools.count(1)
@@ -441,6 +456,7 @@ class HveHandler:
             self.eight_bit_mime = True
             self.chunking = True
             self.smtputf8 = True
+            self.idle_timeout = None
 
     def _forced_reply(self) -> str | None:
         with self._lock:
@@ -781,6 +797,19 @@ class SmtpServer:
         self.handler.advertised_size = size
 
     @property
+    def idle_timeout(self) -> float | None:
+        """Return the seconds a session may sit without a command before the server says :data:`IDLE_TIMEOUT` and
+        closes it (``None``: aiosmtpd's 300 s). Applies to sessions from their next command; :meth:`reset_faults`
+        clears it."""
+        return self.handler.idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, seconds: float | None) -> None:
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds or None, not {seconds!r}.")
+        self.handler.idle_timeout = seconds
+
+    @property
     def chunking(self) -> bool:
         """Return whether EHLO advertises ``CHUNKING`` and ``BINARYMIME`` (RFC 3030) and ``BDAT`` is accepted.
 
@@ -919,5 +948,5 @@ class SmtpServer:
 
     def reset_faults(self) -> None:
         """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit, SIZE,
-        8BITMIME, CHUNKING, SMTPUTF8)."""
+        8BITMIME, CHUNKING, SMTPUTF8, idle timeout)."""
         self.handler.clear_forced_replies()
