@@ -546,14 +546,7 @@ def _first_line(text: str) -> str:
 
 
 def mask(value: str) -> None:
-    """
-    Register ``value`` with Airflow's secret masker so it never shows in task logs.
-
-    ``mask_secret`` also tells Airflow's supervisor; in the triggerer that must happen on the event loop's thread
-    (see :mod:`airflow_provider_hve.event_loop`), which :func:`call_on_loop` sees to.
-    """
+    """Register ``value`` with Airflow's secret masker so it never shows in task logs."""
     from airflow.providers.common.compat.sdk import mask_secret
 
-    from airflow_provider_hve.event_loop import call_on_loop
-
-    call_on_loop(mask_secret, value)
+    mask_secret(value)

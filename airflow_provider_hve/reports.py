@@ -78,40 +78,44 @@ def packaged_template(name: str) -> str:
     return resources.files("airflow_provider_hve").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
-# The elements of HTML (the living standard, the obsolete ones still found in mail) and of inline SVG and MathML.
-# Anything else between < and > in a body is text that was not escaped, not markup.
+# The elements of HTML (the living standard, and the obsolete ones still found in mail). Anything else after a
+# "<" in a body is text that was not escaped, not markup (see escape_unknown_tags).
 _ELEMENT_NAMES = """
-    a abbr acronym address applet area article aside audio b base basefont bdi bdo big blink blockquote body br
-    button canvas caption center cite code col colgroup data datalist dd del details dfn dialog dir div dl dt em
+    a abbr acronym address applet area article aside audio b base basefont bdi bdo bgsound big blink blockquote body
+    br button canvas caption center cite code col colgroup data datalist dd del details dfn dialog dir div dl dt em
     embed fieldset figcaption figure font footer form frame frameset h1 h2 h3 h4 h5 h6 head header hgroup hr html i
-    iframe image img input ins kbd label legend li link listing main map mark marquee math menu meta meter nav nobr
-    noframes noscript object ol optgroup option output p param picture plaintext pre progress q rb rp rt rtc ruby s
-    samp script search section select slot small source spacer span strike strong style sub summary sup svg table
-    tbody td template textarea tfoot th thead time title tr track tt u ul var video wbr xmp
-    circle clippath defs desc ellipse filter foreignobject g line lineargradient marker mask path pattern polygon
-    polyline radialgradient rect stop symbol text textpath tspan use
-    mi mn mo mrow ms mspace mtext msub msup msubsup mfrac msqrt mroot mtable mtr mtd semantics annotation
+    iframe image img input ins isindex kbd keygen label legend li link listing main map mark marquee math menu
+    menuitem meta meter multicol nav nextid nobr noembed noframes noscript object ol optgroup option output p param
+    picture plaintext pre progress q rb rp rt rtc ruby s samp script search section select slot small source spacer
+    span strike strong style sub summary sup svg table tbody td template textarea tfoot th thead time title tr track
+    tt u ul var video wbr xml xmp
 """
 _ELEMENTS = frozenset(_ELEMENT_NAMES.split())
-_TAG_START = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)")
+# Left as written: comments (Outlook's conditional ones hold <xml> and <o:...> markup), and the content of
+# script, style, svg, math and xml elements (their own vocabularies). Otherwise a "<" and the name after it.
+_TAG_OR_SKIPPED = re.compile(
+    r"<!--.*?-->|<(script|style|svg|math|xml)\b.*?</\1\s*>|<(/?)([A-Za-z][^\s/>]*)", re.DOTALL | re.IGNORECASE
+)
 
 
 def escape_unknown_tags(html: str) -> str:
     """
-    Escape what only looks like a tag: ``<`` before a name that is no HTML, SVG or MathML element.
+    Escape what only looks like a tag: a ``<`` before a name that is no HTML element.
 
-    Airflow 3.1's own failure e-mail puts the exception text into its HTML unescaped: ``disk <full> & broken``
-    would lose ``<full>`` in every mail client and in the plain-text alternative. Custom elements (a ``-`` in
-    the name) and namespaced ones (Outlook's ``<o:p>``) stay markup.
+    Airflow 2.11's and 3.1's own failure e-mail put the exception text into the HTML unescaped: ``disk <full> &
+    broken`` would lose ``<full>`` in every mail client and in the plain-text alternative. Left as written:
+    comments, the content of ``script``, ``style``, ``svg``, ``math`` and ``xml``, custom elements (a ``-`` in the
+    name) and namespaced ones (Outlook's ``<o:p>``). So ``<built-in function len>`` (a valid custom element name),
+    ``<object object at 0x...>`` and ``a<b and c>`` (real elements) still read as markup, as a browser reads them.
     """
 
     def escape(match: re.Match[str]) -> str:
-        name = match[2].lower()
-        if name in _ELEMENTS or "-" in name or ":" in name:
+        name = match[3]
+        if name is None or name.lower() in _ELEMENTS or "-" in name or ":" in name:
             return match[0]
-        return f"&lt;{match[1]}{match[2]}"
+        return f"&lt;{match[2]}{name}"
 
-    return _TAG_START.sub(escape, html)
+    return _TAG_OR_SKIPPED.sub(escape, html)
 
 
 def html_to_text(html: str) -> str:

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -176,55 +177,78 @@ def test_async_notify_sends_through_the_sync_path(sandbox: HveSandbox, hve_conne
     assert "scheduled__2026-03-01" in html and "2026-03-01T06:30:00+00:00" in html
 
 
-def test_async_notify_keeps_supervisor_calls_on_the_event_loop_thread(
-    sandbox: HveSandbox, hve_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+@needs((3, 1), "The triggerer's supervisor channel (Deadline Alerts)")
+def test_async_notify_talks_to_the_triggerers_supervisor_without_crossing_replies(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
 ) -> None:
     """
-    In the triggerer, Airflow 3.1's supervisor channel breaks when a worker thread uses it (the trigger runner
-    died: "Response read out of order"). The blocking send runs in a thread; every mask_secret (token, XOAUTH2
-    response) and the connection look-up must happen on the event loop's own thread.
+    Airflow 3.1's triggerer died after the first deadline alert: the alert's worker thread used the supervisor
+    channel (mask_secret of the token) through a second event loop, the replies crossed ("Response read out of
+    order"). Here the runner's side of that channel is Airflow's own TriggerCommsDecoder and the supervisor a socket
+    that answers every request, while another trigger uses the channel at the same time.
     """
+    import socket
     import threading
 
-    import airflow.providers.common.compat.sdk as compat_sdk
+    import greenback
+    import msgspec
+    from airflow.jobs.triggerer_job_runner import TriggerCommsDecoder
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import MaskSecret, _RequestFrame, _ResponseFrame
 
     from airflow_provider_hve.auth import token_provider
     from airflow_provider_hve.hooks.hve import HveHook
     from airflow_provider_hve.notifications.hve import HveNotifier
 
     hve_connection()
-    token_provider(HveHook().config)._evict_access_tokens()  # a fresh token: masked once more, from the send
-    real_mask, real_lookup = compat_sdk.mask_secret, HveHook.get_connection
-    calls: list[tuple[str, int]] = []
+    token_provider(HveHook().config)._evict_access_tokens()  # a fresh token, masked during the alert
+    masked: list[str] = []
 
-    def mask_secret(value: Any, name: str | None = None) -> None:
-        calls.append(("mask_secret", threading.get_ident()))
-        real_mask(value, name)
+    def supervisor(sock: socket.socket) -> None:
+        decode = msgspec.msgpack.Decoder(_RequestFrame).decode
+        stream = sock.makefile("rb")
+        while len(header := stream.read(4)) == 4:
+            request = decode(stream.read(int.from_bytes(header, "big")))
+            if (request.body or {}).get("type") == "MaskSecret":
+                masked.append(str(request.body.get("value")))
+            time.sleep(0.02)  # a busy supervisor: replies take a while, so requests overlap
+            sock.sendall(_ResponseFrame(id=request.id, body=None).as_bytes())
 
-    def get_connection(conn_id: str) -> Any:
-        calls.append(("get_connection", threading.get_ident()))
-        return real_lookup(conn_id)
-
-    monkeypatch.setattr(compat_sdk, "mask_secret", mask_secret)
-    monkeypatch.setattr(HveHook, "get_connection", staticmethod(get_connection))
-    context = _deadline_context("r-threads")
-    if not AIRFLOW_V_3_1_PLUS:
-        context["dag"] = None
+    context = _deadline_context("r-comms")
     notifier = HveNotifier(to="oncall@contoso.example")
     notifier.render_template_fields(context)
 
-    async def trigger() -> int:
-        await notifier.async_notify(context)
-        return threading.get_ident()
+    async def triggerer() -> None:
+        runner_end, supervisor_end = socket.socketpair()
+        threading.Thread(target=supervisor, args=(supervisor_end,), daemon=True).start()
+        reader, writer = await asyncio.open_connection(sock=runner_end)
+        comms = TriggerCommsDecoder(async_writer=writer, async_reader=reader, socket=runner_end)
+        if hasattr(comms, "start_reader"):  # Airflow 3.2+
+            await comms.start_reader()
+        task_runner.SUPERVISOR_COMMS = comms
+        await greenback.ensure_portal()  # as the triggerer runs each trigger
 
-    loop_thread = asyncio.run(trigger())
+        async def other_trigger() -> None:
+            for n in range(20):
+                await comms.asend(MaskSecret(value=f"other-{n}", name=None))
+
+        try:
+            await asyncio.wait_for(asyncio.gather(other_trigger(), notifier.async_notify(context)), 30)
+        finally:
+            task_runner.SUPERVISOR_COMMS = None
+            writer.close()
+
+    loop = asyncio.new_event_loop()  # not asyncio.run(): it would wait for a worker thread stuck on the old code
+    try:
+        loop.run_until_complete(triggerer())
+    finally:
+        task_runner.SUPERVISOR_COMMS = None
+        loop.close()
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.rcpt_tos == ["oncall@contoso.example"]
-    assert sum(name == "mask_secret" for name, _ in calls) >= 2, calls  # the new token and the XOAUTH2 response
-    if AIRFLOW_V_3_1_PLUS:  # the SDK's async look-up on the loop; before 3.1 (no triggerer callbacks) a thread
-        assert ("get_connection", loop_thread) not in calls and all(thread == loop_thread for _, thread in calls), calls
-    else:
-        assert all(thread == loop_thread for name, thread in calls if name == "mask_secret"), calls
+    assert sum(value.startswith("other-") for value in masked) == 20
+    token = token_provider(HveHook().config).get_token().value
+    assert token in masked, "the supervisor was never told to mask the token"
 
 
 @needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")

@@ -42,7 +42,7 @@ ALERT_WITHIN = 150
 DEADLINE_SECONDS = 3
 # How late the second alert may arrive after its deadline: the scheduler notices a missed deadline on its next
 # loop (heartbeat 1 s), the triggerer picks the callback up on its next poll, then one SMTP send (token cached).
-# Measured on the 2-core CI machine: 1-4 s; the crash made it minutes.
+# Measured on the 2-core CI machine: 1.9-2.7 s; the crash made it minutes.
 ON_TIME_WITHIN = 12
 # The triggerer died about half a second after the first alert on 3.1.8: the second run is triggered after this.
 SETTLE_SECONDS = 3
@@ -204,7 +204,9 @@ def test_missed_deadline_is_mailed_by_the_triggerer(airflow: Airflow, sandbox: H
     triggerer_log = (airflow.home / "triggerer.log").read_text(errors="replace")
     for crash in ("Response read out of order", "Trigger runner process has died"):
         assert crash not in triggerer_log, f"{crash!r} in the triggerer's log:\n{airflow.log_tail('triggerer')}"
+    time.sleep(SETTLE_SECONDS)  # a late duplicate would land by now
     assert len(sandbox.messages) == 2, "one alert per run, no more"
+    airflow.assert_running()
 
 
 def _wait_for_alerts(airflow: Airflow, sandbox: HveSandbox, count: int, within: float) -> list[DeliveredMessage]:

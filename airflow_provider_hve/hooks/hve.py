@@ -69,41 +69,16 @@ class HveHook(BaseHook):
         """The connection, fetched and validated once."""
         from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
+        from airflow_provider_hve.exceptions import HveConfigError
+
         try:
             conn = self.get_connection(self.hve_conn_id)
         except AirflowNotFoundException:
-            raise self._not_defined() from None
+            raise HveConfigError(
+                f"Connection {self.hve_conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume "
+                f"Email') in the Airflow UI, or set AIRFLOW_CONN_{self.hve_conn_id.upper()}."
+            ) from None
         return HveConnectionConfig.from_connection(conn, self.hve_conn_id)
-
-    async def aget_config(self) -> HveConnectionConfig:
-        """
-        Fetch and validate the connection from a coroutine, once; :attr:`config` then returns it.
-
-        Airflow 3.1+ looks it up through the task SDK's async API on the event loop (in the triggerer a look-up
-        from a worker thread breaks Airflow 3.1's supervisor channel); earlier versions, in a worker thread.
-        """
-        if "config" not in self.__dict__:
-            from airflow.providers.common.compat.sdk import AirflowNotFoundException
-
-            from airflow_provider_hve.event_loop import run_in_thread
-
-            lookup = getattr(type(self), "aget_connection", None)  # the task SDK's, Airflow 3.1+
-            try:
-                conn = await (
-                    lookup(self.hve_conn_id) if lookup else run_in_thread(self.get_connection, self.hve_conn_id)
-                )
-            except AirflowNotFoundException:
-                raise self._not_defined() from None
-            self.__dict__["config"] = HveConnectionConfig.from_connection(conn, self.hve_conn_id)
-        return self.config
-
-    def _not_defined(self) -> Exception:
-        from airflow_provider_hve.exceptions import HveConfigError
-
-        return HveConfigError(
-            f"Connection {self.hve_conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume "
-            f"Email') in the Airflow UI, or set AIRFLOW_CONN_{self.hve_conn_id.upper()}."
-        )
 
     @property
     def token_provider(self) -> TokenProvider:

@@ -6,16 +6,13 @@ import copy
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating
-
-if TYPE_CHECKING:
-    from airflow_provider_hve.hooks.hve import HveHook
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +144,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         """Send the rendered alert."""
         from airflow_provider_hve.hooks.hve import HveHook
 
-        self._send(HveHook(hve_conn_id=self.hve_conn_id))
-
-    def _send(self, hook: HveHook) -> None:
-        result = hook.send_email(
+        result = HveHook(hve_conn_id=self.hve_conn_id).send_email(
             to=self.to,
             subject=" ".join(str(self.subject).split()),
             html_content=self.html_content,
@@ -170,10 +164,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         Send the rendered alert from the triggerer: what a ``DeadlineAlert`` callback runs (Airflow 3.1+).
 
         The same sending path as :meth:`notify` (one SMTP client, its token cache and its error
-        translation), run in a worker thread so the triggerer's event loop is never blocked. What talks to
-        Airflow's supervisor stays on the event loop's thread: the connection is looked up through the SDK's
-        async API first, and secrets are masked through the loop (Airflow 3.1's triggerer dies when a worker
-        thread uses its supervisor channel; see :mod:`airflow_provider_hve.event_loop`).
+        translation), run in a worker thread so the triggerer's event loop is never blocked.
 
         Example::
 
@@ -186,12 +177,15 @@ class HveNotifier(EmailTemplating, BaseNotifier):
                 ),
             )
         """
-        from airflow_provider_hve.event_loop import run_in_thread
-        from airflow_provider_hve.hooks.hve import HveHook
+        # The thread comes from asgiref's sync_to_async, not asyncio.to_thread. The send makes task-SDK calls that
+        # talk to the triggerer's supervisor (the connection look-up, mask_secret of the token). On Airflow 3.1 the
+        # synchronous side of that channel is async_to_sync: from a plain thread it starts a second event loop on
+        # the same socket, the replies cross ("Response read out of order") and the triggerer dies; from a
+        # sync_to_async thread it hands the call to the triggerer's own loop, as Airflow 3.1 expects. 3.2+ accept
+        # both. thread_sensitive=False: the alerts of several triggers do not queue behind one another.
+        from asgiref.sync import sync_to_async
 
-        hook = HveHook(hve_conn_id=self.hve_conn_id)
-        await hook.aget_config()
-        await run_in_thread(self._send, hook)
+        await sync_to_async(self.notify, thread_sensitive=False)(context)
 
 
 send_hve_notification = HveNotifier
