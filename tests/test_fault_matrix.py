@@ -273,6 +273,50 @@ def test_a_stalled_reply_is_unknown_and_never_resent(sandbox: HveSandbox, hve_co
     assert Counter(m.rcpt_tos[0] for m in sandbox.messages)[ADDRESSES[3]] == 1
 
 
+@pytest.mark.parametrize("resend_unknown", [False, True], ids=["kept-unknown", "resend-unknown"])
+def test_a_row_unknown_in_one_try_is_resent_only_when_asked_and_under_the_same_message_id(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], resend_unknown: bool
+) -> None:
+    # Try 1: the stalled reply leaves row 3 unknown (it did arrive). Try 2 with the same delivery log: by default
+    # row 3 stays unknown and nothing is sent; with resend_unknown it goes again under the same Message-ID (a
+    # mailbox store that has it can drop the copy), and nothing else is sent twice.
+    from airflow_provider_hve.bulk import TaskStateDeliveryLog
+
+    class Store(dict):  # type: ignore[type-arg]  # task_state_store's get/set/delete, across tries
+        def set(self, key: str, value: Any) -> None:
+            self[key] = value
+
+        def delete(self, key: str) -> None:
+            self.pop(key, None)
+
+    store = Store()
+    sandbox.smtp.chunking = False
+    hook = HveHook(hve_conn_id=hve_connection(timeout=1))
+    sandbox.smtp.stall_after(3, 2.5, command="content")
+
+    def run(**options: Any) -> BulkReport:
+        log = TaskStateDeliveryLog(store, prefix="merge")
+        merge = MailMerge(hook, subject="x", text_content="y", sessions=1, delivery_log=log, **options)
+        return merge.run(ROW_LIST[:10])
+
+    first = run(message_id_seed="dag\0run\0merge\0-1")
+    assert first.unknown == [ADDRESSES[3]] and first.accepted == 9
+    sandbox.wait_for_messages(10, timeout=10)
+    (original,) = [m for m in sandbox.messages if m.rcpt_tos == [ADDRESSES[3]]]
+    second = run(message_id_seed="dag\0run\0merge\0-1", resend_unknown=resend_unknown)
+    assert second.skipped == 9
+    received = Counter(m.rcpt_tos[0] for m in sandbox.messages)
+    if not resend_unknown:
+        assert second.unknown == [ADDRESSES[3]] and second.accepted == 0
+        assert received[ADDRESSES[3]] == 1 and len(sandbox.messages) == 10
+        return
+    assert second.unknown == [] and second.accepted == 1
+    copies = sandbox.wait_for_messages(11, timeout=10)
+    resent = [m for m in copies if m.rcpt_tos == [ADDRESSES[3]]]
+    assert len(resent) == 2 and {m.message["Message-ID"] for m in resent} == {original.message["Message-ID"]}
+    assert all(count == 1 for address, count in received.items() if address != ADDRESSES[3]), received
+
+
 def test_retry_budget_bounds_the_work_of_a_failing_run(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:
     # HVE defers every message for a minute: after two resends the budget is spent and the run stops instead
     # of grinding on; the rows are not_sent (a later retry of the task sends them), none refused or lost.

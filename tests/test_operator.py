@@ -144,6 +144,8 @@ def test_resend_unknown_sends_again_on_retry(
     # The first try's message arrived late, the retry sent it again: two copies, as the DAG chose.
     messages = sandbox.wait_for_messages(2, timeout=10)
     assert [m.rcpt_tos for m in messages] == [["everyone@contoso.example"]] * 2
+    if HAS_TASK_STATE_STORE:  # where the unknown try is recorded: the copy carries its Message-ID
+        assert messages[0].message["Message-ID"] == messages[1].message["Message-ID"]
     result, _ = task_outputs(dag_run, "mail")
     assert result["outcome"] == "accepted" and result["accepted"] == ["everyone@contoso.example"]
 

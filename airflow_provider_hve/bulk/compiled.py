@@ -107,7 +107,9 @@ class CompiledMessage:
         self._has_text = has_text
         self._slots = [n for n, segment in enumerate(segments) if isinstance(segment, str)]
 
-    def fill(self, mailbox: Mailbox, subject: str, html: str | None, text: str | None) -> MergedMessage | None:
+    def fill(
+        self, mailbox: Mailbox, subject: str, html: str | None, text: str | None, *, message_id_left: str | None = None
+    ) -> MergedMessage | None:
         """
         Return the message of one row, or ``None`` if its content contains a boundary (build it the slow way).
 
@@ -115,6 +117,8 @@ class CompiledMessage:
         :param subject: the rendered subject, one line.
         :param html: the rendered HTML body, if the merge has one.
         :param text: the rendered text body; derived from ``html`` when ``None``, as the email-package path does.
+        :param message_id_left: the left part of the Message-ID (the right part is the sender's domain); default:
+            a new one, as ``email.utils.make_msgid`` makes it.
         :raises HveConfigError: as :func:`~airflow_provider_hve.message.build_message` would for the same row.
         """
         _single_line("subject", subject)
@@ -124,7 +128,7 @@ class CompiledMessage:
             from airflow_provider_hve.reports import html_to_text
 
             text = html_to_text(html or "")
-        message_id = make_msgid(domain=self._domain)
+        message_id = f"<{message_id_left}@{self._domain}>" if message_id_left else make_msgid(domain=self._domain)
         values: dict[str, bytes] = {
             "to": _to_header(mailbox),
             "subject": _subject_header(subject),

@@ -10,7 +10,9 @@ unknown (the connection broke after the message was handed over, so HVE may or m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import threading
@@ -69,6 +71,10 @@ class MailMerge:
         each reconnect costs one. ``None``: 5% of the rows, at least 20. Once spent, a recipient refused with
         a 4xx is reported as refused; a message deferred as a whole (HVE throttling) or a broken connection
         stops the run, and the rows not accepted are reported ``not_sent``.
+    :param message_id_seed: what makes each row's Message-ID the same in every try of one task instance (the
+        operator passes DAG, run, task and map index); ``None``: a new Message-ID per message.
+    :param resend_unknown: send again the rows an earlier try handed over without HVE's answer (``unknown`` in
+        its delivery log), under the same Message-ID; default: they stay ``unknown`` and are never resent.
 
     Example::
 
@@ -96,6 +102,8 @@ class MailMerge:
         progress_interval: float = 10.0,
         max_reconnects: int = 3,
         retry_budget: int | None = None,
+        message_id_seed: str | None = None,
+        resend_unknown: bool = False,
     ) -> None:
         _check_arguments(sessions, rate_per_minute, max_reconnects, retry_budget, html_content, text_content)
         self.hook = hook
@@ -112,6 +120,8 @@ class MailMerge:
         self.progress_interval = progress_interval
         self.max_reconnects = max_reconnects
         self.retry_budget = retry_budget
+        self.message_id_seed = message_id_seed
+        self.resend_unknown = resend_unknown
         self.last_report: BulkReport | None = None
         self._shared: SharedLedger | None = None
         self._templates = _Templates(env, subject, html_content, text_content)
@@ -225,7 +235,7 @@ class MailMerge:
             key = delivery_key(index, mailbox.addr_spec)
             if key in done_before:
                 yield Settled(index, RowState.SKIPPED, mailbox.addr_spec)
-            elif UNKNOWN_MARK + key in done_before:
+            elif UNKNOWN_MARK + key in done_before and not self.resend_unknown:
                 # An earlier try handed it over and never heard back: still unknown, and never sent again.
                 yield Settled(index, RowState.UNKNOWN, mailbox.addr_spec)
             else:
@@ -256,12 +266,15 @@ class MailMerge:
 
         def build(row: Row) -> OutgoingMessage | MergedMessage:
             subject, html, text = self._templates.render(self.context, row.data, row.index)
-            merged = compiled.fill(row.mailbox, subject, html, text)
+            merged = compiled.fill(row.mailbox, subject, html, text, message_id_left=self._message_id_left(row))
             if merged is not None:
                 return merged
             log.debug("Row %d: its content holds a MIME boundary; built by the email package.", row.index)
-            return self._email_package_build(
-                to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=False
+            return self._stable_id(
+                row,
+                self._email_package_build(
+                    to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=False
+                ),
             )
 
         return build
@@ -269,9 +282,30 @@ class MailMerge:
     def _build(self, row: Row, *, check_sender: bool = False) -> OutgoingMessage:
         """Render and build one row's message with the email package (the reference the compiled path matches)."""
         subject, html, text = self._templates.render(self.context, row.data, row.index)
-        return self._email_package_build(
-            to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=check_sender
+        return self._stable_id(
+            row,
+            self._email_package_build(
+                to=[row.mailbox], subject=subject, html_content=html, text_content=text, check_sender=check_sender
+            ),
         )
+
+    def _message_id_left(self, row: Row) -> str | None:
+        """The left part of the row's Message-ID, the same in every try of the task; ``None`` without a seed."""
+        if self.message_id_seed is None:
+            return None
+        digest = hashlib.sha256(f"{self.message_id_seed}\0{row.index}\0{row.mailbox.addr_spec.lower()}".encode())
+        return f"hve.{digest.hexdigest()[:40]}"
+
+    def _stable_id(self, row: Row, outgoing: OutgoingMessage) -> OutgoingMessage:
+        """``outgoing`` under the row's stable Message-ID (same domain), serialised again; as is without a seed."""
+        left = self._message_id_left(row)
+        if left is None:
+            return outgoing
+        from airflow_provider_hve.message import wire_bytes
+
+        domain = outgoing.message_id.rstrip(">").rpartition("@")[2]
+        outgoing.message.replace_header("Message-ID", f"<{left}@{domain}>")
+        return dataclasses.replace(outgoing, payload=wire_bytes(outgoing.message))
 
     def _email_package_build(
         self,

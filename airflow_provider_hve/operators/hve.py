@@ -196,6 +196,15 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 f"been delivered. Check a recipient's mailbox (search for that Message-ID). To send it again "
                 f"anyway, set resend_unknown=True on this task and clear it."
             )
+        if unknown and unknown.get("message_id"):
+            # resend_unknown: the same message again, under the Message-ID of the try whose outcome is unknown (a
+            # mailbox store that has it already can drop the copy; the message trace shows one message).
+            outgoing = _without_recipients(outgoing, (), str(unknown["message_id"]))
+            self.log.warning(
+                "resend_unknown=True: sending %s again (try %s handed it over without HVE's answer).",
+                unknown["message_id"],
+                unknown.get("try_number"),
+            )
         stored = store.get(ALREADY_ACCEPTED_KEY) if store is not None else None
         delivered: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         earlier = tuple(delivered.get("accepted") or ())
@@ -271,6 +280,13 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         if isinstance(map_index, int) and map_index >= 0:  # mapped tasks share dag, task and run ids
             name += f"__{map_index}"
         return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".eml")
+
+
+def _task_instance_id(context: Any) -> str:
+    """What names this task instance in every try: DAG, run, task and map index."""
+    ti = context.get("ti")
+    parts = (getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index"))
+    return "\0".join(str(part) for part in parts)
 
 
 def _without_recipients(outgoing: OutgoingMessage, delivered: Sequence[str], message_id: str) -> OutgoingMessage:
@@ -377,6 +393,10 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         without accepting a message in between.
     :param retry_budget: retries the whole run may spend (a resend after a 4xx or a reconnect costs one);
         default 5% of the rows, at least 20.
+    :param resend_unknown: send again, under the same Message-ID, the rows an earlier try handed over without
+        HVE's answer (``unknown``); default: they stay ``unknown``, are never resent and count as problems
+        for ``fail_on_refused``. Check them first (message trace by Message-ID): each row's Message-ID is the
+        same in every try of the task instance.
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -423,10 +443,12 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         progress_interval: float = 10.0,
         max_reconnects: int = 3,
         retry_budget: int | None = None,
+        resend_unknown: bool = False,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.resend_unknown = resend_unknown
         self.recipients = recipients
         self.subject = subject
         self.html_content = html_content
@@ -490,6 +512,8 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             progress_interval=self.progress_interval,
             max_reconnects=self.max_reconnects,
             retry_budget=self.retry_budget,
+            message_id_seed=_task_instance_id(context),
+            resend_unknown=self.resend_unknown,
         )
         self._merge: MailMerge | None = merge
         try:
