@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_hve._compat import HAS_TASK_STATE_STORE
 from airflow_provider_hve.sandbox import HveSandbox
 
 CASES = Path(__file__).parent / "dags" / "hve_operator_cases.py"
@@ -104,10 +103,6 @@ def test_operator_renders_html_as_html_in_the_ui() -> None:
     assert set(HveEmailOperator.template_ext) == {".html", ".j2", ".jinja2", ".txt"}
 
 
-@pytest.mark.skipif(
-    not HAS_TASK_STATE_STORE,
-    reason="the unknown-outcome guard lives in task_state_store, new in Airflow 3.3 (docs/compatibility.md)",
-)
 def test_retry_after_an_unknown_outcome_does_not_send_twice(
     run_dag: Callable[..., Any],
     sandbox: HveSandbox,
@@ -144,16 +139,11 @@ def test_resend_unknown_sends_again_on_retry(
     # The first try's message arrived late, the retry sent it again: two copies, as the DAG chose.
     messages = sandbox.wait_for_messages(2, timeout=10)
     assert [m.rcpt_tos for m in messages] == [["everyone@contoso.example"]] * 2
-    if HAS_TASK_STATE_STORE:  # where the unknown try is recorded: the copy carries its Message-ID
-        assert messages[0].message["Message-ID"] == messages[1].message["Message-ID"]
+    assert messages[0].message["Message-ID"] == messages[1].message["Message-ID"]  # the unknown try's
     result, _ = task_outputs(dag_run, "mail")
     assert result["outcome"] == "accepted" and result["accepted"] == ["everyone@contoso.example"]
 
 
-@pytest.mark.skipif(
-    not HAS_TASK_STATE_STORE,
-    reason="the already-accepted record lives in task_state_store, new in Airflow 3.3 (docs/compatibility.md)",
-)
 def test_a_retry_after_a_partly_delivered_try_sends_each_recipient_the_message_once(
     run_dag: Callable[..., Any],
     sandbox: HveSandbox,

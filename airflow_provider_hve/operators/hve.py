@@ -13,9 +13,9 @@ from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.templating import EmailTemplating, RowTemplating
 
 UNKNOWN_OUTCOME_KEY = "hve_email/unknown_outcome"
-"""task_state_store key: the message a try handed over without getting HVE's answer."""
+"""State key (task_state_store or Variables): the message a try handed over without getting HVE's answer."""
 ALREADY_ACCEPTED_KEY = "hve_email/already_accepted"
-"""task_state_store key: the recipients HVE accepted the message for in a try that then failed."""
+"""State key (task_state_store or Variables): the recipients HVE accepted the message for in a failed try."""
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -60,9 +60,10 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
     :param dry_run_dir: where a dry run writes (default: ``$AIRFLOW_HOME/hve_dry_run``).
     :param resend_unknown: if a try lost the connection after handing the message over (HVE may have it), a
         retry fails without sending it again (the error says how to check) unless this is True, which prefers
-        a possible duplicate to a possible loss. Recorded in the task's ``task_state_store``.
-        Recipients HVE accepted in a failed try never get it again: a retry sends the message (same
-        Message-ID) only to the others, also recorded in ``task_state_store``.
+        a possible duplicate to a possible loss (the message goes again under the same Message-ID). Recipients
+        HVE accepted in a failed try never get it again: a retry sends the message (same Message-ID) only to
+        the others. Both are recorded in the task's ``task_state_store`` (Airflow 3.3+), else in Airflow
+        Variables scoped to the task instance, deleted when it succeeds.
     :param hve_conn_id: the ``hve`` connection.
 
     Example::
@@ -183,7 +184,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 "recipients": visible,
                 "bcc_count": hidden,
             }
-        store = context.get("task_state_store")
+        store = _state_store(context)
         stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
         unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         if unknown and not self.resend_unknown:
@@ -239,6 +240,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 store.delete(UNKNOWN_OUTCOME_KEY)
             if delivered:
                 store.delete(ALREADY_ACCEPTED_KEY)
+            _succeeded(store)
         result["accepted"] = [*earlier, *result["accepted"]]
         return {"dry_run": False, "outcome": "accepted", **result}
 
@@ -280,6 +282,32 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         if isinstance(map_index, int) and map_index >= 0:  # mapped tasks share dag, task and run ids
             name += f"__{map_index}"
         return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".eml")
+
+
+def _state_store(context: Any) -> Any:
+    """
+    Where this task keeps what it sent across its retries: ``task_state_store`` (Airflow 3.3+), else Airflow
+    Variables scoped to the task instance (:class:`~airflow_provider_hve.state.VariableStore`); ``None`` without a
+    task instance (a test calling ``execute`` by hand).
+    """
+    store = context.get("task_state_store")
+    if store is not None:
+        return store
+    ti = context.get("ti")
+    if ti is None or getattr(ti, "run_id", None) is None:
+        return None
+    from airflow_provider_hve.state import VariableStore
+
+    map_index = getattr(ti, "map_index", -1)
+    return VariableStore(ti.dag_id, ti.run_id, ti.task_id, map_index if isinstance(map_index, int) else -1)
+
+
+def _succeeded(store: Any) -> None:
+    """The task succeeded: no retry will read its records. Variables are deleted (task_state_store is Airflow's)."""
+    from airflow_provider_hve.state import VariableStore
+
+    if isinstance(store, VariableStore):
+        store.clear()
 
 
 def _task_instance_id(context: Any) -> str:
@@ -362,9 +390,9 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
 
     One token for the run, messages sent one by one over long-lived, pipelined SMTP sessions (``sessions``
     in parallel), optionally rate-limited. Every row ends accepted, refused (with HVE's reply), invalid
-    (bad address or template: never sent) or unknown (the connection broke after handing it over). On
-    Airflow 3.3+ delivered rows are recorded in the task's ``task_state_store`` as they go, so a retry
-    skips them; on older Airflow a retry may resend.
+    (bad address or template: never sent) or unknown (the connection broke after handing it over). Delivered
+    rows are recorded as they go, in the task's ``task_state_store`` on Airflow 3.3+ and in Airflow Variables
+    before (deleted when the task succeeds), so a retry skips them.
 
     ``subject``, ``html_content`` and ``text_content`` are rendered per row with Airflow's context plus
     ``recipient`` (the row); undefined variables are errors. They may name template files (``.html``,
@@ -484,14 +512,10 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
 
         rows = table_from_data(self.recipients, argument="recipients").rows
         env = self.get_template_env()
-        store = context.get("task_state_store")
+        store = _state_store(context)
         if store is None:
-            import airflow
-
             self.log.warning(
-                "No task_state_store in the task context (Airflow %s; it arrived in 3.3): if this task is retried, "
-                "rows delivered by the failed try may be sent again.",
-                airflow.__version__,
+                "No task instance in the context: nowhere to record delivered rows, so a retry may send them again."
             )
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),
@@ -508,7 +532,9 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             rate_per_minute=self.rate_per_minute,
             env=env,
             context=dict(context),
-            delivery_log=(TaskStateDeliveryLog(store, prefix=f"hve_mail_merge/{self.task_id}") if store else None),
+            delivery_log=(
+                TaskStateDeliveryLog(store, prefix=f"hve_mail_merge/{self.task_id}") if store is not None else None
+            ),
             progress_interval=self.progress_interval,
             max_reconnects=self.max_reconnects,
             retry_budget=self.retry_budget,
@@ -537,4 +563,6 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
                 f"'hve_summary'). Set fail_on_refused=False to let the task succeed anyway.",
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
+        if store is not None:
+            _succeeded(store)
         return summary

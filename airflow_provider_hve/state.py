@@ -1,0 +1,110 @@
+"""
+Where a task keeps what it sent across its retries: ``task_state_store`` (Airflow 3.3+), or Airflow Variables.
+
+Both operators remember what a failed try delivered (and what it handed over without an answer) so that the
+next try sends nothing twice. Airflow 3.3 gives each task instance a ``task_state_store`` for exactly this.
+Before 3.3 the store every worker of a deployment sees and that survives a retry is the metadata database,
+reached the supported way: Airflow Variables (the ORM on 2.11, the task SDK's API on 3.0 to 3.2). XCom is
+cleared when the next try starts, so it cannot serve.
+
+:class:`VariableStore` gives Variables ``task_state_store``'s ``get`` / ``set`` / ``delete``, scoped to one task
+instance, with an index of its keys so that :meth:`VariableStore.clear` removes them all once the task has
+succeeded. A task instance that never succeeds leaves its Variables (``hve_state.<hash>.*``, each described with
+its DAG, run and task) until they are deleted: see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+from typing import Any
+
+from airflow_provider_hve.exceptions import HveError
+
+log = logging.getLogger(__name__)
+
+VARIABLE_PREFIX = "hve_state."
+"""Every Variable this provider writes starts with this."""
+_INDEX = "index"
+
+
+class VariableStore:
+    """
+    ``task_state_store``'s interface on Airflow Variables, for one task instance.
+
+    Each write is read back: the task SDK's ``Variable.set`` logs a failure and returns (Airflow 3.0 to 3.2),
+    and a record that silently was not kept would let a retry send again.
+
+    :param dag_id: with ``run_id``, ``task_id`` and ``map_index``, names the task instance in every try.
+    """
+
+    def __init__(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+        scope = "\0".join((dag_id, run_id, task_id, str(map_index)))
+        self._prefix = VARIABLE_PREFIX + hashlib.sha256(scope.encode()).hexdigest()[:32] + "."
+        mapped = f"[{map_index}]" if map_index >= 0 else ""
+        self._description = (
+            f"airflow-provider-hve: what {dag_id}.{task_id}{mapped} of run {run_id} delivered, kept across its "
+            "retries; deleted when the task succeeds."
+        )[:1000]
+        self._keys: builtins.set[str] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._get(self._name(key), default)
+
+    def set(self, key: str, value: Any) -> None:
+        keys = self._index()
+        if key not in keys:
+            keys.add(key)
+            self._set(self._name(_INDEX), sorted(keys))
+        self._set(self._name(key), value)
+
+    def delete(self, key: str) -> None:
+        self._delete(self._name(key))
+        keys = self._index()
+        if key in keys:
+            keys.discard(key)
+            self._set(self._name(_INDEX), sorted(keys))
+
+    def clear(self) -> None:
+        """Delete every Variable of this task instance (the task succeeded: no retry will read them)."""
+        for key in sorted(self._index()):
+            self._delete(self._name(key))
+        self._delete(self._name(_INDEX))
+        self._keys = set()
+
+    # -- Variables -----------------------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        # "/" would end a Variable's key in the REST path of Airflow 3's API; keys stay short (<= 250).
+        return self._prefix + key.replace("/", ".")[-200:]
+
+    def _index(self) -> builtins.set[str]:
+        if self._keys is None:
+            self._keys = set(self._get(self._name(_INDEX), []) or [])
+        return self._keys
+
+    @staticmethod
+    def _get(name: str, default: Any) -> Any:
+        from airflow.providers.common.compat.sdk import Variable
+
+        # The second argument is the default on every version (default_var on 2.11, default on 3.x).
+        return Variable.get(name, default, deserialize_json=True)
+
+    def _set(self, name: str, value: Any) -> None:
+        from airflow.providers.common.compat.sdk import Variable
+
+        Variable.set(name, value, description=self._description, serialize_json=True)
+        kept = self._get(name, None)
+        if json.dumps(kept, sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise HveError(
+                f"Airflow did not keep Variable {name!r} (the record of what this task delivered): a retry could "
+                "send again. Check that tasks may write Variables (the API server's log says why it refused)."
+            )
+
+    @staticmethod
+    def _delete(name: str) -> None:
+        from airflow.providers.common.compat.sdk import Variable
+
+        Variable.delete(name)
