@@ -37,10 +37,14 @@ class VariableStore:
     Each write is read back: the task SDK's ``Variable.set`` logs a failure and returns (Airflow 3.0 to 3.2),
     and a record that silently was not kept would let a retry send again.
 
+    Reads go through an index of the keys written: a key not in it is not asked for (Airflow 3.0 to 3.2 log an
+    error for every Variable not found), and on a task instance's first try nothing is read at all.
+
     :param dag_id: with ``run_id``, ``task_id`` and ``map_index``, names the task instance in every try.
+    :param first_try: this is the task instance's first try: no earlier try can have written anything.
     """
 
-    def __init__(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
+    def __init__(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, first_try: bool = False) -> None:
         scope = "\0".join((dag_id, run_id, task_id, str(map_index)))
         self._prefix = VARIABLE_PREFIX + hashlib.sha256(scope.encode()).hexdigest()[:32] + "."
         mapped = f"[{map_index}]" if map_index >= 0 else ""
@@ -48,9 +52,12 @@ class VariableStore:
             f"airflow-provider-hve: what {dag_id}.{task_id}{mapped} of run {run_id} delivered, kept across its "
             "retries; deleted when the task succeeds."
         )[:1000]
-        self._keys: builtins.set[str] | None = None
+        self._keys: builtins.set[str] | None = builtins.set() if first_try else None
+        self._index_written = False
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key not in self._index():
+            return default
         return self._get(self._name(key), default)
 
     def set(self, key: str, value: Any) -> None:
@@ -58,6 +65,7 @@ class VariableStore:
         if key not in keys:
             keys.add(key)
             self._set(self._name(_INDEX), sorted(keys))
+            self._index_written = True
         self._set(self._name(key), value)
 
     def delete(self, key: str) -> None:
@@ -66,13 +74,17 @@ class VariableStore:
         if key in keys:
             keys.discard(key)
             self._set(self._name(_INDEX), sorted(keys))
+            self._index_written = True
 
     def clear(self) -> None:
         """Delete every Variable of this task instance (the task succeeded: no retry will read them)."""
-        for key in sorted(self._index()):
+        keys = self._index()
+        if not keys and not self._index_written:
+            return  # nothing was ever written: nothing to delete
+        for key in sorted(keys):
             self._delete(self._name(key))
         self._delete(self._name(_INDEX))
-        self._keys = set()
+        self._keys = builtins.set()
 
     # -- Variables -----------------------------------------------------------------------------------------
 

@@ -312,6 +312,25 @@ def test_floor_leg_runs_the_declared_common_compat_floor() -> None:
     assert version(compat) == _declared_floor(compat)
 
 
+@pytest.mark.skipif(HAS_TASK_STATE_STORE, reason=f"Airflow {RUNNING} keeps the record in task_state_store")
+def test_without_task_state_store_a_first_try_reads_no_variable_and_leaves_none(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A first try cannot have a record to read: no look-up (3.0-3.2 log an error per Variable not found)."""
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+
+    from airflow_provider_hve.state import VARIABLE_PREFIX
+
+    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
+    assert dag_run.state == "success"
+    assert len(sandbox.wait_for_messages(40, timeout=10)) == 40
+    out, err = capfd.readouterr()
+    assert "Variable not found" not in out + err and VARIABLE_PREFIX not in out + err
+    with create_session() as session:
+        assert session.query(Variable.key).filter(Variable.key.like(f"{VARIABLE_PREFIX}%")).all() == []
+
+
 @pytest.mark.skipif(
     HAS_TASK_STATE_STORE,
     reason=f"Airflow {RUNNING} has task_state_store: tests/test_bulk.py proves each row is sent once across retries",

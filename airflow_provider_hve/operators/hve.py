@@ -299,7 +299,14 @@ def _state_store(context: Any) -> Any:
     from airflow_provider_hve.state import VariableStore
 
     map_index = getattr(ti, "map_index", -1)
-    return VariableStore(ti.dag_id, ti.run_id, ti.task_id, map_index if isinstance(map_index, int) else -1)
+    try_number = getattr(ti, "try_number", None)
+    return VariableStore(
+        ti.dag_id,
+        ti.run_id,
+        ti.task_id,
+        map_index if isinstance(map_index, int) else -1,
+        first_try=try_number == 1,
+    )
 
 
 def _succeeded(store: Any) -> None:
@@ -560,7 +567,13 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             raise HveSendError(
                 f"HVE mail merge: {summary['accepted']} of {summary['total']} delivered; {summary['refused_count']} "
                 f"refused, {len(summary['invalid'])} invalid, {len(summary['unknown'])} unknown (see XCom "
-                f"'hve_summary'). Set fail_on_refused=False to let the task succeed anyway.",
+                f"'hve_summary'). Set fail_on_refused=False to let the task succeed anyway."
+                + (
+                    " Unknown rows (handed over, no answer from HVE) stay unknown in every retry: check them by "
+                    "Message-ID in the message trace, then set resend_unknown=True to send them again."
+                    if summary["unknown"]
+                    else ""
+                ),
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
         if store is not None:
