@@ -91,11 +91,11 @@ _ELEMENT_NAMES = """
     tt u ul var video wbr xml xmp
 """
 _ELEMENTS = frozenset(_ELEMENT_NAMES.split())
-# Left as written: comments (Outlook's conditional ones hold <xml> and <o:...> markup), and the content of
-# script, style, svg, math and xml elements (their own vocabularies). Otherwise a "<" and the name after it.
-_TAG_OR_SKIPPED = re.compile(
-    r"<!--.*?-->|<(script|style|svg|math|xml)\b.*?</\1\s*>|<(/?)([A-Za-z][^\s/>]*)", re.DOTALL | re.IGNORECASE
-)
+# Left as written: comments (Outlook's conditional ones hold <xml> and <o:...> markup), and the content of these
+# elements (their own vocabularies, or not HTML at all).
+_SKIPPED = ("script", "style", "svg", "math", "xml")
+_TAG_START = re.compile(r"<!--|<(/?)([A-Za-z][^\s/>]*)")
+_CLOSING = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in _SKIPPED}
 
 
 def escape_unknown_tags(html: str) -> str:
@@ -107,15 +107,34 @@ def escape_unknown_tags(html: str) -> str:
     comments, the content of ``script``, ``style``, ``svg``, ``math`` and ``xml``, custom elements (a ``-`` in the
     name) and namespaced ones (Outlook's ``<o:p>``). So ``<built-in function len>`` (a valid custom element name),
     ``<object object at 0x...>`` and ``a<b and c>`` (real elements) still read as markup, as a browser reads them.
+    One pass over the text: an element of the list above without its end tag is looked for once.
     """
-
-    def escape(match: re.Match[str]) -> str:
-        name = match[3]
-        if name is None or name.lower() in _ELEMENTS or "-" in name or ":" in name:
-            return match[0]
-        return f"&lt;{match[2]}{name}"
-
-    return _TAG_OR_SKIPPED.sub(escape, html)
+    pieces: list[str] = []
+    position = 0
+    unclosed: set[str] = set()
+    while (match := _TAG_START.search(html, position)) is not None:
+        if match[0] == "<!--":
+            end = html.find("-->", match.end())
+            end = len(html) if end < 0 else end + 3  # an unclosed comment runs to the end, as in a browser
+            pieces.append(html[position:end])
+            position = end
+            continue
+        slash, name = match[1], match[2]
+        lowered = name.lower()
+        if not slash and lowered in _CLOSING and lowered not in unclosed:
+            closing = _CLOSING[lowered].search(html, match.end())
+            if closing is not None:
+                pieces.append(html[position : closing.end()])
+                position = closing.end()
+                continue
+            unclosed.add(lowered)
+        if lowered in _ELEMENTS or "-" in name or ":" in name:
+            pieces.append(html[position : match.end()])
+        else:
+            pieces.append(f"{html[position : match.start()]}&lt;{slash}{name}")
+        position = match.end()
+    pieces.append(html[position:])
+    return "".join(pieces)
 
 
 def html_to_text(html: str) -> str:

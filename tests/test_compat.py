@@ -179,7 +179,7 @@ def test_async_notify_sends_through_the_sync_path(sandbox: HveSandbox, hve_conne
 
 @needs((3, 1), "The triggerer's supervisor channel (Deadline Alerts)")
 def test_async_notify_talks_to_the_triggerers_supervisor_without_crossing_replies(
-    sandbox: HveSandbox, hve_connection: Callable[..., str]
+    sandbox: HveSandbox, hve_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """
     Airflow 3.1's triggerer died after the first deadline alert: the alert's worker thread used the supervisor
@@ -225,7 +225,7 @@ def test_async_notify_talks_to_the_triggerers_supervisor_without_crossing_replie
         comms = TriggerCommsDecoder(async_writer=writer, async_reader=reader, socket=runner_end)
         if hasattr(comms, "start_reader"):  # Airflow 3.2+
             await comms.start_reader()
-        task_runner.SUPERVISOR_COMMS = comms
+        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)  # undone after the test
         await greenback.ensure_portal()  # as the triggerer runs each trigger
 
         async def other_trigger() -> None:
@@ -235,20 +235,52 @@ def test_async_notify_talks_to_the_triggerers_supervisor_without_crossing_replie
         try:
             await asyncio.wait_for(asyncio.gather(other_trigger(), notifier.async_notify(context)), 30)
         finally:
-            task_runner.SUPERVISOR_COMMS = None
+            reader_task = getattr(comms, "_reader_task", None)  # Airflow 3.2+'s reply reader
+            if reader_task is not None:
+                reader_task.cancel()
             writer.close()
 
     loop = asyncio.new_event_loop()  # not asyncio.run(): it would wait for a worker thread stuck on the old code
     try:
         loop.run_until_complete(triggerer())
     finally:
-        task_runner.SUPERVISOR_COMMS = None
         loop.close()
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.rcpt_tos == ["oncall@contoso.example"]
     assert sum(value.startswith("other-") for value in masked) == 20
     token = token_provider(HveHook().config).get_token().value
     assert token in masked, "the supervisor was never told to mask the token"
+
+
+def test_a_cancelled_async_notify_ends_at_once_and_its_send_completes_once(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    """A trigger cancelled mid-send (reassigned, shutdown): the await ends at once, the thread's send finishes."""
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    hve_connection()
+    sandbox.latency_ms = 300  # a send of six round trips or more (about 2 s): still going when cancelled
+    context = _deadline_context("r-cancel")
+    if not AIRFLOW_V_3_1_PLUS:
+        context["dag"] = None
+    notifier = HveNotifier(to="oncall@contoso.example")
+    notifier.render_template_fields(context)
+
+    async def cancel_mid_send() -> float:
+        send = asyncio.ensure_future(notifier.async_notify(context))
+        await asyncio.sleep(0.3)
+        assert not send.done()
+        send.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        return time.monotonic() - started
+
+    assert asyncio.run(cancel_mid_send()) < 0.5  # not the rest of the send
+    (delivered,) = sandbox.wait_for_messages(1, timeout=10)
+    assert delivered.rcpt_tos == ["oncall@contoso.example"]
+    time.sleep(0.5)
+    assert len(sandbox.messages) == 1
 
 
 @needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")

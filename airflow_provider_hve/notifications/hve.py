@@ -183,12 +183,27 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         # the same socket, the replies cross ("Response read out of order") and the triggerer dies; from a
         # sync_to_async thread it hands the call to the triggerer's own loop, as Airflow 3.1 expects. 3.2+ accept
         # both. thread_sensitive=False: the alerts of several triggers do not queue behind one another.
+        # Shielded: a cancelled trigger (reassigned, shutdown) must not cancel a supervisor request the thread is
+        # waiting for on the loop; 3.1's channel does not survive that. The send finishes in its thread either way.
+        import asyncio
+
         from asgiref.sync import sync_to_async
 
-        await sync_to_async(self.notify, thread_sensitive=False)(context)
+        send = asyncio.ensure_future(sync_to_async(self.notify, thread_sensitive=False)(context))
+        try:
+            await asyncio.shield(send)
+        except asyncio.CancelledError:
+            send.add_done_callback(_log_late_failure)
+            raise
 
 
 send_hve_notification = HveNotifier
+
+
+def _log_late_failure(send: Any) -> None:
+    """Log how an alert send ended after its trigger was cancelled (nobody awaits it any more)."""
+    if not send.cancelled() and send.exception() is not None:
+        log.error("An HVE alert whose trigger was cancelled failed: %s", send.exception())
 
 
 def deadline_facts(context: Mapping[str, Any]) -> dict[str, Any]:

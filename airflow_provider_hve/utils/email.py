@@ -129,14 +129,17 @@ def _resolve_conn_id(conn_id: str) -> str:
 def _redacted(subject: str, html_content: str) -> tuple[str, str]:
     """
     Mask secrets in the subject and body. Airflow 2.11's and 3.1's own failure mail put the exception into the
-    HTML unescaped: what only looks like a tag in it (``disk <full>``) is then escaped, so it is shown. In that
-    order: escaping first would change a secret holding a ``<`` before the masker sees it.
+    HTML unescaped: what only looks like a tag in it (``disk <full>``) is then escaped, so it is shown, and masked
+    again: escaping first would change a secret holding a ``<`` before the masker sees it, and an escaped secret
+    inside such a pseudo-tag is text only once it is escaped.
     """
     from airflow_provider_hve.redaction import redact_html, redact_text
     from airflow_provider_hve.reports import escape_unknown_tags
 
     safe_subject = redact_text(str(subject), what="the subject")
     safe_html = redact_html(str(html_content), what="the body")
+    if safe_html is not None:
+        safe_html = redact_html(escape_unknown_tags(safe_html), what="the body")
     if safe_subject is None or safe_html is None:
         return WITHHELD_SUBJECT, WITHHELD_HTML
-    return safe_subject, escape_unknown_tags(safe_html)
+    return safe_subject, safe_html

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as html_module
+
 import pytest
 
 from airflow_provider_hve.reports import escape_unknown_tags, html_to_text
@@ -56,6 +58,31 @@ def test_a_secret_holding_a_lt_sign_is_masked_before_anything_is_escaped() -> No
     from airflow_provider_hve.utils.email import _redacted
 
     mask_secret("hunter<secret42")
-    _, body = _redacted("s", "<!-- hunter<secret42 --><a href=x?k=hunter<secret42>link</a> disk <full>")
-    assert "secret42" not in body, body
-    assert "disk &lt;full>" in body
+    mask_secret("s3cr&t-Zq8")
+    html = "<!-- hunter<secret42 --><a href=x?k=hunter<secret42>link</a> disk <full> <full s3cr&amp;t-Zq8> end"
+    _, body = _redacted("s", html)
+    assert "secret42" not in body and "Zq8" not in body, body  # the escaped one inside a pseudo-tag too
+    assert "disk <full> <full ***> end" in html_module.unescape(body)
+
+
+def test_elements_without_their_end_tag_cost_one_pass() -> None:
+    # An exception text full of "<svg" without "</svg>" once took minutes (a search to the end per occurrence).
+    import time
+
+    body = "<p>" + "<svg <script <style <xml <math " * 20_000 + "<full></p>"
+    started = time.perf_counter()
+    escaped = escape_unknown_tags(body)
+    assert time.perf_counter() - started < 2.0
+    assert escaped.endswith("&lt;full></p>")
+
+
+@pytest.mark.parametrize(
+    ("markup", "expected"),
+    [
+        ("<svg-icon>a</svg-icon> <full> <svg>x</svg>", "<svg-icon>a</svg-icon> &lt;full> <svg>x</svg>"),
+        ("<!-- never closed <full>", "<!-- never closed <full>"),
+        ("<SVG><Text>t</Text></SVG><full>", "<SVG><Text>t</Text></SVG>&lt;full>"),
+    ],
+)
+def test_skipped_elements_end_at_their_own_end_tag(markup: str, expected: str) -> None:
+    assert escape_unknown_tags(markup) == expected
