@@ -37,6 +37,7 @@ MAX_RECIPIENTS_PER_TRANSACTION = 50
 IDLE_PROBE_SECONDS = 5.0
 """A session quiet for this long is checked with ``NOOP`` before anything is handed over (see ``_probe_if_idle``)."""
 
+_LAST_WRITE = "hve_last_write"
 _ACCEPTED_RCPT = (250, 251)
 # Printable ASCII without space, '<' and '>': anything else could end the address, the command line or the
 # reply count (CR, LF, NUL), or needs SMTPUTF8, which HVE does not offer.
@@ -132,7 +133,10 @@ class Pipeline:
         # transaction, not per message: one batch of a split message may be delivered and the next refused.
         self._handed_over: dict[int, _Transaction] = {}
         self.transactions = 0
-        self._last_io = time.monotonic()  # the last write or read: how long the session has been quiet
+        # When the client last wrote on this connection (the server's idle clock runs from its last command): kept
+        # on the smtplib object, which outlives the pipelines of one session (HveSmtpSession.send makes one each).
+        if not isinstance(getattr(smtp, _LAST_WRITE, None), float):
+            setattr(smtp, _LAST_WRITE, time.monotonic())
         if smtp.sock is not None:
             # Small pipelined writes must not wait for the peer's delayed ACK (Nagle).
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -444,7 +448,7 @@ class Pipeline:
         waiting for client input``, then the end of the connection) would otherwise take the next message's bytes
         and leave its outcome unknown; found here, nothing was handed over and it is sent again on a new session.
         """
-        if time.monotonic() - self._last_io < IDLE_PROBE_SECONDS:
+        if time.monotonic() - getattr(self._smtp, _LAST_WRITE) < IDLE_PROBE_SECONDS:
             return
         self._write(b"NOOP\r\n")
         code, reply = self._read()
@@ -458,7 +462,7 @@ class Pipeline:
             self._smtp.send(data)
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise self._broken(exc) from exc
-        self._last_io = time.monotonic()
+        setattr(self._smtp, _LAST_WRITE, time.monotonic())
 
     def _read(self, final_of: _Transaction | None = None) -> tuple[int, str]:
         import smtplib
@@ -467,7 +471,6 @@ class Pipeline:
             code, reply = self._smtp.getreply()
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise self._broken(exc) from exc
-        self._last_io = time.monotonic()
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
         if code == 421:
             self._hung_up_at(final_of)

@@ -37,7 +37,7 @@ class VariableStore:
     Each write is read back: the task SDK's ``Variable.set`` logs a failure and returns (Airflow 3.0 to 3.2),
     and a record that silently was not kept would let a retry send again.
 
-    Reads go through an index of the keys written: a key not in it is not asked for (Airflow 3.0 to 3.2 log an
+    Reads go through an index of the keys written: a key not in it is not asked for (Airflow 3.0 and 3.1 log an
     error for every Variable not found), and on a task instance's first try nothing is read at all.
 
     :param dag_id: with ``run_id``, ``task_id`` and ``map_index``, names the task instance in every try.
@@ -63,18 +63,16 @@ class VariableStore:
     def set(self, key: str, value: Any) -> None:
         keys = self._index()
         if key not in keys:
-            keys.add(key)
-            self._set(self._name(_INDEX), sorted(keys))
-            self._index_written = True
+            self._set(self._name(_INDEX), sorted(keys | {key}))  # the index first: a record is never unlisted
+            self._keys, self._index_written = keys | {key}, True
         self._set(self._name(key), value)
 
     def delete(self, key: str) -> None:
         self._delete(self._name(key))
         keys = self._index()
         if key in keys:
-            keys.discard(key)
-            self._set(self._name(_INDEX), sorted(keys))
-            self._index_written = True
+            self._set(self._name(_INDEX), sorted(keys - {key}))
+            self._keys, self._index_written = keys - {key}, True
 
     def clear(self) -> None:
         """Delete every Variable of this task instance (the task succeeded: no retry will read them)."""
@@ -89,8 +87,11 @@ class VariableStore:
     # -- Variables -----------------------------------------------------------------------------------------
 
     def _name(self, key: str) -> str:
-        # "/" would end a Variable's key in the REST path of Airflow 3's API; keys stay short (<= 250).
-        return self._prefix + key.replace("/", ".")[-200:]
+        # Hashed: short (Variables allow 250 characters), nothing the REST path of Airflow 3's API would split ("/"),
+        # and no word such as "password" from a task id that would make Airflow's masker hide the values it reads.
+        if key == _INDEX:
+            return self._prefix + _INDEX
+        return self._prefix + hashlib.sha256(key.encode()).hexdigest()[:24]
 
     def _index(self) -> builtins.set[str]:
         if self._keys is None:

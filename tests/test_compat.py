@@ -346,21 +346,44 @@ def test_floor_leg_runs_the_declared_common_compat_floor() -> None:
 
 @pytest.mark.skipif(HAS_TASK_STATE_STORE, reason=f"Airflow {RUNNING} keeps the record in task_state_store")
 def test_without_task_state_store_a_first_try_reads_no_variable_and_leaves_none(
-    run_dag: Callable[..., Any], sandbox: HveSandbox, capfd: pytest.CaptureFixture[str]
+    run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first try cannot have a record to read: no look-up (3.0-3.2 log an error per Variable not found)."""
-    from airflow.models.variable import Variable
-    from airflow.utils.session import create_session
+    """A first try cannot have a record to read: only its own writes are read back (3.0-3.2 log each miss)."""
+    from airflow_provider_hve.state import VariableStore
 
-    from airflow_provider_hve.state import VARIABLE_PREFIX
+    written: list[str] = []
+    read_before_written: list[str] = []
+    real_get, real_set = VariableStore._get, VariableStore._set
 
+    def spy_get(name: str, default: Any) -> Any:
+        if name not in written:
+            read_before_written.append(name)
+        return real_get(name, default)
+
+    def spy_set(store: VariableStore, name: str, value: Any) -> None:
+        written.append(name)
+        real_set(store, name, value)
+
+    monkeypatch.setattr(VariableStore, "_get", staticmethod(spy_get))
+    monkeypatch.setattr(VariableStore, "_set", spy_set)
     dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
     assert dag_run.state == "success"
     assert len(sandbox.wait_for_messages(40, timeout=10)) == 40
-    out, err = capfd.readouterr()
-    assert "Variable not found" not in out + err and VARIABLE_PREFIX not in out + err
+    assert written, "the delivered rows were not recorded"
+    assert read_before_written == []
+    assert _variables_of(dag_run, "merge") == []
+
+
+def _variables_of(dag_run: Any, task_id: str) -> list[str]:
+    """The Variables left by one task instance's record (other tests' failed tasks leave theirs, by design)."""
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+
+    from airflow_provider_hve.state import VariableStore
+
+    prefix = VariableStore(dag_run.dag_id, dag_run.run_id, task_id)._prefix
     with create_session() as session:
-        assert session.query(Variable.key).filter(Variable.key.like(f"{VARIABLE_PREFIX}%")).all() == []
+        return [key for (key,) in session.query(Variable.key).filter(Variable.key.like(f"{prefix}%")).all()]
 
 
 @pytest.mark.skipif(
@@ -371,11 +394,6 @@ def test_without_task_state_store_a_retry_sends_each_row_once_and_cleans_up(
     run_dag: Callable[..., Any], sandbox: HveSandbox, task_outputs: Callable[..., Any]
 ) -> None:
     """Before Airflow 3.3 the delivery log lives in Airflow Variables: the retry skips what the first try delivered."""
-    from airflow.models.variable import Variable
-    from airflow.utils.session import create_session
-
-    from airflow_provider_hve.state import VARIABLE_PREFIX
-
     sandbox.smtp.disconnect_after(15)  # the first try delivers 15 of 40, then HVE hangs up; the retry runs
     dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
     assert dag_run.state == "success"
@@ -387,6 +405,4 @@ def test_without_task_state_store_a_retry_sends_each_row_once_and_cleans_up(
     assert len({m.session_id for m in delivered}) == 2  # two tries, two connections
     summary, _ = task_outputs(dag_run, "merge")
     assert summary["skipped_already_delivered"] == 15 and summary["accepted"] == 25
-    with create_session() as session:  # the task succeeded: its records are gone
-        left = session.query(Variable.key).filter(Variable.key.like(f"{VARIABLE_PREFIX}%")).all()
-    assert left == []
+    assert _variables_of(dag_run, "merge") == []  # the task succeeded: its records are gone

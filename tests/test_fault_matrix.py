@@ -22,7 +22,7 @@ import pytest
 
 from airflow_provider_hve.bulk import BulkReport, MailMerge
 from airflow_provider_hve.connection import DEFAULT_BDAT_WINDOW
-from airflow_provider_hve.exceptions import HveAuthError, HveConnectionError, HveError, HveSendError
+from airflow_provider_hve.exceptions import HveAuthError, HveConfigError, HveConnectionError, HveError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import (
@@ -423,6 +423,38 @@ def test_on_kill_stops_the_merge_and_its_operator_keeps_the_report(
     assert summary["accepted"] <= count <= summary["accepted"] + len(summary["unknown"]), (count, summary)
     time.sleep(0.5)
     assert len(sandbox.messages) == count, "a message was handed over after on_kill"
+
+
+def test_a_merge_told_to_stop_before_it_connects_sends_nothing(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    # on_kill can come while the rows and templates are still being read: the run must not start sending then.
+    merge = MailMerge(HveHook(hve_conn_id=hve_connection()), subject="x", text_content="y", sessions=2)
+    merge.stop()
+    with pytest.raises(HveError, match="told to stop"):
+        merge.run(ROW_LIST[:20])
+    assert merge.last_report is not None and len(merge.last_report.not_sent) == 20
+    assert len(sandbox.messages) == 0
+
+
+def test_a_template_that_fails_for_every_row_fails_the_merge_after_a_few_rows(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    from airflow_provider_hve.bulk.merge import FIRST_ROWS_TRIED
+
+    tried: list[int] = []
+    merge = MailMerge(HveHook(hve_conn_id=hve_connection()), subject="{{ recipient.nmae }}", text_content="y")
+    build = merge._build
+
+    def counting_build(row: Any, **options: Any) -> Any:
+        tried.append(row.index)
+        return build(row, **options)
+
+    merge._build = counting_build  # type: ignore[method-assign]
+    with pytest.raises(HveConfigError, match="'nmae'"):
+        merge.run(ROW_LIST)
+    assert len(tried) == FIRST_ROWS_TRIED < len(ROW_LIST)
+    assert not sandbox.smtp_sessions
 
 
 def test_no_message_is_handed_over_after_the_run_stops(sandbox: HveSandbox, hve_connection: Callable[..., str]) -> None:

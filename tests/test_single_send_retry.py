@@ -301,15 +301,30 @@ def test_a_quota_at_a_later_batch_keeps_the_first_batches_accepted(
         assert all(refused[address][0] == 451 and "Not sent" in refused[address][1] for address in everyone[100:])
 
 
+@pytest.mark.parametrize("silent", [False, True], ids=["451-then-close", "silent-close"])
 @pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
 def test_a_session_the_server_closed_while_idle_is_found_dead_before_the_hand_over(
-    sandbox: HveSandbox, hook: HveHook, clock: FakeClock, chunking: bool
+    sandbox: HveSandbox, hook: HveHook, clock: FakeClock, chunking: bool, silent: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A session kept open (hook.smtp_session()) sits idle; HVE says "451 4.7.0 Timeout" and closes it. The next
-    # message must not be written into the dead connection and called unknown: a NOOP finds it dead with nothing
-    # handed over, and the message goes on a new connection, once.
+    # A session kept open (hook.smtp_session()) sits idle; HVE says "451 4.7.0 Timeout" and closes it, or a load
+    # balancer drops it without a word. The next message must not be written into the dead connection and called
+    # unknown: a NOOP finds it dead with nothing handed over, and the message goes on a new connection, once.
+    if silent:
+        from airflow_provider_hve.sandbox.smtp_server import HveSmtp
+
+        def close_silently(server: HveSmtp) -> None:
+            assert server.record is not None and server.transport is not None
+            server.record.timed_out = True
+            server.transport.close()
+
+        monkeypatch.setattr(HveSmtp, "_timeout_cb", close_silently)
+    from airflow_provider_hve import pipeline
+
+    monkeypatch.setattr(pipeline, "IDLE_PROBE_SECONDS", 0.5)  # below the sandbox's idle timeout, as 5 s is below HVE's
     sandbox.smtp.chunking = chunking
-    sandbox.smtp.idle_timeout = 0.5
+    hook.get_access_token()  # no token request inside the session: its commands come without a pause
+    # Long enough that opening a session on a loaded machine is not itself "idle" (it applies between any commands).
+    sandbox.smtp.idle_timeout = 2.0
     with hook.smtp_session() as session:
         first = hook.build_message([ALICE], "First", text_content="one")
         session.send(first.message, first.recipients, payload=first.payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -25,8 +26,8 @@ class DeliveryLog(Protocol):
 
 
 def delivery_key(index: int, address: str) -> str:
-    """Identify a row across tries: its position and its address."""
-    return f"{index}:{address.lower()}"
+    """Identify a row across tries: its position and a hash of its address (the record holds no address)."""
+    return f"{index}:{hashlib.sha256(address.lower().encode()).hexdigest()[:16]}"
 
 
 class TaskStateDeliveryLog:

@@ -43,6 +43,8 @@ MAX_SESSIONS = 8
 RETRY_BUDGET_SHARE = 0.05
 """Default retry budget of a run: this share of its rows (at least :data:`MIN_RETRY_BUDGET`)."""
 MIN_RETRY_BUDGET = 20
+FIRST_ROWS_TRIED = 20
+"""Rows tried before connecting: if this many fail in a row, the merge fails (a template error, not one row's data)."""
 
 
 def default_retry_budget(rows: int) -> int:
@@ -124,6 +126,7 @@ class MailMerge:
         self.resend_unknown = resend_unknown
         self.last_report: BulkReport | None = None
         self._shared: SharedLedger | None = None
+        self._stop_requested = False
         self._templates = _Templates(env, subject, html_content, text_content)
 
     def run(self, rows: Sequence[Mapping[str, Any]]) -> BulkReport:
@@ -152,6 +155,8 @@ class MailMerge:
         )
         progress = Progress(len(rows), self.progress_interval)
         shared = self._shared = SharedLedger(ledger, self.delivery_log, progress)
+        if self._stop_requested:  # told to stop (on_kill) while the rows and templates were being read
+            ledger.stop(Killed())
         provider = self.hook.token_provider if first is not None else None
         requests_before = provider.requests_sent if provider is not None else 0
         try:
@@ -182,6 +187,7 @@ class MailMerge:
 
         Safe from a signal handler: the ledger's lock is taken in a thread of its own, never in the handler.
         """
+        self._stop_requested = True  # seen by run() if it has not built its ledger yet
         shared = self._shared
         if shared is not None:
             threading.Thread(
@@ -195,17 +201,20 @@ class MailMerge:
         Return the first row whose message builds, before connecting: a broken template or sender shows up here.
 
         A row whose own data breaks its message is invalid, as it would be anywhere later in the run, and the
-        next row is tried (its verdict goes to ``verdicts``). Only when no row builds is the run refused, with the
-        first row's error: nothing was sent.
+        next row is tried (its verdict goes to ``verdicts``). When no row builds, or the first
+        :data:`FIRST_ROWS_TRIED` in a row all fail (then the template, not the data, is at fault), the run is
+        refused with the first row's error: nothing was sent.
         """
         row: Row | None = first
         failure: Exception | None = None
-        while row is not None:
+        failures = 0
+        while row is not None and failures < FIRST_ROWS_TRIED:
             try:
                 self._build(row, check_sender=True)
                 return row
             except Exception as exc:
                 verdicts.append(Settled(row.index, RowState.INVALID, row.mailbox.addr_spec, row_error(row.index, exc)))
+                failures += 1
                 if failure is None:
                     failure = exc
                     log.warning(

@@ -504,6 +504,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
 
     def on_kill(self) -> None:
         """Stop a running merge: hand over nothing more, keep the report (XCom ``hve_summary``) and the delivery log."""
+        self._killed = True  # seen by execute() if the merge has not started yet
         merge = getattr(self, "_merge", None)
         if merge is not None:
             self.log.warning("Told to stop: the mail merge hands over nothing more and keeps its report.")
@@ -549,6 +550,8 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             resend_unknown=self.resend_unknown,
         )
         self._merge: MailMerge | None = merge
+        if getattr(self, "_killed", False):  # on_kill came while the rows and templates were read
+            merge.stop()
         try:
             summary = merge.run(rows).as_dict()
         except HveConfigError:
