@@ -236,11 +236,10 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                     store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
             raise
         if store is not None:
-            if unknown:
-                store.delete(UNKNOWN_OUTCOME_KEY)
-            if delivered:
-                store.delete(ALREADY_ACCEPTED_KEY)
-            _succeeded(store)
+            _succeeded(
+                store,
+                [key for key, held in ((UNKNOWN_OUTCOME_KEY, unknown), (ALREADY_ACCEPTED_KEY, delivered)) if held],
+            )
         result["accepted"] = [*earlier, *result["accepted"]]
         return {"dry_run": False, "outcome": "accepted", **result}
 
@@ -309,12 +308,18 @@ def _state_store(context: Any) -> Any:
     )
 
 
-def _succeeded(store: Any) -> None:
-    """The task succeeded: no retry will read its records. Variables are deleted (task_state_store is Airflow's)."""
+def _succeeded(store: Any, keys: Sequence[str]) -> None:
+    """
+    The task succeeded: no retry will read its records. Variables are deleted all at once; in ``task_state_store``
+    (Airflow's) only ``keys``.
+    """
     from airflow_provider_hve.state import VariableStore
 
     if isinstance(store, VariableStore):
         store.clear()
+        return
+    for key in keys:
+        store.delete(key)
 
 
 def _task_instance_id(context: Any) -> str:
@@ -580,5 +585,5 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
         if store is not None:
-            _succeeded(store)
+            _succeeded(store, ())
         return summary
