@@ -10,6 +10,7 @@ import os
 import smtplib
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,24 +98,60 @@ def measure(
     return row
 
 
-def run_hve(sandbox: Any, endpoint: Endpoint, count: int, sessions: int, window: int | None) -> Callable[[], None]:
+def run_hve(
+    sandbox: Any, endpoint: Endpoint, count: int, sessions: int, window: int | None, *, durable_log: bool = False
+) -> Callable[[], None]:
+    """A mail merge; with ``durable_log``, its delivery log (write-ahead) in a fresh :class:`SqliteStore`."""
     from airflow_provider_hve.auth import clear_token_providers
-    from airflow_provider_hve.bulk import MailMerge
+    from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
     from airflow_provider_hve.hooks.hve import HveHook
 
     extra = {} if window is None else {"bdat_window": window}
     use_connection(sandbox, endpoint, **extra)
     rows = recipients(count)
+    log = TaskStateDeliveryLog(SqliteStore(tempfile.mkdtemp(prefix="hve-bench-log-") + "/state.sqlite"), "merge")
 
     def run() -> None:
         clear_token_providers()
         merge = MailMerge(
-            HveHook(), subject=SUBJECT, html_content=HTML, text_content=TEXT, sessions=sessions, progress_interval=1e9
+            HveHook(),
+            subject=SUBJECT,
+            html_content=HTML,
+            text_content=TEXT,
+            sessions=sessions,
+            progress_interval=1e9,
+            delivery_log=log if durable_log else None,
         )
         report = merge.run(rows)
         assert report.accepted == count, report.as_dict()
 
     return run
+
+
+class SqliteStore:
+    """
+    ``task_state_store``'s get / set on a SQLite file, each set a committed transaction (synced to disk): a
+    stand-in for the metadata database a real task writes to (over the API server on Airflow 3, the ORM on 2).
+    """
+
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT)")
+        self.writes = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+        self.writes += 1
+
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM state WHERE key = ?", (key,))
 
 
 def run_bare_smtplib(sandbox: Any, endpoint: Endpoint, count: int) -> Callable[[], None]:

@@ -15,12 +15,13 @@ retry budget.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
-from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK
+from airflow_provider_hve.bulk.delivery_log import INTENT_MARK, RELEASED_MARK, UNKNOWN_MARK
 from airflow_provider_hve.bulk.rows import (
     NO_NEWS,
     OPEN_STATES,
@@ -68,6 +69,8 @@ class RowLedger:
     :param clock: monotonic seconds (``time.monotonic``).
     :param rng: jitter for backoffs and pauses.
     :param session_wide: tells a permanent refusal that stops the run (quota) from one of a single message.
+    :param write_ahead: with a delivery log: journal an intent for a row before it is handed out, and for this
+        many rows queued after it (so the log can write them before they are needed); 0: no intents.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class RowLedger:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         session_wide: Callable[[int, str], bool] | None = None,
+        write_ahead: int = 0,
     ) -> None:
         if session_wide is None:
             from airflow_provider_hve.diagnostics import is_session_wide
@@ -106,6 +110,8 @@ class RowLedger:
         self._refusals: dict[int, dict[str, tuple[int, str]]] = {}
         self._reasons: dict[int, str] = {}
         self._journal: list[str] = []
+        self._write_ahead = write_ahead
+        self._intended: dict[int, str] = {}  # rows with an intent in the journal and no final entry yet
         self._sessions: dict[int, SessionRecord] = {}
         self._next_session = 0
         self._next_start = self._pause_until = self._pause_began = float("-inf")
@@ -165,6 +171,9 @@ class RowLedger:
             self._retries.pop(row.index, None)
             self._move(row.index, (RowState.QUEUED, RowState.WAITING), RowState.TAKEN)
             self._holdings[row.index] = Holding(row, session)
+            if self._write_ahead:
+                self._intend(row)
+                self._intend_ahead()
             return Send(row)
 
     def handed_over(self, index: int, session: int) -> bool:
@@ -358,6 +367,21 @@ class RowLedger:
             if not everything:
                 return
 
+    def _intend(self, row: Row) -> None:
+        if row.index not in self._intended:
+            self._intended[row.index] = row.key
+            self._journal.append(INTENT_MARK + row.key)
+
+    def _intend_ahead(self) -> None:
+        """Journal intents for the next ``write_ahead`` rows of the queue, so they are durable when taken."""
+        while len(self._queue) < self._write_ahead:
+            before = len(self._queue)
+            self._pull()
+            if len(self._queue) == before:
+                break
+        for row in itertools.islice(self._queue, self._write_ahead):
+            self._intend(row)
+
     def _nothing_due(self) -> Wait | Finished:
         if self._retries:
             return Wait(min(retry.not_before for retry in self._retries.values()))
@@ -429,8 +453,11 @@ class RowLedger:
             self._addresses[index] = address
         if reason:
             self._reasons[index] = reason
+        key = self._intended.pop(index, None)
         if journal:
             self._journal.append(journal)
+        elif key is not None and state != RowState.ACCEPTED:
+            self._journal.append(RELEASED_MARK + key)  # announced, certainly not delivered: a retry sends it
 
     def _move(self, index: int, allowed: Collection[RowState], to: RowState) -> None:
         if not 0 <= index < self.total:

@@ -45,6 +45,8 @@ RETRY_BUDGET_SHARE = 0.05
 MIN_RETRY_BUDGET = 20
 FIRST_ROWS_TRIED = 20
 """Rows tried before connecting: if this many fail in a row, the merge fails (a template error, not one row's data)."""
+MIN_WRITE_AHEAD = 32
+"""Fewest rows whose intent the delivery log writes ahead of the sessions (see ``MailMerge._write_ahead``)."""
 
 
 def default_retry_budget(rows: int) -> int:
@@ -152,6 +154,7 @@ class MailMerge:
             max_reconnects=self.max_reconnects,
             rate_interval=60.0 / self.rate_per_minute if self.rate_per_minute else 0.0,
             clock=time.monotonic,
+            write_ahead=self._write_ahead() if self.delivery_log is not None else 0,
         )
         progress = Progress(len(rows), self.progress_interval)
         shared = self._shared = SharedLedger(ledger, self.delivery_log, progress)
@@ -179,6 +182,14 @@ class MailMerge:
         if ledger.stopped is not None:
             raise stop_error(ledger.stopped, report.accepted)  # composed now, after every session: figures are final
         return report
+
+    def _write_ahead(self) -> int:
+        """
+        How many rows past the one being taken get their intent journaled ahead: what the sessions can have in
+        flight (so the log's writer keeps ahead of them), at least :data:`MIN_WRITE_AHEAD`. A killed worker
+        leaves at most this many rows more unknown than were in flight.
+        """
+        return max(MIN_WRITE_AHEAD, self.sessions * self.hook.config.bdat_window)
 
     def stop(self) -> None:
         """

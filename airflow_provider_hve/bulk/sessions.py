@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from airflow_provider_hve.bulk.delivery_log import INTENT_MARK
 from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.rows import Finished, Outcome, Reconnect, Row, RowState, Send, Step, Wait
 from airflow_provider_hve.bulk.stops import Raised
@@ -46,20 +47,24 @@ class SharedLedger:
         self._changed = threading.Condition()
 
     def change(self, transition: Callable[[RowLedger], T]) -> T:
-        """Apply one transition under the lock; wake the waiting sessions; record what was delivered."""
-        journal: list[str] = []
-        try:
-            with self._changed:
-                try:
-                    return transition(self.ledger)
-                finally:
-                    journal = self.ledger.take_journal()
-                    self._progress.update(self.ledger.settled(), self.ledger.count(RowState.REFUSED))
-                    self._changed.notify_all()
-        finally:
-            # Outside the lock: the delivery log may write to Airflow's store.
-            if journal and self._log is not None:
-                self._log.record(journal)
+        """Apply one transition under the lock; wake the waiting sessions; journal what happened to rows."""
+        with self._changed:
+            try:
+                return transition(self.ledger)
+            finally:
+                journal = self.ledger.take_journal()
+                # Under the lock, so the journal keeps the ledger's order (an intent before its row's outcome).
+                # A buffering log (TaskStateDeliveryLog) only queues here; its writer thread writes.
+                if journal and self._log is not None:
+                    self._log.record(journal)
+                self._progress.update(self.ledger.settled(), self.ledger.count(RowState.REFUSED))
+                self._changed.notify_all()
+
+    def wait_recorded(self, row: Row) -> None:
+        """Return once the row's intent is durable (write-ahead): only then may the row be handed over."""
+        wait = getattr(self._log, "wait_recorded", None)
+        if wait is not None:
+            wait(INTENT_MARK + row.key)
 
     def next_step(self, session: int) -> Step:
         """
@@ -183,6 +188,7 @@ class SessionWorker:
         # then this message, and the content of the one before it, must not be written.
         transactions = -(-len(outgoing.recipients) // MAX_RECIPIENTS_PER_TRANSACTION)
         earlier = self._shared.completed(pipeline.collect(transactions))
+        self._shared.wait_recorded(row)  # its intent is in the delivery log before a byte of it is written
         if not self._shared.change(lambda ledger: ledger.handed_over(row.index, self.session)):
             return earlier  # the run stopped meanwhile
         now = self._shared.completed(

@@ -188,14 +188,19 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
         unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         if unknown and not self.resend_unknown:
-            # An earlier try handed the message over and lost the connection before HVE's answer: it may have
-            # been delivered. Sending it again could mail every recipient twice; calling it a success could hide
-            # a message nobody got. Fail, without sending, and say what to do.
+            # An earlier try handed the message over and never recorded HVE's answer (the connection broke, or the
+            # worker died): it may have been delivered. Sending it again could mail every recipient twice;
+            # calling it a success could hide a message nobody got. Fail, without sending, and say what to do.
+            how = (
+                "ended (its worker died or was killed) without recording HVE's answer"
+                if unknown.get("write_ahead")
+                else "the connection broke before HVE's answer"
+            )
             raise HveSendError(
                 f"Not sending again: try {unknown.get('try_number')} handed {unknown.get('message_id')} to HVE "
-                f"(connection {self.hve_conn_id!r}) but the connection broke before HVE's answer, so it may have "
-                f"been delivered. Check a recipient's mailbox (search for that Message-ID). To send it again "
-                f"anyway, set resend_unknown=True on this task and clear it."
+                f"(connection {self.hve_conn_id!r}) and {how}, so it may have been delivered. Check a "
+                f"recipient's mailbox (search for that Message-ID). To send it again anyway, set "
+                f"resend_unknown=True on this task and clear it."
             )
         if unknown and unknown.get("message_id"):
             # resend_unknown: the same message again, under the Message-ID of the try whose outcome is unknown (a
@@ -208,7 +213,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
             )
         stored = store.get(ALREADY_ACCEPTED_KEY) if store is not None else None
         delivered: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
-        earlier = tuple(delivered.get("accepted") or ())
+        earlier = _accepted_before(outgoing.recipients, delivered.get("accepted") or ())
         if earlier:
             outgoing = _without_recipients(outgoing, earlier, str(delivered.get("message_id") or ""))
             self.log.info(
@@ -219,6 +224,11 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 len(outgoing.recipients),
             )
         message_id = str(outgoing.message["Message-ID"])
+        try_number = getattr(context.get("ti"), "try_number", None)
+        if store is not None and outgoing.recipients:
+            # Write-ahead: recorded before a byte goes to HVE, so a worker killed mid-send leaves a record that
+            # the next try reads as "unknown" (never sent again unless resend_unknown), not as "never sent".
+            store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number, "write_ahead": True})
         try:
             if not outgoing.recipients:
                 result: dict[str, Any] = {"message_id": message_id, "accepted": [], "refused": {}}
@@ -226,20 +236,21 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 result = hook.send_message(outgoing).as_dict()
         except HveError as exc:
             if store is not None:
-                try_number = getattr(context.get("ti"), "try_number", None)
                 if exc.accepted:
-                    accepted = list(dict.fromkeys([*earlier, *exc.accepted]))
+                    accepted = list(dict.fromkeys([*_address_hashes(earlier), *_address_hashes(exc.accepted)]))
                     store.set(
                         ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": accepted}
                     )
                 if isinstance(exc, HveConnectionError) and exc.in_flight:
                     store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
+                elif outgoing.recipients:
+                    store.delete(UNKNOWN_OUTCOME_KEY)  # certainly not delivered beyond exc.accepted: a retry sends
             raise
         if store is not None:
-            _succeeded(
-                store,
-                [key for key, held in ((UNKNOWN_OUTCOME_KEY, unknown), (ALREADY_ACCEPTED_KEY, delivered)) if held],
-            )
+            held = [key for key, value in ((ALREADY_ACCEPTED_KEY, delivered), (UNKNOWN_OUTCOME_KEY, unknown)) if value]
+            if outgoing.recipients and UNKNOWN_OUTCOME_KEY not in held:
+                held.append(UNKNOWN_OUTCOME_KEY)
+            _succeeded(store, held)
         result["accepted"] = [*earlier, *result["accepted"]]
         return {"dry_run": False, "outcome": "accepted", **result}
 
@@ -327,6 +338,23 @@ def _task_instance_id(context: Any) -> str:
     ti = context.get("ti")
     parts = (getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index"))
     return "\0".join(str(part) for part in parts)
+
+
+def _address_hashes(addresses: Sequence[str]) -> list[str]:
+    """How the record names recipients: a hash of each address (Variables and XCom are read by many)."""
+    import hashlib
+
+    return [hashlib.sha256(address.lower().encode()).hexdigest()[:32] for address in addresses]
+
+
+def _accepted_before(recipients: Sequence[str], recorded: Sequence[str]) -> list[str]:
+    """The recipients an earlier try's record lists as accepted (by the hashes of their addresses)."""
+    recorded_set = {str(entry) for entry in recorded}
+    return [
+        address
+        for address, digest in zip(recipients, _address_hashes(recipients), strict=True)
+        if digest in recorded_set
+    ]
 
 
 def _without_recipients(outgoing: OutgoingMessage, delivered: Sequence[str], message_id: str) -> OutgoingMessage:

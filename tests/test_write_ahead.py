@@ -1,0 +1,194 @@
+"""A worker killed outright (SIGKILL) while a mail merge sends: the next try sends nothing twice.
+
+The killed try cannot record anything more; what it recorded before is all the next try has. The delivery log
+writes each row's intent before the row is handed over (write-ahead), so a row the killed try may have
+delivered is ``unknown`` in the next try, never sent again; every other row is delivered exactly once. The
+durable store here is a SQLite file (committed on every write), standing in for ``task_state_store`` or
+Airflow Variables, shared by the killed process and the retry like a metadata database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
+from airflow_provider_hve.bulk.delivery_log import replay
+from airflow_provider_hve.bulk.merge import MIN_WRITE_AHEAD
+from airflow_provider_hve.connection import DEFAULT_BDAT_WINDOW
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.sandbox import HveSandbox
+
+ROWS = 200
+STALLED_AFTER = 100
+ROW_LIST = [{"email": f"wa{n:04d}@contoso.example", "name": f"Person {n}"} for n in range(ROWS)]
+
+
+class SqliteStore:
+    """``task_state_store``'s get / set / delete on a SQLite file: every set is committed before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT)")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+
+    def delete(self, key: str) -> None:
+        self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_write_ahead import ROW_LIST, SqliteStore
+    from airflow_provider_hve.bulk import MailMerge, TaskStateDeliveryLog
+    from airflow_provider_hve.hooks.hve import HveHook
+
+    log = TaskStateDeliveryLog(SqliteStore({db!r}), prefix="merge")
+    MailMerge(HveHook(hve_conn_id="hve_default"), subject="x", text_content="y", sessions=1, delivery_log=log,
+              message_id_seed="dag\\0run\\0merge\\0-1").run(ROW_LIST)
+    """
+)
+
+
+def _recorded(path: Path) -> set[str]:
+    return TaskStateDeliveryLog(SqliteStore(path), prefix="merge").delivered()
+
+
+def test_a_merge_killed_while_sending_is_retried_without_sending_anything_twice(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    hve_connection()
+    db = tmp_path / "state.sqlite"
+    SqliteStore(db)  # the table exists before either process opens it
+    # Row 100 is delivered and its 250 held: the killed try cannot know it arrived (the write-ahead case).
+    sandbox.smtp.stall_after(STALLED_AFTER, 30)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), db=str(db))],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        sandbox.wait_for_messages(STALLED_AFTER + 1, timeout=60)
+        # Killed once its record has not changed for 1.5 s: the try is stuck on the stalled reply.
+        deadline, seen, since = time.monotonic() + 30, _recorded(db), time.monotonic()
+        while time.monotonic() - since < 1.5:
+            assert time.monotonic() < deadline and child.poll() is None, "the first try did not stall"
+            time.sleep(0.05)
+            if (now := _recorded(db)) != seen:
+                seen, since = now, time.monotonic()
+        child.send_signal(signal.SIGKILL)
+    finally:
+        output = child.communicate(timeout=30)[0].decode(errors="replace")
+    assert child.returncode == -signal.SIGKILL, output
+    first = len(sandbox.messages)
+
+    # The retry: same record, same Message-IDs, nothing learned from the killed process but the store.
+    log = TaskStateDeliveryLog(SqliteStore(db), prefix="merge")
+    merge = MailMerge(
+        HveHook(hve_conn_id="hve_default"),
+        subject="x",
+        text_content="y",
+        sessions=1,
+        delivery_log=log,
+        message_id_seed="dag\0run\0merge\0-1",
+    )
+    report = merge.run(ROW_LIST)
+    received = Counter(m.rcpt_tos[0] for m in sandbox.messages)
+    twice = {address: n for address, n in received.items() if n > 1}
+    assert not twice, f"delivered more than once: {twice}"
+    # Every outcome read before the stall (all but the stalled BDAT window's) was durable in time.
+    assert report.skipped >= STALLED_AFTER - DEFAULT_BDAT_WINDOW
+    unknown = set(report.unknown)
+    # Row 100 arrived before the kill: the retry does not know, so it is unknown, not sent again.
+    assert ROW_LIST[STALLED_AFTER]["email"] in unknown
+    # Unknown: what the session held when the worker died (a BDAT window written, the next one gathered, the row
+    # taken) and the intents written ahead of it, no more.
+    assert len(unknown) <= 2 * DEFAULT_BDAT_WINDOW + MIN_WRITE_AHEAD, len(unknown)
+    every = {row["email"] for row in ROW_LIST}
+    assert set(received) | unknown == every, "a row was neither delivered nor reported unknown"
+    assert report.accepted + report.skipped + len(unknown) == ROWS
+    assert len(sandbox.messages) == first + report.accepted
+    # The retry's own record: its rows are delivered, the unknown ones stay unknown for a third try.
+    assert replay_counts(_recorded(db)) == (ROWS - len(unknown), len(unknown))
+
+
+def replay_counts(done: set[str]) -> tuple[int, int]:
+    unknown = sum(1 for key in done if key.startswith("?"))
+    return len(done) - unknown, unknown
+
+
+def test_the_journal_replays_to_the_last_entry_of_each_row() -> None:
+    # accepted; intent only (killed: unknown); released (sent again); unknown; intent then accepted;
+    # released in one try, then intent in the next (killed again: unknown).
+    entries = ["0:a", ">1:b", ">2:c", "-2:c", "?3:d", ">4:e", "4:e", "-5:f", ">5:f"]
+    assert replay(entries) == {"0:a", "?1:b", "?3:d", "4:e", "?5:f"}
+
+
+SINGLE_CHILD = textwrap.dedent(
+    """
+    import sys, types
+    sys.path.insert(0, {tests!r})
+    from test_write_ahead import SqliteStore
+    from airflow_provider_hve.operators.hve import HveEmailOperator
+
+    operator = HveEmailOperator(task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x")
+    ti = types.SimpleNamespace(try_number=1, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+    operator.execute({{"task_state_store": SqliteStore({db!r}), "ti": ti}})
+    """
+)
+
+
+def test_a_single_send_killed_while_waiting_for_hves_answer_is_not_sent_again(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # The message is delivered and its 250 held; the worker is killed meanwhile. The retry cannot know whether
+    # it arrived: it must not send it again (by default), and its error says why and what to do.
+    import pytest
+
+    from airflow_provider_hve.exceptions import HveSendError
+    from airflow_provider_hve.operators.hve import HveEmailOperator
+
+    hve_connection()
+    db = tmp_path / "state.sqlite"
+    SqliteStore(db)
+    sandbox.smtp.stall_after(0, 30)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SINGLE_CHILD.format(tests=str(Path(__file__).parent), db=str(db))],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        sandbox.wait_for_messages(1, timeout=60)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        output = child.communicate(timeout=30)[0].decode(errors="replace")
+    assert child.returncode == -signal.SIGKILL, output
+    message_id = str(sandbox.messages[0].message["Message-ID"])
+
+    operator = HveEmailOperator(task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x")
+    import types
+
+    ti = types.SimpleNamespace(try_number=2, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+    with pytest.raises(HveSendError, match=rf"try 1 handed {message_id} to HVE .* ended \(its worker died"):
+        operator.execute({"task_state_store": SqliteStore(db), "ti": ti})  # type: ignore[arg-type]
+    assert len(sandbox.smtp_sessions) == 1, "the retry connected to HVE"
+    assert len(sandbox.messages) == 1, "the retry sent the alert a second time"
