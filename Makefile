@@ -8,6 +8,9 @@ DOCS_STAMP := $(VENV)/.installed-docs
 # constraints/airflow-<leg>.txt (resolved by `make constraints`, see docs/compatibility.md).
 # A leg is a minor line (its newest patch) or an exact version (the floor pyproject.toml declares).
 COMPAT_LEGS ?= 2.11.0 2.11 3.0 3.1 3.2
+# The deployment test (make test-deploy): the newest Airflow and the newest 2.11, each in .venv-deploy-<leg> from
+# constraints/airflow-<leg>.txt plus constraints/deploy-<leg>.txt (scripts/deploy/constraints.sh).
+DEPLOY_LEGS ?= 3.3 2.11
 AIRFLOW     ?= 3.2
 CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
 # What every leg runs: connection (form metadata included), hook, operator, notifier, e-mail backend, the
@@ -19,20 +22,26 @@ COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
-.PHONY: demo test test-fast test-mta test-compat test-compat-all constraints lint install sandbox clean bench bench-build docs
+.PHONY: demo test test-fast test-mta test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow); tests/mta aside
+## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow); tests/mta, tests/deploy aside
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/mta $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/mta --ignore=tests/deploy $(PYTEST_ARGS)
 
 ## test-mta: the provider against a real Postfix + Dovecot (installed with apt where missing; needs root), ~1 min
 test-mta: $(STAMP)
 	scripts/mta/install.sh
 	HVE_MTA_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/mta $(PYTEST_ARGS)
+
+## test-deploy: a real deployment on Airflow 3.3 and 2.11 (PostgreSQL + Redis from apt where missing, needs root;
+##              CeleryExecutor, two workers): a worker SIGKILLed mid-merge, HVE down 30 s; ~7 min. DEPLOY_LEGS="3.3"
+test-deploy: $(STAMP)
+	scripts/deploy/install.sh
+	@scripts/deploy/run.sh "$(PYTHON)" "$(UV)" "$(DEPLOY_LEGS)" $(PYTEST_ARGS)
 
 ## test-fast: unit tests (row ledger and its state machine, pipeline replies, addresses, templates, config): no sandbox, no Airflow DB
 test-fast: $(STAMP)
@@ -80,11 +89,15 @@ $(DOCS_STAMP): pyproject.toml $(STAMP)
 	touch $(DOCS_STAMP)
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* mailbox site .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-airflow-* .venv-deploy-* mailbox site .pytest_cache build *.egg-info
 
 ## bench-build: mail-merge message building alone (email package vs compiled, peak memory 10k vs 100k rows), ~1 min
 bench-build: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py --json benchmarks/results-build.json
+
+## bench-window: BDAT window sizes at 20 ms RTT: throughput against the rows a broken connection leaves unknown, ~2 min
+bench-window: $(STAMP)
+	$(BIN)/python benchmarks/bench_window.py
 
 ## bench: the bulk benchmark with a PASS/FAIL row per target of issue 13, ~12 min; Postfix row needs root
 ##        (scripts/mta/install.sh). Quick run: make bench BENCH_ARGS="--quick"; options: BENCH_ARGS="--help"

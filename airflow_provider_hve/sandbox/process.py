@@ -45,6 +45,7 @@ _SMTP_SWITCHES = frozenset(
         "throttle",
         "stall_after",
         "limit_sessions",
+        "refuse_connections",
         "reset_faults",
     }
 )
@@ -333,7 +334,7 @@ class SandboxProcess:
         Example: ``sandbox.smtp_switch("disconnect_after", 100, times=3)``.
 
         :param name: ``fail_next_auth``, ``fail_next_data``, ``refuse_recipient``, ``disconnect_after``,
-            ``throttle``, ``stall_after``, ``limit_sessions`` or ``reset_faults``
+            ``throttle``, ``stall_after``, ``limit_sessions``, ``refuse_connections`` or ``reset_faults``
         """
         self._request("smtp", name, *args, **kwargs)
 

@@ -21,10 +21,11 @@ import collections
 import datetime as dt
 import itertools
 import logging
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, AnyStr, cast
 
@@ -195,8 +196,19 @@ class HveSmtp(ChunkingSmtp):
         if self.record is None:
             assert self.session is not None
             self.record = self.hve_handler.new_session(self.session.peer)
+            self.hve_handler.connections.add(self)
+
+    def drop(self) -> None:
+        """Close the connection at once, without a reply (:meth:`SmtpServer.refuse_connections`)."""
+        self._hung_up = True
+        # Nothing the client had sent is read any more (a pipelined message must not be taken after the drop).
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        transport = cast("asyncio.WriteTransport | None", self.transport)
+        if transport is not None:
+            transport.abort()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.hve_handler.connections.discard(self)
         if self.record is not None:
             self.record.closed = True
             self.hve_handler.session_closed(self.record)
@@ -346,6 +358,8 @@ class HveHandler:
         self.idle_timeout: float | None = None
         self.sessions: RecordList[SmtpSession] = RecordList()
         self.messages: RecordList[DeliveredMessage] = RecordList()
+        self.connections: set[HveSmtp] = set()
+        """The open connections (touched on the server's loop only)."""
         self._session_ids = itertools.count(1)
         self._message_numbers = itertools.count(len(list(mailbox_dir.glob("*.eml"))) + 1)
         self._forced_auth_replies: collections.deque[str] = collections.deque()
@@ -714,6 +728,10 @@ class SmtpServer:
     ) -> None:
         self.handler = handler
         self.port = port
+        # refuse_connections(): the port held by a bound, non-listening socket, and the timer that ends it.
+        self._placeholder: socket.socket | None = None
+        self._reopen: asyncio.TimerHandle | None = None
+        self._reopening: asyncio.Task[None] | None = None
         if pipelining is not None:
             self.pipelining = pipelining
         if latency_ms is not None:
@@ -746,6 +764,9 @@ class SmtpServer:
     def stop(self) -> None:
         """Stop the server thread and release the port."""
         self._controller.stop()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
     @property
     def pipelining(self) -> bool:
@@ -946,7 +967,70 @@ class SmtpServer:
             raise ValueError("limit_sessions needs per_account >= 1 or None.")
         self.handler.max_sessions_per_account = per_account
 
+    def refuse_connections(self, seconds: float) -> None:
+        """Be unreachable for ``seconds``, as HVE in an outage: drop every open connection and refuse new ones.
+
+        Open connections are closed at once, without a reply (what was handed over may or may not be delivered);
+        the port stops listening, so a client's connect fails with ``ECONNREFUSED``. Then the server listens on
+        the same port again (the port stays bound meanwhile, so no other socket can take it). Returns once the
+        port refuses. A new call while refusing counts ``seconds`` from now; :meth:`reset_faults` ends it at once.
+        """
+        if seconds <= 0:
+            raise ValueError(f"refuse_connections needs seconds > 0, not {seconds!r}.")
+        self._on_loop(self._refuse(seconds))
+
+    @property
+    def refusing_connections(self) -> bool:
+        """Return whether :meth:`refuse_connections` is in force."""
+        return self._placeholder is not None
+
+    async def _refuse(self, seconds: float) -> None:
+        if self._reopening is not None:  # listening again right now: let it finish, then close again
+            await self._reopening
+        if self._reopen is not None:
+            self._reopen.cancel()
+        server = self._controller.server
+        if self._placeholder is None and server is not None:
+            server.close()  # the listening socket is closed now (asyncio's close() is synchronous for sockets)
+            placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            placeholder.bind(("127.0.0.1", self.port))  # bound, never listening: a SYN gets a reset
+            self._placeholder = placeholder
+        for connection in list(self.handler.connections):
+            connection.drop()
+        self._reopen = asyncio.get_running_loop().call_later(seconds, self._listen_again)
+
+    def _listen_again(self) -> asyncio.Task[None] | None:
+        """Start listening again (on the loop); return the task doing it, if refusing."""
+        if self._reopen is not None:
+            self._reopen.cancel()
+            self._reopen = None
+        if self._placeholder is not None and self._reopening is None:
+            self._reopening = asyncio.get_running_loop().create_task(self._relisten())
+        return self._reopening
+
+    async def _relisten(self) -> None:
+        try:
+            # Bound while the placeholder still holds the port (both SO_REUSEADDR, neither listening yet).
+            self._controller.server = await self._controller._create_server()
+        finally:
+            if self._placeholder is not None:
+                self._placeholder.close()
+                self._placeholder = None
+            self._reopening = None
+
+    async def _end_refusal(self) -> None:
+        reopening = self._listen_again()
+        if reopening is not None:
+            await reopening
+
+    def _on_loop(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the server's event loop and wait for it."""
+        asyncio.run_coroutine_threadsafe(work, self._controller.loop).result(timeout=30)
+
     def reset_faults(self) -> None:
         """Undo every fault switch (AUTH, DATA, recipients, disconnects, stalls, throttles, session limit, SIZE,
-        8BITMIME, CHUNKING, SMTPUTF8, idle timeout)."""
+        8BITMIME, CHUNKING, SMTPUTF8, idle timeout, refused connections)."""
         self.handler.clear_forced_replies()
+        if self._placeholder is not None:
+            self._on_loop(self._end_refusal())

@@ -185,3 +185,43 @@ def test_new_switches_validate_their_arguments(sb: HveSandbox) -> None:
         sb.smtp.stall_after(0, 0)
     with pytest.raises(ValueError, match="limit_sessions"):
         sb.smtp.limit_sessions(0)
+
+
+def _connect(sb: HveSandbox) -> smtplib.SMTP:
+    return smtplib.SMTP(sb.smtp_host, sb.smtp_port, timeout=5)
+
+
+def test_refuse_connections_drops_open_sessions_refuses_new_ones_then_listens_again(
+    sb: HveSandbox, authed_client: smtplib.SMTP, smtp_client: SmtpFactory
+) -> None:
+    assert authed_client.sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    started = time.monotonic()
+    sb.smtp.refuse_connections(1.0)
+    assert sb.smtp.refusing_connections
+    # The open session is gone without a word; a new connection is refused by the kernel, not by an SMTP reply.
+    with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
+        authed_client.noop()
+    with pytest.raises(ConnectionRefusedError):
+        _connect(sb)
+    # Then the same port listens again and serves as before.
+    deadline = time.monotonic() + 10
+    while sb.smtp.refusing_connections:
+        assert time.monotonic() < deadline, "still refusing connections 10 s after a 1 s outage"
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 1.0
+    with smtp_client() as client:
+        assert login(client, sb).sendmail(sb.account, ["ops@contoso.example"], BODY) == {}
+    assert len(sb.wait_for_messages(2)) == 2
+
+
+def test_reset_faults_ends_refused_connections_at_once(sb: HveSandbox) -> None:
+    sb.smtp.refuse_connections(300)
+    sb.smtp.refuse_connections(300)  # again while refusing: still one outage
+    with pytest.raises(ConnectionRefusedError):
+        _connect(sb)
+    sb.smtp.reset_faults()
+    assert not sb.smtp.refusing_connections
+    client = _connect(sb)  # listening by the time reset_faults returned
+    client.quit()
+    with pytest.raises(ValueError, match="refuse_connections"):
+        sb.smtp.refuse_connections(0)
