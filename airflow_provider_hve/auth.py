@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_hve import cancellation
 from airflow_provider_hve.connection import AuthMode, HveConnectionConfig
 from airflow_provider_hve.diagnostics import describe_entra_error, entra_error_from_text
-from airflow_provider_hve.exceptions import HveAuthError, HveConfigError
+from airflow_provider_hve.exceptions import HveAuthError, HveCancelledError, HveConfigError
 
 if TYPE_CHECKING:
     import requests
@@ -110,7 +111,12 @@ class TokenProvider:
         return self._app
 
     def _acquire(self) -> AccessToken:
-        """Get a token, honouring Entra's Retry-After when it throttles (429) or is unavailable (5xx)."""
+        """
+        Get a token, honouring Entra's Retry-After when it throttles (429) or is unavailable (5xx).
+
+        In a cancelled send (:mod:`~airflow_provider_hve.cancellation`) the wait ends at once and
+        :class:`~airflow_provider_hve.exceptions.HveCancelledError` is raised: no further request.
+        """
         for attempt in range(ENTRA_RETRIES + 1):
             if self._http is not None:
                 self._http.last_status = None
@@ -138,7 +144,12 @@ class TokenProvider:
                     attempt + 1,
                     ENTRA_RETRIES,
                 )
-                time.sleep(wait)
+                if cancellation.back_off(wait, time.sleep):
+                    raise HveCancelledError(
+                        f"Getting a token for connection {self.config.conn_id!r} was cancelled "
+                        f"({getattr(cancellation.current(), 'reason', '') or 'cancelled'}) while waiting for Entra ID "
+                        f"(HTTP {status}): no further request, nothing was sent."
+                    ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _acquire_once(self) -> AccessToken:

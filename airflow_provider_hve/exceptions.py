@@ -6,6 +6,7 @@ One root, :class:`HveError`, and a few subclasses grouped by what the on-call en
 * :class:`HveAuthError` - Entra ID refused the credential, or HVE refused the token (XOAUTH2).
 * :class:`HveConnectionError` - the SMTP server could not be reached or secured (TLS, STARTTLS).
 * :class:`HveSendError` - the server refused a message or some of its recipients.
+* :class:`HveCancelledError` - the send was cancelled (an alert whose trigger was cancelled) before it was done.
 
 Every message names the connection id (and the field, where one is at fault), says what to do, and never
 contains a secret or a token. Low-level errors are translated once, at the boundary, and kept as
@@ -116,4 +117,22 @@ class HveSendError(HveError):
         self.refused = dict(refused or {})
         self.smtp_code = smtp_code
         self.completed = list(completed)
+        self.accepted = tuple(accepted)
+
+
+class HveCancelledError(HveError):
+    """
+    The send was cancelled before it was done (a Deadline Alert whose trigger was cancelled): no further attempt.
+
+    Raised between steps, never in the middle of one: a message is either not handed over (``unsent``) or was
+    handed over in full by an earlier attempt, to the recipients in ``accepted``.
+
+    :param message: what was left undone.
+    :param unsent: keys (Message-IDs) of messages certainly not accepted.
+    :param accepted: recipients HVE accepted the message for before the cancellation (see :attr:`HveError.accepted`).
+    """
+
+    def __init__(self, message: str, *, unsent: Sequence[object] = (), accepted: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.unsent = list(unsent)
         self.accepted = tuple(accepted)

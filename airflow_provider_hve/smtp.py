@@ -7,7 +7,9 @@ certificate's host name is checked.
 :meth:`HveSmtpSession.send` retries where that cannot duplicate a message: after a temporary refusal (``4xx``)
 and after a connection that broke before the message was handed over, it reconnects, authenticates again and
 sends again, with jittered backoff, at most ``send_retries`` times (connection extra, default 3) within
-:data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent again.
+:data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent again. A send made
+in :func:`~airflow_provider_hve.cancellation.cancellable` starts no further attempt once its token is cancelled
+(its backoff ends at once); the attempt under way is finished.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from email.message import EmailMessage
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_hve import cancellation
 from airflow_provider_hve.auth import mask
 from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
 from airflow_provider_hve.exceptions import (
     HveAuthError,
+    HveCancelledError,
     HveConfigError,
     HveConnectionError,
     HveError,
@@ -232,6 +236,9 @@ class HveSmtpSession:
         :raises HveSendError: the server refused the sender, or the message for every recipient.
         :raises HveConnectionError: the connection broke and the retries are spent, or the outcome is unknown
             (the error names the Message-ID; see its ``in_flight``).
+        :raises HveCancelledError: sent in :func:`~airflow_provider_hve.cancellation.cancellable` and cancelled
+            before an attempt (the first one included) or during a backoff: no further attempt was made. The
+            attempt under way when the token was cancelled is finished, and its outcome returned or raised.
 
         Whatever the error, if an earlier attempt delivered the message to some recipients, its ``accepted``
         names them (and its text says "Already accepted by HVE"): never send it to them again.
@@ -254,9 +261,17 @@ class HveSmtpSession:
         accepted: list[str] = []
         refused: dict[str, tuple[int, str]] = {}
         pending = list(envelope)
+        tried = 0
         while True:
+            # Before each attempt, never during one: a message is handed over whole or not at all.
+            if (token := cancellation.cancelled()) is not None:
+                raise _cancelled(self.config.conn_id, message_id, token.reason, tried, accepted, pending)
+            tried += 1
             try:
                 delivery = self._send_once(content, pending, sender, message_id)
+            except HveCancelledError as exc:  # while the token provider waited for Entra: nothing handed over
+                reason = getattr(cancellation.current(), "reason", "")
+                raise _cancelled(self.config.conn_id, message_id, reason, tried - 1, accepted, pending) from exc
             except HveConnectionError as exc:
                 self.discard()
                 # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch
@@ -515,7 +530,14 @@ class _Retry:
         self._started = _clock()
 
     def again(self, cause: str) -> bool:
-        """Wait before the next attempt and return True; or return False when the budget or the window is spent."""
+        """
+        Wait before the next attempt and return True; or return False when the budget or the window is spent.
+
+        A cancelled send (:mod:`~airflow_provider_hve.cancellation`) does not wait, or stops waiting at once, and
+        returns True: the check before the next attempt raises.
+        """
+        if cancellation.cancelled() is not None:
+            return True
         if self.attempts > self.retries:
             return False
         first = THROTTLED_RETRY_DELAY if _THROTTLED.search(cause) else RETRY_DELAY
@@ -532,7 +554,8 @@ class _Retry:
             self.attempts,
             self.retries,
         )
-        _sleep(delay)
+        if cancellation.back_off(delay, _sleep):
+            return True
         self.attempts += 1
         return True
 
@@ -553,6 +576,24 @@ def _with_accepted(exc: HveError, accepted: Sequence[str]) -> HveError:
     again.args = (f"{exc}{_already_accepted(accepted)}", *exc.args[1:])
     again.accepted = tuple(accepted)
     return again
+
+
+def _cancelled(
+    conn_id: str,
+    message_id: str,
+    reason: str,
+    tried: int,
+    accepted: Sequence[str],
+    pending: Sequence[str],
+) -> HveCancelledError:
+    when = f"after {tried} attempt(s)" if tried else "before its first attempt"
+    state = f"not sent to {', '.join(pending)}" if accepted else "HVE has not accepted it"
+    return HveCancelledError(
+        f"Sending message {message_id} was cancelled ({reason or 'cancelled'}) {when} (connection "
+        f"{conn_id!r}); no further attempt: {state}.{_already_accepted(accepted)}",
+        unsent=[] if accepted else [message_id],
+        accepted=accepted,
+    )
 
 
 def _outcome_unknown(

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +255,73 @@ def test_async_notify_talks_to_the_triggerers_supervisor_without_crossing_replie
     assert token in masked, "the supervisor was never told to mask the token"
 
 
+class _ProviderLog(logging.Handler):
+    """The provider's warnings and errors, from any thread, with the monotonic time each was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[tuple[float, logging.LogRecord]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((time.monotonic(), record))
+
+    def find(self, text: str) -> tuple[float, logging.LogRecord] | None:
+        return next(((at, r) for at, r in list(self.records) if text in r.getMessage()), None)
+
+    def count(self, text: str) -> int:
+        return sum(text in r.getMessage() for _, r in list(self.records))
+
+
+@pytest.fixture
+def provider_log() -> Iterator[_ProviderLog]:
+    handler = _ProviderLog()
+    logger = logging.getLogger("airflow_provider_hve")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+async def _until(condition: Callable[[], Any], within: float, what: str) -> Any:
+    """Poll ``condition`` on the event loop until it is truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {within} s waiting for {what}"
+        await asyncio.sleep(0.02)
+    return value
+
+
+def _run_loop(main: Callable[[], Any]) -> Any:
+    # Not asyncio.run(): at its end it waits for the worker thread, which on the old code went on sending.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def _transactions(sandbox: HveSandbox) -> int:
+    return sum(len(session.transactions) for session in sandbox.smtp_sessions)
+
+
+# How soon after its cancellation the alert's thread must be done. Its backoff is 2-4 s (HVE said 432) and
+# Entra's Retry-After here 20 s: what is left after the cancellation is one local QUIT and a log line.
+THREAD_ENDS_WITHIN = 1.5
+CANCELLED = "HVE alert cancelled"
+
+
+def _rendered_alert(run_id: str) -> tuple[Any, dict[str, Any]]:
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    context = _deadline_context(run_id)
+    if not AIRFLOW_V_3_1_PLUS:
+        context["dag"] = None
+    notifier = HveNotifier(to="oncall@contoso.example")
+    notifier.render_template_fields(context)
+    return notifier, context
+
+
 def test_a_cancelled_async_notify_ends_at_once_and_its_send_completes_once(
     sandbox: HveSandbox, hve_connection: Callable[..., str]
 ) -> None:
@@ -268,7 +338,9 @@ def test_a_cancelled_async_notify_ends_at_once_and_its_send_completes_once(
 
     async def cancel_mid_send() -> float:
         send = asyncio.ensure_future(notifier.async_notify(context))
-        await asyncio.sleep(0.3)
+        # Its attempt under way (the session has begun; STARTTLS, AUTH and the message still to come): it is
+        # finished. A cancellation before the first attempt sends nothing (a fixed 0.3 s could be that, cold).
+        await _until(lambda: len(sandbox.smtp_sessions) > 0, 30, "the SMTP session")
         assert not send.done()
         send.cancel()
         started = time.monotonic()
@@ -281,6 +353,168 @@ def test_a_cancelled_async_notify_ends_at_once_and_its_send_completes_once(
     assert delivered.rcpt_tos == ["oncall@contoso.example"]
     time.sleep(0.5)
     assert len(sandbox.messages) == 1
+
+
+def test_an_alert_cancelled_in_its_backoff_makes_no_further_attempt_and_its_thread_ends_at_once(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], provider_log: _ProviderLog
+) -> None:
+    """
+    HVE throttles every attempt (432 after the content: not delivered): the send backs off 2-4 s between
+    attempts. Cancelled in the backoff, the await ends at once, the backoff too, and no further transaction reaches
+    HVE (before: the retries went on for about a minute after the trigger was gone).
+    """
+    from airflow_provider_hve.sandbox.smtp_server import TOO_MANY_CONNECTIONS
+
+    hve_connection()
+    sandbox.smtp.throttle(TOO_MANY_CONNECTIONS, command="content", seconds=120)
+    notifier, context = _rendered_alert("r-backoff")
+
+    async def cancel_in_backoff() -> tuple[int, float, float, tuple[float, logging.LogRecord]]:
+        send = asyncio.ensure_future(notifier.async_notify(context))
+        # Logged just before the backoff's wait: from here on a cancellation ends the wait (or skips it).
+        await _until(lambda: provider_log.find("Sending it again"), 30, "the first backoff")
+        before = _transactions(sandbox)
+        send.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        awaited = time.monotonic() - cancelled_at
+        line = await _until(lambda: provider_log.find(CANCELLED), 10, "the thread's cancellation line")
+        return before, cancelled_at, awaited, line
+
+    before, cancelled_at, awaited, (ended_at, record) = _run_loop(cancel_in_backoff)
+    assert awaited < 0.5
+    assert ended_at - cancelled_at < THREAD_ENDS_WITHIN, "the backoff was waited out"
+    assert record.levelno == logging.ERROR
+    message = record.getMessage()
+    assert "not sent; no further attempt" in message and "after 1 attempt(s)" in message, message
+    assert before == 1
+    time.sleep(0.5)  # nothing more reaches HVE once the thread said it is done
+    assert _transactions(sandbox) == before
+    assert len(sandbox.messages) == 0
+    assert provider_log.count("Sending it again") == 1
+    assert provider_log.count(CANCELLED) == 1
+
+
+def test_an_alert_cancelled_while_entra_asks_to_wait_connects_to_no_one(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], provider_log: _ProviderLog
+) -> None:
+    """Entra answers 503 with Retry-After 20: cancelled in that wait, no further token request, no SMTP session."""
+    hve_connection()
+    sandbox.entra.throttle(1, status=503, retry_after=20)
+    notifier, context = _rendered_alert("r-entra")
+
+    async def cancel_while_entra_waits() -> tuple[float, tuple[float, logging.LogRecord]]:
+        send = asyncio.ensure_future(notifier.async_notify(context))
+        await _until(lambda: provider_log.find("Entra ID answered HTTP 503"), 30, "Entra's Retry-After wait")
+        send.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        return cancelled_at, await _until(lambda: provider_log.find(CANCELLED), 10, "the cancellation line")
+
+    cancelled_at, (ended_at, record) = _run_loop(cancel_while_entra_waits)
+    assert ended_at - cancelled_at < THREAD_ENDS_WITHIN, "Entra's Retry-After was waited out"
+    message = record.getMessage()
+    assert "not sent" in message and "before its first attempt" in message, message
+    time.sleep(0.5)
+    assert [request.status for request in sandbox.token_requests if request.method == "POST"] == [503]
+    assert len(sandbox.smtp_sessions) == 0 and len(sandbox.messages) == 0
+
+
+def test_an_alert_cancelled_after_its_hand_over_is_delivered_once_and_says_so(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], provider_log: _ProviderLog
+) -> None:
+    """
+    The message is handed over and HVE holds its 250 for 2 s: cancelled then, the SMTP reply is still read (the
+    transaction is never cut), the message is delivered once, and the line says it was handed over.
+    """
+    hve_connection()
+    sandbox.smtp.stall_after(0, 2.0, command="content")  # delivered first; only its 250 is late
+    notifier, context = _rendered_alert("r-handed-over")
+
+    async def cancel_after_hand_over() -> tuple[float, tuple[float, logging.LogRecord]]:
+        send = asyncio.ensure_future(notifier.async_notify(context))
+        await _until(lambda: len(sandbox.messages) == 1, 30, "the message handed over")
+        assert not send.done()  # its 250 is still on the way
+        send.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        assert time.monotonic() - cancelled_at < 0.5
+        return cancelled_at, await _until(lambda: provider_log.find(CANCELLED), 10, "the cancellation line")
+
+    cancelled_at, (ended_at, record) = _run_loop(cancel_after_hand_over)
+    (delivered,) = sandbox.messages
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert f"after it was handed over: HVE accepted {delivered.message['Message-ID']} for 1 recipient(s)" in message
+    assert ended_at - cancelled_at < 2.0 + THREAD_ENDS_WITHIN  # the held 250, then QUIT
+    time.sleep(0.5)
+    assert len(sandbox.messages) == 1 and _transactions(sandbox) == 1
+    assert provider_log.count(CANCELLED) == 1
+
+
+_OPENED: list[tuple[str, int]] | None = None
+"""(path, thread id) of every file opened while a test records them (an audit hook sees every open())."""
+
+
+def _record_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _OPENED is not None and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append((os.fsdecode(args[0]), threading.get_ident()))
+
+
+@needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")
+def test_the_triggerer_path_reads_no_template_file_on_the_event_loop(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    """
+    As the triggerer runs a Deadline Alert: the notifier is built and awaited on the event loop. Its template files
+    (a body through the DAG's Jinja loader with an include, a body by absolute path, the packaged subject) are
+    read in the worker thread, never on the loop thread (before: at construction and in BaseNotifier.__await__).
+    """
+    global _OPENED
+    from airflow.sdk import DAG
+
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    hve_connection()
+    folder = tmp_path / "dag_templates"
+    folder.mkdir()
+    (folder / "alert.html").write_text("<p>{% include 'part.html' %} {{ dag_run.dag_run_id }}</p>")
+    (folder / "part.html").write_text("Late run")
+    text_file = tmp_path / "alert.txt"
+    text_file.write_text("Late: {{ dag_run.dag_run_id }}")
+    packaged = str(Path(sys.modules["airflow_provider_hve"].__file__ or "").parent / "templates")
+    context = _deadline_context("r-files")
+    context["dag"] = DAG("nightly_load", schedule=None, template_searchpath=[str(folder)])
+
+    async def triggerer() -> int:
+        result = await HveNotifier(
+            to="oncall@contoso.example", html_content="alert.html", text_content=str(text_file), context=context
+        )
+        assert result is None  # the triggerer stores it as the callback's output, a string column
+        return threading.get_ident()
+
+    if not getattr(_record_opens, "installed", False):
+        sys.addaudithook(_record_opens)  # for the rest of the process; inert while _OPENED is None
+        _record_opens.installed = True  # type: ignore[attr-defined]
+    _OPENED = []
+    try:
+        loop_thread = _run_loop(triggerer)
+        opened = list(_OPENED)
+    finally:
+        _OPENED = None
+    templates = [(path, thread) for path, thread in opened if path.startswith((str(tmp_path), packaged))]
+    read = {Path(path).name for path, _ in templates}
+    assert {"alert.html", "part.html", "alert.txt"} <= read, read  # the record works: each file was read
+    assert any(path.startswith(packaged) for path, _ in templates)  # the packaged subject template too
+    on_loop = [path for path, thread in templates if thread == loop_thread]
+    assert not on_loop, f"read on the event loop thread: {on_loop}"
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["Subject"] == "[Airflow] DAG nightly_load missed its deadline"
+    assert "Late run r-files" in delivered.message.get_body(("html",)).get_content()
+    assert delivered.message.get_body(("plain",)).get_content().strip() == "Late: r-files"
 
 
 @needs((3, 1), "Awaiting a notifier (what the triggerer does with a Deadline Alert callback)")

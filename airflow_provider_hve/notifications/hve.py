@@ -5,14 +5,22 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
+from airflow_provider_hve.cancellation import CancelToken, cancellable
 from airflow_provider_hve.connection import DEFAULT_CONN_ID
+from airflow_provider_hve.exceptions import HveCancelledError, HveConnectionError
 from airflow_provider_hve.templating import EmailTemplating
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from airflow_provider_hve.smtp import SendResult
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +120,27 @@ class HveNotifier(EmailTemplating, BaseNotifier):
 
     def __await__(self) -> Any:
         """
-        Render on a copy, like :meth:`__call__`, then await :meth:`async_notify` (Airflow's triggerer path).
+        Render and send on a copy, like :meth:`__call__`, both in the worker thread of :meth:`async_notify`.
 
-        Airflow's own ``__await__`` renders the template fields in place: the next deadline alert of the same
-        parsed DAG would carry this one's subject and body.
+        What Airflow's triggerer does with a Deadline Alert callback: it builds the notifier with ``context=`` and
+        awaits it. Airflow's own ``__await__`` renders the template fields in place and on the event loop: the
+        next deadline alert of the same parsed DAG would carry this one's subject and body, and template files
+        (the packaged ones too) would be read on the triggerer's loop.
         """
-        return super(HveNotifier, copy.copy(self)).__await__()
+        notifier = copy.copy(self)
+        context = getattr(notifier, "context", None) or {}  # BaseNotifier keeps it from Airflow 3.1
+        return notifier._in_worker_thread(notifier._render_and_send, context).__await__()
+
+    def resolve_template_files(self) -> None:
+        """
+        Read body template files now, except on an event loop: there they are read when the alert is rendered.
+
+        The triggerer builds a Deadline Alert's notifier on its event loop (``BaseNotifier.__init__`` resolves the
+        template files); the rendering, in the worker thread, reads them instead (:meth:`__await__`).
+        """
+        if _on_event_loop():
+            return
+        super().resolve_template_files()
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         """Add ``notification`` to the context and fill in the packaged templates, then render."""
@@ -142,6 +165,9 @@ class HveNotifier(EmailTemplating, BaseNotifier):
 
     def notify(self, context: Any) -> None:
         """Send the rendered alert."""
+        self._send(context)
+
+    def _send(self, context: Any) -> SendResult:
         from airflow_provider_hve.hooks.hve import HveHook
 
         result = HveHook(hve_conn_id=self.hve_conn_id).send_email(
@@ -158,6 +184,13 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         )
         if result.refused:
             log.warning("HVE refused some alert recipients: %s", result.as_dict()["refused"])
+        return result
+
+    def _render_and_send(self, context: Any) -> SendResult:
+        """What ``BaseNotifier.__await__`` does on the event loop, here in the worker thread."""
+        self._update_context(context)
+        self.render_template_fields(context)
+        return self._send(context)
 
     async def async_notify(self, context: Any) -> None:
         """
@@ -165,6 +198,12 @@ class HveNotifier(EmailTemplating, BaseNotifier):
 
         The same sending path as :meth:`notify` (one SMTP client, its token cache and its error
         translation), run in a worker thread so the triggerer's event loop is never blocked.
+
+        Cancellable: when the awaiting task is cancelled (the triggerer shuts down or hands the trigger to another
+        triggerer, or a timeout of yours), the await ends at once and the send starts no further attempt; a
+        backoff between attempts ends at once. The step under way is finished (an SMTP command, or the content of
+        the message: never half a message), so a message already handed over keeps its outcome. One line is
+        logged when the thread ends: that the alert was cancelled, and whether it was not sent or handed over.
 
         Example::
 
@@ -184,26 +223,106 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         # sync_to_async thread it hands the call to the triggerer's own loop, as Airflow 3.1 expects. 3.2+ accept
         # both. thread_sensitive=False: the alerts of several triggers do not queue behind one another.
         # Shielded: a cancelled trigger (reassigned, shutdown) must not cancel a supervisor request the thread is
-        # waiting for on the loop; 3.1's channel does not survive that. The send finishes in its thread either way.
+        # waiting for on the loop; 3.1's channel does not survive that. The thread is told through a cancel token
+        # instead, which the send looks at between steps only.
+        await self._in_worker_thread(self._send, context)
+
+    async def _in_worker_thread(self, send: Callable[[Any], SendResult], context: Any) -> None:
+        # Returns None, as async_notify always did: the triggerer stores what an awaited callback returns as the
+        # callback's output (a string column; a SendResult there made 3.3's triggerer fail its database update).
         import asyncio
 
         from asgiref.sync import sync_to_async
 
-        send = asyncio.ensure_future(sync_to_async(self.notify, thread_sensitive=False)(context))
+        alert = _AlertInThread()
+        future = asyncio.ensure_future(sync_to_async(alert.run, thread_sensitive=False)(send, context))
         try:
-            await asyncio.shield(send)
-        except asyncio.CancelledError:
-            send.add_done_callback(_log_late_failure)
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            alert.cancel(_why_cancelled(exc))
+            future.add_done_callback(_retrieve)  # its outcome is logged by the thread
             raise
 
 
 send_hve_notification = HveNotifier
 
 
-def _log_late_failure(send: Any) -> None:
-    """Log how an alert send ended after its trigger was cancelled (nobody awaits it any more)."""
-    if not send.cancelled() and send.exception() is not None:
-        log.error("An HVE alert whose trigger was cancelled failed: %s", send.exception())
+class _AlertInThread:
+    """One alert sent in a worker thread that the event loop may cancel; says once how a cancelled alert ended."""
+
+    def __init__(self) -> None:
+        self.token = CancelToken()
+        self._lock = threading.Lock()
+        self._ended: tuple[SendResult | None, BaseException | None] | None = None
+
+    def run(self, send: Callable[[Any], SendResult], context: Any) -> SendResult:
+        """In the worker thread: render and send unless cancelled first; the send looks at the token."""
+        with cancellable(self.token):
+            try:
+                if self.token.cancelled:  # before the thread got to it: not even rendered
+                    raise HveCancelledError(f"The alert was cancelled ({self.token.reason}) before it was sent.")
+                result = send(context)
+            except BaseException as exc:
+                self._end(None, exc)
+                raise
+        self._end(result, None)
+        return result
+
+    def cancel(self, reason: str) -> None:
+        """On the event loop: no further attempt; logs how the alert ended if the thread is done already."""
+        with self._lock:
+            self.token.cancel(reason)
+            ended = self._ended
+        if ended is not None:
+            _log_cancelled(reason, *ended)
+
+    def _end(self, result: SendResult | None, error: BaseException | None) -> None:
+        with self._lock:
+            self._ended = (result, error)
+            cancelled = self.token.cancelled
+        if cancelled:
+            _log_cancelled(self.token.reason, result, error)
+
+
+def _on_event_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _why_cancelled(exc: BaseException) -> str:
+    message = f": {exc.args[0]}" if exc.args and exc.args[0] else ""
+    return f"the task awaiting it was cancelled{message}"
+
+
+def _log_cancelled(reason: str, result: SendResult | None, error: BaseException | None) -> None:
+    """The one line that says how a cancelled alert ended: not sent, or handed over (and what HVE said)."""
+    head = f"HVE alert cancelled ({reason})"
+    if result is not None:
+        log.warning(
+            "%s after it was handed over: HVE accepted %s for %d recipient(s).",
+            head,
+            result.message_id,
+            len(result.accepted),
+        )
+    elif isinstance(error, HveConnectionError) and error.in_flight:
+        log.error("%s after it was handed over; its outcome is unknown: %s", head, error)
+    elif getattr(error, "accepted", ()):
+        log.error("%s: handed over to %s only: %s", head, ", ".join(getattr(error, "accepted", ())), error)
+    elif isinstance(error, HveCancelledError):
+        log.error("%s: not sent; no further attempt. %s", head, error)
+    else:
+        log.error("%s: not sent; the attempt under way failed: %s", head, error)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a send nobody awaits any more as seen (the thread logged it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def deadline_facts(context: Mapping[str, Any]) -> dict[str, Any]:
