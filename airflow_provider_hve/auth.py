@@ -556,8 +556,15 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
 
 
+SDK_LOCK = threading.RLock()
+"""Held around every call of this provider that may go through the task SDK's supervisor channel (masking a
+secret, a Variable): on Airflow 3.0 and 3.1 that channel has no lock of its own, and the mail merge's sessions
+and its delivery-log writer are threads of one task."""
+
+
 def mask(value: str) -> None:
     """Register ``value`` with Airflow's secret masker so it never shows in task logs."""
     from airflow.providers.common.compat.sdk import mask_secret
 
-    mask_secret(value)
+    with SDK_LOCK:
+        mask_secret(value)

@@ -102,13 +102,19 @@ class VariableStore:
     def _get(name: str, default: Any) -> Any:
         from airflow.providers.common.compat.sdk import Variable
 
+        from airflow_provider_hve.auth import SDK_LOCK
+
         # The second argument is the default on every version (default_var on 2.11, default on 3.x).
-        return Variable.get(name, default, deserialize_json=True)
+        with SDK_LOCK:
+            return Variable.get(name, default, deserialize_json=True)
 
     def _set(self, name: str, value: Any) -> None:
         from airflow.providers.common.compat.sdk import Variable
 
-        Variable.set(name, value, description=self._description, serialize_json=True)
+        from airflow_provider_hve.auth import SDK_LOCK
+
+        with SDK_LOCK:
+            Variable.set(name, value, description=self._description, serialize_json=True)
         kept = self._get(name, None)
         if json.dumps(kept, sort_keys=True) != json.dumps(value, sort_keys=True):
             raise HveError(
@@ -120,4 +126,7 @@ class VariableStore:
     def _delete(name: str) -> None:
         from airflow.providers.common.compat.sdk import Variable
 
-        Variable.delete(name)
+        from airflow_provider_hve.auth import SDK_LOCK
+
+        with SDK_LOCK:
+            Variable.delete(name)

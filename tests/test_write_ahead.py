@@ -192,3 +192,28 @@ def test_a_single_send_killed_while_waiting_for_hves_answer_is_not_sent_again(
         operator.execute({"task_state_store": SqliteStore(db), "ti": ti})  # type: ignore[arg-type]
     assert len(sandbox.smtp_sessions) == 1, "the retry connected to HVE"
     assert len(sandbox.messages) == 1, "the retry sent the alert a second time"
+
+
+class RefusingStore(SqliteStore):
+    """A store that takes no write (the API server refuses, the database is read-only)."""
+
+    def set(self, key: str, value: Any) -> None:
+        raise OSError("the store refused the write")
+
+
+def test_nothing_is_handed_over_before_its_intent_is_durable(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # Not even each session's first row: with a store that takes no write, nothing reaches HVE.
+    import pytest
+
+    from airflow_provider_hve.exceptions import HveError
+
+    hve_connection()
+    log = TaskStateDeliveryLog(RefusingStore(tmp_path / "state.sqlite"), prefix="merge")
+    merge = MailMerge(HveHook(hve_conn_id="hve_default"), subject="x", text_content="y", sessions=2, delivery_log=log)
+    with pytest.raises(HveError, match="Could not write the mail merge's delivery record"):
+        merge.run(ROW_LIST[:50])
+    assert not sandbox.messages, "a row was handed over without its intent in the store"
+    report = merge.last_report
+    assert report is not None and report.accepted == 0 and len(report.not_sent) == 50

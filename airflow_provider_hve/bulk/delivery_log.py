@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 UNKNOWN_MARK = "?"
@@ -26,6 +26,8 @@ INTENT_MARK = ">"
 """Prefix of the entry written before a row is handed over (write-ahead): left last, the row is unknown."""
 RELEASED_MARK = "-"
 """Prefix of the entry that cancels an intent: the row was certainly not delivered (a retry sends it)."""
+WAIT_RECHECK = 0.5
+"""Seconds between two looks at whether a session waiting for its row's intent should give up (a stop)."""
 
 
 class DeliveryLog(Protocol):
@@ -33,8 +35,9 @@ class DeliveryLog(Protocol):
     Remembers what a try did with each row, so a retried task does not send anything twice.
 
     :meth:`record` may buffer; a log that does (such as :class:`TaskStateDeliveryLog`) also has
-    ``wait_recorded(entry)``, which returns once ``entry`` is durable. The merge calls it for a row's intent
-    before handing the row over; a log without it must have written an entry when :meth:`record` returns.
+    ``wait_recorded(entry, give_up)``, which returns once ``entry`` is durable (or ``give_up()`` is true). The
+    merge calls it for a row's intent before handing the row over; a log without it must have written an entry
+    when :meth:`record` returns.
     """
 
     def delivered(self) -> set[str]:
@@ -122,20 +125,35 @@ class TaskStateDeliveryLog:
                 self._writer.start()
             self._changed.notify_all()
 
-    def wait_recorded(self, entry: str) -> None:
-        """Return once ``entry`` (an intent) is durable; raise the store's error if writing failed."""
+    def wait_recorded(self, entry: str, give_up: Callable[[], bool] = lambda: False) -> None:
+        """
+        Return once ``entry`` (an intent :meth:`record` was given) is durable, or as soon as ``give_up()`` is
+        true (the run stopped; checked every :data:`WAIT_RECHECK` seconds); raise the store's error if a write
+        failed.
+        """
         with self._changed:
-            while entry in self._writing and self._error is None:
-                self._changed.wait()
+            while entry in self._writing and self._error is None and not give_up():
+                self._changed.wait(WAIT_RECHECK)
             self._raise_if_failed()
 
-    def flush(self) -> None:
-        """Write everything recorded so far (the writer thread then ends; a later record starts it again)."""
+    def flush(self, timeout: float | None = None) -> None:
+        """
+        Write everything recorded so far (the writer thread then ends; a later record starts it again).
+
+        :param timeout: seconds to wait for a write under way; then :class:`HveError` (the store hangs).
+        """
         with self._changed:
             writer, self._writer = self._writer, None
             self._changed.notify_all()
         if writer is not None:
-            writer.join()
+            writer.join(timeout)
+            if writer.is_alive():
+                from airflow_provider_hve.exceptions import HveError
+
+                raise HveError(
+                    f"The mail merge's delivery record did not finish a write in {timeout:g} s (the store, Airflow's "
+                    "metadata database or API server, does not answer): a retry may find rows unknown."
+                )
         self._write_pending()
         with self._changed:
             self._raise_if_failed()
@@ -158,12 +176,15 @@ class TaskStateDeliveryLog:
                 batch, self._pending = self._pending, []
             if not batch:
                 return
+            if self._error is not None:
+                return  # the record is not coherent past a failed write: write nothing more
             started = time.monotonic()
             try:
                 self._write(batch)
             except BaseException as exc:
                 with self._changed:
                     self._error = exc
+                    self._pending[:0] = batch  # not written; never counted as durable
                     self._changed.notify_all()
                 return
             self.writes += 1
@@ -173,14 +194,16 @@ class TaskStateDeliveryLog:
                 self._changed.notify_all()
 
     def _write(self, batch: list[str]) -> None:
-        current = self._current + batch
+        # The state (chunks, current) changes only once every write of the batch succeeded. A reader between two
+        # of these writes sees a full chunk twice at worst (the counter not yet moved on): replay is idempotent.
+        chunks, current = self._chunks, self._current + batch
         while len(current) >= self.CHUNK:
             full, current = current[: self.CHUNK], current[self.CHUNK :]
-            self._store.set(f"{self._prefix}/{self._chunks}", full)
-            self._chunks += 1
-            self._store.set(f"{self._prefix}/chunks", self._chunks)
-        self._store.set(f"{self._prefix}/{self._chunks}", current)
-        self._current = current
+            self._store.set(f"{self._prefix}/{chunks}", full)
+            chunks += 1
+            self._store.set(f"{self._prefix}/chunks", chunks)
+        self._store.set(f"{self._prefix}/{chunks}", current)
+        self._chunks, self._current = chunks, current
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

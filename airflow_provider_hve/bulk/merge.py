@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, delivery_key
+from airflow_provider_hve.bulk.delivery_log import UNKNOWN_MARK, DeliveryLog, TaskStateDeliveryLog, delivery_key
 from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.report import BulkReport, Progress
 from airflow_provider_hve.bulk.rows import Row, RowState, Settled
@@ -176,7 +176,10 @@ class MailMerge:
                 if provider is not None:
                     report.token_requests = provider.requests_sent - requests_before
                 if self.delivery_log is not None:
-                    self.delivery_log.flush()
+                    if isinstance(self.delivery_log, TaskStateDeliveryLog):
+                        self.delivery_log.flush(timeout=self.hook.config.timeout + 5)
+                    else:
+                        self.delivery_log.flush()
                 report.elapsed_seconds = time.monotonic() - started
         report.log_summary()
         if ledger.stopped is not None:

@@ -52,19 +52,24 @@ class SharedLedger:
             try:
                 return transition(self.ledger)
             finally:
-                journal = self.ledger.take_journal()
                 # Under the lock, so the journal keeps the ledger's order (an intent before its row's outcome).
-                # A buffering log (TaskStateDeliveryLog) only queues here; its writer thread writes.
-                if journal and self._log is not None:
-                    self._log.record(journal)
+                self._record(self.ledger.take_journal())
                 self._progress.update(self.ledger.settled(), self.ledger.count(RowState.REFUSED))
                 self._changed.notify_all()
 
+    def _record(self, journal: list[str]) -> None:
+        # A buffering log (TaskStateDeliveryLog) only queues here; its writer thread writes.
+        if journal and self._log is not None:
+            self._log.record(journal)
+
     def wait_recorded(self, row: Row) -> None:
-        """Return once the row's intent is durable (write-ahead): only then may the row be handed over."""
+        """
+        Return once the row's intent is durable (write-ahead): only then may the row be handed over. A stop of the
+        run ends the wait (the row is then not handed over: :meth:`RowLedger.handed_over` refuses it).
+        """
         wait = getattr(self._log, "wait_recorded", None)
         if wait is not None:
-            wait(INTENT_MARK + row.key)
+            wait(INTENT_MARK + row.key, lambda: self.ledger.stopped is not None)
 
     def next_step(self, session: int) -> Step:
         """
@@ -74,6 +79,8 @@ class SharedLedger:
         with self._changed:
             while True:
                 step = self.ledger.take(session)
+                if isinstance(step, Send):
+                    self._record(self.ledger.take_journal())  # the intents take() wrote: wait_recorded waits on them
                 if not isinstance(step, Wait) or self.ledger.holds(session):
                     return step
                 # Woken by any change; the timeout only bounds how long a missed wake-up could last.
