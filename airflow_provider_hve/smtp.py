@@ -69,6 +69,20 @@ _sleep = time.sleep
 _clock = time.monotonic
 
 
+@dataclass
+class SendProgress:
+    """
+    What a :meth:`HveSmtpSession.send` has done so far, readable after it was interrupted by an exception that is
+    not the provider's (the task's ``execution_timeout``, SIGTERM), which carries no ``accepted`` or
+    ``in_flight``: a caller that keeps a delivery record reads it to know what the next try may send.
+    """
+
+    handing_over: bool = False
+    """A transaction was being written or its reply awaited: the message may have reached HVE."""
+    accepted: list[str] = field(default_factory=list)
+    """Recipients HVE accepted the message for, by earlier attempts or batches."""
+
+
 @dataclass(frozen=True)
 class SendResult:
     """What the server did with one message: ``refused`` maps address -> (code, reply)."""
@@ -211,6 +225,7 @@ class HveSmtpSession:
         envelope_from: str | None = None,
         payload: bytes | None = None,
         retries: int | None = None,
+        progress: SendProgress | None = None,
     ) -> SendResult:
         """
         Send one message to ``recipients`` (To, Cc and Bcc addresses: the envelope).
@@ -230,6 +245,7 @@ class HveSmtpSession:
         :param envelope_from: MAIL FROM; defaults to the HVE account.
         :param payload: the message already serialised for SMTP (``OutgoingMessage.payload``).
         :param retries: how many times to send again; default: the connection's ``send_retries`` extra.
+        :param progress: kept up to date while sending (:class:`SendProgress`), for a caller interrupted meanwhile.
         :return: accepted and refused recipients.
         :raises HveConfigError: a bare string as ``recipients``, or an envelope address that could break the
             SMTP command line (nothing was sent).
@@ -258,7 +274,8 @@ class HveSmtpSession:
         content = payload or wire_bytes(message)
         message_id = str(message.get("Message-ID", ""))
         retry = _Retry(self.config.send_retries if retries is None else retries, self.config.conn_id, message_id)
-        accepted: list[str] = []
+        progress = progress if progress is not None else SendProgress()
+        accepted: list[str] = progress.accepted  # the same list: a caller interrupted meanwhile reads it
         refused: dict[str, tuple[int, str]] = {}
         pending = list(envelope)
         tried = 0
@@ -268,7 +285,7 @@ class HveSmtpSession:
                 raise _cancelled(self.config.conn_id, message_id, token.reason, tried, accepted, pending)
             tried += 1
             try:
-                delivery = self._send_once(content, pending, sender, message_id)
+                delivery = self._send_once(content, pending, sender, message_id, progress)
             except HveCancelledError as exc:  # while the token provider waited for Entra: nothing handed over
                 reason = getattr(cancellation.current(), "reason", "")
                 raise _cancelled(self.config.conn_id, message_id, reason, tried - 1, accepted, pending) from exc
@@ -318,13 +335,18 @@ class HveSmtpSession:
             )
         return SendResult(message_id=message_id, accepted=tuple(accepted), refused=refused)
 
-    def _send_once(self, content: bytes, recipients: Sequence[str], sender: str, message_id: str) -> Delivery:
+    def _send_once(
+        self, content: bytes, recipients: Sequence[str], sender: str, message_id: str, progress: SendProgress
+    ) -> Delivery:
         if self._smtp is None:
             self.open()
         pipeline = self.pipeline(envelope_from=sender)
         try:
+            progress.handing_over = True  # left set if something else than the provider's errors interrupts
             (delivery,) = pipeline.submit(message_id, content, recipients, message_id) + pipeline.flush()
+            progress.handing_over = False
         except (HveConnectionError, HveSendError) as exc:
+            progress.handing_over = False  # its in_flight says what may have reached HVE
             # Batches of this message that HVE accepted before the break or the refused sender, whether the message
             # completed partly (``exc.completed``) or its last batch's outcome is unknown (``in_flight``).
             exc.accepted = tuple(a for d in [*exc.completed, *pipeline.in_flight] for a in d.accepted)

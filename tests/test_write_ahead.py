@@ -217,3 +217,54 @@ def test_nothing_is_handed_over_before_its_intent_is_durable(
     assert not sandbox.messages, "a row was handed over without its intent in the store"
     report = merge.last_report
     assert report is not None and report.accepted == 0 and len(report.not_sent) == 50
+
+
+def test_a_single_send_interrupted_before_the_hand_over_is_sent_by_the_retry(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # HVE throttles MAIL FROM (432): the send backs off 2-4 s, and the task's execution_timeout (SIGALRM, as
+    # Airflow raises it) strikes during the backoff. Nothing was handed over, so the retry sends the alert: once.
+    import logging
+    import threading
+    import types
+
+    import pytest
+
+    from airflow_provider_hve.operators.hve import HveEmailOperator
+    from airflow_provider_hve.sandbox.smtp_server import TOO_MANY_CONNECTIONS
+
+    class Timeout(Exception):
+        """Stands in for AirflowTaskTimeout (raised from a SIGALRM handler, as Airflow does)."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise Timeout("execution_timeout")
+
+    hve_connection()
+    db = tmp_path / "state.sqlite"
+    sandbox.smtp.throttle(TOO_MANY_CONNECTIONS, command="MAIL", count=1)
+
+    class AlarmInTheBackoff(logging.Handler):
+        """Raises the timeout 0.3 s after the send says it backs off (at least 2 s after a 432)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Sending it again in" in record.getMessage():
+                main = threading.main_thread().ident or 0
+                threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGALRM)).start()
+
+    handler = AlarmInTheBackoff()
+    logging.getLogger("airflow_provider_hve.smtp").addHandler(handler)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        operator = HveEmailOperator(task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x")
+        ti = types.SimpleNamespace(try_number=1, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+        with pytest.raises(Timeout):
+            operator.execute({"task_state_store": SqliteStore(db), "ti": ti})  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        logging.getLogger("airflow_provider_hve.smtp").removeHandler(handler)
+    assert not sandbox.messages
+
+    ti = types.SimpleNamespace(try_number=2, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+    result = operator.execute({"task_state_store": SqliteStore(db), "ti": ti})  # type: ignore[arg-type]
+    assert result["accepted"] == ["oncall@contoso.example"]
+    assert [m.rcpt_tos for m in sandbox.wait_for_messages(1)] == [["oncall@contoso.example"]]

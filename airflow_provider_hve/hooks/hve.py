@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_hve.auth import TokenProvider
     from airflow_provider_hve.message import AddressInput, MessageOptions, OutgoingMessage
-    from airflow_provider_hve.smtp import HveSmtpSession, SendResult
+    from airflow_provider_hve.smtp import HveSmtpSession, SendProgress, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,9 @@ class HveHook(BaseHook):
         """
         return self.send_message(self.build_message(to, subject, html_content, **options), retries=retries)
 
-    def send_message(self, outgoing: OutgoingMessage, *, retries: int | None = None) -> SendResult:
+    def send_message(
+        self, outgoing: OutgoingMessage, *, retries: int | None = None, progress: SendProgress | None = None
+    ) -> SendResult:
         """
         Send a built message over a new session and log what the server accepted and refused.
 
@@ -193,13 +195,16 @@ class HveHook(BaseHook):
 
         :param outgoing: the message and its envelope (:meth:`build_message`).
         :param retries: how many times to send again; default: the connection's ``send_retries`` extra (3).
+        :param progress: kept up to date while sending, for a caller interrupted meanwhile (a timeout, SIGTERM).
         """
         from airflow_provider_hve.smtp import HveSmtpSession
 
         # Opened by send(), which opens it again after a broken connection; QUIT at the end either way.
         session = HveSmtpSession(self.config, self.token_provider.get_token)
         try:
-            result = session.send(outgoing.message, outgoing.recipients, payload=outgoing.payload, retries=retries)
+            result = session.send(
+                outgoing.message, outgoing.recipients, payload=outgoing.payload, retries=retries, progress=progress
+            )
         finally:
             session.close()
         if result.refused:

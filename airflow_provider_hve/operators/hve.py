@@ -229,11 +229,14 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
             # Write-ahead: recorded before a byte goes to HVE, so a worker killed mid-send leaves a record that
             # the next try reads as "unknown" (never sent again unless resend_unknown), not as "never sent".
             store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number, "write_ahead": True})
+        from airflow_provider_hve.smtp import SendProgress
+
+        progress = SendProgress()
         try:
             if not outgoing.recipients:
                 result: dict[str, Any] = {"message_id": message_id, "accepted": [], "refused": {}}
             else:
-                result = hook.send_message(outgoing).as_dict()
+                result = hook.send_message(outgoing, progress=progress).as_dict()
         except HveError as exc:
             if store is not None:
                 if exc.accepted:
@@ -245,6 +248,18 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                     store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
                 elif outgoing.recipients:
                     store.delete(UNKNOWN_OUTCOME_KEY)  # certainly not delivered beyond exc.accepted: a retry sends
+            raise
+        except BaseException:
+            # Interrupted (execution_timeout, SIGTERM) by something that says nothing about the send: what it had
+            # done is in `progress`. Outside a hand-over nothing is on its way to HVE: the retry may send.
+            if store is not None and outgoing.recipients:
+                if progress.accepted:
+                    accepted = list(dict.fromkeys([*_address_hashes(earlier), *_address_hashes(progress.accepted)]))
+                    store.set(
+                        ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": accepted}
+                    )
+                if not progress.handing_over:
+                    store.delete(UNKNOWN_OUTCOME_KEY)
             raise
         if store is not None:
             held = [key for key, value in ((ALREADY_ACCEPTED_KEY, delivered), (UNKNOWN_OUTCOME_KEY, unknown)) if value]
