@@ -272,3 +272,54 @@ def test_a_session_that_outlives_the_report_hands_nothing_over() -> None:
     assert book.finish().not_sent == [address(0)]
     assert not book.handed_over(step.row.index, session)
     assert book.state(0) == RowState.NOT_SENT
+
+
+def key(index: int) -> str:
+    return delivery_key(index, address(index))
+
+
+def test_with_write_ahead_a_rows_intent_and_those_of_the_next_rows_come_before_it_is_handed_out() -> None:
+    from airflow_provider_hve.bulk.delivery_log import INTENT_MARK, RELEASED_MARK, replay
+
+    book, _ = ledger(6, write_ahead=2)
+    session = book.open_session()
+    step = book.take(session)
+    assert isinstance(step, Send) and step.row.index == 0
+    # Row 0 and the two queued after it: written ahead, before row 0 may go.
+    assert book.take_journal() == [INTENT_MARK + key(0), INTENT_MARK + key(1), INTENT_MARK + key(2)]
+    assert book.handed_over(0, session)
+    book.completed(accepted(0))
+    assert book.take_journal() == [key(0)]
+    index = send(book, session)  # row 1: intended already; row 3 now is
+    assert index == 1 and book.take_journal() == [INTENT_MARK + key(3)]
+    book.completed(refused(1, TOO_BIG))  # refused for good: released (a retry sends it)
+    assert book.take_journal() == [RELEASED_MARK + key(1)]
+    journal = [INTENT_MARK + key(i) for i in range(4)] + [key(0), RELEASED_MARK + key(1)]
+    # Killed now: row 0 delivered, row 1 to send again, rows 2 and 3 (announced) unknown, 4 and 5 untouched.
+    assert replay(journal) == {key(0), UNKNOWN_MARK + key(2), UNKNOWN_MARK + key(3)}
+    book.finish()  # an orderly end instead: every announced row not delivered is released
+    assert sorted(book.take_journal()) == sorted([RELEASED_MARK + key(2), RELEASED_MARK + key(3)])
+
+
+def test_with_write_ahead_a_deferred_or_requeued_row_keeps_its_intent_and_is_not_announced_twice() -> None:
+    from airflow_provider_hve.bulk.delivery_log import INTENT_MARK
+
+    book, clock = ledger(2, write_ahead=1)
+    session = book.open_session()
+    assert send(book, session) == 0
+    assert book.take_journal() == [INTENT_MARK + key(0), INTENT_MARK + key(1)]
+    book.completed(refused(0, BUSY))  # 451: waits, then goes again
+    assert book.take_journal() == []
+    clock.now += 10
+    assert send(book, session) == 0
+    assert book.take_journal() == []  # intended already
+    book.broken(session, [], "reset")  # not handed over for certain: queued again, intent kept
+    assert book.take_journal() == []
+    assert book.state(0) == RowState.QUEUED
+
+
+def test_without_write_ahead_nothing_but_outcomes_is_journaled() -> None:
+    book, _ = ledger(2)
+    session = book.open_session()
+    send(book, session)
+    assert book.take_journal() == []
