@@ -8,9 +8,9 @@ DOCS_STAMP := $(VENV)/.installed-docs
 # constraints/airflow-<leg>.txt (resolved by `make constraints`, see docs/compatibility.md).
 # A leg is a minor line (its newest patch) or an exact version (the floor pyproject.toml declares).
 COMPAT_LEGS ?= 2.11.0 2.11 3.0 3.1 3.2
-# The deployment test (make test-deploy): the newest Airflow and the newest 2.11, each in .venv-deploy-<leg> from
+# The deployment test (make test-deploy): the newest Airflow, 3.1 (the task SDK's unlocked supervisor channel) and the newest 2.11, each in .venv-deploy-<leg> from
 # constraints/airflow-<leg>.txt plus constraints/deploy-<leg>.txt (scripts/deploy/constraints.sh).
-DEPLOY_LEGS ?= 3.3 2.11
+DEPLOY_LEGS ?= 3.3 3.1 2.11
 AIRFLOW     ?= 3.2
 CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
 # What every leg runs: connection (form metadata included), hook, operator, notifier, e-mail backend, the
@@ -37,8 +37,8 @@ test-mta: $(STAMP)
 	scripts/mta/install.sh
 	HVE_MTA_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/mta $(PYTEST_ARGS)
 
-## test-deploy: a real deployment on Airflow 3.3 and 2.11 (PostgreSQL + Redis from apt where missing, needs root;
-##              CeleryExecutor, two workers): a worker SIGKILLed mid-merge, HVE down 30 s; ~7 min. DEPLOY_LEGS="3.3"
+## test-deploy: a real deployment on Airflow 3.3, 3.1 and 2.11 (PostgreSQL + Redis from apt where missing, needs root;
+##              CeleryExecutor, two workers): a worker SIGKILLed mid-merge, HVE down 30 s; ~10 min. DEPLOY_LEGS="3.3"
 test-deploy: $(STAMP)
 	scripts/deploy/install.sh
 	@scripts/deploy/run.sh "$(PYTHON)" "$(UV)" "$(DEPLOY_LEGS)" $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """The mail merge in a real deployment: CeleryExecutor on Redis, PostgreSQL, two workers, one killed; HVE down 30 s.
 
-``make test-deploy`` runs this on Airflow 3.3 and 2.11, each in its own venv (scripts/deploy/venv.sh), against
+``make test-deploy`` runs this on Airflow 3.3, 3.1 and 2.11, each in its own venv (scripts/deploy/venv.sh), against
 private PostgreSQL and Redis instances (scripts/deploy/instance.py) and the sandbox as HVE. The DAG
 (tests/deploy/dags/hve_deploy_merge.py) sends 5,000 personalised messages in 4 mapped shards.
 
