@@ -111,6 +111,8 @@ def test_a_merge_killed_while_sending_is_retried_without_sending_anything_twice(
         message_id_seed="dag\0run\0merge\0-1",
     )
     report = merge.run(ROW_LIST)
+    # The record's cost is in the summary: how many writes, and how long they took in the writer thread.
+    assert report.record_writes >= 1 and report.as_dict()["delivery_record_writes"] == report.record_writes
     received = Counter(m.rcpt_tos[0] for m in sandbox.messages)
     twice = {address: n for address, n in received.items() if n > 1}
     assert not twice, f"delivered more than once: {twice}"

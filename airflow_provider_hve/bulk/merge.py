@@ -141,6 +141,11 @@ class MailMerge:
         report = self.last_report = BulkReport(total=len(rows))
         started = time.monotonic()
         done_before = self.delivery_log.delivered() if self.delivery_log else set()
+        writes_before, seconds_before = (
+            (self.delivery_log.writes, self.delivery_log.write_seconds)
+            if isinstance(self.delivery_log, TaskStateDeliveryLog)
+            else (0, 0.0)
+        )
         plan = self._plan(rows, done_before)
         verdicts, first = _up_to_first_row(plan)
         build: Callable[[Row], OutgoingMessage | MergedMessage] = self._build
@@ -175,11 +180,14 @@ class MailMerge:
             finally:
                 if provider is not None:
                     report.token_requests = provider.requests_sent - requests_before
-                if self.delivery_log is not None:
-                    if isinstance(self.delivery_log, TaskStateDeliveryLog):
+                if isinstance(self.delivery_log, TaskStateDeliveryLog):
+                    try:
                         self.delivery_log.flush(timeout=self.hook.config.timeout + 5)
-                    else:
-                        self.delivery_log.flush()
+                    finally:
+                        report.record_writes = self.delivery_log.writes - writes_before
+                        report.record_write_seconds = self.delivery_log.write_seconds - seconds_before
+                elif self.delivery_log is not None:
+                    self.delivery_log.flush()
                 report.elapsed_seconds = time.monotonic() - started
         report.log_summary()
         if ledger.stopped is not None:

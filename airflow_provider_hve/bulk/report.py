@@ -38,6 +38,10 @@ class BulkReport:
     retry_budget_left: int = 0
     token_requests: int = 0
     elapsed_seconds: float = 0.0
+    record_writes: int = 0
+    """Writes of the delivery record (``TaskStateDeliveryLog``) in this run."""
+    record_write_seconds: float = 0.0
+    """Time those writes took, in the log's writer thread (the sessions wait only if they run ahead of it)."""
 
     @property
     def messages_per_second(self) -> float:
@@ -72,6 +76,8 @@ class BulkReport:
             "token_requests": self.token_requests,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "messages_per_second": round(self.messages_per_second, 1),
+            "delivery_record_writes": self.record_writes,
+            "delivery_record_write_seconds": round(self.record_write_seconds, 3),
         }
 
     def log_summary(self) -> None:

@@ -119,6 +119,14 @@ def wait_for_run_end(deployment: Deployment, run_id: str, within: float = RUN_WI
     return str(wait_until(ended, within, lambda: situation(deployment, run_id)))
 
 
+def record_cost(shard_summaries: dict[int, dict[str, Any]]) -> str:
+    """What the final tries' delivery records cost: writes to the metadata database and their mean time."""
+    writes = sum(int(s.get("delivery_record_writes", 0)) for s in shard_summaries.values())
+    seconds = sum(float(s.get("delivery_record_write_seconds", 0.0)) for s in shard_summaries.values())
+    mean = f", {1000 * seconds / writes:.1f} ms each" if writes else ""
+    return f"delivery record of the final tries: {writes} writes{mean}"
+
+
 def summaries(deployment: Deployment, run_id: str) -> dict[int, dict[str, Any]]:
     """The final try's summary of each shard: its return value, or the ``hve_summary`` a failed try pushed."""
     result = deployment.xcom(DAG_ID, run_id, TASK_ID, "hve_summary")
@@ -153,6 +161,7 @@ def check_run(
         lost=len(lost),
         tries=[max((t[0] for t in tries.get(m, [])), default=0) for m in range(SHARDS)],
         wall_seconds=wall,
+        note=record_cost(shard_summaries),
     )
     FIGURES.append(figures)
     detail = (
@@ -270,7 +279,7 @@ def test_a_worker_killed_while_sending_is_retried_on_the_other(deployment: Deplo
     )
     figures.note = (
         f"first message {(received.first_seen or started) - started:.0f} s after the trigger; SIGKILL when shards "
-        f"{killed_shards} ran on worker-1, delivered per shard {at_kill}"
+        f"{killed_shards} ran on worker-1, delivered per shard {at_kill}; {figures.note}"
     )
     for m in killed_shards:
         final = max(tries[m])
@@ -327,7 +336,7 @@ def test_b_hve_refusing_connections_for_30_s(deployment: Deployment, hve: HveSan
     )
     figures.note = (
         f"first message {(received.first_seen or started) - started:.0f} s after the trigger; HVE down when "
-        f"delivered per shard {at_outage}"
+        f"delivered per shard {at_outage}; {figures.note}"
     )
     # The outage outlasted the operator's reconnects (about 7 s of backoff): Airflow's retries finished the job.
     assert all(max(tries[m])[0] >= 2 for m in range(SHARDS)), f"every shard should have needed a retry: {tries}"
