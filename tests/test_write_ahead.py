@@ -67,6 +67,22 @@ CHILD = textwrap.dedent(
 )
 
 
+def _killed_once(code: str, db: Path, ready: Callable[[subprocess.Popen[bytes]], object]) -> None:
+    """Run ``code`` (a first try on the store ``db``) in a child process; SIGKILL it once ``ready(child)`` returns."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code.format(tests=str(Path(__file__).parent), db=str(db))],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        ready(child)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        output = child.communicate(timeout=30)[0].decode(errors="replace")
+    assert child.returncode == -signal.SIGKILL, output
+
+
 def _recorded(path: Path) -> set[str]:
     return TaskStateDeliveryLog(SqliteStore(path), prefix="merge").delivered()
 
@@ -79,13 +95,8 @@ def test_a_merge_killed_while_sending_is_retried_without_sending_anything_twice(
     SqliteStore(db)  # the table exists before either process opens it
     # Row 100 is delivered and its 250 held: the killed try cannot know it arrived (the write-ahead case).
     sandbox.smtp.stall_after(STALLED_AFTER, 30)
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(tests=str(Path(__file__).parent), db=str(db))],
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+
+    def stalled(child: subprocess.Popen[bytes]) -> None:
         sandbox.wait_for_messages(STALLED_AFTER + 1, timeout=60)
         # Killed once its record has not changed for 1.5 s: the try is stuck on the stalled reply.
         deadline, seen, since = time.monotonic() + 30, _recorded(db), time.monotonic()
@@ -94,10 +105,8 @@ def test_a_merge_killed_while_sending_is_retried_without_sending_anything_twice(
             time.sleep(0.05)
             if (now := _recorded(db)) != seen:
                 seen, since = now, time.monotonic()
-        child.send_signal(signal.SIGKILL)
-    finally:
-        output = child.communicate(timeout=30)[0].decode(errors="replace")
-    assert child.returncode == -signal.SIGKILL, output
+
+    _killed_once(CHILD, db, stalled)
     first = len(sandbox.messages)
 
     # The retry: same record, same Message-IDs, nothing learned from the killed process but the store.
@@ -172,18 +181,7 @@ def test_a_single_send_killed_while_waiting_for_hves_answer_is_not_sent_again(
     db = tmp_path / "state.sqlite"
     SqliteStore(db)
     sandbox.smtp.stall_after(0, 30)
-    child = subprocess.Popen(
-        [sys.executable, "-c", SINGLE_CHILD.format(tests=str(Path(__file__).parent), db=str(db))],
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        sandbox.wait_for_messages(1, timeout=60)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        output = child.communicate(timeout=30)[0].decode(errors="replace")
-    assert child.returncode == -signal.SIGKILL, output
+    _killed_once(SINGLE_CHILD, db, lambda child: sandbox.wait_for_messages(1, timeout=60))
     message_id = str(sandbox.messages[0].message["Message-ID"])
 
     operator = HveEmailOperator(task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x")

@@ -240,10 +240,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         except HveError as exc:
             if store is not None:
                 if exc.accepted:
-                    accepted = list(dict.fromkeys([*_address_hashes(earlier), *_address_hashes(exc.accepted)]))
-                    store.set(
-                        ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": accepted}
-                    )
+                    _record_accepted(store, message_id, try_number, [*earlier, *exc.accepted])
                 if isinstance(exc, HveConnectionError) and exc.in_flight:
                     store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
                 elif outgoing.recipients:
@@ -254,10 +251,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
             # done is in `progress`. Outside a hand-over nothing is on its way to HVE: the retry may send.
             if store is not None and outgoing.recipients:
                 if progress.accepted:
-                    accepted = list(dict.fromkeys([*_address_hashes(earlier), *_address_hashes(progress.accepted)]))
-                    store.set(
-                        ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": accepted}
-                    )
+                    _record_accepted(store, message_id, try_number, [*earlier, *progress.accepted])
                 if not progress.handing_over:
                     store.delete(UNKNOWN_OUTCOME_KEY)
             raise
@@ -360,6 +354,12 @@ def _address_hashes(addresses: Sequence[str]) -> list[str]:
     import hashlib
 
     return [hashlib.sha256(address.lower().encode()).hexdigest()[:32] for address in addresses]
+
+
+def _record_accepted(store: Any, message_id: str, try_number: Any, accepted: Sequence[str]) -> None:
+    """Record the recipients HVE accepted the message for, by this try and earlier ones (as hashes)."""
+    hashes = list(dict.fromkeys(_address_hashes(accepted)))
+    store.set(ALREADY_ACCEPTED_KEY, {"message_id": message_id, "try_number": try_number, "accepted": hashes})
 
 
 def _accepted_before(recipients: Sequence[str], recorded: Sequence[str]) -> list[str]:
