@@ -447,7 +447,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
     in parallel), optionally rate-limited. Every row ends accepted, refused (with HVE's reply), invalid
     (bad address or template: never sent) or unknown (the connection broke after handing it over). Delivered
     rows are recorded as they go, in the task's ``task_state_store`` on Airflow 3.3+ and in Airflow Variables
-    before (deleted when the task succeeds), so a retry skips them.
+    before (deleted when the task succeeds with no row unknown), so a retry skips them.
 
     ``subject``, ``html_content`` and ``text_content`` are rendered per row with Airflow's context plus
     ``recipient`` (the row); undefined variables are errors. They may name template files (``.html``,
@@ -627,6 +627,15 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
                 ),
                 refused={addr: (code, reply) for addr, (code, reply) in summary["refused"].items()},
             )
-        if store is not None:
+        if store is not None and summary["unknown"]:
+            # The task succeeds with rows whose outcome is unknown (fail_on_refused=False): the record stays, so
+            # that clearing the task with resend_unknown=True sends those rows only, under the same Message-IDs.
+            self.log.warning(
+                "%d row(s) unknown (handed over without HVE's answer): the delivery record of this task instance "
+                "is kept. To send them again (only them, under the same Message-IDs), set resend_unknown=True on "
+                "this task and clear it; its next successful try with nothing unknown deletes the record.",
+                len(summary["unknown"]),
+            )
+        elif store is not None:
             _succeeded(store, ())
         return summary

@@ -336,6 +336,30 @@ class Deployment:
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"POST {url} answered {exc.code}: {exc.read().decode(errors='replace')}") from exc
 
+    def clear(self, dag_id: str, run_id: str, task_id: str, map_indexes: list[int]) -> None:
+        """Clear these map indexes of the task, as the UI's Clear does: Airflow runs them once more."""
+        script = (
+            "import sys\n"
+            "from airflow.models.taskinstance import TaskInstance, clear_task_instances\n"
+            "from airflow.utils.session import create_session\n"
+            "from airflow.utils.state import DagRunState\n"
+            "dag_id, run_id, task_id, *indexes = sys.argv[1:]\n"
+            "with create_session() as session:\n"
+            "    tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,"
+            " TaskInstance.task_id == task_id, TaskInstance.map_index.in_([int(i) for i in indexes])).all()\n"
+            "    assert len(tis) == len(indexes), tis\n"
+            "    clear_task_instances(tis, session, dag_run_state=DagRunState.QUEUED)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, dag_id, run_id, task_id, *map(str, map_indexes)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, f"clearing {task_id} {map_indexes} failed:\n{done.stdout}\n{done.stderr}"
+
     def assert_healthy(self) -> None:
         """Every component still runs, the API server (webserver) answers, the scheduler and co. heartbeat."""
         self.assert_running()

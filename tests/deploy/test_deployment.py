@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import time
 from typing import Any
 
@@ -68,16 +69,21 @@ class Received:
         self._prefix = prefix + "-"
         self._seen = 0
         self.copies: collections.Counter[int] = collections.Counter()
+        self.message_ids: dict[int, set[bytes]] = collections.defaultdict(set)
+        """The Message-IDs each row's recipient received (one per row, however many copies)."""
         self.first_seen: float | None = None
         """``time.monotonic()`` when the first message of the run was seen."""
 
     def update(self) -> Received:
         messages = self._sandbox.messages.snapshot()
         for message in messages[self._seen :]:
+            found = _MESSAGE_ID.search(message.data)
             for rcpt in message.rcpt_tos:
                 local = rcpt.partition("@")[0]
                 if local.startswith(self._prefix):
-                    self.copies[int(local[len(self._prefix) :])] += 1
+                    row = int(local[len(self._prefix) :])
+                    self.copies[row] += 1
+                    self.message_ids[row].add(found.group(1) if found else b"(none)")
         self._seen = len(messages)
         if self.first_seen is None and self.copies:
             self.first_seen = time.monotonic()
@@ -93,6 +99,9 @@ class Received:
 
     def duplicates(self) -> dict[int, int]:
         return {n: copies for n, copies in sorted(self.copies.items()) if copies > 1}
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
 def address(prefix: str, n: int) -> str:
@@ -287,7 +296,69 @@ def test_a_worker_killed_while_sending_is_retried_on_the_other(deployment: Deplo
             f"shard {m}: its last try {final} should have run on worker-2 after try {killed_tries[m]} was killed"
         )
         assert any(t[0] == killed_tries[m] and t[2] == "worker-1" for t in tries[m]), tries[m]
+    release_unknown(deployment, received, run_id, prefix)
     deployment.assert_healthy()
+
+
+def release_unknown(deployment: Deployment, received: Received, run_id: str, prefix: str) -> None:
+    """
+    The documented release of unknown rows (docs/reliability.md): ``resend_unknown=True`` and a clear of the shards
+    that have some. The cleared tries must send the unknown rows only, under the Message-IDs of their first hand-over,
+    so that every recipient ends with the message, under one Message-ID (Exchange's mailbox store de-duplicates a
+    repeated one), and nothing already accepted goes out again.
+    """
+    before = summaries(deployment, run_id)
+    unknown = {m: {a.lower() for a in s["unknown"]} for m, s in before.items() if s["unknown"]}
+    if not unknown:
+        return
+    flag = deployment.home / "dags" / "resend_unknown"
+    flag.touch()
+    started = time.monotonic()
+    try:
+        deployment.clear(DAG_ID, run_id, TASK_ID, sorted(unknown))
+        state = wait_for_run_end(deployment, run_id)
+    finally:
+        flag.unlink()
+    wall = time.monotonic() - started
+    received.update()
+    after = summaries(deployment, run_id)
+    was_unknown = set().union(*unknown.values())
+    missing = [n for n in range(ROWS) if not received.copies[n]]
+    two_ids = {n: ids for n, ids in received.message_ids.items() if len(ids) > 1}
+    copies_of_known = [n for n, c in received.copies.items() if c > 1 and address(prefix, n) not in was_unknown]
+    resent_again = sum(1 for n, c in received.copies.items() if c > 1)
+    figures = Figures(
+        scenario="A: unknown released",
+        rows=ROWS,
+        delivered=received.delivered,
+        duplicates=len(two_ids),
+        unknown=sum(len(after[m]["unknown"]) for m in unknown),
+        lost=len(missing),
+        tries=[
+            max((t[0] for t in deployment.tries(DAG_ID, run_id, TASK_ID).get(m, [])), default=0) for m in range(SHARDS)
+        ],
+        wall_seconds=wall,
+        note=(
+            f"resend_unknown=True and a clear of shards {sorted(unknown)} ({len(was_unknown)} unknown rows): "
+            f"{resent_again} recipient(s) now hold two copies under one Message-ID (they had been delivered before "
+            f"the kill); {record_cost({m: after[m] for m in unknown})}"
+        ),
+    )
+    FIGURES.append(figures)
+    detail = f"\nAirflow {AIRFLOW_RELEASE}: {figures}\nsummaries: {json.dumps({m: _short(after[m]) for m in unknown})}"
+    print(detail)
+    assert state == "success", f"{detail}\n{situation(deployment, run_id)}"
+    assert not missing, f"{len(missing)} recipient(s) never received the message: {missing[:10]}{detail}"
+    assert not two_ids, f"recipients with two different Message-IDs: {dict(list(two_ids.items())[:5])}{detail}"
+    assert not copies_of_known, f"rows resent that were not unknown: {copies_of_known[:10]}{detail}"
+    for m, addresses in unknown.items():
+        summary = after[m]
+        assert not summary["unknown"] and not summary["not_sent"] and summary["refused_count"] == 0, detail
+        # Only the unknown rows went out; every other row was skipped as already accepted.
+        assert summary["accepted"] == len(addresses), (
+            f"shard {m}: {len(addresses)} unknown, {summary['accepted']} sent{detail}"
+        )
+        assert summary["skipped_already_delivered"] == SHARD_SIZE - len(addresses), f"shard {m}{detail}"
 
 
 def test_b_hve_refusing_connections_for_30_s(deployment: Deployment, hve: HveSandbox) -> None:

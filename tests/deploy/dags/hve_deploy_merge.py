@@ -8,6 +8,7 @@ k*rows/shards .. (k+1)*rows/shards - 1. Runs on Airflow 2.11 and 3.x alike.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -24,6 +25,10 @@ SESSIONS = 2
 # sending, short enough for the whole deployment test to stay within its budget. Without a rate a shard is done in
 # a few seconds on the 2-core CI machine, before anything could be killed.
 RATE_PER_MINUTE = 3750
+RESEND_UNKNOWN_FLAG = Path(__file__).with_name("resend_unknown")
+"""While this file exists, the merge resends its unknown rows: the test's stand-in for an admin who sets
+``resend_unknown=True`` in the DAG and clears the task (docs/reliability.md, "Releasing unknown rows"). A worker
+parses the DAG file when it runs a task, so the flag reaches the next try."""
 
 
 @dag(
@@ -56,11 +61,12 @@ def hve_deploy_merge() -> None:
         sessions=SESSIONS,
         rate_per_minute=RATE_PER_MINUTE,
         progress_interval=5,
-        # Rows handed over without HVE's answer (the connection was cut, the worker killed) end "unknown": never
-        # resent (resend_unknown=False), reported in the summary. fail_on_refused=True (the default) would fail
+        # Rows handed over without HVE's answer (the connection was cut, the worker killed) end "unknown": not
+        # resent unless the flag above is set, reported in the summary. fail_on_refused=True (the default) would fail
         # every later try of that shard for them until its retries are spent, by design (a person checks them in
         # the message trace); here the run must finish, and the test reads the unknown rows from the summary.
         fail_on_refused=False,
+        resend_unknown=RESEND_UNKNOWN_FLAG.exists(),
     ).expand(recipients=shards())
 
 
