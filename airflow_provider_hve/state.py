@@ -119,7 +119,9 @@ class VariableStore:
         if json.dumps(kept, sort_keys=True) != json.dumps(value, sort_keys=True):
             raise HveError(
                 f"Airflow did not keep Variable {name!r} (the record of what this task delivered): a retry could "
-                "send again. Check that tasks may write Variables (the API server's log says why it refused)."
+                "send again, so nothing more is sent. Check that tasks may write Variables (the API server's log "
+                "says why it refused); to send without a record (a retry may then mail a recipient twice), set "
+                "at_least_once=True on the task."
             )
 
     @staticmethod

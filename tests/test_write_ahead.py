@@ -268,3 +268,41 @@ def test_a_single_send_interrupted_before_the_hand_over_is_sent_by_the_retry(
     result = operator.execute({"task_state_store": SqliteStore(db), "ti": ti})  # type: ignore[arg-type]
     assert result["accepted"] == ["oncall@contoso.example"]
     assert [m.rcpt_tos for m in sandbox.wait_for_messages(1)] == [["oncall@contoso.example"]]
+
+
+def test_a_store_that_refuses_writes_stops_both_operators_before_sending_unless_at_least_once(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # Never a silent downgrade: without a record nothing goes (the error says how to opt out); with
+    # at_least_once=True the operators send, and write nothing to the store.
+    import types
+
+    import pytest
+
+    from airflow_provider_hve.exceptions import HveError
+    from airflow_provider_hve.operators.hve import HveEmailOperator, HveMailMergeOperator
+
+    class CountingRefusingStore(RefusingStore):
+        writes = 0
+
+        def set(self, key: str, value: Any) -> None:
+            CountingRefusingStore.writes += 1
+            super().set(key, value)
+
+    hve_connection()
+    ti = types.SimpleNamespace(try_number=1, dag_id="d", run_id="r", task_id="t", map_index=-1)
+    ti.xcom_push = lambda **kwargs: None
+    context = {"task_state_store": CountingRefusingStore(tmp_path / "state.sqlite"), "ti": ti}
+    single = {"task_id": "alert", "to": "oncall@contoso.example", "subject": "Disk full", "html_content": "x"}
+    merge = {"task_id": "merge", "recipients": ROW_LIST[:20], "subject": "x", "text_content": "y", "sessions": 2}
+    for operator in (HveEmailOperator(**single), HveMailMergeOperator(**merge)):  # type: ignore[arg-type]
+        with pytest.raises(HveError, match="set at_least_once=True on the task"):
+            operator.execute(context)  # type: ignore[arg-type]
+    assert not sandbox.messages, "sent without a record"
+    assert CountingRefusingStore.writes >= 2
+    CountingRefusingStore.writes = 0
+    HveEmailOperator(**single, at_least_once=True).execute(context)  # type: ignore[arg-type]
+    summary = HveMailMergeOperator(**merge, at_least_once=True).execute(context)  # type: ignore[arg-type]
+    assert summary["accepted"] == 20
+    assert len(sandbox.wait_for_messages(21)) == 21
+    assert CountingRefusingStore.writes == 0, "at_least_once=True wrote to the store"

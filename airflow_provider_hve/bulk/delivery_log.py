@@ -125,16 +125,18 @@ class TaskStateDeliveryLog:
                 self._writer.start()
             self._changed.notify_all()
 
-    def wait_recorded(self, entry: str, give_up: Callable[[], bool] = lambda: False) -> None:
+    def wait_recorded(self, entry: str, give_up: Callable[[], bool] = lambda: False) -> bool:
         """
         Return once ``entry`` (an intent :meth:`record` was given) is durable, or as soon as ``give_up()`` is
         true (the run stopped; checked every :data:`WAIT_RECHECK` seconds); raise the store's error if a write
-        failed.
+        failed. True if it had to wait (the entry was not durable yet when asked).
         """
         with self._changed:
+            late = entry in self._writing
             while entry in self._writing and self._error is None and not give_up():
                 self._changed.wait(WAIT_RECHECK)
             self._raise_if_failed()
+            return late
 
     def flush(self, timeout: float | None = None) -> None:
         """
@@ -211,5 +213,6 @@ class TaskStateDeliveryLog:
 
             raise HveError(
                 "Could not write the mail merge's delivery record (what each row became, kept so a retry sends "
-                f"nothing twice), so nothing more is handed over: {type(self._error).__name__}: {self._error}"
+                f"nothing twice), so nothing more is handed over: {type(self._error).__name__}: {self._error}. To "
+                "send without a record (a retry may then mail a recipient twice), set at_least_once=True on the task."
             ) from self._error

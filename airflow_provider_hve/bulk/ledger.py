@@ -69,8 +69,11 @@ class RowLedger:
     :param clock: monotonic seconds (``time.monotonic``).
     :param rng: jitter for backoffs and pauses.
     :param session_wide: tells a permanent refusal that stops the run (quota) from one of a single message.
-    :param write_ahead: with a delivery log: journal an intent for a row before it is handed out, and for this
-        many rows queued after it (so the log can write them before they are needed); 0: no intents.
+    :param write_ahead: with a delivery log: journal an intent for a row before it is handed out, and for up to
+        this many rows queued after it (so the log can write them before they are needed); 0: no intents. The
+        distance adapts (:meth:`intent_was_late`): it starts here, doubles (up to here) when a session had to wait
+        for its row's intent, and shrinks while none waits, so that a killed worker leaves few rows whose intent
+        was written but which were never handed over.
     """
 
     def __init__(
@@ -110,7 +113,9 @@ class RowLedger:
         self._refusals: dict[int, dict[str, tuple[int, str]]] = {}
         self._reasons: dict[int, str] = {}
         self._journal: list[str] = []
-        self._write_ahead = write_ahead
+        self._journaling = write_ahead > 0
+        self._write_ahead = self._write_ahead_cap = write_ahead
+        self._on_time = 0  # rows taken since a session last had to wait for an intent
         self._intended: dict[int, str] = {}  # rows with an intent in the journal and no final entry yet
         self._sessions: dict[int, SessionRecord] = {}
         self._next_session = 0
@@ -171,8 +176,9 @@ class RowLedger:
             self._retries.pop(row.index, None)
             self._move(row.index, (RowState.QUEUED, RowState.WAITING), RowState.TAKEN)
             self._holdings[row.index] = Holding(row, session)
-            if self._write_ahead:
+            if self._journaling:
                 self._intend(row)
+                self._shorten_write_ahead()
                 self._intend_ahead()
             return Send(row)
 
@@ -192,6 +198,16 @@ class RowLedger:
         self._move(index, (RowState.TAKEN,), RowState.IN_PIPELINE)
         holding.handed_over_at = self._clock()
         return True
+
+    @property
+    def write_ahead(self) -> int:
+        """How many queued rows get their intent journaled ahead of the row taken, now."""
+        return self._write_ahead
+
+    def intent_was_late(self) -> None:
+        """A session had to wait for its row's intent to become durable: journal twice as far ahead (up to the cap)."""
+        self._write_ahead = min(self._write_ahead_cap, 2 * self._write_ahead)
+        self._on_time = 0
 
     def put_back(self, index: int, session: int) -> None:
         """A taken row was not given to a pipeline (the session ended first): queue it again."""
@@ -371,6 +387,14 @@ class RowLedger:
         if row.index not in self._intended:
             self._intended[row.index] = row.key
             self._journal.append(INTENT_MARK + row.key)
+
+    def _shorten_write_ahead(self) -> None:
+        # No session waited for an intent while two distances' worth of rows were taken: the log keeps up with
+        # less. A quarter shorter each time (at least one row); doubled back when a session waits (intent_was_late).
+        self._on_time += 1
+        if self._on_time >= 2 * self._write_ahead and self._write_ahead > 1:
+            self._write_ahead -= max(1, self._write_ahead // 4)
+            self._on_time = 0
 
     def _intend_ahead(self) -> None:
         """Journal intents for the next ``write_ahead`` rows of the queue, so they are durable when taken."""

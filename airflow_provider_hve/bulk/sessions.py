@@ -68,8 +68,8 @@ class SharedLedger:
         run ends the wait (the row is then not handed over: :meth:`RowLedger.handed_over` refuses it).
         """
         wait = getattr(self._log, "wait_recorded", None)
-        if wait is not None:
-            wait(INTENT_MARK + row.key, lambda: self.ledger.stopped is not None)
+        if wait is not None and wait(INTENT_MARK + row.key, lambda: self.ledger.stopped is not None):
+            self.change(lambda ledger: ledger.intent_was_late())  # the log fell behind: journal further ahead
 
     def next_step(self, session: int) -> Step:
         """

@@ -64,6 +64,9 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         HVE accepted in a failed try never get it again: a retry sends the message (same Message-ID) only to
         the others. Both are recorded in the task's ``task_state_store`` (Airflow 3.3+), else in Airflow
         Variables scoped to the task instance, deleted when it succeeds.
+    :param at_least_once: keep no record at all (no ``task_state_store`` or Variable writes): a retry sends the
+        message again to every recipient. Only for a deployment where tasks may not write that record; by
+        default a record that cannot be written stops the send (it never goes without one).
     :param hve_conn_id: the ``hve`` connection.
 
     Example::
@@ -123,11 +126,13 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         dry_run: bool = False,
         dry_run_dir: str | None = None,
         resend_unknown: bool = False,
+        at_least_once: bool = False,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.resend_unknown = resend_unknown
+        self.at_least_once = at_least_once
         self.to = to
         self.subject = subject
         self.html_content = html_content
@@ -184,7 +189,7 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 "recipients": visible,
                 "bcc_count": hidden,
             }
-        store = _state_store(context)
+        store = _delivery_store(self, context)
         stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
         unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         if unknown and not self.resend_unknown:
@@ -228,7 +233,17 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         if store is not None and outgoing.recipients:
             # Write-ahead: recorded before a byte goes to HVE, so a worker killed mid-send leaves a record that
             # the next try reads as "unknown" (never sent again unless resend_unknown), not as "never sent".
-            store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number, "write_ahead": True})
+            intent = {"message_id": message_id, "try_number": try_number, "write_ahead": True}
+            try:
+                store.set(UNKNOWN_OUTCOME_KEY, intent)
+            except HveError:
+                raise  # VariableStore's own, which says what to check
+            except Exception as exc:
+                raise HveError(
+                    f"Could not write the record of this send (kept so a retry never mails anyone twice), so "
+                    f"nothing was sent: {type(exc).__name__}: {exc}. To send without a record (a retry may then "
+                    "mail a recipient twice), set at_least_once=True on the task."
+                ) from exc
         from airflow_provider_hve.smtp import SendProgress
 
         progress = SendProgress()
@@ -301,6 +316,24 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
         if isinstance(map_index, int) and map_index >= 0:  # mapped tasks share dag, task and run ids
             name += f"__{map_index}"
         return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".eml")
+
+
+def _delivery_store(operator: BaseOperator, context: Any) -> Any:
+    """
+    The store of the operator's delivery record, or ``None`` (said in the log): ``at_least_once=True``, or no task
+    instance to scope it to (``execute`` called by hand, which has no retries to protect).
+    """
+    if getattr(operator, "at_least_once", False):
+        operator.log.warning(
+            "at_least_once=True: no delivery record is kept, so a retry of this task sends to every recipient again."
+        )
+        return None
+    store = _state_store(context)
+    if store is None:
+        operator.log.warning(
+            "No task instance in the context: nowhere to record what was delivered, so a retry may send it again."
+        )
+    return store
 
 
 def _state_store(context: Any) -> Any:
@@ -480,6 +513,9 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         HVE's answer (``unknown``); default: they stay ``unknown``, are never resent and count as problems
         for ``fail_on_refused``. Check them first (message trace by Message-ID): each row's Message-ID is the
         same in every try of the task instance.
+    :param at_least_once: keep no delivery record (no ``task_state_store`` or Variable writes): a retry sends
+        every row again. Only for a deployment where tasks may not write that record; by default a record that
+        cannot be written stops the merge (no row goes without one).
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -527,11 +563,13 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         max_reconnects: int = 3,
         retry_budget: int | None = None,
         resend_unknown: bool = False,
+        at_least_once: bool = False,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.resend_unknown = resend_unknown
+        self.at_least_once = at_least_once
         self.recipients = recipients
         self.subject = subject
         self.html_content = html_content
@@ -568,11 +606,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
 
         rows = table_from_data(self.recipients, argument="recipients").rows
         env = self.get_template_env()
-        store = _state_store(context)
-        if store is None:
-            self.log.warning(
-                "No task instance in the context: nowhere to record delivered rows, so a retry may send them again."
-            )
+        store = _delivery_store(self, context)
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),
             subject=self.subject,

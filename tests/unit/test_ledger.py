@@ -318,6 +318,33 @@ def test_with_write_ahead_a_deferred_or_requeued_row_keeps_its_intent_and_is_not
     assert book.state(0) == RowState.QUEUED
 
 
+def test_the_write_ahead_distance_shrinks_while_the_log_keeps_up_and_doubles_when_a_session_waited() -> None:
+    from airflow_provider_hve.bulk.delivery_log import INTENT_MARK
+
+    book, _ = ledger(400, write_ahead=32)
+    session = book.open_session()
+
+    def send_and_settle(n: int) -> int:
+        """Send ``n`` rows; return how many intents were journaled ahead of the last row taken."""
+        for _ in range(n):
+            index = send(book, session)
+            book.completed(accepted(index))
+        intents = [entry for entry in book.take_journal() if entry.startswith(INTENT_MARK)]
+        return max(int(entry.split(":")[0][1:]) for entry in intents) - index if intents else 0
+
+    assert book.write_ahead == 32
+    send_and_settle(320)  # nobody waited for an intent: the distance comes down, a quarter at a time
+    assert book.write_ahead < 8
+    assert send_and_settle(1) <= book.write_ahead
+    for expected in (2 * book.write_ahead, 4 * book.write_ahead):
+        book.intent_was_late()  # a session waited for its row's intent: twice as far ahead
+        assert book.write_ahead == min(expected, 32)
+    for _ in range(5):
+        book.intent_was_late()
+    assert book.write_ahead == 32  # never past the cap
+    assert send_and_settle(1) == 32  # the next take journals up to the new distance
+
+
 def test_without_write_ahead_nothing_but_outcomes_is_journaled() -> None:
     book, _ = ledger(2)
     session = book.open_session()
