@@ -95,7 +95,7 @@ clean:
 bench-build: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py --json benchmarks/results-build.json
 
-## bench-window: BDAT window sizes at 20 ms RTT: throughput against the rows a broken connection leaves unknown, ~2 min
+## bench-window: BDAT window sizes at 20 ms RTT: throughput (median of 3 rounds) against the rows a broken connection leaves unknown, ~5 min
 bench-window: $(STAMP)
 	$(BIN)/python benchmarks/bench_window.py
 

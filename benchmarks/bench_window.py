@@ -4,7 +4,8 @@ leaves ``unknown``, for each window size, in one run (``make bench-window``).
 For each ``bdat_window`` W, one session against the sandbox (in a child process) with its ``latency_ms`` switch
 at 20 ms:
 
-* **rate**: a mail merge of ``--count`` rows, no fault;
+* **rate**: a mail merge of ``--count`` rows, no fault; ``--repeat`` rounds over every window in turn (so a slow
+  moment of the machine hits one round of each, not every run of one), the median of each window's rounds;
 * **unknown per break**: the same merge where, every 97 accepted messages (five times), the server holds a
   reply longer than the client's timeout (1 s): the connection is given up without an answer, as after a reset
   or a dead network path. Every message handed over and not answered is ``unknown`` (never sent again); the
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -59,28 +61,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000, help="rows per merge (default 1000)")
     parser.add_argument("--windows", default="1,4,8,16,32,64", help="window sizes (default 1,4,8,16,32,64)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of rate runs, median taken (default 3)")
     args = parser.parse_args()
     windows = [int(w) for w in args.windows.split(",")]
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hve-bench-airflow-"))
     logging.getLogger("airflow_provider_hve").setLevel(logging.ERROR)
     from airflow_provider_hve.sandbox.process import SandboxProcess
 
-    results = []
+    rates: dict[int, list[float]] = {window: [] for window in windows}
+    unknown: dict[int, float] = {}
     with SandboxProcess(latency_ms=RTT_MS, mailbox_dir=tempfile.mkdtemp(prefix="hve-bench-mailbox-")) as sandbox:
+        for round_ in range(1, args.repeat + 1):
+            for window in windows:
+                seconds, report = merge(sandbox, args.count, window)
+                assert report.accepted == args.count, report.as_dict()
+                rates[window].append(args.count / seconds)
+                print(f"  round {round_}, W={window:<3} {args.count / seconds:7.0f} msg/s")
         for window in windows:
-            seconds, report = merge(sandbox, args.count, window)
-            assert report.accepted == args.count, report.as_dict()
             sandbox.smtp_switch("stall_after", BREAK_EVERY, 3.0, times=BREAKS)
             _, broken = merge(sandbox, args.count, window, timeout=1.0)
             sandbox.smtp_switch("reset_faults")
-            per_break = len(broken.unknown) / BREAKS
-            results.append((window, args.count / seconds, per_break))
-            print(f"  W={window:<3} {args.count / seconds:7.0f} msg/s, unknown per break: {per_break:.1f}")
-    base = results[0][1]
-    print(f"\n| bdat_window | msg/s at {RTT_MS:g} ms | vs W={results[0][0]} | unknown per break (mean of {BREAKS}) |")
+            unknown[window] = len(broken.unknown) / BREAKS
+            print(f"  W={window:<3} unknown per break: {unknown[window]:.1f}")
+    median = {window: statistics.median(runs) for window, runs in rates.items()}
+    base = median[windows[0]]
+    print(
+        f"\n| bdat_window | msg/s at {RTT_MS:g} ms (median of {args.repeat}; min-max) | vs W={windows[0]} "
+        f"| unknown per break (mean of {BREAKS}) |"
+    )
     print("|---:|---:|---:|---:|")
-    for window, rate, unknown in results:
-        print(f"| {window} | {rate:,.0f} | {rate / base:.1f}x | {unknown:.1f} |")
+    for window in windows:
+        spread = f"{min(rates[window]):,.0f}-{max(rates[window]):,.0f}"
+        print(f"| {window} | {median[window]:,.0f} ({spread}) | {median[window] / base:.1f}x | {unknown[window]:.1f} |")
     return 0
 
 
