@@ -129,10 +129,11 @@ class TaskStateDeliveryLog:
         """
         Return once ``entry`` (an intent :meth:`record` was given) is durable, or as soon as ``give_up()`` is
         true (the run stopped; checked every :data:`WAIT_RECHECK` seconds); raise the store's error if a write
-        failed. True if it had to wait (the entry was not durable yet when asked).
+        failed. True if the log fell behind: the entry was not durable yet when asked, although an earlier write
+        had finished (the first write of a run is always waited for: it is no sign of a slow store).
         """
         with self._changed:
-            late = entry in self._writing
+            late = entry in self._writing and self.writes > 0
             while entry in self._writing and self._error is None and not give_up():
                 self._changed.wait(WAIT_RECHECK)
             self._raise_if_failed()

@@ -16,6 +16,7 @@ retry budget.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -57,6 +58,10 @@ MAX_THROTTLE_PAUSE = 30.0
 MAX_RECONNECT_DELAY = 8.0
 
 
+RATE_SPAN = 1.0
+"""Seconds over which the rate of takes is measured (to size the write-ahead distance)."""
+
+
 class RowLedger:
     """
     One state per row, and the rules that move it.
@@ -71,9 +76,10 @@ class RowLedger:
     :param session_wide: tells a permanent refusal that stops the run (quota) from one of a single message.
     :param write_ahead: with a delivery log: journal an intent for a row before it is handed out, and for up to
         this many rows queued after it (so the log can write them before they are needed); 0: no intents. The
-        distance adapts (:meth:`intent_was_late`): it starts here, doubles (up to here) when a session had to wait
-        for its row's intent, and shrinks while none waits, so that a killed worker leaves few rows whose intent
-        was written but which were never handed over.
+        distance adapts (:meth:`intent_was_late`): it starts here, doubles (up to ``write_ahead_cap``) when a
+        session had to wait for its row's intent, and shrinks while none waits, so that a killed worker leaves
+        few rows whose intent was written but which were never handed over.
+    :param write_ahead_cap: the farthest the distance may grow; default ``write_ahead``.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class RowLedger:
         rng: random.Random | None = None,
         session_wide: Callable[[int, str], bool] | None = None,
         write_ahead: int = 0,
+        write_ahead_cap: int | None = None,
     ) -> None:
         if session_wide is None:
             from airflow_provider_hve.diagnostics import is_session_wide
@@ -114,8 +121,12 @@ class RowLedger:
         self._reasons: dict[int, str] = {}
         self._journal: list[str] = []
         self._journaling = write_ahead > 0
-        self._write_ahead = self._write_ahead_cap = write_ahead
+        self._write_ahead = self.write_ahead_max = write_ahead
+        self._write_ahead_cap = max(write_ahead, write_ahead_cap or 0)
         self._on_time = 0  # rows taken since a session last had to wait for an intent
+        self._recent_takes: deque[float] = deque()  # when rows were taken, over the last RATE_SPAN seconds
+        self.write_latency = 0.0
+        """The delivery log's time per write (seconds), as its owner last measured it: how far ahead intents must go."""
         self._intended: dict[int, str] = {}  # rows with an intent in the journal and no final entry yet
         self._sessions: dict[int, SessionRecord] = {}
         self._next_session = 0
@@ -178,7 +189,7 @@ class RowLedger:
             self._holdings[row.index] = Holding(row, session)
             if self._journaling:
                 self._intend(row)
-                self._shorten_write_ahead()
+                self._shorten_write_ahead(now)
                 self._intend_ahead()
             return Send(row)
 
@@ -207,6 +218,7 @@ class RowLedger:
     def intent_was_late(self) -> None:
         """A session had to wait for its row's intent to become durable: journal twice as far ahead (up to the cap)."""
         self._write_ahead = min(self._write_ahead_cap, 2 * self._write_ahead)
+        self.write_ahead_max = max(self.write_ahead_max, self._write_ahead)
         self._on_time = 0
 
     def put_back(self, index: int, session: int) -> None:
@@ -388,13 +400,23 @@ class RowLedger:
             self._intended[row.index] = row.key
             self._journal.append(INTENT_MARK + row.key)
 
-    def _shorten_write_ahead(self) -> None:
-        # No session waited for an intent while two distances' worth of rows were taken: the log keeps up with
-        # less. A quarter shorter each time (at least one row); doubled back when a session waits (intent_was_late).
+    def _shorten_write_ahead(self, now: float) -> None:
+        # No session waited for an intent while two distances' worth of rows were taken: the log may keep up with
+        # less. A quarter shorter each time, never below what the sessions need at their rate: an intent is durable
+        # at most two writes after it is journaled, so ~ rate x 2 writes, with half as much again to spare. Doubled
+        # back when a session waits all the same (intent_was_late).
+        takes = self._recent_takes
+        takes.append(now)
+        while now - takes[0] > RATE_SPAN:
+            takes.popleft()
         self._on_time += 1
-        if self._on_time >= 2 * self._write_ahead and self._write_ahead > 1:
-            self._write_ahead -= max(1, self._write_ahead // 4)
-            self._on_time = 0
+        if self._on_time < 2 * self._write_ahead:
+            return
+        self._on_time = 0
+        rate = len(takes) / RATE_SPAN
+        needed = math.ceil(3 * rate * self.write_latency) + 1
+        if self._write_ahead > needed:
+            self._write_ahead = max(needed, self._write_ahead - max(1, self._write_ahead // 4))
 
     def _intend_ahead(self) -> None:
         """Journal intents for the next ``write_ahead`` rows of the queue, so they are durable when taken."""

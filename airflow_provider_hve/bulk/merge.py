@@ -46,7 +46,9 @@ MIN_RETRY_BUDGET = 20
 FIRST_ROWS_TRIED = 20
 """Rows tried before connecting: if this many fail in a row, the merge fails (a template error, not one row's data)."""
 MIN_WRITE_AHEAD = 32
-"""Fewest rows whose intent the delivery log writes ahead of the sessions (see ``MailMerge._write_ahead``)."""
+"""Fewest rows whose intent the delivery log writes ahead of the sessions at the start (``MailMerge._write_ahead``)."""
+WRITE_AHEAD_GROWTH = 8
+"""How far the distance may grow past its start while the sessions wait for the record (a slow metadata database)."""
 
 
 def default_retry_budget(rows: int) -> int:
@@ -160,6 +162,7 @@ class MailMerge:
             rate_interval=60.0 / self.rate_per_minute if self.rate_per_minute else 0.0,
             clock=time.monotonic,
             write_ahead=self._write_ahead() if self.delivery_log is not None else 0,
+            write_ahead_cap=WRITE_AHEAD_GROWTH * self._write_ahead(),
         )
         progress = Progress(len(rows), self.progress_interval)
         shared = self._shared = SharedLedger(ledger, self.delivery_log, progress)
@@ -186,6 +189,7 @@ class MailMerge:
                     finally:
                         report.record_writes = self.delivery_log.writes - writes_before
                         report.record_write_seconds = self.delivery_log.write_seconds - seconds_before
+                        report.record_ahead_max = ledger.write_ahead_max
                 elif self.delivery_log is not None:
                     self.delivery_log.flush()
                 report.elapsed_seconds = time.monotonic() - started
@@ -196,9 +200,10 @@ class MailMerge:
 
     def _write_ahead(self) -> int:
         """
-        How many rows past the one being taken get their intent journaled ahead: what the sessions can have in
-        flight (so the log's writer keeps ahead of them), at least :data:`MIN_WRITE_AHEAD`. A killed worker
-        leaves at most this many rows more unknown than were in flight.
+        How many rows past the one being taken get their intent journaled ahead at the start: what the sessions can
+        have in flight (so the log's writer keeps ahead of them), at least :data:`MIN_WRITE_AHEAD`. The ledger
+        adapts it (down to what the writer needs, up to :data:`WRITE_AHEAD_GROWTH` times this); a killed worker
+        leaves at most the distance of that moment more rows unknown than were in flight.
         """
         return max(MIN_WRITE_AHEAD, self.sessions * self.hook.config.bdat_window)
 

@@ -42,6 +42,9 @@ class BulkReport:
     """Writes of the delivery record (``TaskStateDeliveryLog``) in this run."""
     record_write_seconds: float = 0.0
     """Time those writes took, in the log's writer thread (the sessions wait only if they run ahead of it)."""
+    record_ahead_max: int = 0
+    """The farthest the record's intents ran ahead of the row taken (what a kill could have left unknown beyond
+    the rows in flight)."""
 
     @property
     def messages_per_second(self) -> float:
@@ -78,6 +81,7 @@ class BulkReport:
             "messages_per_second": round(self.messages_per_second, 1),
             "delivery_record_writes": self.record_writes,
             "delivery_record_write_seconds": round(self.record_write_seconds, 3),
+            "delivery_record_ahead_max": self.record_ahead_max,
         }
 
     def log_summary(self) -> None:

@@ -45,6 +45,7 @@ class SharedLedger:
         self._log = delivery_log
         self._progress = progress
         self._changed = threading.Condition()
+        self._grown_at_write = 0  # the log's write count when the write-ahead distance last grew
 
     def change(self, transition: Callable[[RowLedger], T]) -> T:
         """Apply one transition under the lock; wake the waiting sessions; journal what happened to rows."""
@@ -68,8 +69,22 @@ class SharedLedger:
         run ends the wait (the row is then not handed over: :meth:`RowLedger.handed_over` refuses it).
         """
         wait = getattr(self._log, "wait_recorded", None)
-        if wait is not None and wait(INTENT_MARK + row.key, lambda: self.ledger.stopped is not None):
-            self.change(lambda ledger: ledger.intent_was_late())  # the log fell behind: journal further ahead
+        if wait is None or not wait(INTENT_MARK + row.key, lambda: self.ledger.stopped is not None):
+            return
+        writes = getattr(self._log, "writes", 0)
+
+        def fell_behind(ledger: RowLedger) -> int | None:
+            # Journal further ahead. Once per write at most: every session that waits during one slow write (a
+            # database hiccup) is the same sign, not one each.
+            if writes <= self._grown_at_write:
+                return None
+            self._grown_at_write = writes
+            before = ledger.write_ahead
+            ledger.intent_was_late()
+            return ledger.write_ahead if ledger.write_ahead > before else None
+
+        if (ahead := self.change(fell_behind)) is not None:
+            log.info("The delivery record fell behind the sessions: intents now go %d rows ahead.", ahead)
 
     def next_step(self, session: int) -> Step:
         """
@@ -78,6 +93,9 @@ class SharedLedger:
         """
         with self._changed:
             while True:
+                writes = getattr(self._log, "writes", 0)
+                if writes:  # the write-ahead distance is sized from the store's speed
+                    self.ledger.write_latency = getattr(self._log, "write_seconds", 0.0) / writes
                 step = self.ledger.take(session)
                 if isinstance(step, Send):
                     self._record(self.ledger.take_journal())  # the intents take() wrote: wait_recorded waits on them

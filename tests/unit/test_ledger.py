@@ -345,6 +345,26 @@ def test_the_write_ahead_distance_shrinks_while_the_log_keeps_up_and_doubles_whe
     assert send_and_settle(1) == 32  # the next take journals up to the new distance
 
 
+def test_the_write_ahead_distance_never_shrinks_below_what_the_rate_and_the_stores_write_time_need() -> None:
+    # 200 rows a second (one every 5 ms) against a store that takes 50 ms a write: an intent can take two writes
+    # to be durable, so about 200 x 0.1 = 20 rows must be ahead, with half as much again to spare: about 31.
+    book, clock = ledger(600, write_ahead=64)
+    book.write_latency = 0.05
+    session = book.open_session()
+    for _ in range(600):
+        index = send(book, session)
+        book.completed(accepted(index))
+        clock.now += 0.005
+    assert 30 <= book.write_ahead <= 33
+    slow, clock = ledger(600, write_ahead=64)  # 20 rows a second: the distance comes down to about 4
+    slow.write_latency = 0.05
+    session = slow.open_session()
+    for _ in range(600):
+        slow.completed(accepted(send(slow, session)))
+        clock.now += 0.05
+    assert 3 <= slow.write_ahead <= 6
+
+
 def test_without_write_ahead_nothing_but_outcomes_is_journaled() -> None:
     book, _ = ledger(2)
     session = book.open_session()
