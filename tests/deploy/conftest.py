@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 AIRFLOW_3 = AIRFLOW_VERSION >= (3, 0)
 AIRFLOW_RELEASE = ".".join(map(str, AIRFLOW_VERSION))
 DAG_ID = "hve_deploy_merge"
+COST_DAG_ID = "hve_deploy_record_cost"
 # Mirrors tests/deploy/dags/hve_deploy_merge.py (the test checks the summaries agree).
 ROWS = 5000
 SHARDS = 4
@@ -469,7 +470,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, hve: HveSandbox) -> Ite
 
     home = tmp_path_factory.mktemp("airflow-deploy")
     (home / "dags").mkdir()
-    shutil.copy(HERE / "dags" / f"{DAG_ID}.py", home / "dags")
+    for dag_file in (DAG_ID, COST_DAG_ID):
+        shutil.copy(HERE / "dags" / f"{dag_file}.py", home / "dags")
     started = time.monotonic()
     with deploy_instance.PostgresInstance() as pg, deploy_instance.RedisInstance() as redis:
         TIMINGS["PostgreSQL + Redis up"] = time.monotonic() - started
@@ -545,7 +547,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, hve: HveSandbox) -> Ite
             # do not wait for it, the test checks it answers at the end (Deployment.assert_healthy).
             checks: dict[str, Callable[[], bool]] = {
                 **({"API up": af.api_healthy} if AIRFLOW_3 else {}),
-                "DAG parsed": lambda: af.dag_serialized(DAG_ID),
+                "DAG parsed": lambda: af.dag_serialized(DAG_ID) and af.dag_serialized(COST_DAG_ID),
                 "scheduler, triggerer, DAG processor heartbeating": lambda: wanted <= af.live_jobs(),
             }
 
