@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 VARIABLE_PREFIX = "hve_state."
 """Every Variable this provider writes starts with this."""
 _INDEX = "index"
+COMPLETED_KEY = "hve/completed"
+"""Set once a try sent everything it had to: a later try of the task instance sends nothing (its value says what)."""
 
 
 class VariableStore:
@@ -54,13 +56,20 @@ class VariableStore:
         )[:1000]
         self._keys: builtins.set[str] | None = builtins.set() if first_try else None
         self._index_written = False
+        self._completed: Any = None
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key not in self._index():
+        keys = self._index()
+        if key == COMPLETED_KEY:
+            return default if self._completed is None else self._completed
+        if key not in keys:
             return default
         return self._get(self._name(key), default)
 
     def set(self, key: str, value: Any) -> None:
+        if key == COMPLETED_KEY:
+            self._complete(value)
+            return
         keys = self._index()
         if key not in keys:
             self._set(self._name(_INDEX), sorted(keys | {key}))  # the index first: a record is never unlisted
@@ -74,15 +83,43 @@ class VariableStore:
             self._set(self._name(_INDEX), sorted(keys - {key}))
             self._keys, self._index_written = keys - {key}, True
 
-    def clear(self) -> None:
-        """Delete every Variable of this task instance (the task succeeded: no retry will read them)."""
+    def _complete(self, value: Any) -> None:
+        """
+        Everything was sent: say so in the index first (read back), then delete the records and, if all went, the
+        index. A kill or a failed delete on the way leaves the index saying "completed", so a retry sends nothing;
+        never the records without the index, which would make a retry send their rows again.
+        """
         keys = self._index()
-        if not keys and not self._index_written:
+        if not keys and not self._index_written and self._completed is None:
             return  # nothing was ever written: nothing to delete
-        for key in sorted(keys):
-            self._delete(self._name(key))
-        self._delete(self._name(_INDEX))
-        self._keys = builtins.set()
+        index = self._name(_INDEX)
+        self._set(index, {"completed": value})
+        self._completed, self._keys = value, builtins.set()
+        left = []
+        for name in [self._name(key) for key in sorted(keys)]:
+            try:
+                self._delete(name)
+            except Exception as exc:  # the send is done; a Variable left over only costs room
+                left.append(name)
+                log.warning("Could not delete Variable %r (%s: %s)", name, type(exc).__name__, exc)
+        if left:
+            log.warning(
+                "%d Variable(s) of %s are left over; the index %r says the task completed, so a retry sends nothing. "
+                "Delete them with `airflow variables delete` (docs/reliability.md).",
+                len(left),
+                self._description.split(":")[0],
+                index,
+            )
+            return
+        try:
+            self._delete(index)
+        except Exception as exc:
+            log.warning(
+                "Could not delete Variable %r (%s: %s); it only says the task completed.",
+                index,
+                type(exc).__name__,
+                exc,
+            )
 
     # -- Variables -----------------------------------------------------------------------------------------
 
@@ -95,7 +132,10 @@ class VariableStore:
 
     def _index(self) -> builtins.set[str]:
         if self._keys is None:
-            self._keys = set(self._get(self._name(_INDEX), []) or [])
+            value = self._get(self._name(_INDEX), []) or []
+            if isinstance(value, dict):  # {"completed": ...}: an earlier try sent everything
+                self._completed, value = value.get("completed"), []
+            self._keys = set(value)
         return self._keys
 
     @staticmethod

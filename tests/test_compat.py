@@ -640,3 +640,38 @@ def test_without_task_state_store_a_retry_sends_each_row_once_and_cleans_up(
     summary, _ = task_outputs(dag_run, "merge")
     assert summary["skipped_already_delivered"] == 15 and summary["accepted"] == 25
     assert _variables_of(dag_run, "merge") == []  # the task succeeded: its records are gone
+
+
+@pytest.mark.skipif(HAS_TASK_STATE_STORE, reason=f"Airflow {RUNNING} keeps the record in task_state_store")
+def test_without_task_state_store_a_failed_clean_up_never_makes_a_retry_resend(
+    run_dag: Callable[..., Any], sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The merge sent every row; deleting its record then fails half-way (the API server answers 500 once). The
+    records were once deleted before the index, so a retry read the index, missed the deleted chunk and mailed
+    its rows again. Now the index says "completed" first: the task succeeds, and the Variables left over say so.
+    """
+    from airflow_provider_hve.state import VariableStore
+
+    real_delete = VariableStore._delete
+    deleted: list[str] = []
+    failed: list[str] = []
+
+    def delete_fails_once(name: str) -> None:
+        # The second delete fails: the first has removed a record (or, before this fix, the record and then
+        # the index's listing was all the retry had).
+        if len(deleted) == 1 and not failed:
+            failed.append(name)
+            raise RuntimeError("the API server answered 500")
+        deleted.append(name)
+        real_delete(name)
+
+    monkeypatch.setattr(VariableStore, "_delete", staticmethod(delete_fails_once))
+    dag_run = run_dag(MERGE_CASES, "hve_case_merge_retry")
+    assert dag_run.state == "success"
+    counts = Counter(m.rcpt_tos[0] for m in sandbox.wait_for_messages(40, timeout=10))
+    assert len(counts) == 40 and set(counts.values()) == {1}, "a row was sent twice"
+    left = _variables_of(dag_run, "merge")
+    index = VariableStore(dag_run.dag_id, dag_run.run_id, "merge")
+    assert failed and set(left) == {failed[0], index._name("index")}, left
+    assert index.get("hve/completed") is not None  # a retry would send nothing

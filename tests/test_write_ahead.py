@@ -317,3 +317,63 @@ def test_a_store_that_refuses_writes_stops_both_operators_before_sending_unless_
     assert summary["accepted"] == 20
     assert len(sandbox.wait_for_messages(21)) == 21
     assert CountingRefusingStore.writes == 0, "at_least_once=True wrote to the store"
+
+
+def test_a_try_after_one_that_sent_everything_sends_nothing(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # The try sent everything, then ended before Airflow recorded the success (killed while it cleaned up, or the
+    # success not reported): its record says so first, and the next try of either operator sends nothing.
+    import types
+
+    from airflow_provider_hve.operators.hve import HveEmailOperator, HveMailMergeOperator
+
+    hve_connection()
+    single_store, merge_store = SqliteStore(tmp_path / "single.sqlite"), SqliteStore(tmp_path / "merge.sqlite")
+    single = HveEmailOperator(task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x")
+    merge = HveMailMergeOperator(task_id="merge", recipients=ROW_LIST[:30], subject="x", text_content="y")
+    for try_number in (1, 2):
+        ti = types.SimpleNamespace(try_number=try_number, dag_id="d", run_id="r", task_id="t", map_index=-1)
+        ti.xcom_push = lambda **kwargs: None
+        sent = single.execute({"task_state_store": single_store, "ti": ti})  # type: ignore[arg-type]
+        summary = merge.execute({"task_state_store": merge_store, "ti": ti})  # type: ignore[arg-type]
+        if try_number == 2:
+            assert sent["accepted"] == [] and sent["message_id"] == first_id
+            assert summary["accepted"] == 0 and summary["skipped_already_delivered"] == 30
+        first_id = sent["message_id"]
+    assert len(sandbox.wait_for_messages(31)) == 31
+    time.sleep(0.3)
+    assert len(sandbox.messages) == 31, "a try after a complete one sent again"
+
+
+def test_a_resend_of_an_unknown_message_that_fails_keeps_its_message_id_for_the_next_try(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Path
+) -> None:
+    # Try 1 handed M1 over and lost the answer. Try 2 (resend_unknown=True) resends M1, but HVE refuses MAIL FROM
+    # for good. Try 3 must send M1 again, not a message under a new Message-ID (which no mailbox store would take
+    # for a copy of M1, should M1 have arrived).
+    import types
+
+    import pytest
+
+    from airflow_provider_hve.exceptions import HveSendError
+    from airflow_provider_hve.operators.hve import UNKNOWN_OUTCOME_KEY, HveEmailOperator
+    from airflow_provider_hve.sandbox.smtp_server import TOO_MANY_CONNECTIONS
+
+    hve_connection(send_retries=0)
+    store = SqliteStore(tmp_path / "state.sqlite")
+    first = "<unknown.1@contoso.example>"
+    store.set(UNKNOWN_OUTCOME_KEY, {"message_id": first, "try_number": 1})
+    operator = HveEmailOperator(
+        task_id="alert", to="oncall@contoso.example", subject="Disk full", html_content="x", resend_unknown=True
+    )
+    sandbox.smtp.throttle(TOO_MANY_CONNECTIONS, command="MAIL", count=10)
+    ti = types.SimpleNamespace(try_number=2, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+    with pytest.raises(HveSendError):
+        operator.execute({"task_state_store": store, "ti": ti})  # type: ignore[arg-type]
+    assert not sandbox.messages
+    sandbox.smtp.reset_faults()
+    ti = types.SimpleNamespace(try_number=3, dag_id="d", run_id="r", task_id="alert", map_index=-1)
+    result = operator.execute({"task_state_store": store, "ti": ti})  # type: ignore[arg-type]
+    (message,) = sandbox.wait_for_messages(1)
+    assert result["message_id"] == first and message.message["Message-ID"] == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from airflow_provider_hve.message import OutgoingMessage
 
 AddressArg = str | Iterable[str] | None
+
+
+log = logging.getLogger(__name__)
 
 
 class HveEmailOperator(EmailTemplating, BaseOperator):
@@ -190,6 +194,9 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 "bcc_count": hidden,
             }
         store = _delivery_store(self, context)
+        if (done := _completed_before(self, store)) is not None:
+            message_id = done.get("message_id")
+            return {"dry_run": False, "outcome": "accepted", "message_id": message_id, "accepted": [], "refused": {}}
         stored = store.get(UNKNOWN_OUTCOME_KEY) if store is not None else None
         unknown: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         if unknown and not self.resend_unknown:
@@ -258,8 +265,12 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                     _record_accepted(store, message_id, try_number, [*earlier, *exc.accepted])
                 if isinstance(exc, HveConnectionError) and exc.in_flight:
                     store.set(UNKNOWN_OUTCOME_KEY, {"message_id": message_id, "try_number": try_number})
-                elif outgoing.recipients:
+                elif outgoing.recipients and not unknown:
                     store.delete(UNKNOWN_OUTCOME_KEY)  # certainly not delivered beyond exc.accepted: a retry sends
+                elif outgoing.recipients:
+                    # A resend of a message whose first hand-over's outcome is unknown: it stays unknown (its
+                    # Message-ID kept), so the next try resends it under the same Message-ID, never a new one.
+                    store.set(UNKNOWN_OUTCOME_KEY, unknown)
             raise
         except BaseException:
             # Interrupted (execution_timeout, SIGTERM) by something that says nothing about the send: what it had
@@ -268,13 +279,16 @@ class HveEmailOperator(EmailTemplating, BaseOperator):
                 if progress.accepted:
                     _record_accepted(store, message_id, try_number, [*earlier, *progress.accepted])
                 if not progress.handing_over:
-                    store.delete(UNKNOWN_OUTCOME_KEY)
+                    if unknown:
+                        store.set(UNKNOWN_OUTCOME_KEY, unknown)  # still unknown, under its first Message-ID
+                    else:
+                        store.delete(UNKNOWN_OUTCOME_KEY)
             raise
         if store is not None:
             held = [key for key, value in ((ALREADY_ACCEPTED_KEY, delivered), (UNKNOWN_OUTCOME_KEY, unknown)) if value]
             if outgoing.recipients and UNKNOWN_OUTCOME_KEY not in held:
                 held.append(UNKNOWN_OUTCOME_KEY)
-            _succeeded(store, held)
+            _succeeded(store, held, {"message_id": message_id, "try_number": try_number})
         result["accepted"] = [*earlier, *result["accepted"]]
         return {"dry_run": False, "outcome": "accepted", **result}
 
@@ -361,18 +375,62 @@ def _state_store(context: Any) -> Any:
     )
 
 
-def _succeeded(store: Any, keys: Sequence[str]) -> None:
+def _succeeded(store: Any, keys: Sequence[str], completed: dict[str, Any]) -> None:
     """
-    The task succeeded: no retry will read its records. Variables are deleted all at once; in ``task_state_store``
-    (Airflow's) only ``keys``.
+    The try sent everything: record that first (``completed``: a retry of the task instance, should the task still
+    fail, sends nothing), then drop the records. Variables go all at once (the index keeps "completed" until they
+    are gone); in ``task_state_store`` only ``keys`` (Airflow expires the rest).
     """
-    from airflow_provider_hve.state import VariableStore
+    from airflow_provider_hve.state import COMPLETED_KEY, VariableStore
 
+    store.set(COMPLETED_KEY, completed)
     if isinstance(store, VariableStore):
-        store.clear()
         return
     for key in keys:
-        store.delete(key)
+        try:
+            store.delete(key)
+        except Exception as exc:  # the send is done; the completed mark covers what is left
+            log.warning("Could not delete %r from task_state_store (%s: %s).", key, type(exc).__name__, exc)
+
+
+def _refuse_to_lose_the_record(store: Any, summary: dict[str, Any], context: Any) -> None:
+    """
+    Airflow 3.3 with ``[state_store] clear_on_success = True`` deletes the task's ``task_state_store`` when it
+    succeeds: the record of a merge that succeeds with rows unknown would be gone, and releasing them (clear with
+    resend_unknown=True) would mail every row again. Fail instead, keeping the record.
+    """
+    from airflow_provider_hve.exceptions import HveSendError
+    from airflow_provider_hve.state import VariableStore
+
+    if isinstance(store, VariableStore) or "task_state_store" not in context:
+        return
+    from airflow.providers.common.compat.sdk import conf
+
+    if not conf.getboolean("state_store", "clear_on_success", fallback=False):
+        return
+    context["ti"].xcom_push(key="hve_summary", value=summary)
+    raise HveSendError(
+        f"HVE mail merge: {len(summary['unknown'])} row(s) unknown (handed over without HVE's answer), and this "
+        "Airflow deletes a task's task_state_store when it succeeds ([state_store] clear_on_success = True), which "
+        "would lose the record that lets a cleared try send only those rows. The task fails to keep it: check the "
+        "unknown rows (XCom 'hve_summary'), then set resend_unknown=True and clear the task to send them."
+    )
+
+
+def _completed_before(operator: BaseOperator, store: Any) -> dict[str, Any] | None:
+    """What an earlier try that sent everything recorded (then its task failed, or was killed, before success)."""
+    from airflow_provider_hve.state import COMPLETED_KEY
+
+    done = store.get(COMPLETED_KEY) if store is not None else None
+    if not isinstance(done, dict):
+        return None
+    operator.log.warning(
+        "Try %s of this task instance already sent everything (its record says so) and ended before Airflow "
+        "recorded the success: nothing is sent again.",
+        done.get("try_number"),
+    )
+    _succeeded(store, (), done)  # finish the clean-up that try could not
+    return done
 
 
 def _task_instance_id(context: Any) -> str:
@@ -607,6 +665,12 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         rows = table_from_data(self.recipients, argument="recipients").rows
         env = self.get_template_env()
         store = _delivery_store(self, context)
+        if _completed_before(self, store) is not None:
+            from airflow_provider_hve.bulk.report import BulkReport
+
+            report = BulkReport(total=len(rows))
+            report.skipped = len(rows)
+            return report.as_dict()
         merge = MailMerge(
             HveHook(hve_conn_id=self.hve_conn_id),
             subject=self.subject,
@@ -664,6 +728,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         if store is not None and summary["unknown"]:
             # The task succeeds with rows whose outcome is unknown (fail_on_refused=False): the record stays, so
             # that clearing the task with resend_unknown=True sends those rows only, under the same Message-IDs.
+            _refuse_to_lose_the_record(store, summary, context)
             self.log.warning(
                 "%d row(s) unknown (handed over without HVE's answer): the delivery record of this task instance "
                 "is kept. To send them again (only them, under the same Message-IDs), set resend_unknown=True on "
@@ -671,5 +736,6 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
                 len(summary["unknown"]),
             )
         elif store is not None:
-            _succeeded(store, ())
+            try_number = getattr(context.get("ti"), "try_number", None)
+            _succeeded(store, (), {"try_number": try_number, "rows": summary["total"]})
         return summary
