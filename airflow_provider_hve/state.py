@@ -158,7 +158,7 @@ class VariableStore:
         kept = self._get(name, None)
         if json.dumps(kept, sort_keys=True) != json.dumps(value, sort_keys=True):
             raise HveError(
-                f"Airflow did not keep Variable {name!r} (the record of what this task delivered): a retry could "
+                f"Airflow did not keep Variable {name!r} ({self._description.split(', kept')[0]}): a retry could "
                 "send again, so nothing more is sent. Check that tasks may write Variables (the API server's log "
                 "says why it refused); to send without a record (a retry may then mail a recipient twice), set "
                 "at_least_once=True on the task."

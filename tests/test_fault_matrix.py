@@ -357,9 +357,10 @@ def test_an_interrupted_run_stops_its_sessions_and_keeps_the_invariant(
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
 
-    sandbox.latency_ms = 20  # slow enough that the run is mid-way when interrupted
+    sandbox.latency_ms = 20
     hook = HveHook(hve_conn_id=hve_connection())
-    merge = MailMerge(hook, subject="x", text_content="y", sessions=2)
+    # 20 messages a second: the run is far from done (13 s left) when the 30th arrives, however busy the machine.
+    merge = MailMerge(hook, subject="x", text_content="y", sessions=2, rate_per_minute=1200)
 
     def interrupt_after_some_deliveries() -> None:
         # Interrupt once HVE took 30 messages, however fast or slow this machine is.
@@ -392,9 +393,15 @@ def test_on_kill_stops_the_merge_and_its_operator_keeps_the_report(
     # The merge must then hand over nothing more and end with a true report, pushed as XCom hve_summary.
     from airflow_provider_hve.operators.hve import HveMailMergeOperator
 
-    sandbox.latency_ms = 20  # slow enough that the run is mid-way when killed
+    sandbox.latency_ms = 20
     operator = HveMailMergeOperator(
-        task_id="merge", recipients=ROW_LIST, subject="x", text_content="y", sessions=2, hve_conn_id=hve_connection()
+        task_id="merge",
+        recipients=ROW_LIST,
+        subject="x",
+        text_content="y",
+        sessions=2,
+        rate_per_minute=1200,  # far from done (13 s left) when killed after 30 messages, however busy the machine
+        hve_conn_id=hve_connection(),
     )
     pushed: dict[str, Any] = {}
 

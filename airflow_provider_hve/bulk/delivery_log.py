@@ -155,7 +155,9 @@ class TaskStateDeliveryLog:
 
                 raise HveError(
                     f"The mail merge's delivery record did not finish a write in {timeout:g} s (the store, Airflow's "
-                    "metadata database or API server, does not answer): a retry may find rows unknown."
+                    "metadata database or API server, does not answer): a retry may find rows unknown. Check the "
+                    "API server's (2.11: the metadata database's) health, then clear the task once it answers; its "
+                    "unknown rows are listed in XCom 'hve_summary'."
                 )
         self._write_pending()
         with self._changed:
