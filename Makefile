@@ -13,11 +13,11 @@ COMPAT_LEGS ?= 2.11.0 2.11 3.0 3.1 3.2
 DEPLOY_LEGS ?= 3.3 3.1 2.11
 AIRFLOW     ?= 3.2
 CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
-# What every leg runs: connection (form metadata included), hook, operator, notifier, e-mail backend, the
+# What every leg runs: connection (form metadata, and what each form posts to Test, included), hook, operator, notifier, e-mail backend, the
 # example DAGs under dag.test(), and the compatibility tests themselves.
 # (tests/test_deadline_alert.py runs a real scheduler + triggerer; it skips, saying why, before Airflow 3.1.)
 # Alerts (notifier, backend, smtp_default), template injection (rows, mapped XCom values) and the README DAG too.
-COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_smtp_session.py \
+COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_connection_form.py tests/test_smtp_session.py \
                 tests/test_operator.py tests/test_example_dags.py tests/test_deadline_alert.py \
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
