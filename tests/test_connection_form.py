@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
+from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_2_PLUS
 from airflow_provider_hve.connection import HveConnectionConfig
 from airflow_provider_hve.connection_form import form_labels, form_test_message
 from airflow_provider_hve.sandbox import HveSandbox
@@ -50,13 +50,17 @@ def press_test(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[d
     monkeypatch.setenv("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
     if AIRFLOW_V_3_0_PLUS:
         monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+        monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_ISSUER", "hve-tests")  # 3.0 signs no token without one
         from airflow.api_fastapi.app import create_app
         from fastapi.testclient import TestClient
 
         client = TestClient(create_app())
+        # As the UI: a token from the simple auth manager (every user an admin), then the public API.
+        token = client.get("/auth/token").json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
 
         def post(body: dict[str, Any]) -> dict[str, Any]:
-            response = client.post("/api/v2/connections/test", json=body)
+            response = client.post("/api/v2/connections/test", json=body, headers=headers)
             assert response.status_code == 200, response.text
             return dict(response.json())
 
@@ -167,7 +171,7 @@ def test_flask_form_draws_a_select_numbers_and_required_marks() -> None:
     assert "extra" not in behaviour["hidden_fields"]  # else 2.11's Test does nothing on the Edit page
 
 
-@pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="the React form of Airflow 3")
+@pytest.mark.skipif(not AIRFLOW_V_3_2_PLUS, reason="the declarative form of Airflow 3.2+ (conn-fields)")
 def test_react_form_opens_required_fields_empty_not_null() -> None:
     from airflow.providers_manager import ProvidersManager
 
