@@ -56,6 +56,14 @@ def screenshots() -> Path:
     return folder
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test (``rep_call``): a failed test then shows the UI server's log."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for folder in _SCREENSHOTS:
         shots = sorted(path.name for path in folder.glob("*.png"))

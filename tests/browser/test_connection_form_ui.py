@@ -15,6 +15,8 @@ import pytest
 
 from airflow_provider_hve.sandbox import HveSandbox
 
+pytestmark = pytest.mark.timeout(420)  # both UIs start in the first test: up to 180 s, then the pages
+
 CONN_ID = "hve_reports"
 SUCCESS = re.compile(r"Connected to \S+ with STARTTLS and authenticated as")
 SHOWN_WITHIN_MS = 30_000
