@@ -207,10 +207,13 @@ def airflow_test_connection_id(conn_id: str) -> str | None:
         typed = getattr(body, "connection_id", None) if body is not None else None
         if typed is None and isinstance(scope.get("body"), dict):
             typed = scope["body"].get("connection_id")
-        return typed.strip() if isinstance(typed, str) and typed.strip() else ""
+        typed = typed.strip() if isinstance(typed, str) else ""
+        # Echoed into the page: only an id Airflow itself would accept (3.x validates the body the same way).
+        return typed if _CONN_ID.fullmatch(typed) else ""
     return None
 
 
+_CONN_ID = re.compile(r"[\w.-]{1,200}")
 _EXTRA = re.compile(r"\bextra (?:field )?'([a-z_]+)'")
 _FIELD = re.compile(r"\bfield '(host|port|login|password)'")
 _PASSWORD_FIELD = re.compile(r"\b(?:the connection's|the) Password field\b")

@@ -134,6 +134,19 @@ def test_an_empty_account_names_its_label(
     assert answer["message"].startswith(f"Connection '{TYPED_ID}': 'HVE account' is empty"), answer["message"]
 
 
+def test_a_typed_id_airflow_would_refuse_is_not_echoed(
+    sandbox: HveSandbox, press_test: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    body = form_body(sandbox, login="")
+    body["connection_id"] = "<img src=x onerror=alert(1)>"
+    try:
+        answer = press_test(body)
+    except AssertionError as refused:  # Airflow 3 refuses such an id before the hook runs
+        assert "connection_id" in str(refused) or "422" in str(refused)
+        return
+    assert answer["message"].startswith("This connection: 'HVE account' is empty"), answer["message"]
+
+
 def test_the_test_message_without_a_typed_id_says_this_connection() -> None:
     said = "Connection 'aB3dE5gH': extra field 'tenant_id' is missing. Set it.\nEntra trace id x (for support)"
     assert form_test_message(said, "aB3dE5gH", "") == (
