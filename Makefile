@@ -13,29 +13,40 @@ COMPAT_LEGS ?= 2.11.0 2.11 3.0 3.1 3.2
 DEPLOY_LEGS ?= 3.3 3.1 2.11
 AIRFLOW     ?= 3.2
 CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
-# What every leg runs: connection (form metadata included), hook, operator, notifier, e-mail backend, the
+# What every leg runs: connection (form metadata, and what each form posts to Test, included), hook, operator, notifier, e-mail backend, the
 # example DAGs under dag.test(), and the compatibility tests themselves.
 # (tests/test_deadline_alert.py runs a real scheduler + triggerer; it skips, saying why, before Airflow 3.1.)
 # Alerts (notifier, backend, smtp_default), template injection (rows, mapped XCom values) and the README DAG too.
-COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_smtp_session.py \
+COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_connection_form.py tests/test_smtp_session.py \
                 tests/test_operator.py tests/test_example_dags.py tests/test_deadline_alert.py \
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
-.PHONY: demo test test-fast test-mta test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
+.PHONY: demo test test-fast test-mta test-browser test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow); tests/mta, tests/deploy aside
+## test: the whole test suite against the local sandbox (real MSAL, real smtplib, real Airflow); tests/mta, tests/deploy,
+##       tests/browser aside
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/mta --ignore=tests/deploy $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/mta --ignore=tests/deploy --ignore=tests/browser $(PYTEST_ARGS)
 
 ## test-mta: the provider against a real Postfix + Dovecot (installed with apt where missing; needs root), ~1 min
 test-mta: $(STAMP)
 	scripts/mta/install.sh
 	HVE_MTA_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/mta $(PYTEST_ARGS)
+
+## test-browser: the connection form in headless Chromium (Debian's, driven by Playwright) on a real Airflow 3.3 API
+##               server and 2.11 webserver; installs Chromium (apt, needs root) and Playwright where missing and the
+##               2.11 venv if absent; screenshots to HVE_SCREENSHOTS (printed); ~1.5 min once installed
+test-browser: $(STAMP) constraints/airflow-2.11.txt
+	scripts/browser/install.sh $(VENV)
+	@COMPAT_INSTALL_ONLY=1 scripts/compat_leg.sh 2.11 "$(PYTHON)" "$(UV)"
+	@shots="$${HVE_SCREENSHOTS:-$$(mktemp -d /tmp/hve-browser-screenshots.XXXXXX)}"; \
+	echo "== browser screenshots go to $$shots"; \
+	HVE_BROWSER_REQUIRED=1 HVE_SCREENSHOTS="$$shots" $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser $(PYTEST_ARGS)
 
 ## test-deploy: a real deployment on Airflow 3.3, 3.1 and 2.11 (PostgreSQL + Redis from apt where missing, needs root;
 ##              CeleryExecutor, two workers): a worker SIGKILLed mid-merge, HVE down 30 s; ~10 min. DEPLOY_LEGS="3.3"

@@ -38,8 +38,10 @@ MAX_SEND_RETRIES = 10
 FEDERATED_TOKEN_FILE_ENV = "AZURE_FEDERATED_TOKEN_FILE"
 
 _LEGACY_EXTRA_PREFIX = "extra__hve__"
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off", ""})
+# What a form's checkbox sends as well as what people type: Airflow 2.11's WTForms BooleanField posts "y" for a
+# ticked box (its HTML value), browsers post "on" for a box without a value, the React UI sends JSON true.
+_TRUE = frozenset({"true", "1", "yes", "y", "t", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "f", "off", ""})
 _TENANT_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
 _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"

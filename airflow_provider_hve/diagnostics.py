@@ -111,6 +111,7 @@ def is_session_wide(code: int, reply: str) -> bool:
 _AADSTS = re.compile(r"AADSTS(\d+)")
 _CORRELATION = re.compile(r"Correlation ID:\s*([0-9a-fA-F-]{36})")
 _TRACE = re.compile(r"Trace ID:\s*([0-9a-fA-F-]{36})")
+_ENTRA_TRAILER = re.compile(r"\s*\b(?:Trace ID|Correlation ID|Timestamp):")
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -129,7 +130,10 @@ def describe_entra_error(config: HveConnectionConfig, result: dict[str, Any]) ->
     correlation_id = result.get("correlation_id") or _search(_CORRELATION, description)
     trace_id = result.get("trace_id") or _search(_TRACE, description)
 
-    summary = description.split("\r\n")[0].split("\n")[0].strip() or str(result.get("error") or "no token")
+    summary = description.split("\r\n")[0].split("\n")[0]
+    # Entra appends "Trace ID: ... Correlation ID: ... Timestamp: ..." to the first line; the ids get a line of
+    # their own below, and a message that shows them twice reads as two failures.
+    summary = _ENTRA_TRAILER.split(summary, maxsplit=1)[0].strip() or str(result.get("error") or "no token")
     cause = ENTRA_CAUSES.get(code) if code is not None else None
     lines = [f"Entra ID refused a token for connection {config.conn_id!r} ({config.auth_mode.value}): {summary}"]
     if cause:

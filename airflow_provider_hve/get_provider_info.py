@@ -6,8 +6,12 @@ from typing import Any
 
 
 def _field(label: str, type_: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
-    # A required field's type has no "null": the declarative form (Airflow 3.2+) then marks it required.
+    # A required field's type has no "null": the declarative form (Airflow 3.2+) then marks it required. Its
+    # value starts as "" (not null): the React form shows "This field is required" on a null required field
+    # before anything is typed, and on "" only once the admin empties it. The connection reads "" as not set.
     kind: str | list[str] = type_ if required else [type_, "null"]
+    if required:
+        schema.setdefault("default", "")
     return {"label": label, "description": description, "schema": {"type": kind, **schema}}
 
 
@@ -161,77 +165,4 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "notifications": ["airflow_provider_hve.notifications.hve.HveNotifier"],
         "email-backends": ["airflow_provider_hve.utils.email.send_email"],
-    }
-
-
-def _hve_connection_type() -> dict[str, Any]:
-    (connection_type,) = get_provider_info()["connection-types"]
-    return connection_type
-
-
-def legacy_connection_form_widgets() -> dict[str, Any]:
-    """
-    Build the connection form for Airflow before 3.2 (``HveHook.get_connection_form_widgets``).
-
-    The fields are the declarative ``conn-fields`` above, as WTForms fields: 2.11's Flask UI draws them,
-    and 3.0/3.1 turn them into the same JSON the 3.2 form reads (with WTForms mocked where it is not
-    installed). A required marker cannot be expressed there: a validator would also block saving other
-    connection types on 2.11, and 3.0/3.1 drop it. ``HveConnectionConfig`` still refuses a missing value.
-    """
-    from wtforms import BooleanField, IntegerField, StringField
-    from wtforms.validators import Optional, any_of
-
-    try:
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-
-        text_widget: dict[str, Any] = {"widget": BS3TextFieldWidget()}
-    except ImportError:  # Airflow 3.0/3.1 with WTForms but without the FAB provider
-        text_widget = {}
-
-    widgets: dict[str, Any] = {}
-    for name, field in _hve_connection_type()["conn-fields"].items():
-        schema = field["schema"]
-        kind = schema["type"] if isinstance(schema["type"], str) else schema["type"][0]
-        description = field["description"]
-        if "null" not in schema["type"]:
-            description = f"Required. {description}"
-        common: dict[str, Any] = {"description": description, "default": schema.get("default")}
-        if kind == "boolean":
-            widgets[name] = BooleanField(field["label"], **common)
-        elif kind == "integer":
-            widgets[name] = IntegerField(field["label"], validators=[Optional()], **common, **text_widget)
-        elif kind == "number":
-            # A fraction too (timeout 2.5): IntegerField refuses it, and 2.11 allows no FloatField (it drops
-            # every widget of the hook then). A text field checked as a number; the connection reads "2.5".
-            validators = [Optional(), _number_at_least(schema.get("minimum"))]
-            widgets[name] = StringField(field["label"], validators=validators, **common, **text_widget)
-        else:
-            validators = [Optional(), any_of(schema["enum"])] if "enum" in schema else [Optional()]
-            widgets[name] = StringField(field["label"], validators=validators, **common, **text_widget)
-    return widgets
-
-
-def _number_at_least(minimum: float | None) -> Any:
-    """Return a WTForms validator: the text is a number (a fraction too), at least ``minimum``."""
-    from wtforms.validators import ValidationError
-
-    def validate(form: Any, field: Any) -> None:
-        try:
-            number = float(str(field.data).strip())
-        except ValueError:
-            number = float("nan")
-        if not number >= (minimum if minimum is not None else float("-inf")):
-            lowest = f", at least {minimum:g}" if minimum is not None else ""
-            raise ValidationError(f"Enter a number{lowest}, such as 30 or 2.5.")
-
-    return validate
-
-
-def legacy_ui_field_behaviour() -> dict[str, Any]:
-    """The declarative ``ui-field-behaviour`` in the shape ``HveHook.get_ui_field_behaviour`` returns."""
-    behaviour = _hve_connection_type()["ui-field-behaviour"]
-    return {
-        "hidden_fields": list(behaviour["hidden-fields"]),
-        "relabeling": dict(behaviour["relabeling"]),
-        "placeholders": dict(behaviour["placeholders"]),
     }

@@ -49,14 +49,14 @@ class HveHook(BaseHook):
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
         """Return the labelled connection fields for Airflow before 3.2 (3.2+ reads ``conn-fields``)."""
-        from airflow_provider_hve.get_provider_info import legacy_connection_form_widgets
+        from airflow_provider_hve.connection_form import legacy_connection_form_widgets
 
         return legacy_connection_form_widgets()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Return the relabelled, hidden and placeholder standard fields for Airflow before 3.2."""
-        from airflow_provider_hve.get_provider_info import legacy_ui_field_behaviour
+        from airflow_provider_hve.connection_form import legacy_ui_field_behaviour
 
         return legacy_ui_field_behaviour()
 
@@ -218,16 +218,31 @@ class HveHook(BaseHook):
         return result
 
     def test_connection(self) -> tuple[bool, str]:
-        """Get a token and complete STARTTLS + AUTH XOAUTH2 + QUIT; on failure return the diagnosis."""
+        """
+        Get a token and complete STARTTLS + AUTH XOAUTH2 + QUIT; on failure return the diagnosis.
+
+        Called by the Test button of Airflow's connection form, the message names the connection id typed in
+        the form (not the random one Airflow tests it under) and the fields by their labels.
+        """
         from airflow_provider_hve.exceptions import HveError
 
         try:
             with self.smtp_session():
                 pass
         except HveError as exc:
-            return False, str(exc)
-        config = self.config
-        return True, (
-            f"Connected to {config.host}:{config.port} with STARTTLS and authenticated as {config.account} "
-            f"(XOAUTH2, {config.auth_mode.value})."
-        )
+            ok, message = False, str(exc)
+        else:
+            config = self.config
+            ok, message = (
+                True,
+                (
+                    f"Connected to {config.host}:{config.port} with STARTTLS and authenticated as {config.account} "
+                    f"(XOAUTH2, {config.auth_mode.value})."
+                ),
+            )
+        from airflow_provider_hve.connection_form import airflow_test_connection_id, form_test_message
+
+        typed_id = airflow_test_connection_id(self.hve_conn_id)
+        if typed_id is not None:
+            message = form_test_message(message, self.hve_conn_id, typed_id)
+        return ok, message
