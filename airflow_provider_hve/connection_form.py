@@ -130,10 +130,17 @@ class _Select:
 
         kwargs.setdefault("id", field.id)
         kwargs["class"] = f"form-control {kwargs.get('class', '')}".strip()
-        current = field.data or field.default
+        current = str(field.data or field.default or "").strip()
+        chosen = current.lower()  # the connection reads auth_mode in any case ("Certificate" works in tasks)
+        choices = list(self.choices)
+        if chosen and chosen not in choices:
+            # A value no option holds (set by the CLI, or a typo): shown as it is, so saving refuses it loudly
+            # instead of the browser silently picking the first option.
+            choices.append(current)
+            chosen = current
         options = "".join(
-            f'<option value="{escape(choice)}"{" selected" if choice == current else ""}>{escape(choice)}</option>'
-            for choice in self.choices
+            f'<option value="{escape(choice)}"{" selected" if choice == chosen else ""}>{escape(choice)}</option>'
+            for choice in choices
         )
         return Markup(f"<select {html_params(name=field.name, **kwargs)}>{options}</select>")
 
@@ -142,9 +149,8 @@ class _NumberInput:
     """A Bootstrap ``<input type="number">`` (2.11 allows no FloatField; FAB's text widget takes any text)."""
 
     def __init__(self, step: Any, minimum: Any, maximum: Any) -> None:
-        self.limits = {key: value for key, value in (("step", step), ("min", minimum), ("max", maximum)) if value}
-        if minimum == 0:
-            self.limits["min"] = 0
+        limits = (("step", step), ("min", minimum), ("max", maximum))
+        self.limits = {key: value for key, value in limits if value is not None}
 
     def __call__(self, field: Any, **kwargs: Any) -> Any:
         from wtforms.widgets import NumberInput
@@ -183,7 +189,7 @@ def legacy_ui_field_behaviour() -> dict[str, Any]:
     relabeling = dict(behaviour["relabeling"])
     if not AIRFLOW_V_3_0_PLUS:
         hidden.remove("extra")
-        relabeling["extra"] = "Extra (JSON; the fields above fill it in)"
+        relabeling["extra"] = "Extra (JSON; the fields below fill it in)"
     return {"hidden_fields": hidden, "relabeling": relabeling, "placeholders": dict(behaviour["placeholders"])}
 
 

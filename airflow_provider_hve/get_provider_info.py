@@ -73,25 +73,25 @@ def get_provider_info() -> dict[str, Any]:
                         enum=["client_secret", "certificate", "password", "workload_identity"],
                     ),
                     "certificate_path": _field(
-                        "Certificate path",
+                        "Certificate path (certificate mode)",
                         "string",
                         "certificate mode: PEM file with the private key and certificate (or a .pfx); "
                         "Password = its passphrase, if any.",
                     ),
                     "certificate_thumbprint": _field(
-                        "Certificate thumbprint",
+                        "Certificate thumbprint (certificate mode)",
                         "string",
                         "certificate mode, optional: SHA-1 thumbprint shown in Entra (else derived from the "
                         "certificate).",
                     ),
                     "send_certificate_chain": _field(
-                        "Send certificate chain",
+                        "Send certificate chain (certificate mode)",
                         "boolean",
                         "certificate mode: send x5c (subject name/issuer authentication).",
                         default=False,
                     ),
                     "federated_token_file": _field(
-                        "Federated token file",
+                        "Federated token file (workload_identity mode)",
                         "string",
                         "workload_identity mode: path of the federated token (default: $AZURE_FEDERATED_TOKEN_FILE).",
                     ),

@@ -193,3 +193,20 @@ def test_react_form_opens_required_fields_empty_not_null() -> None:
         field = widgets[f"extra__hve__{name}"].field
         # null with a required type opens red ("This field is required") before anything is typed.
         assert isinstance(field, dict) and field["value"] == "", field
+
+
+@pytest.mark.skipif(AIRFLOW_V_3_0_PLUS, reason="the Flask form of Airflow 2.11 (3.x draws the React form)")
+def test_the_2_11_auth_mode_select_keeps_a_value_in_another_case_or_unknown() -> None:
+    # Set by the CLI as "Certificate" (tasks read it in any case): the Edit page must show certificate selected,
+    # not fall back to the first option, which a save would then store without a word. A value no option holds
+    # is shown as it is, so the save refuses it loudly.
+    from werkzeug.datastructures import MultiDict
+    from wtforms import Form, StringField
+
+    from airflow_provider_hve.connection_form import _Select
+
+    form_class = type("F", (Form,), {"auth_mode": StringField(widget=_Select(["client_secret", "certificate"]))})
+    drawn = str(form_class(MultiDict({"auth_mode": "Certificate"})).auth_mode())
+    assert '<option value="certificate" selected>' in drawn and 'client_secret" selected' not in drawn
+    drawn = str(form_class(MultiDict({"auth_mode": "kerberos"})).auth_mode())
+    assert '<option value="kerberos" selected>' in drawn

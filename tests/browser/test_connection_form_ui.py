@@ -87,8 +87,10 @@ def test_airflow_3_3_react_form(
     assert_secret_masked(page, sandbox)
     shot(page, screenshots, "3.3-1-standard-fields")
     page.get_by_role("button", name="Extra Fields", exact=True).click()  # the section opens, Standard closes
-    # Required fields open empty, not flagged before anything is typed.
+    # Required fields open empty, not flagged before anything is typed (counted once the section is drawn).
+    field(page, "Tenant ID").wait_for()
     assert page.get_by_text("This field is required").count() == 0
+    assert field(page, "Tenant ID").get_attribute("aria-invalid") in (None, "false")
     fill_extra(page, sandbox)
     box = field(page, "Allow custom authority")
     page.locator(f"label[for='{box.get_attribute('id')}']").last.click()  # the switch, drawn over a hidden box
