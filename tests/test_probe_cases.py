@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import pytest  # noqa: F401 - used by the cases below
+import pytest
 
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.sandbox import HveSandbox
@@ -52,3 +53,48 @@ def test_csv_formula_cells_are_written_as_text(hve_connection: ConnFactory, sand
     for text, written in zip(FORMULAS, cells, strict=False):
         assert written[:4] == ["'" + text, "-3", "-0.5", "Zoë"]  # numbers stay numbers
     assert cells[-1] == ["", "", "", "", "ok"]
+
+
+# -- The sandbox's folders and files are private from the first byte ----------------------------------------
+
+_CHMODS: list[str] | None = None
+
+
+def _record_chmods(event: str, args: tuple[Any, ...]) -> None:
+    if _CHMODS is not None and event == "os.chmod":
+        _CHMODS.append(str(args[0]))
+
+
+def test_sandbox_files_are_0600_and_folders_0700_from_the_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a umask of 0 (what a careless container has), nothing is ever wider than the owner's, not even briefly."""
+    import json
+    import os
+    import stat
+    import sys
+
+    global _CHMODS
+    if not getattr(_record_chmods, "installed", False):
+        sys.addaudithook(_record_chmods)  # for the rest of the process; inert while _CHMODS is None
+        _record_chmods.installed = True  # type: ignore[attr-defined]
+    mailbox, state = tmp_path / "new" / "mailbox", tmp_path / "new" / "state"
+    _CHMODS = []
+    previous = os.umask(0)
+    try:
+        with HveSandbox(mailbox_dir=mailbox, state_dir=state) as box:
+            box.write_federated_token()  # written again over the first
+            monkeypatch.setenv("AIRFLOW_CONN_HVE_PRIVATE", json.dumps(box.connection()))
+            HveHook(hve_conn_id="hve_private").send_email(to="team@contoso.example", subject="s", text_content="x")
+            box.wait_for_messages(1)
+            chmods = list(_CHMODS)
+            folders = [tmp_path / "new", mailbox, state]
+            files = [p for folder in (mailbox, state) for p in folder.iterdir()]
+            modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in folders + files}
+    finally:
+        os.umask(previous)
+        _CHMODS = None
+    assert {p.suffix for p in files} >= {".eml", ".pem"} and any("token" in p.name for p in files), files
+    assert all(modes[str(p)] == 0o700 for p in folders), modes
+    assert all(modes[str(p)] == 0o600 for p in files), modes
+    assert not [path for path in chmods if path.startswith(str(tmp_path))], chmods
