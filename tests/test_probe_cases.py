@@ -98,3 +98,37 @@ def test_sandbox_files_are_0600_and_folders_0700_from_the_first_byte(
     assert all(modes[str(p)] == 0o700 for p in folders), modes
     assert all(modes[str(p)] == 0o600 for p in files), modes
     assert not [path for path in chmods if path.startswith(str(tmp_path))], chmods
+
+
+# -- Invisible and bidi format characters in envelope addresses -------------------------------------------
+
+FORMAT_CHARACTERS = ["\u202e", "\u200b", "\u2066", "\u2069", "\ufeff", "\u00ad", "\u200d"]
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["smtputf8", "ascii-only"])
+@pytest.mark.parametrize("char", FORMAT_CHARACTERS, ids=[f"U+{ord(c):04X}" for c in FORMAT_CHARACTERS])
+def test_format_characters_in_envelope_addresses_are_refused(
+    hve_connection: ConnFactory, sandbox: HveSandbox, char: str, smtputf8: bool
+) -> None:
+    from email.message import EmailMessage
+
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    sandbox.smtp.smtputf8 = smtputf8
+    message = EmailMessage()
+    message["From"] = sandbox.account
+    message["Subject"] = "Hi"
+    message.set_content("hello")
+    address = f"ad{char}min@contoso.example"
+    hook = HveHook(hve_conn_id=hve_connection())
+    with hook.smtp_session() as session:
+        commands = sandbox.smtp_sessions[0].commands
+        with pytest.raises(HveConfigError) as info:
+            session.send(message, ["alice@contoso.example", address])
+        assert "'recipients'" in str(info.value) and f"U+{ord(char):04X}" in str(info.value)
+        with pytest.raises(HveConfigError, match="'envelope_from'.*invisible format character"):
+            session.send(message, ["alice@contoso.example"], envelope_from=address)
+        with pytest.raises(HveConfigError, match="'recipients'.*invisible format character"):
+            session.pipeline().submit("row", b"Subject: x\r\n\r\nx\r\n", [address])
+        assert sandbox.smtp_sessions[0].commands == commands  # nothing was written
+    assert not sandbox.messages
