@@ -404,8 +404,7 @@ def attachments_from_files(files: Iterable[str] | str | None, argument: str = "f
     _check_encoded_size(paths, [], [], argument)
     for path in paths:
         maintype, subtype = _content_type(path)
-        with open(path, "rb") as handle:
-            attachments.append(Attachment(os.path.basename(path), handle.read(), f"{maintype}/{subtype}"))
+        attachments.append(Attachment(os.path.basename(path), _read_checked(path, argument), f"{maintype}/{subtype}"))
     return attachments
 
 
@@ -416,9 +415,33 @@ def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:
     for path in paths:
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+        real = os.path.realpath(path)
+        if real.startswith(_PSEUDO_FILE_SYSTEMS):
+            # /proc and /sys report a size of 0 (or 4096) whatever they hold: the size check cannot see them, and
+            # they hold the worker's environment (secrets), not a document.
+            raise HveConfigError(
+                f"Argument {argument!r}: {path!r} is not a regular file (it is {real!r}, a file the kernel makes up "
+                f"as it is read, whose size is unknown). Attach a regular file: copy what you need into one first."
+            )
         # The file name becomes the attachment's name in a MIME header.
         _single_line(f"{argument} file name", os.path.basename(os.fspath(path)))
     return [os.fspath(p) for p in paths]
+
+
+_PSEUDO_FILE_SYSTEMS = ("/proc/", "/sys/", "/dev/")
+
+
+def _read_checked(path: str, argument: str) -> bytes:
+    """Read a file whose size was checked from ``stat``, refusing one that holds more than ``stat`` said."""
+    expected = os.stat(path).st_size
+    with open(path, "rb") as handle:
+        data = handle.read(max(expected, 0) + 1)
+    if len(data) > expected:
+        raise HveConfigError(
+            f"Argument {argument!r}: {os.path.basename(path)!r} holds more than the {expected} bytes its size says "
+            f"(it is growing, or not a regular file); attach a regular file that is no longer being written."
+        )
+    return data
 
 
 def _content_type(path: str) -> tuple[str, str]:
@@ -431,8 +454,7 @@ def _content_type(path: str) -> tuple[str, str]:
 
 def _attach(message: EmailMessage, path: str) -> None:
     maintype, subtype = _content_type(path)
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = _read_checked(path, "files")
     message.add_attachment(data, maintype=maintype, subtype=subtype, filename=os.path.basename(path))
 
 
@@ -460,8 +482,7 @@ def _inline_images(
         maintype, subtype = _content_type(checked)
         if maintype != "image":
             raise HveConfigError(f"Argument 'images': {path!r} is not an image ({maintype}/{subtype}).")
-        with open(checked, "rb") as handle:
-            inline[cid] = (handle.read(), maintype, subtype, os.path.basename(checked))
+        inline[cid] = (_read_checked(checked, "images"), maintype, subtype, os.path.basename(checked))
     return inline
 
 

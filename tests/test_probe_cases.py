@@ -132,3 +132,33 @@ def test_format_characters_in_envelope_addresses_are_refused(
             session.pipeline().submit("row", b"Subject: x\r\n\r\nx\r\n", [address])
         assert sandbox.smtp_sessions[0].commands == commands  # nothing was written
     assert not sandbox.messages
+
+
+# -- Attachments must be regular files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["files", "symlink", "merge-files"])
+def test_an_attachment_under_proc_is_refused(
+    how: str,
+    tmp_path: Path,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    """/proc/self/environ reports a size of 0: the size check passed it, and it holds the worker's secrets."""
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.message import attachments_from_files
+
+    target = "/proc/self/environ"
+    with pytest.raises(HveConfigError) as info:
+        if how == "files":
+            hook_send(hve_connection, files=[target])
+        elif how == "symlink":
+            link = tmp_path / "report.csv"
+            link.symlink_to(target)
+            hook_send(hve_connection, files=[str(link)])
+        else:
+            attachments_from_files([target])
+    message = str(info.value)
+    assert "'files'" in message and "not a regular file" in message and "Attach a regular file" in message
+    assert_nothing_sent(sandbox, token_posts)
