@@ -162,3 +162,50 @@ def test_an_attachment_under_proc_is_refused(
     message = str(info.value)
     assert "'files'" in message and "not a regular file" in message and "Attach a regular file" in message
     assert_nothing_sent(sandbox, token_posts)
+
+
+# -- Template paths stay inside the DAG folder / template_searchpath ------------------------------------------
+
+
+@pytest.fixture
+def template_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """dags/templates/ is the DAG's search path; outside.txt sits next to dags/, in the working directory too."""
+    templates = tmp_path / "dags" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "body.html").write_text("<p>inside</p>")
+    (tmp_path / "dags" / "outside.txt").write_text("outside {{ secret }}")
+    (tmp_path / "outside.txt").write_text("outside {{ secret }}")
+    monkeypatch.chdir(templates)
+    return templates
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "templates/../../outside.txt", "sub/../../outside.txt"])
+def test_a_template_path_climbing_out_of_the_search_path_is_refused(template_folders: Path, path: str) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.templating import default_environment, template_or_file
+
+    env = DAG("probe", schedule=None, template_searchpath=[str(template_folders)]).get_template_env()
+    assert template_or_file(env, "body.html", "html_content") == "<p>inside</p>"
+    for environment in (env, default_environment()):  # with the DAG's loader, and without any
+        with pytest.raises(HveConfigError) as info:
+            template_or_file(environment, path, "text_content")
+        message = str(info.value)
+        assert "'text_content'" in message and "'..'" in message and "template_searchpath" in message
+
+
+def test_a_relative_template_path_is_not_read_from_the_working_directory(
+    template_folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.templating import template_or_file
+
+    monkeypatch.chdir(template_folders.parent.parent)  # outside.txt is right here, but not in the search path
+    env = DAG("probe", schedule=None, template_searchpath=[str(template_folders)]).get_template_env()
+    with pytest.raises(HveConfigError, match="'html_content'.*'outside.txt' was not found"):
+        template_or_file(env, "outside.txt", "html_content")
+    absolute = str(template_folders.parent.parent / "outside.txt")  # an absolute path is the author's choice
+    assert template_or_file(env, absolute, "html_content") == "outside {{ secret }}"
