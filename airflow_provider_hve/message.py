@@ -53,11 +53,23 @@ RESERVED_HEADERS = frozenset(
         "return-path",
         "dkim-signature",
         "authentication-results",
+        # Verdicts a receiver trusts: SPF's, and a read receipt that would mail the reader's opening elsewhere.
+        "received-spf",
+        "disposition-notification-to",
     }
 )
 # Whole families the provider, the MIME structure or the receiving servers own: trace and signature headers a
 # receiver trusts, the MIME headers of the body, Exchange's organisation-internal headers.
-RESERVED_PREFIXES = ("content-", "resent-", "arc-", "x-ms-exchange-organization-")
+RESERVED_PREFIXES = (
+    "content-",
+    "resent-",
+    "arc-",
+    "x-ms-exchange-organization-",
+    # Exchange Online Protection's cross-tenant, Forefront and anti-spam verdicts: Outlook trusts them.
+    "x-ms-exchange-crosstenant-",
+    "x-forefront-",
+    "x-microsoft-antispam",
+)
 _FOLD_WIDTH = 78 - len("Reply-To: ")  # the policy's line length, less the longest address header name
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _LINE_BREAKS = LINE_BREAKS | {"\0"}

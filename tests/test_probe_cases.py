@@ -209,3 +209,35 @@ def test_a_relative_template_path_is_not_read_from_the_working_directory(
         template_or_file(env, "outside.txt", "html_content")
     absolute = str(template_folders.parent.parent / "outside.txt")  # an absolute path is the author's choice
     assert template_or_file(env, absolute, "html_content") == "outside {{ secret }}"
+
+
+# -- Trust and verdict headers cannot be set ------------------------------------------------------------------
+
+VERDICT_HEADERS = [
+    "Received-SPF",
+    "received-spf",
+    "X-MS-Exchange-CrossTenant-AuthAs",
+    "X-MS-Exchange-CrossTenant-Id",
+    "X-Forefront-Antispam-Report",
+    "X-Microsoft-Antispam",
+    "X-Microsoft-Antispam-Message-Info",
+    "Authentication-Results",
+    "Disposition-Notification-To",
+]
+
+
+@pytest.mark.parametrize("name", VERDICT_HEADERS)
+def test_trust_and_verdict_headers_cannot_be_set(
+    name: str, hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError, match=f"'headers': '{name}' is set by the provider"):
+        hook_send(hve_connection, headers={name: "pass"})
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_look_alike_x_headers_still_go_through(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    hook_send(hve_connection, headers={"X-Microsoft-Report": "mine"})
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["X-Microsoft-Report"] == "mine"
