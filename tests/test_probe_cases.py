@@ -241,3 +241,60 @@ def test_look_alike_x_headers_still_go_through(hve_connection: ConnFactory, sand
     hook_send(hve_connection, headers={"X-Microsoft-Report": "mine"})
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.message["X-Microsoft-Report"] == "mine"
+
+
+# -- The recipient cap is checked while splitting, not after parsing everything --------------------------------
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["user{n}@contoso.example", "User {n} <user{n}@contoso.example>"],
+    ids=["bare", "display-name"],
+)
+@pytest.mark.parametrize("separator", [", ", "; "], ids=["comma", "semicolon"])
+def test_100000_addresses_in_one_string_are_refused_in_under_half_a_second(
+    form: str,
+    separator: str,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    import time
+
+    from airflow_provider_hve import addresses
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.message import DEFAULT_MAX_RECIPIENTS
+
+    addresses._parse_one_string.cache_clear()
+    everyone = separator.join(form.format(n=n) for n in range(100_000))
+    hook = HveHook(hve_conn_id=hve_connection())
+    assert hook.config.conn_id  # the connection is read outside the timing
+    started = time.perf_counter()
+    with pytest.raises(HveConfigError) as info:
+        hook.send_email(to=everyone, subject="s", text_content="x")
+    elapsed = time.perf_counter() - started
+    assert "'to'" in str(info.value) and f"more than {DEFAULT_MAX_RECIPIENTS} recipients" in str(info.value)
+    assert elapsed < 0.5, f"{elapsed:.2f} s"
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_the_lazy_split_gives_the_same_pieces() -> None:
+    from airflow_provider_hve.addresses import split_address_list
+
+    assert split_address_list("a@x.example, b@x.example;c@x.example") == ["a@x.example", " b@x.example", "c@x.example"]
+    quoted = '"Doe, Jane" <jane@x.example>; (a, comment) b@x.example, <c@x.example>'
+    assert split_address_list(quoted) == ['"Doe, Jane" <jane@x.example>', " (a, comment) b@x.example", " <c@x.example>"]
+
+
+def test_the_count_before_parsing_keeps_duplicates_as_one() -> None:
+    from airflow_provider_hve.message import build_message
+
+    # 3 pieces over a limit of 2, but only 2 addresses: "Ann <ann@...>" and "ANN@..." are one recipient.
+    outgoing = build_message(
+        sender="a@contoso.example",
+        to="Ann <ann@contoso.example>, ANN@contoso.example; bob@contoso.example",
+        subject="s",
+        text_content="x",
+        max_recipients=2,
+    )
+    assert outgoing.recipients == ("ann@contoso.example", "bob@contoso.example")
