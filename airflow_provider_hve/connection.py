@@ -355,7 +355,11 @@ class _Reader:
             return None
         expanded = os.path.expanduser(value)
         if not os.path.isfile(expanded):
-            raise self._error(name, f"points to {value!r}, which is not a readable file on this worker.")
+            raise self._error(
+                name,
+                f"is not a readable file on this worker {hidden(value)}{path_hint(expanded)}. Set it to the "
+                f"absolute path of the file on the worker.",
+            )
         return expanded
 
     def thumbprint(self, name: str) -> str | None:
@@ -568,7 +572,10 @@ def _env_path(conn_id: str, variable: str) -> str:
             f"the {variable} environment variable (set by AKS workload identity)."
         )
     if not os.path.isfile(value):
-        raise HveConfigError(f"Connection {conn_id!r}: {variable} points to {value!r}, which is not a readable file.")
+        raise HveConfigError(
+            f"Connection {conn_id!r}: the environment variable {variable} is not a readable file on this worker "
+            f"{hidden(value)}{path_hint(value)}. Set it (or extra 'federated_token_file') to the token file's path."
+        )
     return value
 
 
@@ -600,6 +607,17 @@ def _address_hint(value: str) -> str:
     if not local.isascii():
         return ": the part before the '@' is not ASCII, which needs SMTPUTF8, and HVE does not offer SMTPUTF8"
     return ""
+
+
+def path_hint(path: str) -> str:
+    """Say why ``path`` is no readable file without showing any of it (it may be a secret pasted there)."""
+    if "-----BEGIN" in path or (len(path) > 60 and "/" not in path and "\\" not in path):
+        return ": it looks like the content of a key, a certificate or a token, not the path of a file"
+    if os.path.isdir(path):
+        return ": it is a folder"
+    if not os.path.isabs(path):
+        return ": it is a relative path, and the worker's working directory is not the one you expect"
+    return ": no such file"
 
 
 def shown(value: object) -> str:

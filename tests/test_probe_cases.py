@@ -298,3 +298,76 @@ def test_the_count_before_parsing_keeps_duplicates_as_one() -> None:
         max_recipients=2,
     )
     assert outgoing.recipients == ("ann@contoso.example", "bob@contoso.example")
+
+
+# -- Path fields never echo their value ------------------------------------------------------------------------
+
+SECRET = "Q8Q~k3yV4lue.that_must-NEVER~leak0123456"
+TENANT = "8f2c1c9e-5a0b-4c4e-9d7a-5e1d0c0ffee5"
+CLIENT = "3b7e4f2a-9c1d-4e8b-a6f5-0d2c4b6a8e10"
+PEM_PASTED = f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"
+
+
+def _config(extra: dict[str, Any], password: str = SECRET) -> Any:
+    from airflow_provider_hve.connection import HveConnectionConfig
+
+    return HveConnectionConfig.from_fields(
+        "hve_paths",
+        login="reports@contoso.com",
+        password=password,
+        extra={"tenant_id": TENANT, "client_id": CLIENT, **extra},
+    )
+
+
+def _assert_not_echoed(message: str) -> None:
+    for fragment in (SECRET, SECRET[:12], SECRET[-12:]):
+        assert fragment not in message, message
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "hint"),
+    [
+        ({"auth_mode": "certificate", "certificate_path": SECRET}, "'certificate_path'", "relative path"),
+        ({"auth_mode": "certificate", "certificate_path": PEM_PASTED}, "'certificate_path'", "content of a key"),
+        ({"auth_mode": "certificate", "certificate_path": f"/etc/{SECRET}.pem"}, "'certificate_path'", "no such"),
+        ({"auth_mode": "workload_identity", "federated_token_file": SECRET}, "'federated_token_file'", "relative"),
+        (
+            {"auth_mode": "workload_identity", "federated_token_file": "ey" + SECRET * 3},
+            "'federated_token_file'",
+            "token",
+        ),
+        ({"ca_bundle": PEM_PASTED}, "'ca_bundle'", "content of a key"),
+        ({"ca_bundle": f"/tmp/{SECRET}"}, "'ca_bundle'", "no such file"),
+    ],
+    ids=["cert-secret", "cert-pem", "cert-abs", "federated-secret", "federated-jwt", "ca-pem", "ca-abs"],
+)
+def test_path_fields_never_echo_their_value(extra: dict[str, Any], field: str, hint: str) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError) as info:
+        _config(extra, password="" if extra.get("auth_mode") == "workload_identity" else SECRET)
+    message = str(info.value)
+    assert field in message and "not a readable file" in message and "not shown" in message and hint in message
+    _assert_not_echoed(message)
+
+
+def test_the_federated_token_variable_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", SECRET)
+    with pytest.raises(HveConfigError) as info:
+        _config({"auth_mode": "workload_identity"}, password="")
+    assert "AZURE_FEDERATED_TOKEN_FILE" in str(info.value) and "not shown" in str(info.value)
+    _assert_not_echoed(str(info.value))
+
+
+def test_a_certificate_file_named_like_a_secret_is_not_echoed(tmp_path: Path) -> None:
+    from airflow_provider_hve.auth import _certificate_credential
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    path = tmp_path / f"{SECRET}.cer"
+    path.write_bytes(b"\x30\x82\x01\x0a" + b"\x00" * 64)  # DER, as Entra's .cer download
+    with pytest.raises(HveConfigError) as info:
+        _certificate_credential(_config({"auth_mode": "certificate", "certificate_path": str(path)}))
+    assert "'certificate_path'" in str(info.value) and "DER" in str(info.value)
+    _assert_not_echoed(str(info.value))
