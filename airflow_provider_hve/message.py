@@ -185,6 +185,14 @@ def build_message(
     _single_line("subject", subject)
     if html_content is None and text_content is None:
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
+    for argument, body in (("html_content", html_content), ("text_content", text_content)):
+        if body is not None:
+            _text(argument, body)
+    if headers is not None and not isinstance(headers, Mapping):
+        raise HveConfigError(
+            f"Argument 'headers' must be a dict of header name -> value, got {type(headers).__name__}; write "
+            f"headers={{'X-Run-Id': '42'}}."
+        )
     attachments = list(attachments)
     for attachment in attachments:
         _single_line("attachments filename", attachment.filename)
@@ -327,10 +335,24 @@ def _folded_mailbox(header: str) -> str:
     return folded[len("To: ") :].rstrip("\n")
 
 
-def _single_line(argument: str, value: object) -> None:
+def _text(argument: str, value: object) -> str:
+    """Refuse what is not a string, or a string UTF-8 cannot encode (a lone surrogate, from a bad decode)."""
     if not isinstance(value, str):
         raise HveConfigError(f"Argument {argument!r} must be a string, got {type(value).__name__}.")
-    found = next((ch for ch in value if ch in _LINE_BREAKS), None)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HveConfigError(
+            f"Argument {argument!r} holds {value[exc.start]!r} at position {exc.start}, a lone UTF-16 surrogate that "
+            f"no e-mail can carry; it usually comes from bytes decoded with errors='surrogateescape'. Decode the "
+            f"text with its real encoding (or errors='replace')."
+        ) from None
+    return value
+
+
+def _single_line(argument: str, value: object) -> None:
+    text = _text(argument, value)
+    found = next((ch for ch in text if ch in _LINE_BREAKS), None)
     if found is not None:
         raise HveConfigError(
             f"Argument {argument!r} contains a line break ({found!r}); header values must be one line (a line "

@@ -371,3 +371,34 @@ def test_a_certificate_file_named_like_a_secret_is_not_echoed(tmp_path: Path) ->
         _certificate_credential(_config({"auth_mode": "certificate", "certificate_path": str(path)}))
     assert "'certificate_path'" in str(info.value) and "DER" in str(info.value)
     _assert_not_echoed(str(info.value))
+
+
+# -- Lone surrogates and wrong types: HveConfigError naming the argument ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"subject": "Report \udce9t\u00e9"}, "'subject'"),
+        ({"text_content": "caf\udce9"}, "'text_content'"),
+        ({"html_content": "<p>caf\udce9</p>", "text_content": None}, "'html_content'"),
+        ({"headers": {"X-Run": "r\ud800"}}, "headers['X-Run']"),
+        ({"to": '"Caf\udce9" <team@contoso.example>'}, "'to'"),
+        ({"headers": [("X-Run-Id", "42")]}, "'headers'"),
+        ({"headers": "X-Run-Id: 42"}, "'headers'"),
+    ],
+    ids=["subject", "text", "html", "header-value", "display-name", "headers-list", "headers-string"],
+)
+def test_surrogates_and_wrong_types_are_config_errors(
+    kwargs: dict[str, Any],
+    argument: str,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, **kwargs)
+    assert argument in str(info.value)
+    assert_nothing_sent(sandbox, token_posts)
