@@ -204,7 +204,8 @@ class HveConnectionConfig:
         extra: Mapping[str, Any] | str | None = None,
     ) -> HveConnectionConfig:
         """Validate raw connection fields; see the README for what each one means."""
-        reader = _Reader(conn_id, _normalise_extra(conn_id, extra))
+        known, unknown = _normalise_extra(conn_id, extra)
+        reader = _Reader(conn_id, known, unknown)
 
         auth_mode = reader.choice("auth_mode", AuthMode, AuthMode.CLIENT_SECRET)
         tenant_id = reader.tenant_id(auth_mode)
@@ -259,9 +260,10 @@ class HveConnectionConfig:
         )
 
 
-def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dict[str, Any]:
+def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tuple[dict[str, Any], list[Any]]:
+    """Return the known extras (emptied ones dropped) and the names of the unknown ones (logged, then ignored)."""
     if extra is None or extra == "":
-        return {}
+        return {}, []
     if isinstance(extra, str):
         try:
             extra = json.loads(extra)
@@ -273,30 +275,59 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dic
     if not isinstance(extra, Mapping):
         raise HveConfigError(f"Connection {conn_id!r}: the 'extra' field must be a JSON object.")
     out: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in extra.items():
-        name = key[len(_LEGACY_EXTRA_PREFIX) :] if key.startswith(_LEGACY_EXTRA_PREFIX) else key
+        name = (
+            key[len(_LEGACY_EXTRA_PREFIX) :] if isinstance(key, str) and key.startswith(_LEGACY_EXTRA_PREFIX) else key
+        )
         if name not in EXTRA_FIELDS:
-            hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
-            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise HveConfigError(
-                f"Connection {conn_id!r}: unknown extra field {shown(name)}.{suggestion} Known fields: "
-                f"{', '.join(EXTRA_FIELDS)}."
-            )
+            unknown.append(name)
+            continue
         # The UI stores an emptied field as "" or null: both mean "not set".
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         out[name] = value.strip() if isinstance(value, str) else value
-    return out
+    if unknown:
+        log.warning("%s", unknown_extras_message(conn_id, unknown))
+    return out, unknown
+
+
+def unknown_extras_message(conn_id: str, names: list[Any]) -> str:
+    """
+    Say which extras this version does not know, what each may have meant, and which fields exist.
+
+    Unknown extras are ignored with this warning, not refused: a rolling upgrade or downgrade, or tooling that
+    adds keys of its own, must not break every send. A name that looks like a secret is described, not shown.
+    """
+    described = []
+    for name in names:
+        hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
+        text = shown(name)
+        if isinstance(name, str) and any(word in name.lower() for word in ("secret", "password", "passphrase")):
+            text += " (a secret belongs in the connection's Password field)"
+        elif hint:
+            text += f" (did you mean {hint[0]!r}?)"
+        described.append(text)
+    return (
+        f"Connection {conn_id!r}: ignoring unknown extra field(s) {', '.join(described)}. This version of the "
+        f"provider reads: {', '.join(EXTRA_FIELDS)}. Remove or rename them to silence this warning."
+    )
 
 
 class _Reader:
     """Reads typed extras, raising errors that name the connection and the field."""
 
-    def __init__(self, conn_id: str, extra: dict[str, Any]) -> None:
+    def __init__(self, conn_id: str, extra: dict[str, Any], unknown: list[Any] | None = None) -> None:
         self.conn_id = conn_id
         self.extra = extra
+        self.unknown = [name for name in unknown or () if isinstance(name, str)]
 
     def _error(self, name: str, problem: str) -> HveConfigError:
+        if problem.startswith("is missing"):
+            # A typo ('tenat_id') was ignored with a warning; the field it meant is then missing: say so here too.
+            typo = next((u for u in self.unknown if difflib.get_close_matches(u, [name], n=1)), None)
+            if typo is not None:
+                problem += f" (Extra {shown(typo)} is set but unknown: did you mean {name!r}?)"
         return HveConfigError(f"Connection {self.conn_id!r}: extra field {name!r} {problem}")
 
     def _str(self, name: str) -> str | None:

@@ -402,3 +402,28 @@ def test_surrogates_and_wrong_types_are_config_errors(
         hook_send(hve_connection, **kwargs)
     assert argument in str(info.value)
     assert_nothing_sent(sandbox, token_posts)
+
+
+# -- Unknown connection extras: a warning, not a refusal (a connection that survives upgrades) -----------------
+
+
+def test_unknown_extras_are_a_warning_and_the_mail_still_goes(
+    hve_connection: ConnFactory, sandbox: HveSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from airflow_provider_hve.connection import EXTRA_FIELDS
+
+    # A newer provider's option (rolling downgrade), a tool's own key, a typo of an optional field, a misplaced secret.
+    conn_id = hve_connection(future_option=3, managed_by="terraform", timout=30, client_secret=SECRET)
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_hve.connection"):
+        hook_send(lambda: conn_id)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["team@contoso.example"]
+    (warning,) = [r.getMessage() for r in caplog.records if "unknown extra" in r.getMessage()]
+    assert f"Connection {conn_id!r}: ignoring unknown extra field(s)" in warning
+    assert "'future_option'" in warning and "'managed_by'" in warning
+    assert "'timout' (did you mean 'timeout'?)" in warning
+    assert "'client_secret' (a secret belongs in the connection's Password field)" in warning
+    assert ", ".join(EXTRA_FIELDS) in warning
+    _assert_not_echoed(warning)
