@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,62 @@ def test_connection_form_is_served_by_the_airflow_ui_api(airflow_db: None, monke
     assert standard["password"]["title"] == "Client secret / password"
     assert standard["login"]["title"] == "HVE account"
     assert standard["url_schema"]["hidden"] is True
+
+
+def test_every_hve_config_option_the_code_reads_is_declared() -> None:
+    """`airflow config list` shows the [hve] options: each conf.get*("hve", ...) in the code is in the provider info."""
+    import json
+    import re
+    from pathlib import Path
+
+    import airflow_provider_hve
+    from airflow_provider_hve.get_provider_info import get_provider_info
+    from airflow_provider_hve.message import DEFAULT_MAX_RECIPIENTS
+
+    package = Path(airflow_provider_hve.__file__).parent
+    read = {
+        match[1]
+        for path in package.rglob("*.py")
+        for match in re.finditer(r"""conf\.\w+\(\s*["']hve["']\s*,\s*["'](\w+)["']""", path.read_text())
+    }
+    section = get_provider_info()["config"]["hve"]
+    assert read == set(section["options"]) and read, (read, section)
+    assert section["options"]["max_recipients_per_message"]["default"] == str(DEFAULT_MAX_RECIPIENTS)
+    schema = json.loads((Path(sys.modules["airflow"].__file__ or "").parent / "provider_info.schema.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_airflow_config_lists_the_hve_options(tmp_path: Any) -> None:
+    import os
+
+    env = {**os.environ, "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE": "40"}
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "config",
+            "list",
+            "--section",
+            "hve",
+            "--include-descriptions",
+            "--show-values",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "[hve]" in listed.stdout and "max_recipients_per_message = 40" in listed.stdout
+    assert "HveMailMergeOperator" in listed.stdout
+    got = subprocess.run(
+        [sys.executable, "-m", "airflow", "config", "get-value", "hve", "max_recipients_per_message"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE"},
+    )
+    assert got.stdout.strip().splitlines()[-1] == "3000", got.stderr
