@@ -138,3 +138,63 @@ def test_airflow_config_lists_the_hve_options(tmp_path: Any) -> None:
         env={k: v for k, v in os.environ.items() if k != "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE"},
     )
     assert got.stdout.strip().splitlines()[-1] == "3000", got.stderr
+
+
+# Imported, deliberately not declared: the connection form of Airflow before 3.2 (imported only by the UI that ships
+# them) and typing_extensions (under TYPE_CHECKING).
+_UNDECLARED = {"wtforms", "flask_appbuilder", "typing_extensions"}
+
+
+def test_every_directly_imported_package_is_declared() -> None:
+    """Each third-party import of the package names a distribution in its requirements (the sandbox's in its extra)."""
+    import ast
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    import airflow_provider_hve
+
+    package = Path(airflow_provider_hve.__file__).parent
+    imported: dict[str, set[str]] = {"core": set(), "sandbox": set()}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "airflow_provider_hve" and top not in _UNDECLARED:
+                    imported["sandbox" if "sandbox" in path.parts else "core"].add(top)
+    distributions = importlib.metadata.packages_distributions()
+    requires = importlib.metadata.requires("airflow-provider-hve") or []
+
+    def declared(extra: str | None) -> set[str]:
+        names = set()
+        for requirement in requires:
+            marker = re.search(r'extra == "(\w+)"', requirement)
+            if (marker[1] if marker else None) == extra:
+                names.add(re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
+        return names
+
+    def dist(module: str) -> str:
+        return distributions[module][0].lower().replace("_", "-")
+
+    core = declared(None)
+    missing = {m: dist(m) for m in imported["core"] if dist(m) not in core and m != "airflow"}
+    assert not missing, f"imported by the package, not in [project] dependencies: {missing}"
+    sandbox = core | declared("sandbox")
+    missing = {m: dist(m) for m in imported["sandbox"] - imported["core"] if dist(m) not in sandbox}
+    assert not missing, f"imported by the sandbox, not in the 'sandbox' extra: {missing}"
+    assert {"cryptography", "certifi"} <= core
+
+
+def test_the_package_metadata_says_what_it_runs_on() -> None:
+    import importlib.metadata
+
+    metadata = importlib.metadata.metadata("airflow-provider-hve")
+    classifiers = set(metadata.get_all("Classifier") or [])
+    assert {"Framework :: Apache Airflow", "Framework :: Apache Airflow :: Provider", "Typing :: Typed"} <= classifiers
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    minimum = metadata["Requires-Python"].removeprefix(">=")
+    assert f"Programming Language :: Python :: {minimum}" in classifiers
+    assert metadata.get_all("Project-URL")
