@@ -36,6 +36,30 @@ def test_auth_line_is_the_exact_xoauth2_string_in_two_steps(sandbox: HveSandbox,
     assert len(session.ehlo_names) == 2
 
 
+def test_get_conn_returns_an_open_authenticated_session(sandbox: HveSandbox, hook: HveHook) -> None:
+    """The Airflow convention: get_conn() hands back the hook's client, ready to use; the caller closes it."""
+    from airflow_provider_hve.smtp import HveSmtpSession
+
+    session = hook.get_conn()
+    try:
+        assert isinstance(session, HveSmtpSession) and session.is_open
+        (record,) = sandbox.smtp_sessions
+        assert record.starttls and record.authenticated_as == sandbox.account  # before anything is sent
+        (attempt,) = record.auth_attempts
+        assert attempt.success and attempt.reply.startswith("235")
+        outgoing = build_message(sender=sandbox.account, to="alice@contoso.example", subject="Hi", text_content="x")
+        result = session.send(outgoing.message, outgoing.recipients)
+    finally:
+        session.close()
+    assert result.accepted == ("alice@contoso.example",) and not session.is_open
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["Subject"] == "Hi"
+    assert len(sandbox.smtp_sessions) == 1 and sandbox.smtp_sessions[0].quit
+    with hook.get_conn() as second:  # a new session each call, usable as a context manager
+        assert second.is_open
+    assert len(sandbox.smtp_sessions) == 2 and sandbox.smtp_sessions[1].quit
+
+
 def test_many_messages_one_connection_one_token(
     sandbox: HveSandbox, hook: HveHook, token_posts: Callable[[], list[Any]]
 ) -> None:

@@ -119,6 +119,28 @@ class HveHook(BaseHook):
         finally:
             session.close()
 
+    def get_conn(self) -> HveSmtpSession:
+        """
+        Return an open, authenticated SMTP session (the Airflow convention for a hook's client).
+
+        The session has done STARTTLS and AUTH XOAUTH2 with a fresh or cached Entra token. The caller owns it:
+        ``close()`` it (QUIT) when done, or use it as a context manager. Each call opens a new session;
+        :meth:`smtp_session` does the same and closes it for you.
+
+        Example::
+
+            with HveHook().get_conn() as session:
+                session.send(message, ["team@contoso.com"])
+
+        :raises HveAuthError: Entra or HVE refused the credential; the message names the cause and the fix.
+        :raises HveConnectionError: the server could not be reached or secured.
+        """
+        from airflow_provider_hve.smtp import HveSmtpSession
+
+        session = HveSmtpSession(self.config, self.token_provider.get_token)
+        session.open()
+        return session
+
     def build_message(
         self,
         to: AddressInput,
