@@ -3,7 +3,7 @@
 Syntax is checked by ``email-validator`` (RFC 5321/5322, internationalised domains turned into their
 ASCII form); display names are parsed by the standard library's header registry. Line breaks are refused
 outright: they are how header injection starts. Non-ASCII before the ``@`` is refused too: it needs
-SMTPUTF8 and UTF-8 headers (RFC 6531/6532); HVE offers SMTPUTF8, but the message builder writes 7-bit headers.
+SMTPUTF8 and UTF-8 headers (RFC 6531/6532), and the message builder writes 7-bit headers.
 (Envelope addresses given to ``HveSmtpSession.send`` or ``Pipeline.submit`` may be internationalised when the
 server offers SMTPUTF8; see :func:`~airflow_provider_hve.wire.check_envelope_address`.)
 """

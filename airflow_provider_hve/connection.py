@@ -636,7 +636,7 @@ def _address_hint(value: str) -> str:
         return ": it has no '@'"
     local = value.strip().rpartition("<")[2].rpartition("@")[0]
     if not local.isascii():
-        return ": the part before the '@' is not ASCII, which needs SMTPUTF8, and HVE does not offer SMTPUTF8"
+        return ": the part before the '@' is not ASCII, which needs SMTPUTF8 headers (the builder writes 7-bit ones)"
     return ""
 
 
