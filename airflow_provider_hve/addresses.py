@@ -249,3 +249,25 @@ def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
         # email-validator's reasons end with a period; callers add their own.
         raise AddressError(f"{addr_spec!r}: {str(exc).rstrip('.')}") from None
     return Mailbox(addr_spec=checked.ascii_email or checked.normalized, display_name=display_name)
+
+
+def outside_domains(addresses: Iterable[str], accepted: Iterable[str]) -> list[str]:
+    """
+    Return the addresses whose domain is not one of ``accepted`` (exact match, case-insensitive, ASCII forms).
+
+    :param addresses: validated addresses (``Mailbox.addr_spec``: domains in their ASCII form).
+    :param accepted: the tenant's accepted domains, lower case (``HveConnectionConfig.accepted_domains``).
+    """
+    domains = frozenset(accepted)
+    return [address for address in addresses if address.rpartition("@")[2].lower() not in domains]
+
+
+def accepted_domains_message(argument: str, outside: list[str], accepted: Iterable[str], conn_id: str) -> str:
+    """The refusal of recipients outside the connection's ``accepted_domains``, with HVE's rule."""
+    shown = ", ".join(outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+    return (
+        f"Argument {argument!r}: {shown} {'is' if len(outside) == 1 else 'are'} outside the accepted domains of "
+        f"connection {conn_id!r} ({', '.join(accepted)}). HVE delivers only to the tenant's accepted domains "
+        f"(internal recipients) and refuses the rest (550 5.7.54). Nothing was sent: remove them, or add the domain "
+        f"to the connection's extra 'accepted_domains' if the tenant accepts it."
+    )

@@ -110,6 +110,7 @@ EXTRA_FIELDS = (
     "timeout",
     "send_retries",
     "bdat_window",
+    "accepted_domains",
 )
 
 
@@ -155,6 +156,9 @@ class HveConnectionConfig:
     """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
     bdat_window: int = DEFAULT_BDAT_WINDOW
     """Messages written per window when the server offers CHUNKING (see :mod:`airflow_provider_hve.bdat`)."""
+    accepted_domains: tuple[str, ...] = ()
+    """The tenant's accepted domains (lower case, ASCII form); recipients outside them are refused before sending.
+    Empty: not checked (HVE itself refuses them, ``550 5.7.54``)."""
 
     @property
     def authority(self) -> str:
@@ -257,6 +261,7 @@ class HveConnectionConfig:
                 minimum=1,
                 example=f"{DEFAULT_BDAT_WINDOW} (1: one at a time)",
             ),
+            accepted_domains=reader.domains("accepted_domains"),
         )
 
 
@@ -524,6 +529,30 @@ class _Reader:
                     ", ".join(sorted(MICROSOFT_SCOPE_HOSTS)),
                 )
         return scopes
+
+    def domains(self, name: str) -> tuple[str, ...]:
+        """Read a list of domain names: a JSON list, or one string separated by commas, semicolons or spaces."""
+        value = self.extra.get(name)
+        if value is None:
+            return ()
+        items = re.split(r"[,;\s]+", value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise self._error(name, f'must be a list of domains, got {type(value).__name__}; e.g. ["contoso.com"].')
+        domains: list[str] = []
+        for item in items:
+            text = item.strip().lower().lstrip("@") if isinstance(item, str) else ""
+            if not text:
+                continue
+            try:
+                ascii_name = text.encode("idna").decode("ascii")
+            except UnicodeError:
+                ascii_name = ""
+            if not _TENANT_DOMAIN.match(ascii_name):
+                raise self._error(
+                    name, f"holds {shown(item)}, which is not a domain name; list domains such as contoso.com."
+                )
+            domains.append(ascii_name)
+        return tuple(dict.fromkeys(domains))
 
     def from_email(self) -> str | None:
         value = self._str("from_email")

@@ -142,6 +142,12 @@ def get_provider_info() -> dict[str, Any]:
                         minimum=1,
                         maximum=256,
                     ),
+                    "accepted_domains": _field(
+                        "Accepted domains",
+                        "string",
+                        "The tenant's accepted domains, comma-separated (contoso.com, fabrikam.com). Recipients "
+                        "outside them are refused before anything is sent: HVE delivers only to accepted domains.",
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "extra"],

@@ -248,8 +248,14 @@ class MailMerge:
 
     def _plan(self, rows: Sequence[Mapping[str, Any]], done_before: set[str]) -> Iterator[Row | Settled]:
         """Yield each row to send, or its verdict, validating as it comes: nothing per row is kept in memory."""
-        from airflow_provider_hve.addresses import AddressError, parse_mailbox
+        from airflow_provider_hve.addresses import (
+            AddressError,
+            accepted_domains_message,
+            outside_domains,
+            parse_mailbox,
+        )
 
+        accepted = self.hook.config.accepted_domains
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 yield Settled(index, RowState.INVALID, reason=f"is a {type(row).__name__}, not a dict")
@@ -262,6 +268,12 @@ class MailMerge:
                 mailbox = parse_mailbox(str(raw))
             except AddressError as exc:
                 yield Settled(index, RowState.INVALID, str(raw), reason=str(exc))
+                continue
+            if accepted and outside_domains([mailbox.addr_spec], accepted):
+                reason = accepted_domains_message(
+                    self.address_key, [mailbox.addr_spec], accepted, self.hook.hve_conn_id
+                )
+                yield Settled(index, RowState.INVALID, mailbox.addr_spec, reason=reason)
                 continue
             key = delivery_key(index, mailbox.addr_spec)
             if key in done_before:
