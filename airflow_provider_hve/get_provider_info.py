@@ -182,6 +182,14 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "50",
                         "default": "3000",
                     },
+                    "price_per_million_recipients": {
+                        "description": "HVE's price in USD per million delivered recipients, for the estimated "
+                        "cost a mail merge logs before sending and reports in its summary (estimated_cost_usd).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "42",
+                        "default": "42",
+                    },
                 },
             },
         },

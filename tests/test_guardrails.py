@@ -63,3 +63,55 @@ def test_a_mail_merge_refuses_rows_outside_the_accepted_domains(internal_only: H
 def test_bad_accepted_domains_are_named(hve_connection: ConnFactory, value: Any, problem: str) -> None:
     with pytest.raises(HveConfigError, match=f"'accepted_domains'.*{problem}"):
         HveHook(hve_conn_id=hve_connection(accepted_domains=value)).config  # noqa: B018 - reading it validates
+
+
+# -- A per-run recipient cap and the estimated cost --------------------------------------------------------------
+
+
+def test_a_mail_merge_over_max_recipients_refuses_before_sending_anything(
+    hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    from airflow_provider_hve.bulk import MailMerge
+
+    rows = [{"email": f"user{n}@contoso.example"} for n in range(1001)]
+    merge = MailMerge(HveHook(hve_conn_id=hve_connection()), subject="Hi", text_content="x", max_recipients=1000)
+    with pytest.raises(HveConfigError) as info:
+        merge.run(rows)
+    message = str(info.value)
+    assert "Argument 'max_recipients'" in message and "1,001 rows" in message and "Nothing was sent" in message
+    assert "USD 0.0420 (1,001 recipients x USD 42 per million" in message
+    assert not sandbox.smtp_sessions and not token_posts() and not sandbox.messages
+
+
+@pytest.mark.parametrize("value", [0, -1, True])
+def test_max_recipients_must_be_a_positive_number(hve_connection: ConnFactory, value: Any) -> None:
+    from airflow_provider_hve.bulk import MailMerge
+
+    with pytest.raises(HveConfigError, match="'max_recipients'"):
+        MailMerge(HveHook(hve_conn_id=hve_connection()), subject="Hi", text_content="x", max_recipients=value)
+
+
+@pytest.mark.parametrize(("price", "expected"), [(None, 3 * 42 / 1e6), ("1000000", 3.0)], ids=["default", "configured"])
+def test_the_estimated_cost_is_logged_and_in_the_summary(
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    price: str | None,
+    expected: float,
+) -> None:
+    import logging
+
+    from airflow_provider_hve.bulk import MailMerge
+
+    if price is not None:
+        monkeypatch.setenv("AIRFLOW__HVE__PRICE_PER_MILLION_RECIPIENTS", price)
+    rows = [{"email": f"user{n}@contoso.example"} for n in range(3)] + [{"email": "bad"}]
+    merge = MailMerge(HveHook(hve_conn_id=hve_connection()), subject="Hi", text_content="x", max_recipients=4)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_hve.bulk"):
+        summary = merge.run(rows).as_dict()
+    assert len(sandbox.wait_for_messages(3)) == 3
+    assert summary["accepted"] == 3 and summary["estimated_cost_usd"] == pytest.approx(expected)
+    assert summary["price_per_million_recipients_usd"] == (42.0 if price is None else 1e6)
+    assert "HVE mail merge of 4 row(s): estimated cost at most USD" in caplog.text
+    assert f"estimated cost USD {expected:.4f} (3 delivered" in caplog.text

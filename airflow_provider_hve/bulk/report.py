@@ -42,6 +42,13 @@ class BulkReport:
     """Writes of the delivery record (``TaskStateDeliveryLog``) in this run."""
     record_write_seconds: float = 0.0
     """Time those writes took, in the log's writer thread (the sessions wait only if they run ahead of it)."""
+    price_per_million: float = 0.0
+    """USD per million delivered recipients (``[hve] price_per_million_recipients``), for the estimated cost."""
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """What this run's delivered recipients cost at :attr:`price_per_million` (one recipient a row)."""
+        return self.accepted * self.price_per_million / 1_000_000
 
     @property
     def messages_per_second(self) -> float:
@@ -78,13 +85,16 @@ class BulkReport:
             "messages_per_second": round(self.messages_per_second, 1),
             "delivery_record_writes": self.record_writes,
             "delivery_record_write_seconds": round(self.record_write_seconds, 3),
+            "estimated_cost_usd": round(self.estimated_cost_usd, 6),
+            "price_per_million_recipients_usd": self.price_per_million,
         }
 
     def log_summary(self) -> None:
         log.info(
             "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d not sent, %d skipped "
             "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s), "
-            "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left.",
+            "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left; estimated cost "
+            "USD %.4f (%d delivered x USD %g per million).",
             self.accepted,
             self.refused_rows,
             len(self.invalid),
@@ -101,6 +111,9 @@ class BulkReport:
             self.throttled,
             self.retry_budget_left,
             self.retry_budget,
+            self.estimated_cost_usd,
+            self.accepted,
+            self.price_per_million,
         )
 
 

@@ -480,6 +480,9 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         HVE's answer (``unknown``); default: they stay ``unknown``, are never resent and count as problems
         for ``fail_on_refused``. Check them first (message trace by Message-ID): each row's Message-ID is the
         same in every try of the task instance.
+    :param max_recipients: refuse the whole run, before anything is sent, if ``recipients`` has more rows than
+        this (HVE bills per delivered recipient: a mistaken list of a million rows costs money and quota);
+        ``None``: no cap. The estimated cost is logged before sending and is in the summary either way.
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -527,11 +530,13 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         max_reconnects: int = 3,
         retry_budget: int | None = None,
         resend_unknown: bool = False,
+        max_recipients: int | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.resend_unknown = resend_unknown
+        self.max_recipients = max_recipients
         self.recipients = recipients
         self.subject = subject
         self.html_content = html_content
@@ -596,6 +601,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             retry_budget=self.retry_budget,
             message_id_seed=_task_instance_id(context),
             resend_unknown=self.resend_unknown,
+            max_recipients=self.max_recipients,
         )
         self._merge: MailMerge | None = merge
         if getattr(self, "_killed", False):  # on_kill came while the rows and templates were read
