@@ -22,7 +22,7 @@ COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
-.PHONY: demo test test-fast test-wheel test-mta test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
+.PHONY: demo test test-fast test-wheel bench-import test-mta test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
@@ -100,6 +100,10 @@ clean:
 ## bench-build: mail-merge message building alone (email package vs compiled, peak memory 10k vs 100k rows), ~1 min
 bench-build: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py --json benchmarks/results-build.json
+
+## bench-import: the import of the operator and the notifier after Airflow, beside the SMTP provider's (PASS/FAIL), ~1 min
+bench-import: $(STAMP)
+	$(BIN)/python benchmarks/bench_import.py
 
 ## bench-window: BDAT window sizes at 20 ms RTT: throughput against the rows a broken connection leaves unknown, ~2 min
 bench-window: $(STAMP)
