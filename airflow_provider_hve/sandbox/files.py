@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -36,10 +37,11 @@ def write_private(path: Path, data: bytes) -> None:
     then replaces ``path``: a reader sees the old file or the new one, never a key readable by others or half a
     token, and the file is never written first and restricted afterwards.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One name per process and thread: two writers of the same file never share a temporary one.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)  # left by a killed run of this process id
+        os.unlink(temporary)  # left by a killed run with the same process and thread ids
     descriptor = os.open(temporary, flags, FILE_MODE)
     try:
         with os.fdopen(descriptor, "wb") as handle:
