@@ -22,7 +22,7 @@ COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_
                 tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
 UV           = $(BIN)/uv
 
-.PHONY: demo test test-fast test-mta test-browser test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
+.PHONY: demo test test-fast test-wheel bench-import test-mta test-browser test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window docs
 
 ## demo: run the example DAG hve_daily_report through Airflow against the local sandbox, print the .eml
 demo: $(STAMP)
@@ -57,6 +57,12 @@ test-deploy: $(STAMP)
 ## test-fast: unit tests (row ledger and its state machine, pipeline replies, addresses, templates, config): no sandbox, no Airflow DB
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/test_connection_config.py $(PYTEST_ARGS)
+
+## test-wheel: build wheel + sdist (python -m build), twine check, install the wheel in a fresh venv beside each Airflow
+##             of WHEEL_LEGS (from constraints/) and run example DAGs from it, not the checkout; ~2 min. WHEEL_LEGS="3.3"
+WHEEL_LEGS ?= 3.3 2.11
+test-wheel: $(STAMP)
+	@scripts/test_wheel.sh "$(PYTHON)" "$(UV)" $(WHEEL_LEGS)
 
 ## test-compat: the compatibility tests on one Airflow line in its own venv: make test-compat AIRFLOW=3.1
 test-compat: $(STAMP) $(CONSTRAINTS)
@@ -105,6 +111,10 @@ clean:
 ## bench-build: mail-merge message building alone (email package vs compiled, peak memory 10k vs 100k rows), ~1 min
 bench-build: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py --json benchmarks/results-build.json
+
+## bench-import: the import of the operator and the notifier after Airflow, beside the SMTP provider's (PASS/FAIL), ~1 min
+bench-import: $(STAMP)
+	$(BIN)/python benchmarks/bench_import.py
 
 ## bench-window: BDAT window sizes at 20 ms RTT: throughput (median of 3 rounds) against the rows a broken connection leaves unknown, ~5 min
 bench-window: $(STAMP)

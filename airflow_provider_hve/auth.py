@@ -293,7 +293,8 @@ def _client_credential(config: HveConnectionConfig) -> Any:
 def _certificate_credential(config: HveConnectionConfig) -> dict[str, Any]:
     path = config.certificate_path
     assert path is not None
-    where = f"Connection {config.conn_id!r}: extra 'certificate_path' ({path})"
+    # The path is not quoted: whatever was pasted into the field stays out of the logs.
+    where = f"Connection {config.conn_id!r}: the file in extra 'certificate_path'"
     with open(path, "rb") as handle:
         data = handle.read()
     if path.lower().endswith((".pfx", ".p12")):

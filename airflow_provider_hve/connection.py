@@ -112,6 +112,7 @@ EXTRA_FIELDS = (
     "timeout",
     "send_retries",
     "bdat_window",
+    "accepted_domains",
 )
 
 
@@ -157,6 +158,9 @@ class HveConnectionConfig:
     """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
     bdat_window: int = DEFAULT_BDAT_WINDOW
     """Messages written per window when the server offers CHUNKING (see :mod:`airflow_provider_hve.bdat`)."""
+    accepted_domains: tuple[str, ...] = ()
+    """The tenant's accepted domains (lower case, ASCII form); recipients outside them are refused before sending.
+    Empty: not checked (HVE itself refuses them, ``550 5.7.54``)."""
 
     @property
     def authority(self) -> str:
@@ -206,7 +210,8 @@ class HveConnectionConfig:
         extra: Mapping[str, Any] | str | None = None,
     ) -> HveConnectionConfig:
         """Validate raw connection fields; see the README for what each one means."""
-        reader = _Reader(conn_id, _normalise_extra(conn_id, extra))
+        known, unknown = _normalise_extra(conn_id, extra)
+        reader = _Reader(conn_id, known, unknown)
 
         auth_mode = reader.choice("auth_mode", AuthMode, AuthMode.CLIENT_SECRET)
         tenant_id = reader.tenant_id(auth_mode)
@@ -258,12 +263,14 @@ class HveConnectionConfig:
                 minimum=1,
                 example=f"{DEFAULT_BDAT_WINDOW} (1: one at a time)",
             ),
+            accepted_domains=reader.domains("accepted_domains"),
         )
 
 
-def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dict[str, Any]:
+def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tuple[dict[str, Any], list[Any]]:
+    """Return the known extras (emptied ones dropped) and the names of the unknown ones (logged, then ignored)."""
     if extra is None or extra == "":
-        return {}
+        return {}, []
     if isinstance(extra, str):
         try:
             extra = json.loads(extra)
@@ -275,30 +282,59 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> dic
     if not isinstance(extra, Mapping):
         raise HveConfigError(f"Connection {conn_id!r}: the 'extra' field must be a JSON object.")
     out: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in extra.items():
-        name = key[len(_LEGACY_EXTRA_PREFIX) :] if key.startswith(_LEGACY_EXTRA_PREFIX) else key
+        name = (
+            key[len(_LEGACY_EXTRA_PREFIX) :] if isinstance(key, str) and key.startswith(_LEGACY_EXTRA_PREFIX) else key
+        )
         if name not in EXTRA_FIELDS:
-            hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
-            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise HveConfigError(
-                f"Connection {conn_id!r}: unknown extra field {shown(name)}.{suggestion} Known fields: "
-                f"{', '.join(EXTRA_FIELDS)}."
-            )
+            unknown.append(name)
+            continue
         # The UI stores an emptied field as "" or null: both mean "not set".
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         out[name] = value.strip() if isinstance(value, str) else value
-    return out
+    if unknown:
+        log.warning("%s", unknown_extras_message(conn_id, unknown))
+    return out, unknown
+
+
+def unknown_extras_message(conn_id: str, names: list[Any]) -> str:
+    """
+    Say which extras this version does not know, what each may have meant, and which fields exist.
+
+    Unknown extras are ignored with this warning, not refused: a rolling upgrade or downgrade, or tooling that
+    adds keys of its own, must not break every send. A name that looks like a secret is described, not shown.
+    """
+    described = []
+    for name in names:
+        hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
+        text = shown(name)
+        if isinstance(name, str) and any(word in name.lower() for word in ("secret", "password", "passphrase")):
+            text += " (a secret belongs in the connection's Password field)"
+        elif hint:
+            text += f" (did you mean {hint[0]!r}?)"
+        described.append(text)
+    return (
+        f"Connection {conn_id!r}: ignoring unknown extra field(s) {', '.join(described)}. This version of the "
+        f"provider reads: {', '.join(EXTRA_FIELDS)}. Remove or rename them to silence this warning."
+    )
 
 
 class _Reader:
     """Reads typed extras, raising errors that name the connection and the field."""
 
-    def __init__(self, conn_id: str, extra: dict[str, Any]) -> None:
+    def __init__(self, conn_id: str, extra: dict[str, Any], unknown: list[Any] | None = None) -> None:
         self.conn_id = conn_id
         self.extra = extra
+        self.unknown = [name for name in unknown or () if isinstance(name, str)]
 
     def _error(self, name: str, problem: str) -> HveConfigError:
+        if problem.startswith("is missing"):
+            # A typo ('tenat_id') was ignored with a warning; the field it meant is then missing: say so here too.
+            typo = next((u for u in self.unknown if difflib.get_close_matches(u, [name], n=1)), None)
+            if typo is not None:
+                problem += f" (Extra {shown(typo)} is set but unknown: did you mean {name!r}?)"
         return HveConfigError(f"Connection {self.conn_id!r}: extra field {name!r} {problem}")
 
     def _str(self, name: str) -> str | None:
@@ -357,7 +393,11 @@ class _Reader:
             return None
         expanded = os.path.expanduser(value)
         if not os.path.isfile(expanded):
-            raise self._error(name, f"points to {value!r}, which is not a readable file on this worker.")
+            raise self._error(
+                name,
+                f"is not a readable file on this worker {hidden(value)}{path_hint(expanded)}. Set it to the "
+                f"absolute path of the file on the worker.",
+            )
         return expanded
 
     def thumbprint(self, name: str) -> str | None:
@@ -492,6 +532,30 @@ class _Reader:
                 )
         return scopes
 
+    def domains(self, name: str) -> tuple[str, ...]:
+        """Read a list of domain names: a JSON list, or one string separated by commas, semicolons or spaces."""
+        value = self.extra.get(name)
+        if value is None:
+            return ()
+        items = re.split(r"[,;\s]+", value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise self._error(name, f'must be a list of domains, got {type(value).__name__}; e.g. ["contoso.com"].')
+        domains: list[str] = []
+        for item in items:
+            text = item.strip().lower().lstrip("@") if isinstance(item, str) else ""
+            if not text:
+                continue
+            try:
+                ascii_name = text.encode("idna").decode("ascii")
+            except UnicodeError:
+                ascii_name = ""
+            if not _TENANT_DOMAIN.match(ascii_name):
+                raise self._error(
+                    name, f"holds {shown(item)}, which is not a domain name; list domains such as contoso.com."
+                )
+            domains.append(ascii_name)
+        return tuple(dict.fromkeys(domains))
+
     def from_email(self) -> str | None:
         value = self._str("from_email")
         if value is None:
@@ -570,7 +634,10 @@ def _env_path(conn_id: str, variable: str) -> str:
             f"the {variable} environment variable (set by AKS workload identity)."
         )
     if not os.path.isfile(value):
-        raise HveConfigError(f"Connection {conn_id!r}: {variable} points to {value!r}, which is not a readable file.")
+        raise HveConfigError(
+            f"Connection {conn_id!r}: the environment variable {variable} is not a readable file on this worker "
+            f"{hidden(value)}{path_hint(value)}. Set it (or extra 'federated_token_file') to the token file's path."
+        )
     return value
 
 
@@ -600,8 +667,19 @@ def _address_hint(value: str) -> str:
         return ": it has no '@'"
     local = value.strip().rpartition("<")[2].rpartition("@")[0]
     if not local.isascii():
-        return ": the part before the '@' is not ASCII, which needs SMTPUTF8, and HVE does not offer SMTPUTF8"
+        return ": the part before the '@' is not ASCII, which needs SMTPUTF8 headers (the builder writes 7-bit ones)"
     return ""
+
+
+def path_hint(path: str) -> str:
+    """Say why ``path`` is no readable file without showing any of it (it may be a secret pasted there)."""
+    if "-----BEGIN" in path or (len(path) > 60 and "/" not in path and "\\" not in path):
+        return ": it looks like the content of a key, a certificate or a token, not the path of a file"
+    if os.path.isdir(path):
+        return ": it is a folder"
+    if not os.path.isabs(path):
+        return ": it is a relative path, and the worker's working directory is not the one you expect"
+    return ": no such file"
 
 
 def shown(value: object) -> str:

@@ -66,12 +66,23 @@ SMTP_AUTH_CAUSES: dict[str, str] = {
     "workload_identity, delegated for password); (2) the app is allowed for the HVE account: run "
     "'Add-HVEAppAccess' in Exchange Online PowerShell (it takes up to 5 minutes to apply); (3) Login is the HVE "
     "account address itself; (4) extra 'scope' names Exchange Online (https://outlook.office365.com/.default).",
-    "5.7.139": "A tenant policy blocks this authentication (SMTP AUTH disabled for the mailbox or the "
-    "organisation, or security defaults). Ask your Exchange admin to allow SMTP AUTH for the HVE account.",
+    "5.7.139": "A tenant policy blocks this sign-in: security defaults, or an authentication policy assigned to "
+    "the account, or SMTP AUTH turned off for the mailbox. HVE accounts take OAuth even where the tenant turns "
+    "SMTP AUTH off, so check that Login is the HVE account (not an ordinary mailbox) and 'host' is "
+    "smtp.hve.mx.microsoft; otherwise ask your Exchange admin to allow SMTP AUTH for this account "
+    "(Set-CASMailbox <account> -SmtpClientAuthenticationDisabled $false) and to check the authentication policy "
+    "assigned to it.",
+    "5.7.30": "Exchange Online retired basic authentication for SMTP AUTH (the reply to a password sign-in). This "
+    "provider signs in with OAuth (XOAUTH2), so the server took this for an ordinary mailbox sign-in: set 'host' "
+    "to smtp.hve.mx.microsoft and Login to the HVE account (HVE accounts are created in the Exchange admin "
+    "center), not a user mailbox on smtp.office365.com.",
     "5.5.127": "HVE considers the token about to expire (it refuses tokens within ~10 minutes of expiry) even "
     "after a refresh. Check the worker's clock and any token lifetime policy on the tenant.",
     "5.5.124": "HVE could not parse the XOAUTH2 data. Check that Login is a plain address with no display name.",
-    "5.7.57": "The server says the client is not authenticated; the session lost its authentication.",
+    "5.7.57": "The server says the client is not authenticated: the session lost its state, or a command "
+    "reached the server before AUTH did. The provider already sends EHLO again after STARTTLS (the usual cause, "
+    "Airflow issue #62775); check that nothing between the worker and HVE (a TLS-inspecting proxy) resets the "
+    "session, and that 'host' is smtp.hve.mx.microsoft. Then run the task again.",
     "4.3.2": "Too many concurrent connections to HVE. Lower the number of parallel sessions or use an Airflow "
     "pool to cap them.",
 }
@@ -79,7 +90,12 @@ SMTP_AUTH_CAUSES: dict[str, str] = {
 SMTP_SEND_CAUSES: dict[str, str] = {
     "5.7.60": "HVE sends only as the HVE account itself: the envelope sender and the From address must be "
     "the connection's Login.",
-    "5.7.57": "The session is not authenticated (it lost its AUTH). Open a new session.",
+    "5.7.57": "The session is not authenticated (it lost its AUTH). The provider opens a new session and sends "
+    "again; a message refused this way was not taken.",
+    "5.7.30": "Exchange Online retired basic authentication for SMTP AUTH: set 'host' to smtp.hve.mx.microsoft and "
+    "Login to the HVE account; this provider signs in with OAuth (XOAUTH2).",
+    "5.7.139": "A tenant policy (security defaults, an authentication policy) blocks this account's SMTP sign-in; "
+    "ask your Exchange admin to allow SMTP AUTH for the HVE account.",
     "5.7.54": "HVE delivers only to the tenant's accepted domains; external recipients are refused.",
     "5.3.4": "The message exceeds HVE's 10 MB limit. Send smaller or fewer attachments.",
     "4.5.3": "Too many recipients in one transaction; HVE accepts at most 50.",

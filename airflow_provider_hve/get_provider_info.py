@@ -146,6 +146,12 @@ def get_provider_info() -> dict[str, Any]:
                         minimum=1,
                         maximum=256,
                     ),
+                    "accepted_domains": _field(
+                        "Accepted domains",
+                        "string",
+                        "The tenant's accepted domains, comma-separated (contoso.com, fabrikam.com). Recipients "
+                        "outside them are refused before anything is sent: HVE delivers only to accepted domains.",
+                    ),
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "extra"],
@@ -165,4 +171,30 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "notifications": ["airflow_provider_hve.notifications.hve.HveNotifier"],
         "email-backends": ["airflow_provider_hve.utils.email.send_email"],
+        # Every [hve] option the code reads (conf.get*("hve", ...)); `airflow config list` shows them, and a test
+        # keeps this list and the code in step.
+        "config": {
+            "hve": {
+                "description": "Microsoft 365 High Volume Email provider (airflow-provider-hve).",
+                "options": {
+                    "max_recipients_per_message": {
+                        "description": "Most recipients (To + Cc + Bcc) one send may name; more is refused before "
+                        "anything is sent. HVE itself takes few recipients per message: to write to many people, "
+                        "use HveMailMergeOperator (one message per recipient).",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "50",
+                        "default": "3000",
+                    },
+                    "price_per_million_recipients": {
+                        "description": "HVE's price in USD per million delivered recipients, for the estimated "
+                        "cost a mail merge logs before sending and reports in its summary (estimated_cost_usd).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "42",
+                        "default": "42",
+                    },
+                },
+            },
+        },
     }

@@ -53,11 +53,23 @@ RESERVED_HEADERS = frozenset(
         "return-path",
         "dkim-signature",
         "authentication-results",
+        # Verdicts a receiver trusts: SPF's, and a read receipt that would mail the reader's opening elsewhere.
+        "received-spf",
+        "disposition-notification-to",
     }
 )
 # Whole families the provider, the MIME structure or the receiving servers own: trace and signature headers a
 # receiver trusts, the MIME headers of the body, Exchange's organisation-internal headers.
-RESERVED_PREFIXES = ("content-", "resent-", "arc-", "x-ms-exchange-organization-")
+RESERVED_PREFIXES = (
+    "content-",
+    "resent-",
+    "arc-",
+    "x-ms-exchange-organization-",
+    # Exchange Online Protection's cross-tenant, Forefront and anti-spam verdicts: Outlook trusts them.
+    "x-ms-exchange-crosstenant-",
+    "x-forefront-",
+    "x-microsoft-antispam",
+)
 _FOLD_WIDTH = 78 - len("Reply-To: ")  # the policy's line length, less the longest address header name
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _LINE_BREAKS = LINE_BREAKS | {"\0"}
@@ -173,6 +185,14 @@ def build_message(
     _single_line("subject", subject)
     if html_content is None and text_content is None:
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
+    for argument, body in (("html_content", html_content), ("text_content", text_content)):
+        if body is not None:
+            _text(argument, body)
+    if headers is not None and not isinstance(headers, Mapping):
+        raise HveConfigError(
+            f"Argument 'headers' must be a dict of header name -> value, got {type(headers).__name__}; write "
+            f"headers={{'X-Run-Id': '42'}}."
+        )
     attachments = list(attachments)
     for attachment in attachments:
         _single_line("attachments filename", attachment.filename)
@@ -315,10 +335,24 @@ def _folded_mailbox(header: str) -> str:
     return folded[len("To: ") :].rstrip("\n")
 
 
-def _single_line(argument: str, value: object) -> None:
+def _text(argument: str, value: object) -> str:
+    """Refuse what is not a string, or a string UTF-8 cannot encode (a lone surrogate, from a bad decode)."""
     if not isinstance(value, str):
         raise HveConfigError(f"Argument {argument!r} must be a string, got {type(value).__name__}.")
-    found = next((ch for ch in value if ch in _LINE_BREAKS), None)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HveConfigError(
+            f"Argument {argument!r} holds {value[exc.start]!r} at position {exc.start}, a lone UTF-16 surrogate that "
+            f"no e-mail can carry; it usually comes from bytes decoded with errors='surrogateescape'. Decode the "
+            f"text with its real encoding (or errors='replace')."
+        ) from None
+    return value
+
+
+def _single_line(argument: str, value: object) -> None:
+    text = _text(argument, value)
+    found = next((ch for ch in text if ch in _LINE_BREAKS), None)
     if found is not None:
         raise HveConfigError(
             f"Argument {argument!r} contains a line break ({found!r}); header values must be one line (a line "
@@ -404,8 +438,7 @@ def attachments_from_files(files: Iterable[str] | str | None, argument: str = "f
     _check_encoded_size(paths, [], [], argument)
     for path in paths:
         maintype, subtype = _content_type(path)
-        with open(path, "rb") as handle:
-            attachments.append(Attachment(os.path.basename(path), handle.read(), f"{maintype}/{subtype}"))
+        attachments.append(Attachment(os.path.basename(path), _read_checked(path, argument), f"{maintype}/{subtype}"))
     return attachments
 
 
@@ -416,9 +449,33 @@ def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:
     for path in paths:
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+        real = os.path.realpath(path)
+        if real.startswith(_PSEUDO_FILE_SYSTEMS):
+            # /proc and /sys report a size of 0 (or 4096) whatever they hold: the size check cannot see them, and
+            # they hold the worker's environment (secrets), not a document.
+            raise HveConfigError(
+                f"Argument {argument!r}: {path!r} is not a regular file (it is {real!r}, a file the kernel makes up "
+                f"as it is read, whose size is unknown). Attach a regular file: copy what you need into one first."
+            )
         # The file name becomes the attachment's name in a MIME header.
         _single_line(f"{argument} file name", os.path.basename(os.fspath(path)))
     return [os.fspath(p) for p in paths]
+
+
+_PSEUDO_FILE_SYSTEMS = ("/proc/", "/sys/", "/dev/")
+
+
+def _read_checked(path: str, argument: str) -> bytes:
+    """Read a file whose size was checked from ``stat``, refusing one that holds more than ``stat`` said."""
+    expected = os.stat(path).st_size
+    with open(path, "rb") as handle:
+        data = handle.read(max(expected, 0) + 1)
+    if len(data) > expected:
+        raise HveConfigError(
+            f"Argument {argument!r}: {os.path.basename(path)!r} holds more than the {expected} bytes its size says "
+            f"(it is growing, or not a regular file); attach a regular file that is no longer being written."
+        )
+    return data
 
 
 def _content_type(path: str) -> tuple[str, str]:
@@ -431,8 +488,7 @@ def _content_type(path: str) -> tuple[str, str]:
 
 def _attach(message: EmailMessage, path: str) -> None:
     maintype, subtype = _content_type(path)
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = _read_checked(path, "files")
     message.add_attachment(data, maintype=maintype, subtype=subtype, filename=os.path.basename(path))
 
 
@@ -460,8 +516,7 @@ def _inline_images(
         maintype, subtype = _content_type(checked)
         if maintype != "image":
             raise HveConfigError(f"Argument 'images': {path!r} is not an image ({maintype}/{subtype}).")
-        with open(checked, "rb") as handle:
-            inline[cid] = (handle.read(), maintype, subtype, os.path.basename(checked))
+        inline[cid] = (_read_checked(checked, "images"), maintype, subtype, os.path.basename(checked))
     return inline
 
 

@@ -40,7 +40,7 @@ IDLE_PROBE_SECONDS = 5.0
 _LAST_WRITE = "hve_last_write"
 _ACCEPTED_RCPT = (250, 251)
 # Printable ASCII without space, '<' and '>': anything else could end the address, the command line or the
-# reply count (CR, LF, NUL), or needs SMTPUTF8, which HVE does not offer.
+# reply count (CR, LF, NUL), or needs SMTPUTF8 where the server's EHLO does not offer it.
 _ENHANCED_CODE = re.compile(r"\b5\.(\d{1,3})\.(\d{1,3})\b")
 _BARE_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")

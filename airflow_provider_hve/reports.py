@@ -29,12 +29,19 @@ class Table:
         return len(self.rows)
 
     def to_csv(self) -> bytes:
-        """Return the table as UTF-8 CSV with a BOM, so Excel opens accents correctly."""
+        """
+        Return the table as UTF-8 CSV with a BOM, so Excel opens accents correctly.
+
+        A text cell (column names included) that a spreadsheet would read as a formula (it starts with ``=``,
+        ``+``, ``-``, ``@``, a tab or a carriage return) is written with a leading ``'``, OWASP's rule against CSV
+        injection: ``=HYPERLINK(...)`` in report data stays text. Numbers stay numbers (``-3`` as a number is not
+        touched; ``"-3"`` as a string is text and gets the ``'``).
+        """
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), extrasaction="ignore", lineterminator="\r\n")
-        writer.writeheader()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow([_csv_text(column) for column in self.columns])
         for row in self.rows:
-            writer.writerow({key: _csv_value(row.get(key)) for key in self.columns})
+            writer.writerow([_csv_value(row.get(key)) for key in self.columns])
         return ("\ufeff" + buffer.getvalue()).encode("utf-8")
 
 
@@ -151,7 +158,17 @@ def html_to_text(html: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"
 
 
+# What makes a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str, ensure_ascii=False)
+    if isinstance(value, str):
+        return _csv_text(value)
     return value

@@ -134,7 +134,8 @@ class HveSmtpSession:
         self._smtp: smtplib.SMTP | None = None
 
     def __enter__(self) -> HveSmtpSession:
-        self.open()
+        if self._smtp is None:  # a session from HveHook.get_conn() is open already
+            self.open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -232,13 +232,32 @@ def default_environment() -> jinja2.Environment:
     return SandboxedEnvironment()
 
 
-def template_file_source(env: jinja2.Environment, path: str) -> str | None:
-    """Return the source of a template file: from the environment's loader (DAG folder), or a plain path."""
-    try:
+def template_file_source(env: jinja2.Environment, path: str, argument: str = "html_content") -> str | None:
+    """
+    Return the source of a template file, or None if there is no such file.
+
+    A relative path is looked up through the environment's loader only (the DAG's folder and its
+    ``template_searchpath``), and may not climb out of them with ``..``; the working directory is used only when
+    the environment has no loader (a hook or ``bulk.MailMerge`` used without a DAG). An absolute path is read as
+    written: the DAG's author chose it.
+
+    :raises HveConfigError: for a relative path with a ``..`` component.
+    """
+    if not os.path.isabs(path):
+        if ".." in path.replace("\\", "/").split("/"):
+            raise HveConfigError(
+                f"Argument {argument!r}: template file {path!r} climbs out of the template folder with '..'. Template "
+                f"paths are relative to the DAG's folder and its template_searchpath and stay inside them: move the "
+                f"file there, add its folder to the DAG's template_searchpath, or give an absolute path."
+            )
         if env.loader is not None:
+            try:
+                return env.loader.get_source(env, path)[0]
+            except Exception:
+                return None
+    elif env.loader is not None:
+        with contextlib.suppress(Exception):
             return env.loader.get_source(env, path)[0]
-    except Exception:
-        pass
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -249,7 +268,7 @@ def template_or_file(env: jinja2.Environment, value: str | None, argument: str) 
     """Return ``value``, or the file's source when ``value`` names a template file (``.html``, ``.j2``...)."""
     if value is None or not value.endswith(TEMPLATE_EXTENSIONS):
         return value
-    source = template_file_source(env, value)
+    source = template_file_source(env, value, argument)
     if source is None:
         raise HveConfigError(
             f"Argument {argument!r}: template file {value!r} was not found. Relative paths are looked up in the "

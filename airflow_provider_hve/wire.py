@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from typing import TYPE_CHECKING
 
 from airflow_provider_hve.exceptions import HveConfigError
@@ -36,6 +37,16 @@ def check_envelope_address(address: object, argument: str, *, smtputf8: bool = F
     """
     if not isinstance(address, str):
         raise HveConfigError(f"Argument {argument!r}: an envelope address is a {type(address).__name__}, not a string.")
+    # Invisible and bidirectional format characters (Unicode category Cf: U+200B, U+202E, U+2066..U+2069,
+    # U+FEFF...) make an address read as another one; no mailbox needs them, SMTPUTF8 or not.
+    hidden = next((char for char in address if unicodedata.category(char) == "Cf"), None)
+    if hidden is not None:
+        name = unicodedata.name(hidden, "a format character")
+        raise HveConfigError(
+            f"Argument {argument!r}: the envelope address {address!r} contains the invisible format character "
+            f"U+{ord(hidden):04X} ({name}), which can make an address display as another one. Remove it (it often "
+            f"comes with text copied from a web page or a document). Nothing was sent."
+        )
 
     def allowed(char: str) -> bool:
         return bool(_ENVELOPE_ADDRESS.fullmatch(char) or (smtputf8 and _INTERNATIONAL_CHAR.fullmatch(char)))

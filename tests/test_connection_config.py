@@ -78,7 +78,7 @@ def test_from_email_with_display_name() -> None:
             {},
             ["'auth_mode'", "client_secret, certificate, password, workload_identity"],
         ),
-        ({"tenantid": TENANT}, {}, ["unknown extra field 'tenantid'", "Did you mean 'tenant_id'"]),
+        ({"tenant_id": None, "tenantid": TENANT}, {}, ["'tenant_id' is missing", "did you mean 'tenant_id'"]),
         ({"authority_host": "http://login.microsoftonline.com"}, {}, ["'authority_host'", "https://"]),
         (
             {"authority_host": f"https://login.microsoftonline.com/{TENANT}"},

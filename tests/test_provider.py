@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,122 @@ def test_connection_form_is_served_by_the_airflow_ui_api(airflow_db: None, monke
     assert standard["password"]["title"] == "Client secret / password"
     assert standard["login"]["title"] == "HVE account"
     assert standard["url_schema"]["hidden"] is True
+
+
+def test_every_hve_config_option_the_code_reads_is_declared() -> None:
+    """`airflow config list` shows the [hve] options: each conf.get*("hve", ...) in the code is in the provider info."""
+    import json
+    import re
+    from pathlib import Path
+
+    import airflow_provider_hve
+    from airflow_provider_hve.get_provider_info import get_provider_info
+    from airflow_provider_hve.message import DEFAULT_MAX_RECIPIENTS
+
+    package = Path(airflow_provider_hve.__file__).parent
+    read = {
+        match[1]
+        for path in package.rglob("*.py")
+        for match in re.finditer(r"""conf\.\w+\(\s*["']hve["']\s*,\s*["'](\w+)["']""", path.read_text())
+    }
+    section = get_provider_info()["config"]["hve"]
+    assert read == set(section["options"]) and read, (read, section)
+    assert section["options"]["max_recipients_per_message"]["default"] == str(DEFAULT_MAX_RECIPIENTS)
+    schema = json.loads((Path(sys.modules["airflow"].__file__ or "").parent / "provider_info.schema.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_airflow_config_lists_the_hve_options(tmp_path: Any) -> None:
+    import os
+
+    env = {**os.environ, "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE": "40"}
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "config",
+            "list",
+            "--section",
+            "hve",
+            "--include-descriptions",
+            "--show-values",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "[hve]" in listed.stdout and "max_recipients_per_message = 40" in listed.stdout
+    assert "HveMailMergeOperator" in listed.stdout
+    got = subprocess.run(
+        [sys.executable, "-m", "airflow", "config", "get-value", "hve", "max_recipients_per_message"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE"},
+    )
+    assert got.stdout.strip().splitlines()[-1] == "3000", got.stderr
+
+
+# Imported, deliberately not declared: the connection form of Airflow before 3.2 (imported only by the UI that ships
+# them) and typing_extensions (under TYPE_CHECKING).
+_UNDECLARED = {"wtforms", "flask_appbuilder", "typing_extensions"}
+
+
+def test_every_directly_imported_package_is_declared() -> None:
+    """Each third-party import of the package names a distribution in its requirements (the sandbox's in its extra)."""
+    import ast
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    import airflow_provider_hve
+
+    package = Path(airflow_provider_hve.__file__).parent
+    imported: dict[str, set[str]] = {"core": set(), "sandbox": set()}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "airflow_provider_hve" and top not in _UNDECLARED:
+                    imported["sandbox" if "sandbox" in path.parts else "core"].add(top)
+    distributions = importlib.metadata.packages_distributions()
+    requires = importlib.metadata.requires("airflow-provider-hve") or []
+
+    def declared(extra: str | None) -> set[str]:
+        names = set()
+        for requirement in requires:
+            marker = re.search(r'extra == "(\w+)"', requirement)
+            if (marker[1] if marker else None) == extra:
+                names.add(re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
+        return names
+
+    def dist(module: str) -> str:
+        return distributions[module][0].lower().replace("_", "-")
+
+    core = declared(None)
+    missing = {m: dist(m) for m in imported["core"] if dist(m) not in core and m != "airflow"}
+    assert not missing, f"imported by the package, not in [project] dependencies: {missing}"
+    sandbox = core | declared("sandbox")
+    missing = {m: dist(m) for m in imported["sandbox"] - imported["core"] if dist(m) not in sandbox}
+    assert not missing, f"imported by the sandbox, not in the 'sandbox' extra: {missing}"
+    assert {"cryptography", "certifi"} <= core
+
+
+def test_the_package_metadata_says_what_it_runs_on() -> None:
+    import importlib.metadata
+
+    metadata = importlib.metadata.metadata("airflow-provider-hve")
+    classifiers = set(metadata.get_all("Classifier") or [])
+    assert {"Framework :: Apache Airflow", "Framework :: Apache Airflow :: Provider", "Typing :: Typed"} <= classifiers
+    assert any(c.startswith("Development Status :: ") for c in classifiers)
+    minimum = metadata["Requires-Python"].removeprefix(">=")
+    assert f"Programming Language :: Python :: {minimum}" in classifiers
+    assert metadata.get_all("Project-URL")

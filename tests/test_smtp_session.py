@@ -36,6 +36,30 @@ def test_auth_line_is_the_exact_xoauth2_string_in_two_steps(sandbox: HveSandbox,
     assert len(session.ehlo_names) == 2
 
 
+def test_get_conn_returns_an_open_authenticated_session(sandbox: HveSandbox, hook: HveHook) -> None:
+    """The Airflow convention: get_conn() hands back the hook's client, ready to use; the caller closes it."""
+    from airflow_provider_hve.smtp import HveSmtpSession
+
+    session = hook.get_conn()
+    try:
+        assert isinstance(session, HveSmtpSession) and session.is_open
+        (record,) = sandbox.smtp_sessions
+        assert record.starttls and record.authenticated_as == sandbox.account  # before anything is sent
+        (attempt,) = record.auth_attempts
+        assert attempt.success and attempt.reply.startswith("235")
+        outgoing = build_message(sender=sandbox.account, to="alice@contoso.example", subject="Hi", text_content="x")
+        result = session.send(outgoing.message, outgoing.recipients)
+    finally:
+        session.close()
+    assert result.accepted == ("alice@contoso.example",) and not session.is_open
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["Subject"] == "Hi"
+    assert len(sandbox.smtp_sessions) == 1 and sandbox.smtp_sessions[0].quit
+    with hook.get_conn() as second:  # a new session each call, usable as a context manager
+        assert second.is_open
+    assert len(sandbox.smtp_sessions) == 2 and sandbox.smtp_sessions[1].quit
+
+
 def test_many_messages_one_connection_one_token(
     sandbox: HveSandbox, hook: HveHook, token_posts: Callable[[], list[Any]]
 ) -> None:
@@ -312,3 +336,28 @@ def test_display_name_on_the_account_is_fine(sandbox: HveSandbox, hook: HveHook)
     )
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.message["From"] == f"Nightly Reports <{sandbox.account}>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "fix"),
+    [
+        ("550 5.7.30 Basic authentication is not supported for Client Submission", "smtp.hve.mx.microsoft"),
+        ("535 5.7.139 Authentication unsuccessful, the user credentials were incorrect", "SmtpClientAuthentication"),
+        ("535 5.7.139 Authentication unsuccessful, basic authentication is disabled", "security defaults"),
+        ("530 5.7.57 Client not authenticated to send mail", "TLS-inspecting proxy"),
+    ],
+    ids=["550-5.7.30-basic-auth-retired", "535-5.7.139-policy", "535-5.7.139-security-defaults", "530-5.7.57"],
+)
+def test_exchange_online_auth_refusals_get_their_own_diagnosis(
+    sandbox: HveSandbox, hook: HveHook, reply: str, fix: str
+) -> None:
+    """The replies users of Exchange Online now meet (basic auth retired, tenant policy, not authenticated)."""
+    sandbox.smtp.fail_next_auth(reply, count=2)
+    with pytest.raises(HveAuthError) as info:
+        hook.send_email(to="alice@contoso.example", subject="Hi", text_content="hello")
+    message = str(info.value)
+    code, enhanced = reply.split()[:2]
+    assert info.value.code == code and f"{code} {enhanced}" in message
+    assert "Likely cause and fix:" in message and fix in message
+    assert "Check, in this order" not in message  # not the generic 5.7.3 diagnosis
+    assert not sandbox.messages

@@ -110,6 +110,7 @@ class MailMerge:
         retry_budget: int | None = None,
         message_id_seed: str | None = None,
         resend_unknown: bool = False,
+        max_recipients: int | None = None,
     ) -> None:
         _check_arguments(sessions, rate_per_minute, max_reconnects, retry_budget, html_content, text_content)
         self.hook = hook
@@ -128,6 +129,9 @@ class MailMerge:
         self.retry_budget = retry_budget
         self.message_id_seed = message_id_seed
         self.resend_unknown = resend_unknown
+        if max_recipients is not None and (isinstance(max_recipients, bool) or max_recipients < 1):
+            raise HveConfigError(f"Argument 'max_recipients' is {max_recipients!r}; use 1 or more, or None for no cap.")
+        self.max_recipients = max_recipients
         self.last_report: BulkReport | None = None
         self._shared: SharedLedger | None = None
         self._stop_requested = False
@@ -140,7 +144,20 @@ class MailMerge:
         :raises HveConfigError: before connecting, if the templates fail for the first row.
         :raises HveAuthError: Entra or HVE refused the credential.
         """
-        report = self.last_report = BulkReport(total=len(rows))
+        price = configured_price_per_million()
+        if self.max_recipients is not None and len(rows) > self.max_recipients:
+            raise HveConfigError(
+                f"Argument 'max_recipients': the mail merge has {len(rows):,} rows, more than max_recipients="
+                f"{self.max_recipients:,}. Nothing was sent. HVE bills each delivered recipient (estimated "
+                f"{format_cost(len(rows), price)} for these rows) and counts them against the tenant's quota: check "
+                f"the recipients, or raise max_recipients if the list is right."
+            )
+        log.info(
+            "HVE mail merge of %d row(s): estimated cost at most %s if every row is delivered.",
+            len(rows),
+            format_cost(len(rows), price),
+        )
+        report = self.last_report = BulkReport(total=len(rows), price_per_million=price)
         started = time.monotonic()
         done_before = self.delivery_log.delivered() if self.delivery_log else set()
         writes_before, seconds_before = (
@@ -253,8 +270,14 @@ class MailMerge:
 
     def _plan(self, rows: Sequence[Mapping[str, Any]], done_before: set[str]) -> Iterator[Row | Settled]:
         """Yield each row to send, or its verdict, validating as it comes: nothing per row is kept in memory."""
-        from airflow_provider_hve.addresses import AddressError, parse_mailbox
+        from airflow_provider_hve.addresses import (
+            AddressError,
+            accepted_domains_message,
+            outside_domains,
+            parse_mailbox,
+        )
 
+        accepted = self.hook.config.accepted_domains
         for index, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 yield Settled(index, RowState.INVALID, reason=f"is a {type(row).__name__}, not a dict")
@@ -267,6 +290,12 @@ class MailMerge:
                 mailbox = parse_mailbox(str(raw))
             except AddressError as exc:
                 yield Settled(index, RowState.INVALID, str(raw), reason=str(exc))
+                continue
+            if accepted and outside_domains([mailbox.addr_spec], accepted):
+                reason = accepted_domains_message(
+                    self.address_key, [mailbox.addr_spec], accepted, self.hook.hve_conn_id
+                )
+                yield Settled(index, RowState.INVALID, mailbox.addr_spec, reason=reason)
                 continue
             key = delivery_key(index, mailbox.addr_spec)
             if key in done_before:
@@ -364,6 +393,33 @@ class MailMerge:
             attachments=self.attachments,
             check_sender=check_sender,
         )
+
+
+DEFAULT_PRICE_PER_MILLION = 42.0
+"""HVE's price in USD per million delivered recipients (from 1 June 2026); ``[hve] price_per_million_recipients``."""
+
+
+def configured_price_per_million() -> float:
+    """Return ``[hve] price_per_million_recipients`` from Airflow's configuration, or the published price."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # pragma: no cover - used without Airflow
+        return DEFAULT_PRICE_PER_MILLION
+    try:
+        value = conf.getfloat("hve", "price_per_million_recipients", fallback=DEFAULT_PRICE_PER_MILLION)
+    except Exception as exc:  # AirflowConfigException: not a number
+        raise HveConfigError(f"[hve] price_per_million_recipients must be a number (USD): {exc}") from None
+    if not value >= 0:
+        raise HveConfigError(f"[hve] price_per_million_recipients is {value}; use 0 or more (USD).")
+    return value
+
+
+def format_cost(recipients: int, price_per_million: float) -> str:
+    """``USD 0.0126 (300 recipients x USD 42 per million ...)``: the estimate, and how it was made."""
+    return (
+        f"USD {recipients * price_per_million / 1_000_000:.4f} ({recipients:,} recipients x USD "
+        f"{price_per_million:g} per million, [hve] price_per_million_recipients)"
+    )
 
 
 def _up_to_first_row(plan: Iterator[Row | Settled]) -> tuple[list[Settled], Row | None]:

@@ -45,6 +45,13 @@ class BulkReport:
     record_ahead_max: int = 0
     """The farthest the record's intents ran ahead of the row taken (what a kill could have left unknown beyond
     the rows in flight)."""
+    price_per_million: float = 0.0
+    """USD per million delivered recipients (``[hve] price_per_million_recipients``), for the estimated cost."""
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        """What this run's delivered recipients cost at :attr:`price_per_million` (one recipient a row)."""
+        return self.accepted * self.price_per_million / 1_000_000
 
     @property
     def messages_per_second(self) -> float:
@@ -82,13 +89,16 @@ class BulkReport:
             "delivery_record_writes": self.record_writes,
             "delivery_record_write_seconds": round(self.record_write_seconds, 3),
             "delivery_record_ahead_max": self.record_ahead_max,
+            "estimated_cost_usd": round(self.estimated_cost_usd, 6),
+            "price_per_million_recipients_usd": self.price_per_million,
         }
 
     def log_summary(self) -> None:
         log.info(
             "HVE mail merge done: %d accepted, %d refused, %d invalid, %d unknown, %d not sent, %d skipped "
             "(already delivered) of %d, in %.1f s (%.1f msg/s) over %d session(s), %d token request(s), "
-            "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left.",
+            "%d reconnect(s), %d resent after 4xx, throttled %d time(s), retry budget %d of %d left; estimated cost "
+            "USD %.4f (%d delivered x USD %g per million).",
             self.accepted,
             self.refused_rows,
             len(self.invalid),
@@ -105,6 +115,9 @@ class BulkReport:
             self.throttled,
             self.retry_budget_left,
             self.retry_budget,
+            self.estimated_cost_usd,
+            self.accepted,
+            self.price_per_million,
         )
 
 

@@ -119,6 +119,28 @@ class HveHook(BaseHook):
         finally:
             session.close()
 
+    def get_conn(self) -> HveSmtpSession:
+        """
+        Return an open, authenticated SMTP session (the Airflow convention for a hook's client).
+
+        The session has done STARTTLS and AUTH XOAUTH2 with a fresh or cached Entra token. The caller owns it:
+        ``close()`` it (QUIT) when done, or use it as a context manager. Each call opens a new session;
+        :meth:`smtp_session` does the same and closes it for you.
+
+        Example::
+
+            with HveHook().get_conn() as session:
+                session.send(message, ["team@contoso.com"])
+
+        :raises HveAuthError: Entra or HVE refused the credential; the message names the cause and the fix.
+        :raises HveConnectionError: the server could not be reached or secured.
+        """
+        from airflow_provider_hve.smtp import HveSmtpSession
+
+        session = HveSmtpSession(self.config, self.token_provider.get_token)
+        session.open()
+        return session
+
     def build_message(
         self,
         to: AddressInput,
@@ -146,6 +168,8 @@ class HveHook(BaseHook):
             html_content=html_content,
             **parts,
         )
+        if self.config.accepted_domains:
+            self._check_accepted_domains({"to": to, "cc": parts.get("cc"), "bcc": parts.get("bcc")})
         if check_sender and outgoing.sender.lower() != self.config.account.lower():
             log.warning(
                 "From address %s is not the HVE account %s of connection %r; HVE refuses other senders "
@@ -155,6 +179,18 @@ class HveHook(BaseHook):
                 self.hve_conn_id,
             )
         return outgoing
+
+    def _check_accepted_domains(self, arguments: dict[str, Any]) -> None:
+        """Refuse recipients outside the connection's ``accepted_domains``, naming the argument (before sending)."""
+        from airflow_provider_hve.addresses import accepted_domains_message, outside_domains, parse_addresses
+        from airflow_provider_hve.exceptions import HveConfigError
+
+        accepted = self.config.accepted_domains
+        for argument, value in arguments.items():
+            # Parsed already by the builder (cached): this costs a look-up per address.
+            outside = outside_domains((box.addr_spec for box in parse_addresses(value)), accepted)
+            if outside:
+                raise HveConfigError(accepted_domains_message(argument, outside, accepted, self.hve_conn_id))
 
     def send_email(
         self,

@@ -574,6 +574,9 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
     :param at_least_once: keep no delivery record (no ``task_state_store`` or Variable writes): a retry sends
         every row again. Only for a deployment where tasks may not write that record; by default a record that
         cannot be written stops the merge (no row goes without one).
+    :param max_recipients: refuse the whole run, before anything is sent, if ``recipients`` has more rows than
+        this (HVE bills per delivered recipient: a mistaken list of a million rows costs money and quota);
+        ``None``: no cap. The estimated cost is logged before sending and is in the summary either way.
     :param hve_conn_id: the ``hve`` connection. (templated)
 
     Example::
@@ -622,12 +625,14 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
         retry_budget: int | None = None,
         resend_unknown: bool = False,
         at_least_once: bool = False,
+        max_recipients: int | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.resend_unknown = resend_unknown
         self.at_least_once = at_least_once
+        self.max_recipients = max_recipients
         self.recipients = recipients
         self.subject = subject
         self.html_content = html_content
@@ -694,6 +699,7 @@ class HveMailMergeOperator(RowTemplating, BaseOperator):
             retry_budget=self.retry_budget,
             message_id_seed=_task_instance_id(context),
             resend_unknown=self.resend_unknown,
+            max_recipients=self.max_recipients,
         )
         self._merge: MailMerge | None = merge
         if getattr(self, "_killed", False):  # on_kill came while the rows and templates were read

@@ -2,9 +2,11 @@
 
 Prints the ``export AIRFLOW_CONN_HVE_DEFAULT=...`` line to paste into another shell, then
 one line per delivered message, until SIGINT or SIGTERM. Switches emulate a WAN
-(``--latency-ms``), a server without PIPELINING (``--no-pipelining``) and HVE's failures
-(``--refuse-recipient``, ``--fail-next-data``, ``--disconnect-after``, ``--smtp-throttle-seconds``,
-``--stall-after``, ``--limit-sessions``, ``--throttle-token``).
+(``--latency-ms``), a server without an extension (``--no-pipelining``, ``--no-chunking``, ``--no-smtputf8``,
+``--no-8bitmime``), short-lived tokens (``--token-lifetime``) and HVE's failures (``--refuse-recipient``,
+``--fail-next-data``, ``--fail-next-auth``, ``--disconnect-after``, ``--smtp-throttle-seconds``,
+``--stall-after``, ``--limit-sessions``, ``--refuse-connections``, ``--throttle-token``): every switch of the
+Python API, so a DAG can be tried against each.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from types import FrameType
 
 from airflow_provider_hve.sandbox.core import AUTH_MODES, HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import (
+    AUTH_FAILED,
     FAULTABLE_COMMANDS,
     SERVICE_CLOSING,
     SUBMISSION_QUOTA_EXCEEDED,
@@ -52,6 +55,38 @@ def _parser() -> argparse.ArgumentParser:
         help="emulated network round-trip time added to SMTP replies and token responses (default: 0)",
     )
     parser.add_argument("--no-pipelining", action="store_true", help="do not advertise SMTP PIPELINING")
+    parser.add_argument(
+        "--no-chunking", action="store_true", help="do not advertise CHUNKING (BDAT): clients send with DATA"
+    )
+    parser.add_argument(
+        "--no-smtputf8", action="store_true", help="do not advertise SMTPUTF8: internationalised addresses refused"
+    )
+    parser.add_argument("--no-8bitmime", action="store_true", help="do not advertise 8BITMIME")
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="S",
+        help="access token lifetime in seconds (under 600: HVE's 501 5.5.127 'token will expire soon')",
+    )
+    parser.add_argument(
+        "--fail-next-auth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse the next N AUTH attempts with --fail-auth-reply",
+    )
+    parser.add_argument(
+        "--fail-auth-reply",
+        default=AUTH_FAILED,
+        metavar="REPLY",
+        help="the reply for --fail-next-auth (default: 535 5.7.3 Authentication unsuccessful)",
+    )
+    parser.add_argument(
+        "--refuse-connections",
+        type=float,
+        metavar="S",
+        help="an outage: for S seconds from start, drop connections and refuse new ones",
+    )
     parser.add_argument(
         "--refuse-recipient",
         action="append",
@@ -138,7 +173,9 @@ def build_sandbox(args: argparse.Namespace) -> HveSandbox:
 
     :param args: the result of parsing the command line
     """
+    lifetime = {"token_lifetime": args.token_lifetime} if args.token_lifetime is not None else {}
     return HveSandbox(
+        **lifetime,
         mailbox_dir=args.mailbox,
         state_dir=args.state_dir,
         smtp_port=args.smtp_port,
@@ -156,6 +193,22 @@ def apply_fault_switches(sandbox: HveSandbox, args: argparse.Namespace) -> list[
     :return: one short description per switch set, for the banner
     """
     described = []
+    for flag, extension in (
+        ("no_chunking", "chunking"),
+        ("no_smtputf8", "smtputf8"),
+        ("no_8bitmime", "eight_bit_mime"),
+    ):
+        if getattr(args, flag, False):
+            setattr(sandbox.smtp, extension, False)
+            described.append(f"no {extension.replace('eight_bit_mime', '8BITMIME').upper()}")
+    if getattr(args, "token_lifetime", None) is not None:
+        described.append(f"tokens live {args.token_lifetime} s")
+    if getattr(args, "fail_next_auth", 0):
+        sandbox.smtp.fail_next_auth(args.fail_auth_reply, count=args.fail_next_auth)
+        described.append(f"fail AUTH x{args.fail_next_auth} ({args.fail_auth_reply.split()[0]})")
+    if getattr(args, "refuse_connections", None):
+        sandbox.smtp.refuse_connections(args.refuse_connections)
+        described.append(f"refuse connections for {args.refuse_connections:g} s")
     for address in args.refuse_recipient:
         sandbox.smtp.refuse_recipient(address)
         described.append(f"refuse {address}")

@@ -34,6 +34,7 @@ from typing import Any
 from airflow_provider_hve.sandbox import directory as d
 from airflow_provider_hve.sandbox.directory import AppRegistration, Directory, FederatedCredential, User
 from airflow_provider_hve.sandbox.entra import EntraServer
+from airflow_provider_hve.sandbox.files import private_dir, write_private
 from airflow_provider_hve.sandbox.grants import TokenGrants
 from airflow_provider_hve.sandbox.introspection import Introspection
 from airflow_provider_hve.sandbox.pki import SandboxPki
@@ -167,8 +168,7 @@ class HveSandbox:
 
     def _dir(self, given: Path | None, prefix: str) -> Path:
         if given is not None:
-            given.mkdir(parents=True, exist_ok=True)
-            return given
+            return private_dir(given)
         path = Path(tempfile.mkdtemp(prefix=prefix))
         self._temp_dirs.append(path)
         return path
@@ -295,7 +295,7 @@ class HveSandbox:
         :return: the token written
         """
         token = self.issuer.issue_federated(subject or self.federated_subject, lifetime=lifetime, issuer=issuer)
-        Path(self.federated_token_file).write_text(token)
+        write_private(Path(self.federated_token_file), token.encode())
         return token
 
     def issue_access_token(

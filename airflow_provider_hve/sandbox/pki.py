@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from airflow_provider_hve.sandbox.files import write_private
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -170,10 +172,9 @@ class SandboxPki:
             .sign(client_key, hashes.SHA256())
         )
         pki = cls(state_dir, ca_cert, server_cert, server_key, client_cert, client_key)
-        pki.ca_path.write_bytes(_pem_cert(ca_cert))
-        pki.server_cert_path.write_bytes(_pem_cert(server_cert) + _pem_cert(ca_cert))
-        pki.server_key_path.write_bytes(_pem_key(server_key))
-        pki.server_key_path.chmod(0o600)
-        pki.client_cert_path.write_bytes(_pem_key(client_key) + _pem_cert(client_cert))
-        pki.client_cert_path.chmod(0o600)
+        # Every file 0600 from its first byte (keys are never written first and restricted afterwards).
+        write_private(pki.ca_path, _pem_cert(ca_cert))
+        write_private(pki.server_cert_path, _pem_cert(server_cert) + _pem_cert(ca_cert))
+        write_private(pki.server_key_path, _pem_key(server_key))
+        write_private(pki.client_cert_path, _pem_key(client_key) + _pem_cert(client_cert))
         return pki

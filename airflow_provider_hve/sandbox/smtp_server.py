@@ -42,6 +42,7 @@ from airflow_provider_hve.sandbox.extensions import (
     ehlo_lines,
 )
 from airflow_provider_hve.sandbox.faults import DisconnectPlan, StallPlan, Throttle
+from airflow_provider_hve.sandbox.files import write_private
 from airflow_provider_hve.sandbox.records import (
     AuthAttempt,
     DeliveredMessage,
@@ -657,7 +658,7 @@ class HveHandler:
         number = next(self._message_numbers)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.mailbox_dir / f"{number:04d}-{stamp}.eml"
-        path.write_bytes(data)
+        write_private(path, data)
         reply = f"250 2.0.0 OK <{number:04d}.{record.session_id}@localhost> [Hostname=localhost]"
         if record.transactions:
             record.transactions[-1].data_reply = reply

@@ -192,3 +192,52 @@ def test_cli_switches_reach_the_sandbox(tmp_path: Path) -> None:
     ]
     defaults = _parser().parse_args([])
     assert (defaults.latency_ms, defaults.no_pipelining, defaults.disconnect_after) == (0, False, None)
+
+
+def test_every_server_switch_is_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-chunking, --no-smtputf8, --no-8bitmime, --token-lifetime, --fail-next-auth, --refuse-connections."""
+    from airflow_provider_hve.exceptions import HveAuthError
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.sandbox.__main__ import _parser, apply_fault_switches, build_sandbox
+
+    args = _parser().parse_args(
+        [
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--no-chunking",
+            "--no-smtputf8",
+            "--no-8bitmime",
+            "--token-lifetime",
+            "1200",
+            "--fail-next-auth",
+            "1",
+            "--fail-auth-reply",
+            "550 5.7.30 Basic authentication is not supported for Client Submission",
+        ]
+    )
+    with build_sandbox(args) as sandbox:
+        described = apply_fault_switches(sandbox, args)
+        assert described == [
+            "no CHUNKING",
+            "no SMTPUTF8",
+            "no 8BITMIME",
+            "tokens live 1200 s",
+            "fail AUTH x1 (550)",
+        ]
+        assert not (sandbox.smtp.chunking or sandbox.smtp.smtputf8 or sandbox.smtp.eight_bit_mime)
+        assert sandbox.token_lifetime == 1200
+        monkeypatch.setenv("AIRFLOW_CONN_HVE_CLI", sandbox.connection_json())
+        hook = HveHook(hve_conn_id="hve_cli")
+        with pytest.raises(HveAuthError, match="550 5.7.30"):  # what a DAG author would see
+            hook.send_email(to="team@contoso.example", subject="s", text_content="x")
+        hook.send_email(to="team@contoso.example", subject="s", text_content="x")  # the fault was used up
+        (transaction,) = sandbox.smtp_sessions[-1].transactions
+        assert transaction.bdat_chunks == 0  # sent with DATA: the server offered no CHUNKING
+        (delivered,) = sandbox.wait_for_messages(1)
+        assert delivered.rcpt_tos == ["team@contoso.example"]
+    outage = _parser().parse_args(["--state-dir", str(tmp_path / "state2"), "--refuse-connections", "30"])
+    with build_sandbox(outage) as sandbox:
+        assert apply_fault_switches(sandbox, outage) == ["refuse connections for 30 s"]
+        assert sandbox.smtp.refusing_connections
+        with pytest.raises(OSError):
+            smtplib.SMTP("127.0.0.1", sandbox.smtp_port, timeout=5)

@@ -1,0 +1,429 @@
+"""The outside probe's last hostile inputs (issue 20): each refused before anything is sent, naming the argument.
+
+Every case here failed on the code before the fix. Assertions are on what the sandbox received (or that it
+received nothing: no SMTP connection, no token request).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.sandbox import HveSandbox
+
+ConnFactory = Callable[..., str]
+
+
+def hook_send(conn_factory: ConnFactory, **kwargs: Any) -> Any:
+    arguments = {"to": "team@contoso.example", "subject": "Daily report", "text_content": "All good."}
+    return HveHook(hve_conn_id=conn_factory()).send_email(**{**arguments, **kwargs})
+
+
+def assert_nothing_sent(sandbox: HveSandbox, token_posts: Callable[[], list[Any]]) -> None:
+    assert not sandbox.smtp_sessions, "an SMTP connection was opened"
+    assert not token_posts(), "a token was requested"
+    assert not sandbox.messages
+
+
+# -- CSV attachments: formulas in report data stay text (OWASP, CSV injection) ------------------------------
+
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A2)", "\tx", "\rx"]
+
+
+def test_csv_formula_cells_are_written_as_text(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    from airflow_provider_hve.message import Attachment
+    from airflow_provider_hve.reports import table_from_data
+
+    rows = [{"value": text, "n": -3, "ratio": -0.5, "plain": "Zoë"} for text in FORMULAS]
+    rows.append({"=evil": "ok"})  # a column name is a cell too
+    table = table_from_data(rows)
+    hook_send(hve_connection, attachments=[Attachment("report.csv", table.to_csv(), "text/csv")])
+    (delivered,) = sandbox.wait_for_messages(1)
+    (attachment,) = list(delivered.message.iter_attachments())
+    content = attachment.get_content()
+    assert content.startswith("\ufeff")
+    header, *cells = list(csv.reader(io.StringIO(content.lstrip("\ufeff"))))
+    assert header == ["value", "n", "ratio", "plain", "'=evil"]
+    for text, written in zip(FORMULAS, cells, strict=False):
+        assert written[:4] == ["'" + text, "-3", "-0.5", "Zoë"]  # numbers stay numbers
+    assert cells[-1] == ["", "", "", "", "ok"]
+
+
+# -- The sandbox's folders and files are private from the first byte ----------------------------------------
+
+_CHMODS: list[str] | None = None
+
+
+def _record_chmods(event: str, args: tuple[Any, ...]) -> None:
+    if _CHMODS is not None and event == "os.chmod":
+        _CHMODS.append(str(args[0]))
+
+
+def test_sandbox_files_are_0600_and_folders_0700_from_the_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a umask of 0 (what a careless container has), nothing is ever wider than the owner's, not even briefly."""
+    import json
+    import os
+    import stat
+    import sys
+
+    global _CHMODS
+    if not getattr(_record_chmods, "installed", False):
+        sys.addaudithook(_record_chmods)  # for the rest of the process; inert while _CHMODS is None
+        _record_chmods.installed = True  # type: ignore[attr-defined]
+    mailbox, state = tmp_path / "new" / "mailbox", tmp_path / "new" / "state"
+    _CHMODS = []
+    previous = os.umask(0)
+    try:
+        with HveSandbox(mailbox_dir=mailbox, state_dir=state) as box:
+            box.write_federated_token()  # written again over the first
+            monkeypatch.setenv("AIRFLOW_CONN_HVE_PRIVATE", json.dumps(box.connection()))
+            HveHook(hve_conn_id="hve_private").send_email(to="team@contoso.example", subject="s", text_content="x")
+            box.wait_for_messages(1)
+            chmods = list(_CHMODS)
+            folders = [tmp_path / "new", mailbox, state]
+            files = [p for folder in (mailbox, state) for p in folder.iterdir()]
+            modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in folders + files}
+    finally:
+        os.umask(previous)
+        _CHMODS = None
+    assert {p.suffix for p in files} >= {".eml", ".pem"} and any("token" in p.name for p in files), files
+    assert all(modes[str(p)] == 0o700 for p in folders), modes
+    assert all(modes[str(p)] == 0o600 for p in files), modes
+    assert not [path for path in chmods if path.startswith(str(tmp_path))], chmods
+
+
+# -- Invisible and bidi format characters in envelope addresses -------------------------------------------
+
+FORMAT_CHARACTERS = ["\u202e", "\u200b", "\u2066", "\u2069", "\ufeff", "\u00ad", "\u200d"]
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["smtputf8", "ascii-only"])
+@pytest.mark.parametrize("char", FORMAT_CHARACTERS, ids=[f"U+{ord(c):04X}" for c in FORMAT_CHARACTERS])
+def test_format_characters_in_envelope_addresses_are_refused(
+    hve_connection: ConnFactory, sandbox: HveSandbox, char: str, smtputf8: bool
+) -> None:
+    from email.message import EmailMessage
+
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    sandbox.smtp.smtputf8 = smtputf8
+    message = EmailMessage()
+    message["From"] = sandbox.account
+    message["Subject"] = "Hi"
+    message.set_content("hello")
+    address = f"ad{char}min@contoso.example"
+    hook = HveHook(hve_conn_id=hve_connection())
+    with hook.smtp_session() as session:
+        commands = sandbox.smtp_sessions[0].commands
+        with pytest.raises(HveConfigError) as info:
+            session.send(message, ["alice@contoso.example", address])
+        assert "'recipients'" in str(info.value) and f"U+{ord(char):04X}" in str(info.value)
+        with pytest.raises(HveConfigError, match="'envelope_from'.*invisible format character"):
+            session.send(message, ["alice@contoso.example"], envelope_from=address)
+        with pytest.raises(HveConfigError, match="'recipients'.*invisible format character"):
+            session.pipeline().submit("row", b"Subject: x\r\n\r\nx\r\n", [address])
+        assert sandbox.smtp_sessions[0].commands == commands  # nothing was written
+    assert not sandbox.messages
+
+
+# -- Attachments must be regular files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["files", "symlink", "merge-files"])
+def test_an_attachment_under_proc_is_refused(
+    how: str,
+    tmp_path: Path,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    """/proc/self/environ reports a size of 0: the size check passed it, and it holds the worker's secrets."""
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.message import attachments_from_files
+
+    target = "/proc/self/environ"
+    with pytest.raises(HveConfigError) as info:
+        if how == "files":
+            hook_send(hve_connection, files=[target])
+        elif how == "symlink":
+            link = tmp_path / "report.csv"
+            link.symlink_to(target)
+            hook_send(hve_connection, files=[str(link)])
+        else:
+            attachments_from_files([target])
+    message = str(info.value)
+    assert "'files'" in message and "not a regular file" in message and "Attach a regular file" in message
+    assert_nothing_sent(sandbox, token_posts)
+
+
+# -- Template paths stay inside the DAG folder / template_searchpath ------------------------------------------
+
+
+@pytest.fixture
+def template_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """dags/templates/ is the DAG's search path; outside.txt sits next to dags/, in the working directory too."""
+    templates = tmp_path / "dags" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "body.html").write_text("<p>inside</p>")
+    (tmp_path / "dags" / "outside.txt").write_text("outside {{ secret }}")
+    (tmp_path / "outside.txt").write_text("outside {{ secret }}")
+    monkeypatch.chdir(templates)
+    return templates
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "templates/../../outside.txt", "sub/../../outside.txt"])
+def test_a_template_path_climbing_out_of_the_search_path_is_refused(template_folders: Path, path: str) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.templating import default_environment, template_or_file
+
+    env = DAG("probe", schedule=None, template_searchpath=[str(template_folders)]).get_template_env()
+    assert template_or_file(env, "body.html", "html_content") == "<p>inside</p>"
+    for environment in (env, default_environment()):  # with the DAG's loader, and without any
+        with pytest.raises(HveConfigError) as info:
+            template_or_file(environment, path, "text_content")
+        message = str(info.value)
+        assert "'text_content'" in message and "'..'" in message and "template_searchpath" in message
+
+
+def test_a_relative_template_path_is_not_read_from_the_working_directory(
+    template_folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.templating import template_or_file
+
+    monkeypatch.chdir(template_folders.parent.parent)  # outside.txt is right here, but not in the search path
+    env = DAG("probe", schedule=None, template_searchpath=[str(template_folders)]).get_template_env()
+    with pytest.raises(HveConfigError, match="'html_content'.*'outside.txt' was not found"):
+        template_or_file(env, "outside.txt", "html_content")
+    absolute = str(template_folders.parent.parent / "outside.txt")  # an absolute path is the author's choice
+    assert template_or_file(env, absolute, "html_content") == "outside {{ secret }}"
+
+
+# -- Trust and verdict headers cannot be set ------------------------------------------------------------------
+
+VERDICT_HEADERS = [
+    "Received-SPF",
+    "received-spf",
+    "X-MS-Exchange-CrossTenant-AuthAs",
+    "X-MS-Exchange-CrossTenant-Id",
+    "X-Forefront-Antispam-Report",
+    "X-Microsoft-Antispam",
+    "X-Microsoft-Antispam-Message-Info",
+    "Authentication-Results",
+    "Disposition-Notification-To",
+]
+
+
+@pytest.mark.parametrize("name", VERDICT_HEADERS)
+def test_trust_and_verdict_headers_cannot_be_set(
+    name: str, hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError, match=f"'headers': '{name}' is set by the provider"):
+        hook_send(hve_connection, headers={name: "pass"})
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_look_alike_x_headers_still_go_through(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    hook_send(hve_connection, headers={"X-Microsoft-Report": "mine"})
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["X-Microsoft-Report"] == "mine"
+
+
+# -- The recipient cap is checked while splitting, not after parsing everything --------------------------------
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["user{n}@contoso.example", "User {n} <user{n}@contoso.example>"],
+    ids=["bare", "display-name"],
+)
+@pytest.mark.parametrize("separator", [", ", "; "], ids=["comma", "semicolon"])
+def test_100000_addresses_in_one_string_are_refused_in_under_half_a_second(
+    form: str,
+    separator: str,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    import time
+
+    from airflow_provider_hve import addresses
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.message import DEFAULT_MAX_RECIPIENTS
+
+    addresses._parse_one_string.cache_clear()
+    everyone = separator.join(form.format(n=n) for n in range(100_000))
+    hook = HveHook(hve_conn_id=hve_connection())
+    assert hook.config.conn_id  # the connection is read outside the timing
+    started = time.perf_counter()
+    with pytest.raises(HveConfigError) as info:
+        hook.send_email(to=everyone, subject="s", text_content="x")
+    elapsed = time.perf_counter() - started
+    assert "'to'" in str(info.value) and f"more than {DEFAULT_MAX_RECIPIENTS} recipients" in str(info.value)
+    assert elapsed < 0.5, f"{elapsed:.2f} s"
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_the_lazy_split_gives_the_same_pieces() -> None:
+    from airflow_provider_hve.addresses import split_address_list
+
+    assert split_address_list("a@x.example, b@x.example;c@x.example") == ["a@x.example", " b@x.example", "c@x.example"]
+    quoted = '"Doe, Jane" <jane@x.example>; (a, comment) b@x.example, <c@x.example>'
+    assert split_address_list(quoted) == ['"Doe, Jane" <jane@x.example>', " (a, comment) b@x.example", " <c@x.example>"]
+
+
+def test_the_count_before_parsing_keeps_duplicates_as_one() -> None:
+    from airflow_provider_hve.message import build_message
+
+    # 3 pieces over a limit of 2, but only 2 addresses: "Ann <ann@...>" and "ANN@..." are one recipient.
+    outgoing = build_message(
+        sender="a@contoso.example",
+        to="Ann <ann@contoso.example>, ANN@contoso.example; bob@contoso.example",
+        subject="s",
+        text_content="x",
+        max_recipients=2,
+    )
+    assert outgoing.recipients == ("ann@contoso.example", "bob@contoso.example")
+
+
+# -- Path fields never echo their value ------------------------------------------------------------------------
+
+SECRET = "Q8Q~k3yV4lue.that_must-NEVER~leak0123456"
+TENANT = "8f2c1c9e-5a0b-4c4e-9d7a-5e1d0c0ffee5"
+CLIENT = "3b7e4f2a-9c1d-4e8b-a6f5-0d2c4b6a8e10"
+PEM_PASTED = f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"
+
+
+def _config(extra: dict[str, Any], password: str = SECRET) -> Any:
+    from airflow_provider_hve.connection import HveConnectionConfig
+
+    return HveConnectionConfig.from_fields(
+        "hve_paths",
+        login="reports@contoso.com",
+        password=password,
+        extra={"tenant_id": TENANT, "client_id": CLIENT, **extra},
+    )
+
+
+def _assert_not_echoed(message: str) -> None:
+    for fragment in (SECRET, SECRET[:12], SECRET[-12:]):
+        assert fragment not in message, message
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "hint"),
+    [
+        ({"auth_mode": "certificate", "certificate_path": SECRET}, "'certificate_path'", "relative path"),
+        ({"auth_mode": "certificate", "certificate_path": PEM_PASTED}, "'certificate_path'", "content of a key"),
+        ({"auth_mode": "certificate", "certificate_path": f"/etc/{SECRET}.pem"}, "'certificate_path'", "no such"),
+        ({"auth_mode": "workload_identity", "federated_token_file": SECRET}, "'federated_token_file'", "relative"),
+        (
+            {"auth_mode": "workload_identity", "federated_token_file": "ey" + SECRET * 3},
+            "'federated_token_file'",
+            "token",
+        ),
+        ({"ca_bundle": PEM_PASTED}, "'ca_bundle'", "content of a key"),
+        ({"ca_bundle": f"/tmp/{SECRET}"}, "'ca_bundle'", "no such file"),
+    ],
+    ids=["cert-secret", "cert-pem", "cert-abs", "federated-secret", "federated-jwt", "ca-pem", "ca-abs"],
+)
+def test_path_fields_never_echo_their_value(extra: dict[str, Any], field: str, hint: str) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError) as info:
+        _config(extra, password="" if extra.get("auth_mode") == "workload_identity" else SECRET)
+    message = str(info.value)
+    assert field in message and "not a readable file" in message and "not shown" in message and hint in message
+    _assert_not_echoed(message)
+
+
+def test_the_federated_token_variable_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", SECRET)
+    with pytest.raises(HveConfigError) as info:
+        _config({"auth_mode": "workload_identity"}, password="")
+    assert "AZURE_FEDERATED_TOKEN_FILE" in str(info.value) and "not shown" in str(info.value)
+    _assert_not_echoed(str(info.value))
+
+
+def test_a_certificate_file_named_like_a_secret_is_not_echoed(tmp_path: Path) -> None:
+    from airflow_provider_hve.auth import _certificate_credential
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    path = tmp_path / f"{SECRET}.cer"
+    path.write_bytes(b"\x30\x82\x01\x0a" + b"\x00" * 64)  # DER, as Entra's .cer download
+    with pytest.raises(HveConfigError) as info:
+        _certificate_credential(_config({"auth_mode": "certificate", "certificate_path": str(path)}))
+    assert "'certificate_path'" in str(info.value) and "DER" in str(info.value)
+    _assert_not_echoed(str(info.value))
+
+
+# -- Lone surrogates and wrong types: HveConfigError naming the argument ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"subject": "Report \udce9t\u00e9"}, "'subject'"),
+        ({"text_content": "caf\udce9"}, "'text_content'"),
+        ({"html_content": "<p>caf\udce9</p>", "text_content": None}, "'html_content'"),
+        ({"headers": {"X-Run": "r\ud800"}}, "headers['X-Run']"),
+        ({"to": '"Caf\udce9" <team@contoso.example>'}, "'to'"),
+        ({"headers": [("X-Run-Id", "42")]}, "'headers'"),
+        ({"headers": "X-Run-Id: 42"}, "'headers'"),
+    ],
+    ids=["subject", "text", "html", "header-value", "display-name", "headers-list", "headers-string"],
+)
+def test_surrogates_and_wrong_types_are_config_errors(
+    kwargs: dict[str, Any],
+    argument: str,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+) -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, **kwargs)
+    assert argument in str(info.value)
+    assert_nothing_sent(sandbox, token_posts)
+
+
+# -- Unknown connection extras: a warning, not a refusal (a connection that survives upgrades) -----------------
+
+
+def test_unknown_extras_are_a_warning_and_the_mail_still_goes(
+    hve_connection: ConnFactory, sandbox: HveSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from airflow_provider_hve.connection import EXTRA_FIELDS
+
+    # A newer provider's option (rolling downgrade), a tool's own key, a typo of an optional field, a misplaced secret.
+    conn_id = hve_connection(future_option=3, managed_by="terraform", timout=30, client_secret=SECRET)
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_hve.connection"):
+        hook_send(lambda: conn_id)
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == ["team@contoso.example"]
+    (warning,) = [r.getMessage() for r in caplog.records if "unknown extra" in r.getMessage()]
+    assert f"Connection {conn_id!r}: ignoring unknown extra field(s)" in warning
+    assert "'future_option'" in warning and "'managed_by'" in warning
+    assert "'timout' (did you mean 'timeout'?)" in warning
+    assert "'client_secret' (a secret belongs in the connection's Password field)" in warning
+    assert ", ".join(EXTRA_FIELDS) in warning
+    _assert_not_echoed(warning)
