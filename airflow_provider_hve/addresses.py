@@ -111,7 +111,9 @@ def parse_addresses(
     return result
 
 
-_ANGLE_ADDRESS = re.compile(r'\s*(?:"[^"\\]*"\s*|[^"<>()\\]*)<([^<>"()\\\s]+)>\s*')
+# Matched against the stripped piece: a leading \s* beside the display name's class (which takes spaces too) made
+# a piece with a long run of spaces cost quadratic time.
+_ANGLE_ADDRESS = re.compile(r'(?:"[^"\\]*"\s*|[^"<>()\\]*)<([^<>"()\\\s]+)>')
 
 
 def _refuse_over_limit(items: list[Any], limit: int) -> None:
@@ -135,8 +137,9 @@ def _refuse_over_limit(items: list[Any], limit: int) -> None:
             else:
                 if not isinstance(piece, str) or not piece.strip():
                     continue
+                piece = piece.strip()
                 match = _ANGLE_ADDRESS.fullmatch(piece)
-                key = (match[1] if match else piece).strip().lower()
+                key = (match[1] if match else piece).lower()
             keys.add(key)
             if len(keys) > limit:
                 raise TooManyAddresses(f"more than {limit} addresses")

@@ -295,8 +295,33 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tup
             continue
         out[name] = value.strip() if isinstance(value, str) else value
     if unknown:
+        _refuse_a_misspelt_guard(conn_id, unknown)
         log.warning("%s", unknown_extras_message(conn_id, unknown))
     return out, unknown
+
+
+_GUARD_EXTRAS = ("accepted_domains", "authority_host", "ca_bundle", "allow_custom_authority")
+"""Extras that guard where credentials go or who may receive: a near miss of one is refused, not warned about."""
+
+
+def _refuse_a_misspelt_guard(conn_id: str, unknown: list[Any]) -> None:
+    """
+    An unknown extra that closely matches a guard (``accepted_domain``, ``authority_hosts``) is refused: with only a
+    warning, the guard it meant to set would be silently off (mail outside the tenant, a secret sent to the wrong
+    Entra cloud).
+    """
+    import difflib
+
+    for name in unknown:
+        if not isinstance(name, str):
+            continue
+        close = difflib.get_close_matches(name.lower(), _GUARD_EXTRAS, n=1, cutoff=0.8)
+        if close and close[0] != name:
+            raise HveConfigError(
+                f"Connection {conn_id!r}: extra {shown(name)} is not a field; did you mean {close[0]!r}? It guards "
+                "where credentials go or who may receive mail, so a misspelt name is refused rather than ignored. "
+                "Fix the name in the connection's extras."
+            )
 
 
 def unknown_extras_message(conn_id: str, names: list[Any]) -> str:

@@ -56,6 +56,12 @@ RESERVED_HEADERS = frozenset(
         # Verdicts a receiver trusts: SPF's, and a read receipt that would mail the reader's opening elsewhere.
         "received-spf",
         "disposition-notification-to",
+        "return-receipt-to",
+        "x-confirm-reading-to",
+        "delivered-to",
+        "x-original-authentication-results",
+        "x-ms-exchange-externaloriginalinternetsender",
+        "x-ms-exchange-senderadcheck",
     }
 )
 # Whole families the provider, the MIME structure or the receiving servers own: trace and signature headers a
@@ -69,9 +75,13 @@ RESERVED_PREFIXES = (
     "x-ms-exchange-crosstenant-",
     "x-forefront-",
     "x-microsoft-antispam",
+    "x-ms-exchange-antispam-",
+    "x-ms-exchange-transport-",
+    "x-spam-",
 )
 _FOLD_WIDTH = 78 - len("Reply-To: ")  # the policy's line length, less the longest address header name
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+# RFC 5322 ftext: printable ASCII except ':'. Used with fullmatch: "^...$" with match() let a final "\n" through.
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
 _LINE_BREAKS = LINE_BREAKS | {"\0"}
 _LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
 # Where a header of the built message came from, to name the argument when one of its lines is too long.
@@ -361,7 +371,7 @@ def _single_line(argument: str, value: object) -> None:
 
 
 def _check_custom_header(name: object, value: object) -> None:
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         raise HveConfigError(
             f"Argument 'headers': {_short(name)} is not a valid header name (printable ASCII, no ':' or spaces)."
         )

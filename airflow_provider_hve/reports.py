@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 import re
@@ -42,7 +43,13 @@ class Table:
         writer.writerow([_csv_text(column) for column in self.columns])
         for row in self.rows:
             writer.writerow([_csv_value(row.get(key)) for key in self.columns])
-        return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+        try:
+            return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise HveConfigError(
+                f"Argument 'data' holds a lone surrogate ({exc.object[exc.start : exc.end]!a}), which is no "
+                "character and cannot be written as UTF-8: decode the source with errors='replace' or drop it."
+            ) from None
 
 
 def table_from_data(data: Any, *, argument: str = "data") -> Table:
@@ -160,15 +167,19 @@ def html_to_text(html: str) -> str:
 
 # What makes a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula (OWASP, "CSV Injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A separator inside a cell, then a formula: a spreadsheet whose list separator is ";" (most of Europe) or ","
+# splits the cell there and reads the second part as a formula.
+_FORMULA_AFTER_SEPARATOR = re.compile(r"[;,\t]\s*[=+\-@]")
 
 
 def _csv_text(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    risky = text.lstrip(" ").startswith(_FORMULA_START) or _FORMULA_AFTER_SEPARATOR.search(text)
+    return "'" + text if risky else text
 
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str, ensure_ascii=False)
-    if isinstance(value, str):
-        return _csv_text(value)
-    return value
+        return _csv_text(json.dumps(value, default=str, ensure_ascii=False))
+    if value is None or isinstance(value, (bool, int, float, decimal.Decimal)):
+        return value  # numbers stay numbers
+    return _csv_text(str(value))

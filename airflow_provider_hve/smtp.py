@@ -138,8 +138,13 @@ class HveSmtpSession:
             self.open()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        # After an exception (a timeout, SIGTERM) the session may be in the middle of a message: a QUIT would be read
+        # as its content and wait for the timeout. Dropped instead, as HveHook.smtp_session() does.
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
 
     @property
     def is_open(self) -> bool:

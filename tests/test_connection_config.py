@@ -174,3 +174,15 @@ def test_a_count_is_a_plain_whole_number(value: Any) -> None:
     with pytest.raises(HveConfigError, match="'send_retries' is not a whole number"):
         make({"send_retries": value})
     assert make({"send_retries": " 4 "}).send_retries == 4
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("accepted_domain", "accepted_domains"), ("authority_hosts", "authority_host"), ("ca_bundel", "ca_bundle")],
+)
+def test_a_misspelt_guard_extra_is_refused_not_just_warned_about(typo: str, meant: str) -> None:
+    # Unknown extras only warn (a rolling upgrade must not break sends), but a near miss of an extra that guards
+    # where credentials go or who may receive would leave that guard silently off.
+    with pytest.raises(HveConfigError, match=rf"extra '{typo}' is not a field; did you mean '{meant}'"):
+        make({typo: "contoso.com"})
+    make({"some_future_option": "1"})  # anything else: a warning, not a refusal

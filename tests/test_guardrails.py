@@ -115,3 +115,22 @@ def test_the_estimated_cost_is_logged_and_in_the_summary(
     assert summary["price_per_million_recipients_usd"] == (42.0 if price is None else 1e6)
     assert "HVE mail merge of 4 row(s): estimated cost at most USD" in caplog.text
     assert f"estimated cost USD {expected:.4f} (3 delivered" in caplog.text
+
+
+def test_a_generator_of_recipients_is_checked_too(
+    internal_only: HveHook, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    # A generator was read by the builder, then found empty by the domain check: the outside address went through.
+    with pytest.raises(HveConfigError, match="Argument 'to': partner@gmail.example is outside the accepted domains"):
+        internal_only.send_email(to=(a for a in ["partner@gmail.example"]), subject="Report", text_content="x")
+    assert not sandbox.smtp_sessions and not token_posts() and not sandbox.messages
+
+
+def test_a_message_built_without_the_check_is_refused_when_sent(
+    internal_only: HveHook, hve_connection: ConnFactory, sandbox: HveSandbox
+) -> None:
+    # Built through a connection without accepted_domains, sent through one with them: refused before connecting.
+    outgoing = HveHook(hve_conn_id=hve_connection(conn_id="hve_open")).build_message("x@gmail.example", "R", "x")
+    with pytest.raises(HveConfigError, match="Argument 'recipients': x@gmail.example is outside"):
+        internal_only.send_message(outgoing)
+    assert not sandbox.smtp_sessions and not sandbox.messages

@@ -55,6 +55,28 @@ def test_csv_formula_cells_are_written_as_text(hve_connection: ConnFactory, sand
     assert cells[-1] == ["", "", "", "", "ok"]
 
 
+def test_csv_cells_split_by_a_separator_or_led_by_spaces_are_written_as_text() -> None:
+    # Excel with ";" as its list separator splits "a;=1+1" and reads "=1+1" as a formula; " =1+1" is a formula too;
+    # a non-string value (a path, a date) is written by its text, which gets the same rule.
+    import pathlib
+
+    from airflow_provider_hve.reports import table_from_data
+
+    rows = [{"v": "a;=1+1"}, {"v": "x, +cmd|' /C calc'!A0"}, {"v": "  =SUM(A1)"}, {"v": pathlib.PurePath("=evil")}]
+    rows.append({"v": "plain; text"})
+    text = table_from_data(rows).to_csv().decode("utf-8-sig")
+    cells = [row[0] for row in csv.reader(io.StringIO(text))][1:]
+    assert cells == ["'a;=1+1", "'x, +cmd|' /C calc'!A0", "'  =SUM(A1)", "'=evil", "plain; text"]
+
+
+def test_a_lone_surrogate_in_report_data_is_a_config_error_naming_data() -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+    from airflow_provider_hve.reports import table_from_data
+
+    with pytest.raises(HveConfigError, match="Argument 'data' holds a lone surrogate"):
+        table_from_data([{"v": "ok \ud800"}]).to_csv()
+
+
 # -- The sandbox's folders and files are private from the first byte ----------------------------------------
 
 _CHMODS: list[str] | None = None
@@ -223,7 +245,25 @@ VERDICT_HEADERS = [
     "X-Microsoft-Antispam-Message-Info",
     "Authentication-Results",
     "Disposition-Notification-To",
+    "Return-Receipt-To",
+    "X-Confirm-Reading-To",
+    "Delivered-To",
+    "X-MS-Exchange-AntiSpam-Relay",
+    "X-MS-Exchange-Transport-CrossTenantHeadersStamped",
+    "X-Spam-Status",
 ]
+
+
+@pytest.mark.parametrize("name", ["Received-SPF\n", "Bcc\n", "From\r\n", "X-Report\n", "X-Report\t"])
+def test_a_header_name_ending_in_a_line_break_is_refused(
+    name: str, hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    # "^[...]+$" with match() let a final "\n" through: the name reached the header block with its line break.
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    with pytest.raises(HveConfigError, match="'headers'"):
+        hook_send(hve_connection, headers={name: "pass"})
+    assert_nothing_sent(sandbox, token_posts)
 
 
 @pytest.mark.parametrize("name", VERDICT_HEADERS)
@@ -276,6 +316,20 @@ def test_100000_addresses_in_one_string_are_refused_in_under_half_a_second(
     assert "'to'" in str(info.value) and f"more than {DEFAULT_MAX_RECIPIENTS} recipients" in str(info.value)
     assert elapsed < 0.5, f"{elapsed:.2f} s"
     assert_nothing_sent(sandbox, token_posts)
+
+
+def test_a_long_run_of_spaces_does_not_make_the_recipient_count_slow() -> None:
+    # Counting keyed each piece with a regex whose leading \s* overlapped the display name's class: 16,000 spaces
+    # before the last piece took 1.6 s (160,000: minutes). Linear now (stripped first).
+    import time
+
+    from airflow_provider_hve.addresses import AddressError, parse_addresses
+
+    value = "a@contoso.example," * 3001 + " " * 16_000 + "x"
+    started = time.perf_counter()
+    with pytest.raises(AddressError):
+        parse_addresses(value, limit=3000)
+    assert time.perf_counter() - started < 0.5
 
 
 def test_the_lazy_split_gives_the_same_pieces() -> None:

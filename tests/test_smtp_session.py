@@ -36,6 +36,20 @@ def test_auth_line_is_the_exact_xoauth2_string_in_two_steps(sandbox: HveSandbox,
     assert len(session.ehlo_names) == 2
 
 
+def test_a_session_left_by_an_exception_is_dropped_without_quit(sandbox: HveSandbox, hook: HveHook) -> None:
+    # `with hook.get_conn() as s:` interrupted (a timeout, SIGTERM) may be mid-message: a QUIT would be read as its
+    # content and wait for the timeout. The connection is dropped instead, as smtp_session() does.
+    import pytest
+
+    class Interrupted(Exception):
+        pass
+
+    with pytest.raises(Interrupted), hook.get_conn():
+        raise Interrupted
+    (record,) = sandbox.smtp_sessions
+    assert record.authenticated_as == sandbox.account and not record.quit
+
+
 def test_get_conn_returns_an_open_authenticated_session(sandbox: HveSandbox, hook: HveHook) -> None:
     """The Airflow convention: get_conn() hands back the hook's client, ready to use; the caller closes it."""
     from airflow_provider_hve.smtp import HveSmtpSession

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _once(value: Any) -> Any:
+    """A one-shot iterator of addresses as a list (read once); anything else (a string, a list, None) as it is."""
+    from collections.abc import Iterator as AnIterator
+
+    return list(value) if isinstance(value, AnIterator) else value
+
+
 class HveHook(BaseHook):
     """
     Send mail through Microsoft 365 High Volume Email with OAuth 2.0 (SASL XOAUTH2).
@@ -161,6 +168,11 @@ class HveHook(BaseHook):
 
         parts: dict[str, Any] = dict(options)
         from_email = parts.pop("from_email", None)
+        # An iterator (a generator of addresses) is read once here: the builder and the domain check see the same.
+        to = _once(to)
+        for name in ("cc", "bcc"):
+            if name in parts:
+                parts[name] = _once(parts[name])
         outgoing = build_message(
             sender=from_email or self.config.from_email or self.config.account,
             to=to,
@@ -235,6 +247,8 @@ class HveHook(BaseHook):
         """
         from airflow_provider_hve.smtp import HveSmtpSession
 
+        if self.config.accepted_domains:  # a message built elsewhere, or its envelope changed since
+            self._check_accepted_domains({"recipients": outgoing.recipients})
         # Opened by send(), which opens it again after a broken connection; QUIT at the end either way.
         session = HveSmtpSession(self.config, self.token_provider.get_token)
         try:
