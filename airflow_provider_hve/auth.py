@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_hve import cancellation
-from airflow_provider_hve.connection import AuthMode, HveConnectionConfig, hidden
+from airflow_provider_hve.connection import AuthMode, HveConnectionConfig
 from airflow_provider_hve.diagnostics import describe_entra_error, entra_error_from_text
 from airflow_provider_hve.exceptions import HveAuthError, HveCancelledError, HveConfigError
 
@@ -472,7 +472,7 @@ def environment_bundle(conn_id: str) -> str | None:
                 problem = "which holds no PEM CA certificate"
         if problem:
             raise HveConfigError(
-                f"Connection {conn_id!r}: the environment variable {variable} points to a path {hidden(path)}, "
+                f"Connection {conn_id!r}: the environment variable {variable} points to {path!r}, "
                 f"{problem}; requests uses it as the only trust store for Entra. Fix or unset {variable} on this "
                 "worker (to add a private CA, use extra 'ca_bundle')."
             )
