@@ -66,7 +66,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="hve-alert-pictures-"))
     log = home / "airflow.log"
-    with tempfile.TemporaryDirectory(prefix="hve-alert-mailbox-") as mailbox, HveSandbox(mailbox_dir=mailbox) as sandbox:
+    mailbox = tempfile.TemporaryDirectory(prefix="hve-alert-mailbox-")
+    with mailbox, HveSandbox(mailbox_dir=mailbox.name) as sandbox:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
