@@ -43,7 +43,7 @@ def run_dags(dags: str, results: str) -> int:
     try:
         from airflow.dag_processing.dagbag import DagBag  # Airflow 3.2+
     except ImportError:
-        from airflow.models.dagbag import DagBag  # Airflow 2.11 to 3.1
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]  # Airflow 2.11 to 3.1
 
     bag = DagBag(dag_folder=dags)  # [core] load_examples is off in its environment
     if bag.import_errors:
