@@ -6,7 +6,6 @@ echoes a secret.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import json
 import logging
@@ -331,6 +330,8 @@ def unknown_extras_message(conn_id: str, names: list[Any]) -> str:
     Unknown extras are ignored with this warning, not refused: a rolling upgrade or downgrade, or tooling that
     adds keys of its own, must not break every send. A name that looks like a secret is described, not shown.
     """
+    import difflib  # only when something is wrong: not on the import a DAG parse may pay for
+
     described = []
     for name in names:
         hint = difflib.get_close_matches(name, EXTRA_FIELDS, n=1) if isinstance(name, str) else []
@@ -357,6 +358,8 @@ class _Reader:
     def _error(self, name: str, problem: str) -> HveConfigError:
         if problem.startswith("is missing"):
             # A typo ('tenat_id') was ignored with a warning; the field it meant is then missing: say so here too.
+            import difflib
+
             typo = next((u for u in self.unknown if difflib.get_close_matches(u, [name], n=1)), None)
             if typo is not None:
                 problem += f" (Extra {shown(typo)} is set but unknown: did you mean {name!r}?)"
@@ -511,6 +514,8 @@ class _Reader:
                 )
             return f"https://{host}", False
         if not allow_custom:
+            import difflib
+
             hint = difflib.get_close_matches(host, ENTRA_HOSTS, n=1, cutoff=0.75)
             suggestion = f" Did you mean {hint[0]}?" if hint else ""
             raise self._error(

@@ -62,6 +62,55 @@ def test_importing_does_not_import_msal(module: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+# What a DAG parse does not need: the connection parser, the message builder, the hook and its SMTP session,
+# MSAL and HTTP, the sandbox's server, the sandboxed Jinja environment (built when a template renders).
+NOT_AT_PARSE = (
+    "airflow_provider_hve.connection",
+    "airflow_provider_hve.message",
+    "airflow_provider_hve.hooks.hve",
+    "airflow_provider_hve.smtp",
+    "airflow_provider_hve.auth",
+    "airflow_provider_hve.sandbox",
+    "msal",
+    "requests",
+    "aiosmtpd",
+    "jinja2.sandbox",
+    "difflib",
+)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["airflow_provider_hve.operators.hve", "airflow_provider_hve.notifications.hve"],
+    ids=["operator", "notifier"],
+)
+def test_a_dag_file_importing_the_operator_or_notifier_pays_only_for_them(module: str) -> None:
+    """On top of what a DAG file has loaded already (BaseOperator, BaseNotifier), the import adds nothing heavy."""
+    code = (
+        "import sys\n"
+        "from airflow.providers.common.compat.sdk import BaseNotifier, BaseOperator\n"
+        "loaded = set(sys.modules)\n"
+        f"import {module}\n"
+        f"added = [m for m in {NOT_AT_PARSE!r} if m in sys.modules and m not in loaded]\n"
+        "assert not added, added\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_operators_notifier_and_hook_default_to_one_connection_id() -> None:
+    """The operator and notifier spell out connection.DEFAULT_CONN_ID so as not to import connection.py."""
+    import inspect
+
+    from airflow_provider_hve.connection import DEFAULT_CONN_ID
+    from airflow_provider_hve.hooks.hve import HveHook
+    from airflow_provider_hve.notifications.hve import HveNotifier
+    from airflow_provider_hve.operators.hve import HveEmailOperator, HveMailMergeOperator
+
+    assert HveHook.default_conn_name == DEFAULT_CONN_ID == "hve_default"
+    for callable_ in (HveEmailOperator, HveMailMergeOperator, HveNotifier, HveHook):
+        assert inspect.signature(callable_).parameters["hve_conn_id"].default == DEFAULT_CONN_ID, callable_
+
+
 def test_connection_form_is_served_by_the_airflow_ui_api(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The metadata the Airflow 3 UI reads to draw the connection form lists the hve type and its fields."""
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")

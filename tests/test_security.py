@@ -510,21 +510,35 @@ def test_address_handling_is_linear(monkeypatch: pytest.MonkeyPatch, as_string: 
     assert max(small.longest, medium.longest, large.longest) < 60  # one mailbox at a time
 
 
-def test_parsing_stops_at_the_recipient_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "form", ["user{n}@contoso.example", "User {n} <user{n}@contoso.example>"], ids=["bare", "named"]
+)
+def test_no_recipient_is_parsed_past_the_recipient_limit(monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """The limit is checked by counting the addresses' text first: of 100,000 recipients none is parsed."""
     from airflow_provider_hve import addresses, message
 
     addresses._parse_one_string.cache_clear()
     spy = _ParserSpy()
     spy.install(monkeypatch)
-    with pytest.raises(HveConfigError, match="more than 10 recipients"):
+    validated: list[str] = []
+    original = addresses._validated
+
+    def counting(display_name: str, addr_spec: str, text: str) -> Any:
+        validated.append(addr_spec)
+        return original(display_name, addr_spec, text)
+
+    # Every address goes through _validated; only those with a display name reach the header parser.
+    monkeypatch.setattr(addresses, "_validated", counting)
+    with pytest.raises(HveConfigError, match="more than 3000 recipients"):
         message.build_message(
             sender="a@contoso.example",
-            to=[f"user{n}@contoso.example" for n in range(100_000)],
+            to=[form.format(n=n) for n in range(100_000)],
             subject="s",
             text_content="x",
-            max_recipients=10,
+            max_recipients=3000,
         )
-    assert spy.calls <= 12  # the sender and the first eleven addresses, not 100,000
+    assert validated == ["a@contoso.example"]  # the sender only (docs/security.md, Limits)
+    assert spy.calls == 0
 
 
 @pytest.mark.parametrize(

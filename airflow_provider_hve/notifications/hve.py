@@ -13,7 +13,6 @@ from urllib.parse import quote, urlencode
 from airflow.providers.common.compat.sdk import BaseNotifier
 
 from airflow_provider_hve.cancellation import CancelToken, cancellable
-from airflow_provider_hve.connection import DEFAULT_CONN_ID
 from airflow_provider_hve.exceptions import HveCancelledError, HveConnectionError
 from airflow_provider_hve.templating import EmailTemplating
 
@@ -25,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AddressArg = str | Iterable[str] | None
+# connection.DEFAULT_CONN_ID, spelt out: a DAG file that imports the notifier need not import connection.py
+# (tests/test_provider.py keeps the two equal).
+DEFAULT_CONN_ID = "hve_default"
 MAX_EXCEPTION_CHARS = 4000
 _STATE_LABELS = {
     "failed": "failed",
