@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -296,8 +297,27 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tup
         out[name] = value.strip() if isinstance(value, str) else value
     if unknown:
         _refuse_a_misspelt_guard(conn_id, unknown)
-        log.warning("%s", unknown_extras_message(conn_id, unknown))
+        _warn_once(conn_id, unknown)
     return out, unknown
+
+
+_warned_unknown_extras: set[tuple[str, frozenset[Any]]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(conn_id: str, unknown: list[Any]) -> None:
+    """
+    Log :func:`unknown_extras_message` once per process for each connection id and set of unknown names.
+
+    Every hook, and every task of a worker, reads the connection again: a warning per read would bury the logs in
+    one line repeated. A connection edited to carry other unknown names is warned about again.
+    """
+    key = (conn_id, frozenset(unknown))
+    with _warned_lock:
+        if key in _warned_unknown_extras:
+            return
+        _warned_unknown_extras.add(key)
+    log.warning("%s", unknown_extras_message(conn_id, unknown))
 
 
 _GUARD_EXTRAS = ("accepted_domains", "authority_host", "ca_bundle", "allow_custom_authority")
