@@ -258,11 +258,22 @@ def outside_domains(addresses: Iterable[str], accepted: Iterable[str]) -> list[s
     """
     Return the addresses whose domain is not one of ``accepted`` (exact match, case-insensitive, ASCII forms).
 
-    :param addresses: validated addresses (``Mailbox.addr_spec``: domains in their ASCII form).
-    :param accepted: the tenant's accepted domains, lower case (``HveConnectionConfig.accepted_domains``).
+    Domains are compared in their A-label form (IDNA 2008, UTS #46), as email-validator writes them:
+    ``bücher.example`` and ``xn--bcher-kva.example`` are one domain, whichever side names it which way.
+
+    :param addresses: addresses (``Mailbox.addr_spec``: domains in their ASCII form already).
+    :param accepted: the tenant's accepted domains, lower-case A-labels (``HveConnectionConfig.accepted_domains``).
     """
+    from airflow_provider_hve.connection import domain_a_label
+
     domains = frozenset(accepted)
-    return [address for address in addresses if address.rpartition("@")[2].lower() not in domains]
+    outside = []
+    for address in addresses:
+        domain = address.rpartition("@")[2].lower()
+        # An envelope built elsewhere may name a U-label domain: mapped, never refused for its spelling alone.
+        if domain not in domains and (domain.isascii() or domain_a_label(domain) not in domains):
+            outside.append(address)
+    return outside
 
 
 def accepted_domains_message(argument: str, outside: list[str], accepted: Iterable[str], conn_id: str) -> str:
