@@ -232,9 +232,35 @@ def _parse_one_string(text: str) -> tuple[Mailbox, ...]:
     return tuple(mailboxes)
 
 
+# Format characters a display name may hold: the joiners shape Persian and Indic words and emoji sequences
+# (a ZWJ joins "woman" and "laptop" into one picture), and neither reorders nor hides text around it.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _check_display_name(display_name: str, original: str) -> None:
+    """
+    Refuse invisible and bidirectional format characters (Unicode category Cf) in a display name.
+
+    U+202E (right-to-left override) shows ``Finance <evil@x>`` as something else; U+200B, U+2060 or U+FEFF hide
+    inside a name that then looks like a known one. The envelope check refuses them in addresses already
+    (:func:`~airflow_provider_hve.wire.check_envelope_address`); a display name is what the reader sees.
+    """
+    import unicodedata
+
+    hidden = next((ch for ch in display_name if ch not in _JOINERS and unicodedata.category(ch) == "Cf"), None)
+    if hidden is not None:
+        raise AddressError(
+            f"the display name of {original.strip()!r} contains the invisible format character U+{ord(hidden):04X} "
+            f"({unicodedata.name(hidden, 'a format character')}), which can make a name or address display as "
+            f"another one; remove it (it often comes with text copied from a web page or a document)"
+        )
+
+
 def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
     from email_validator import EmailNotValidError, validate_email
 
+    if display_name:
+        _check_display_name(display_name, original)
     if "@" not in addr_spec:
         raise AddressError(f"{original!r} has no '@domain'")
     local_part = addr_spec.rpartition("@")[0]

@@ -182,3 +182,46 @@ def test_non_ascii_display_names_are_rfc2047_encoded(sandbox: HveSandbox, hook: 
     assert delivered.rcpt_tos == ["jorg@contoso.example", "zoe@contoso.example"]
     # The display name on the HVE account passed the sandbox's send-as check (From is the account).
     assert parsed["From"].addresses[0].addr_spec == sandbox.account
+
+
+@pytest.mark.parametrize("argument", ["to", "cc", "reply_to", "from_email"])
+@pytest.mark.parametrize(
+    ("display_name", "code"),
+    [
+        ('"Fin\u202eecnan" ', "U+202E"),  # right-to-left override: reads "Finnance" backwards
+        ("Fin\u200bance ", "U+200B"),  # zero width space
+        ('"\u2066Ops\u2069" ', "U+2066"),  # left-to-right isolate
+        ("\ufeffOps ", "U+FEFF"),  # zero width no-break space (a byte order mark)
+        ("=?utf-8?q?Fin=E2=80=AEance?= ", "U+202E"),  # the same, hidden in an RFC 2047 encoded word
+    ],
+    ids=["rlo", "zwsp", "lri", "bom", "encoded-word"],
+)
+def test_format_characters_in_a_display_name_are_refused_before_connecting(
+    sandbox: HveSandbox,
+    hook: HveHook,
+    token_posts: Callable[[], list[Any]],
+    argument: str,
+    display_name: str,
+    code: str,
+) -> None:
+    address = sandbox.account if argument == "from_email" else "finance@contoso.example"
+    kwargs: dict[str, Any] = {"to": "ok@contoso.example", argument: f"{display_name}<{address}>"}
+    with pytest.raises(HveConfigError) as info:
+        hook.send_email(subject="s", text_content="x", **kwargs)
+    text = str(info.value)
+    assert text.startswith(f"Argument {argument!r}: the display name of ")
+    assert f"invisible format character {code}" in text
+    assert not sandbox.smtp_sessions and not token_posts()
+
+
+def test_joiners_in_a_display_name_are_kept(sandbox: HveSandbox, hook: HveHook) -> None:
+    # ZWJ and ZWNJ spell emoji sequences and Persian or Indic words; they neither reorder nor hide text.
+    hook.send_email(
+        to="\U0001f469\u200d\U0001f4bb Ops <ops@contoso.example>",
+        cc='"\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645" <fa@contoso.example>',
+        subject="s",
+        text_content="x",
+    )
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.message["To"].addresses[0].display_name == "\U0001f469\u200d\U0001f4bb Ops"
+    assert delivered.message["Cc"].addresses[0].display_name == "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
