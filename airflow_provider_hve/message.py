@@ -29,6 +29,10 @@ from airflow_provider_hve.exceptions import HveConfigError
 POLICY = email.policy.default.clone(header_factory=HEADER_REGISTRY)
 """The modern e-mail policy, with a header registry that does not rebuild classes per header (2x faster)."""
 WIRE_POLICY = POLICY.clone(linesep="\r\n")
+UTF8_POLICY = POLICY.clone(utf8=True)
+"""For a message whose From, To, Cc or Reply-To names an address with non-ASCII before the ``@``: its headers are
+UTF-8 (RFC 6532), sent only with ``SMTPUTF8`` on ``MAIL FROM`` (the pipeline checks the server offers it)."""
+UTF8_WIRE_POLICY = UTF8_POLICY.clone(linesep="\r\n")
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 """HVE's per-message size limit (the whole MIME message, attachments base64-encoded)."""
@@ -212,7 +216,10 @@ def build_message(
     # Opened, checked on the open descriptor and read here, before anything is built (see _load_files).
     file_data, image_data = _load_files(files, images, attachments)
 
-    message = EmailMessage(policy=POLICY)
+    # An address with non-ASCII before the '@' cannot be written in a 7-bit header (an encoded word is not allowed
+    # there): such a message gets UTF-8 headers (RFC 6532), and the session sends it only with SMTPUTF8.
+    utf8 = any(box.smtputf8 for box in (from_box, *to_boxes, *cc_boxes, *reply_boxes))
+    message = EmailMessage(policy=UTF8_POLICY if utf8 else POLICY)
     message["From"] = _parsed_header("From", from_box.header)
     # Address lists are folded one mailbox at a time and stored as they are: handing the email package the
     # whole list makes it parse (and fold) it in time quadratic in its length.
@@ -278,20 +285,26 @@ def _parsed_header(name: str, value: str) -> Any:
 
 def wire_bytes(message: EmailMessage) -> bytes:
     """Serialise ``message`` as SMTP carries it (CRLF line endings)."""
-    policy = WIRE_POLICY if message.policy is POLICY else message.policy.clone(linesep="\r\n")
+    policy: email.policy.Policy
+    if message.policy is POLICY:
+        policy = WIRE_POLICY
+    elif message.policy is UTF8_POLICY:
+        policy = UTF8_WIRE_POLICY
+    else:
+        policy = message.policy.clone(linesep="\r\n")
     return message.as_bytes(policy=policy)
 
 
 def _one(argument: str, value: str) -> Mailbox:
     try:
-        return parse_mailbox(value)
+        return parse_mailbox(value, smtputf8=True)
     except AddressError as exc:
         raise HveConfigError(f"Argument {argument!r}: {exc}.") from None
 
 
 def _many(argument: str, value: AddressInput, remaining: int, limit: int) -> list[Mailbox]:
     try:
-        return parse_addresses(value, limit=max(remaining, 0))
+        return parse_addresses(value, limit=max(remaining, 0), smtputf8=True)
     except TooManyAddresses:
         raise HveConfigError(
             f"Argument {argument!r}: this message would have more than {limit} recipients "
@@ -326,12 +339,13 @@ def address_list_header(mailboxes: tuple[Mailbox, ...]) -> str:
     Fold an address header's value, one mailbox at a time, into lines of at most 78 characters.
 
     Each mailbox is encoded (RFC 2047 for non-ASCII display names) by the email package on its own, so the
-    work is linear in the number of mailboxes; the result is stored with ``set_raw`` and not parsed again.
+    work is linear in the number of mailboxes; the result is stored with ``set_raw`` and not parsed again. A
+    mailbox with non-ASCII before the ``@`` is written in UTF-8 (RFC 6532), display name included.
     """
     lines: list[str] = []
     current = ""
     for box in mailboxes:
-        piece = _folded_mailbox(box.header)
+        piece = _folded_mailbox(box.header, box.smtputf8)
         if current and "\n" not in piece and len(current) + 2 + len(piece) <= _FOLD_WIDTH:
             current = f"{current}, {piece}"
             continue
@@ -343,8 +357,8 @@ def address_list_header(mailboxes: tuple[Mailbox, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _folded_mailbox(header: str) -> str:
-    folded = HEADER_REGISTRY("To", header).fold(policy=POLICY)
+def _folded_mailbox(header: str, utf8: bool = False) -> str:
+    folded = HEADER_REGISTRY("To", header).fold(policy=UTF8_POLICY if utf8 else POLICY)
     return folded[len("To: ") :].rstrip("\n")
 
 
