@@ -304,8 +304,6 @@ def outside_domains(addresses: Iterable[str], accepted: Iterable[str]) -> list[s
     :param addresses: addresses (``Mailbox.addr_spec``: domains in their ASCII form already).
     :param accepted: the tenant's accepted domains, lower-case A-labels (``HveConnectionConfig.accepted_domains``).
     """
-    from airflow_provider_hve.connection import domain_a_label
-
     domains = frozenset(accepted)
     outside = []
     for address in addresses:
@@ -314,6 +312,23 @@ def outside_domains(addresses: Iterable[str], accepted: Iterable[str]) -> list[s
         if domain not in domains and (domain.isascii() or domain_a_label(domain) not in domains):
             outside.append(address)
     return outside
+
+
+def domain_a_label(domain: str) -> str:
+    """
+    Return ``domain`` in its lower-case ASCII form (A-labels), as email-validator writes an address's domain.
+
+    IDNA 2008 with the UTS #46 mapping, non-transitional (``faß.example`` is ``xn--fa-hia.example``; the standard
+    library's IDNA 2003 codec made it ``fass.example``, another domain). ``""`` when it is not a domain name.
+    """
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain.lower()  # nothing to map, and no need to import the IDNA tables
+    import idna
+
+    try:
+        return idna.encode(domain, uts46=True, std3_rules=False, transitional=False).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return ""
 
 
 def accepted_domains_message(argument: str, outside: list[str], accepted: Iterable[str], conn_id: str) -> str:

@@ -268,23 +268,6 @@ class HveConnectionConfig:
         )
 
 
-def domain_a_label(domain: str) -> str:
-    """
-    Return ``domain`` in its lower-case ASCII form (A-labels), as email-validator writes an address's domain.
-
-    IDNA 2008 with the UTS #46 mapping, non-transitional (``faß.example`` is ``xn--fa-hia.example``; the standard
-    library's IDNA 2003 codec made it ``fass.example``, another domain). ``""`` when it is not a domain name.
-    """
-    if domain.isascii() and "xn--" not in domain.lower():
-        return domain.lower()  # nothing to map, and no need to import the IDNA tables
-    import idna
-
-    try:
-        return idna.encode(domain, uts46=True, std3_rules=False, transitional=False).decode("ascii").lower()
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return ""
-
-
 def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tuple[dict[str, Any], list[Any]]:
     """Return the known extras (emptied ones dropped) and the names of the unknown ones (logged, then ignored)."""
     if extra is None or extra == "":
@@ -607,6 +590,9 @@ class _Reader:
             text = item.strip().lstrip("@") if isinstance(item, str) else ""
             if not text:
                 continue
+            # Imported here: addresses.py is not needed to parse DAG files (only when this extra is set).
+            from airflow_provider_hve.addresses import domain_a_label
+
             ascii_name = domain_a_label(text)
             if not _TENANT_DOMAIN.match(ascii_name):
                 raise self._error(
