@@ -115,10 +115,12 @@ def utf8_tenant(sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox.directory, "accepted_domains", [*sandbox.accepted_domains, BUECHER, CHINESE])
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
 def test_non_ascii_local_parts_go_in_utf8_headers_with_smtputf8(
-    sandbox: HveSandbox, hook: HveHook, utf8_tenant: None
+    sandbox: HveSandbox, hook: HveHook, utf8_tenant: None, chunking: bool
 ) -> None:
     assert sandbox.smtp.smtputf8  # HVE's Exchange Online frontends offer it (HVE_FACTS), and so does the sandbox
+    sandbox.smtp.chunking = chunking
     result = hook.send_email(
         to=["José Q <José@contoso.example>", "用户@例子.广告"],
         cc="Zoë <zoë@bücher.example>",
@@ -133,6 +135,7 @@ def test_non_ascii_local_parts_go_in_utf8_headers_with_smtputf8(
     (delivered,) = sandbox.wait_for_messages(1)
     (transaction,) = sandbox.smtp_sessions[0].transactions
     assert "SMTPUTF8" in transaction.mail_options  # RFC 6531 3.4: asked for on MAIL FROM
+    assert (transaction.bdat_chunks > 0) is chunking
     assert transaction.rcpt_tos == envelope == delivered.rcpt_tos
     headers = header_block(delivered.data).decode("utf-8")
     # RFC 6532: the addresses themselves in UTF-8, never an encoded word inside an address.
