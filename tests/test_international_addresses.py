@@ -304,3 +304,24 @@ def test_joiners_in_a_display_name_are_kept(sandbox: HveSandbox, hook: HveHook) 
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.message["To"].addresses[0].display_name == "\U0001f469\u200d\U0001f4bb Ops"
     assert delivered.message["Cc"].addresses[0].display_name == "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["offered", "not-offered"])
+def test_a_mail_merge_with_a_non_ascii_reply_to(sandbox: HveSandbox, hook: HveHook, smtputf8: bool) -> None:
+    # The merge's fast (compiled) builder writes 7-bit headers: with a UTF-8 header it builds each message with the
+    # email package instead (it failed with a raw UnicodeEncodeError).
+    from airflow_provider_hve.bulk import MailMerge
+
+    sandbox.smtp.smtputf8 = smtputf8
+    merge = MailMerge(hook, subject="Hi", text_content="x", reply_to="José <José@contoso.example>", sessions=1)
+    rows = [{"email": "a@contoso.example"}, {"email": "b@contoso.example"}]
+    if not smtputf8:
+        with pytest.raises(HveConfigError, match=r"^Argument 'reply_to': .*does not offer SMTPUTF8"):
+            merge.run(rows)
+        assert all(not session.transactions for session in sandbox.smtp_sessions) and not sandbox.messages
+        return
+    assert merge.run(rows).accepted == 2
+    delivered = sandbox.wait_for_messages(2)
+    for message in delivered:
+        assert b"Reply-To: Jos\xc3\xa9 <Jos\xc3\xa9@contoso.example>\r\n" in header_block(message.data)
+    assert all("SMTPUTF8" in t.mail_options for s in sandbox.smtp_sessions for t in s.transactions)
