@@ -1,11 +1,11 @@
 """E-mail address parsing and validation, done before any connection is opened.
 
-Syntax is checked by ``email-validator`` (RFC 5321/5322, internationalised domains turned into their
+Syntax is checked by ``email-validator`` (RFC 5321/5322/6531, internationalised domains turned into their
 ASCII form); display names are parsed by the standard library's header registry. Line breaks are refused
-outright: they are how header injection starts. Non-ASCII before the ``@`` is refused too: it needs
-SMTPUTF8 and UTF-8 headers (RFC 6531/6532), and the message builder writes 7-bit headers.
-(Envelope addresses given to ``HveSmtpSession.send`` or ``Pipeline.submit`` may be internationalised when the
-server offers SMTPUTF8; see :func:`~airflow_provider_hve.wire.check_envelope_address`.)
+outright: they are how header injection starts. Non-ASCII before the ``@`` (``José@contoso.com``) needs SMTPUTF8
+and UTF-8 headers (RFC 6531/6532): it is accepted where the caller says so (``smtputf8=True``: the message
+builder, which then writes UTF-8 headers; the session checks at MAIL FROM that the server offers SMTPUTF8) and
+refused elsewhere (the connection's login, a mail merge's rows).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class Mailbox:
     display_name: str = ""
 
     @property
+    def smtputf8(self) -> bool:
+        """True when the part before the ``@`` is not ASCII: a header naming it must be UTF-8 (RFC 6532)."""
+        return not self.addr_spec.rpartition("@")[0].isascii()
+
+    @property
     def header(self) -> str:
         from email.headerregistry import Address
 
@@ -61,21 +66,22 @@ class Mailbox:
         return str(Address(display_name=self.display_name, username=username, domain=domain))
 
 
-def parse_mailbox(value: str) -> Mailbox:
+def parse_mailbox(value: str, *, smtputf8: bool = False) -> Mailbox:
     """
     Parse and validate one address, optionally with a display name (``Reports <r@contoso.com>``).
 
     :param value: the address as a user wrote it.
+    :param smtputf8: accept non-ASCII before the ``@`` (the caller writes UTF-8 headers, RFC 6532).
     :raises AddressError: with a one-line reason.
     """
-    mailboxes = parse_addresses(value)
+    mailboxes = parse_addresses(value, smtputf8=smtputf8)
     if len(mailboxes) != 1:
         raise AddressError(f"{value!r} holds {len(mailboxes)} addresses where one was expected")
     return mailboxes[0]
 
 
 def parse_addresses(
-    value: str | Mailbox | Iterable[str | Mailbox] | None, *, limit: int | None = None
+    value: str | Mailbox | Iterable[str | Mailbox] | None, *, limit: int | None = None, smtputf8: bool = False
 ) -> list[Mailbox]:
     """
     Parse a comma/semicolon separated string or an iterable of strings into validated mailboxes.
@@ -85,6 +91,7 @@ def parse_addresses(
 
     :param value: ``"a@x.com, b@x.com"``, ``["a@x.com", "Bee <b@x.com>"]`` or ``None``.
     :param limit: raise :class:`TooManyAddresses` as soon as there are more distinct addresses than this.
+    :param smtputf8: accept non-ASCII before the ``@`` (the caller writes UTF-8 headers, RFC 6532).
     :raises AddressError: for the first invalid entry.
     """
     if value is None:
@@ -105,7 +112,7 @@ def parse_addresses(
         elif isinstance(item, str):
             # One piece at a time: a string of 100,000 addresses stops at the limit, not after parsing them all.
             for piece in iter_address_list(item):
-                _add(result, seen, _parse_one_string(piece), limit)
+                _add(result, seen, _parse_one_string(piece, smtputf8), limit)
         else:
             raise AddressError(f"{item!r} is a {type(item).__name__}, not an address string")
     return result
@@ -204,8 +211,8 @@ _SEPARATOR = re.compile(r"[,;]")
 
 
 @functools.lru_cache(maxsize=1024)  # the same sender and lists come back message after message
-def _parse_one_string(text: str) -> tuple[Mailbox, ...]:
-    from email.errors import HeaderParseError
+def _parse_one_string(text: str, smtputf8: bool = False) -> tuple[Mailbox, ...]:
+    from email.errors import HeaderParseError, NonASCIILocalPartDefect
     from email.headerregistry import AddressHeader
 
     if not _FORBIDDEN.isdisjoint(text):
@@ -218,7 +225,7 @@ def _parse_one_string(text: str) -> tuple[Mailbox, ...]:
     if _BARE_ADDRESS.fullmatch(normalised):
         # A bare dot-atom address (most rows of a mail merge): the header parser would return it unchanged with
         # no display name, at twice the cost of the validation itself.
-        return (_validated("", normalised, text),)
+        return (_validated("", normalised, text, smtputf8),)
     try:
         header = cast(AddressHeader, HEADER_REGISTRY("to", normalised))
     except (HeaderParseError, IndexError, ValueError) as exc:
@@ -226,43 +233,102 @@ def _parse_one_string(text: str) -> tuple[Mailbox, ...]:
     mailboxes: list[Mailbox] = []
     for group in header.groups:
         for address in group.addresses:
-            mailboxes.append(_validated(address.display_name, address.addr_spec, text))
-    if getattr(header, "defects", None) or not mailboxes:
+            mailboxes.append(_validated(address.display_name, address.addr_spec, text, smtputf8))
+    defects = getattr(header, "defects", ())
+    if smtputf8:  # non-ASCII before the '@' is allowed here (RFC 6532): the parser still notes it
+        defects = [defect for defect in defects if not isinstance(defect, NonASCIILocalPartDefect)]
+    if defects or not mailboxes:
         raise AddressError(f"{text!r} is not a valid address list")
     return tuple(mailboxes)
 
 
-def _validated(display_name: str, addr_spec: str, original: str) -> Mailbox:
+# Format characters a display name may hold: the joiners shape Persian and Indic words and emoji sequences
+# (a ZWJ joins "woman" and "laptop" into one picture), and neither reorders nor hides text around it.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _check_display_name(display_name: str, original: str) -> None:
+    """
+    Refuse invisible and bidirectional format characters (Unicode category Cf) in a display name.
+
+    U+202E (right-to-left override) shows ``Finance <evil@x>`` as something else; U+200B, U+2060 or U+FEFF hide
+    inside a name that then looks like a known one. The envelope check refuses them in addresses already
+    (:func:`~airflow_provider_hve.wire.check_envelope_address`); a display name is what the reader sees.
+    """
+    import unicodedata
+
+    hidden = next((ch for ch in display_name if ch not in _JOINERS and unicodedata.category(ch) == "Cf"), None)
+    if hidden is not None:
+        raise AddressError(
+            f"the display name of {original.strip()!r} contains the invisible format character U+{ord(hidden):04X} "
+            f"({unicodedata.name(hidden, 'a format character')}), which can make a name or address display as "
+            f"another one; remove it (it often comes with text copied from a web page or a document)"
+        )
+
+
+def _validated(display_name: str, addr_spec: str, original: str, smtputf8: bool = False) -> Mailbox:
     from email_validator import EmailNotValidError, validate_email
 
+    if display_name:
+        _check_display_name(display_name, original)
     if "@" not in addr_spec:
         raise AddressError(f"{original!r} has no '@domain'")
     local_part = addr_spec.rpartition("@")[0]
-    if not local_part.isascii():
+    if not smtputf8 and not local_part.isascii():
         wide = "".join(dict.fromkeys(ch for ch in local_part if not ch.isascii()))
         raise AddressError(
-            f"{addr_spec!r} has non-ASCII characters before the '@' ({wide!r}): the message builder does not write "
-            f"SMTPUTF8 (RFC 6532) headers, so the part before the '@' must be ASCII (internationalised domains and "
-            f"display names are fine)"
+            f"{addr_spec!r} has non-ASCII characters before the '@' ({wide!r}), which need SMTPUTF8 (RFC 6531/6532); "
+            f"here the part before the '@' must be ASCII (internationalised domains and display names are fine)"
         )
     try:
-        # Syntax only: deliverability (DNS) is the server's business, and workers may have no DNS.
-        checked = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=False)
+        # Syntax only: deliverability (DNS) is the server's business, and workers may have no DNS. With SMTPUTF8,
+        # email-validator still refuses invisible and bidi characters in the address (its "unsafe characters").
+        checked = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=smtputf8)
     except EmailNotValidError as exc:
         # email-validator's reasons end with a period; callers add their own.
         raise AddressError(f"{addr_spec!r}: {str(exc).rstrip('.')}") from None
-    return Mailbox(addr_spec=checked.ascii_email or checked.normalized, display_name=display_name)
+    if checked.ascii_email:
+        return Mailbox(addr_spec=checked.ascii_email, display_name=display_name)
+    # An internationalised local part: its domain still goes as A-labels, as the ASCII addresses' do (accepted
+    # domains, the tenant's list and DNS know that form).
+    return Mailbox(addr_spec=f"{checked.local_part}@{checked.ascii_domain}", display_name=display_name)
 
 
 def outside_domains(addresses: Iterable[str], accepted: Iterable[str]) -> list[str]:
     """
     Return the addresses whose domain is not one of ``accepted`` (exact match, case-insensitive, ASCII forms).
 
-    :param addresses: validated addresses (``Mailbox.addr_spec``: domains in their ASCII form).
-    :param accepted: the tenant's accepted domains, lower case (``HveConnectionConfig.accepted_domains``).
+    Domains are compared in their A-label form (IDNA 2008, UTS #46), as email-validator writes them:
+    ``bücher.example`` and ``xn--bcher-kva.example`` are one domain, whichever side names it which way.
+
+    :param addresses: addresses (``Mailbox.addr_spec``: domains in their ASCII form already).
+    :param accepted: the tenant's accepted domains, lower-case A-labels (``HveConnectionConfig.accepted_domains``).
     """
     domains = frozenset(accepted)
-    return [address for address in addresses if address.rpartition("@")[2].lower() not in domains]
+    outside = []
+    for address in addresses:
+        domain = address.rpartition("@")[2].lower()
+        # An envelope built elsewhere may name a U-label domain: mapped, never refused for its spelling alone.
+        if domain not in domains and (domain.isascii() or domain_a_label(domain) not in domains):
+            outside.append(address)
+    return outside
+
+
+def domain_a_label(domain: str) -> str:
+    """
+    Return ``domain`` in its lower-case ASCII form (A-labels), as email-validator writes an address's domain.
+
+    IDNA 2008 with the UTS #46 mapping, non-transitional (``faß.example`` is ``xn--fa-hia.example``; the standard
+    library's IDNA 2003 codec made it ``fass.example``, another domain). ``""`` when it is not a domain name.
+    """
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain.lower()  # nothing to map, and no need to import the IDNA tables
+    import idna
+
+    try:
+        return idna.encode(domain, uts46=True, std3_rules=False, transitional=False).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return ""
 
 
 def accepted_domains_message(argument: str, outside: list[str], accepted: Iterable[str], conn_id: str) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -295,8 +296,27 @@ def _normalise_extra(conn_id: str, extra: Mapping[str, Any] | str | None) -> tup
         out[name] = value.strip() if isinstance(value, str) else value
     if unknown:
         _refuse_a_misspelt_guard(conn_id, unknown)
-        log.warning("%s", unknown_extras_message(conn_id, unknown))
+        _warn_once(conn_id, unknown)
     return out, unknown
+
+
+_warned_unknown_extras: set[tuple[str, frozenset[Any]]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(conn_id: str, unknown: list[Any]) -> None:
+    """
+    Log :func:`unknown_extras_message` once per process for each connection id and set of unknown names.
+
+    Every hook, and every task of a worker, reads the connection again: a warning per read would bury the logs in
+    one line repeated. A connection edited to carry other unknown names is warned about again.
+    """
+    key = (conn_id, frozenset(unknown))
+    with _warned_lock:
+        if key in _warned_unknown_extras:
+            return
+        _warned_unknown_extras.add(key)
+    log.warning("%s", unknown_extras_message(conn_id, unknown))
 
 
 _GUARD_EXTRAS = ("accepted_domains", "authority_host", "ca_bundle", "allow_custom_authority")
@@ -572,13 +592,13 @@ class _Reader:
             raise self._error(name, f'must be a list of domains, got {type(value).__name__}; e.g. ["contoso.com"].')
         domains: list[str] = []
         for item in items:
-            text = item.strip().lower().lstrip("@") if isinstance(item, str) else ""
+            text = item.strip().lstrip("@") if isinstance(item, str) else ""
             if not text:
                 continue
-            try:
-                ascii_name = text.encode("idna").decode("ascii")
-            except UnicodeError:
-                ascii_name = ""
+            # Imported here: addresses.py is not needed to parse DAG files (only when this extra is set).
+            from airflow_provider_hve.addresses import domain_a_label
+
+            ascii_name = domain_a_label(text)
             if not _TENANT_DOMAIN.match(ascii_name):
                 raise self._error(
                     name, f"holds {shown(item)}, which is not a domain name; list domains such as contoso.com."

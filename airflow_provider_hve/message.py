@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import functools
 import mimetypes
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, TypedDict, cast
+from typing import Any, BinaryIO, TypedDict, cast
 
 from airflow_provider_hve.addresses import (
     HEADER_REGISTRY,
@@ -27,6 +29,10 @@ from airflow_provider_hve.exceptions import HveConfigError
 POLICY = email.policy.default.clone(header_factory=HEADER_REGISTRY)
 """The modern e-mail policy, with a header registry that does not rebuild classes per header (2x faster)."""
 WIRE_POLICY = POLICY.clone(linesep="\r\n")
+UTF8_POLICY = POLICY.clone(utf8=True)
+"""For a message whose From, To, Cc or Reply-To names an address with non-ASCII before the ``@``: its headers are
+UTF-8 (RFC 6532), sent only with ``SMTPUTF8`` on ``MAIL FROM`` (the pipeline checks the server offers it)."""
+UTF8_WIRE_POLICY = UTF8_POLICY.clone(linesep="\r\n")
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 """HVE's per-message size limit (the whole MIME message, attachments base64-encoded)."""
@@ -207,10 +213,13 @@ def build_message(
     for attachment in attachments:
         _single_line("attachments filename", attachment.filename)
         _single_line("attachments content_type", attachment.content_type)
-    file_paths = _paths("files", files)
-    _check_encoded_size(file_paths, list((images or {}).values()), attachments)
+    # Opened, checked on the open descriptor and read here, before anything is built (see _load_files).
+    file_data, image_data = _load_files(files, images, attachments)
 
-    message = EmailMessage(policy=POLICY)
+    # An address with non-ASCII before the '@' cannot be written in a 7-bit header (an encoded word is not allowed
+    # there): such a message gets UTF-8 headers (RFC 6532), and the session sends it only with SMTPUTF8.
+    utf8 = any(box.smtputf8 for box in (from_box, *to_boxes, *cc_boxes, *reply_boxes))
+    message = EmailMessage(policy=UTF8_POLICY if utf8 else POLICY)
     message["From"] = _parsed_header("From", from_box.header)
     # Address lists are folded one mailbox at a time and stored as they are: handing the email package the
     # whole list makes it parse (and fold) it in time quadratic in its length.
@@ -227,7 +236,7 @@ def build_message(
         _check_custom_header(name, value)
         message[name] = value
 
-    inline = _inline_images(images, html_content)
+    inline = _inline_images(images, html_content, image_data)
     if html_content is not None and text_content is None and derive_text:
         from airflow_provider_hve.reports import html_to_text
 
@@ -243,8 +252,9 @@ def build_message(
         for cid, (data, maintype, subtype, filename) in inline.items():
             html_part.add_related(data, maintype=maintype, subtype=subtype, cid=f"<{cid}>", filename=filename)
 
-    for path in file_paths:
-        _attach(message, path)
+    for path, data in file_data:
+        maintype, subtype = _content_type(path)
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=os.path.basename(path))
     for attachment in attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         # In-memory text (the report CSV) is UTF-8; say so, or readers assume ASCII.
@@ -275,20 +285,26 @@ def _parsed_header(name: str, value: str) -> Any:
 
 def wire_bytes(message: EmailMessage) -> bytes:
     """Serialise ``message`` as SMTP carries it (CRLF line endings)."""
-    policy = WIRE_POLICY if message.policy is POLICY else message.policy.clone(linesep="\r\n")
+    policy: email.policy.Policy
+    if message.policy is POLICY:
+        policy = WIRE_POLICY
+    elif message.policy is UTF8_POLICY:
+        policy = UTF8_WIRE_POLICY
+    else:
+        policy = message.policy.clone(linesep="\r\n")
     return message.as_bytes(policy=policy)
 
 
 def _one(argument: str, value: str) -> Mailbox:
     try:
-        return parse_mailbox(value)
+        return parse_mailbox(value, smtputf8=True)
     except AddressError as exc:
         raise HveConfigError(f"Argument {argument!r}: {exc}.") from None
 
 
 def _many(argument: str, value: AddressInput, remaining: int, limit: int) -> list[Mailbox]:
     try:
-        return parse_addresses(value, limit=max(remaining, 0))
+        return parse_addresses(value, limit=max(remaining, 0), smtputf8=True)
     except TooManyAddresses:
         raise HveConfigError(
             f"Argument {argument!r}: this message would have more than {limit} recipients "
@@ -323,12 +339,13 @@ def address_list_header(mailboxes: tuple[Mailbox, ...]) -> str:
     Fold an address header's value, one mailbox at a time, into lines of at most 78 characters.
 
     Each mailbox is encoded (RFC 2047 for non-ASCII display names) by the email package on its own, so the
-    work is linear in the number of mailboxes; the result is stored with ``set_raw`` and not parsed again.
+    work is linear in the number of mailboxes; the result is stored with ``set_raw`` and not parsed again. A
+    mailbox with non-ASCII before the ``@`` is written in UTF-8 (RFC 6532), display name included.
     """
     lines: list[str] = []
     current = ""
     for box in mailboxes:
-        piece = _folded_mailbox(box.header)
+        piece = _folded_mailbox(box.header, box.smtputf8)
         if current and "\n" not in piece and len(current) + 2 + len(piece) <= _FOLD_WIDTH:
             current = f"{current}, {piece}"
             continue
@@ -340,8 +357,8 @@ def address_list_header(mailboxes: tuple[Mailbox, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _folded_mailbox(header: str) -> str:
-    folded = HEADER_REGISTRY("To", header).fold(policy=POLICY)
+def _folded_mailbox(header: str, utf8: bool = False) -> str:
+    folded = HEADER_REGISTRY("To", header).fold(policy=UTF8_POLICY if utf8 else POLICY)
     return folded[len("To: ") :].rstrip("\n")
 
 
@@ -400,16 +417,11 @@ def _encoded_size(size: int) -> int:
     return encoded + (encoded + 75) // 76 * 2
 
 
-def _check_encoded_size(
-    files: list[str], images: list[Any], attachments: list[Attachment], argument: str = "files"
-) -> None:
-    """Refuse attachments too big for HVE from their sizes on disk, before reading a byte of them."""
-    sizes: list[tuple[int, str, str]] = []
-    for path in files:
-        sizes.append((_encoded_size(os.stat(path).st_size), argument, os.path.basename(path)))
-    for path in images:
-        if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
-            sizes.append((_encoded_size(os.stat(path).st_size), "images", os.path.basename(path)))
+def _check_encoded_size(files: list[_OpenFile], attachments: list[Attachment]) -> None:
+    """Refuse attachments too big for HVE from the sizes of their open files, before reading a byte of them."""
+    sizes: list[tuple[int, str, str]] = [
+        (_encoded_size(opened.size), opened.argument, os.path.basename(opened.path)) for opened in files
+    ]
     for attachment in attachments:
         sizes.append((_encoded_size(len(attachment.data)), "attachments", attachment.filename))
     total = sum(size for size, _, _ in sizes)
@@ -443,47 +455,157 @@ def _check_line_lengths(payload: bytes) -> None:
 
 def attachments_from_files(files: Iterable[str] | str | None, argument: str = "files") -> list[Attachment]:
     """Read attachment files once (a mail merge attaches the same files to every message), sizes checked first."""
-    attachments = []
-    paths = _paths(argument, files)
-    _check_encoded_size(paths, [], [], argument)
-    for path in paths:
-        maintype, subtype = _content_type(path)
-        attachments.append(Attachment(os.path.basename(path), _read_checked(path, argument), f"{maintype}/{subtype}"))
-    return attachments
+    file_data, _ = _load_files(files, None, [], argument)
+    return [Attachment(os.path.basename(path), data, "/".join(_content_type(path))) for path, data in file_data]
 
 
-def _paths(argument: str, files: Iterable[str] | str | None) -> list[str]:
+@dataclass(frozen=True)
+class _OpenFile:
+    """An attachment's file, opened and checked on its descriptor: what is read is what was checked."""
+
+    path: str
+    argument: str
+    handle: BinaryIO
+    size: int
+
+
+def _load_files(
+    files: Iterable[str] | str | None,
+    images: Mapping[str, str] | None,
+    attachments: list[Attachment],
+    argument: str = "files",
+) -> tuple[list[tuple[str, bytes]], dict[Any, tuple[str, bytes]]]:
+    """
+    Open every file and image, check each open descriptor, check the total size, then read them.
+
+    Everything about a file is learnt from its open descriptor (``fstat``), never from its path again: a path
+    swapped for a symlink to ``/proc/self/environ`` between a check and the read cannot pass the check and
+    be read. Returns ``(path, data)`` per file, and ``cid -> (path, data)`` for the images.
+    """
+    opened: list[_OpenFile] = []
+    image_files: dict[Any, _OpenFile] = {}
+    try:
+        kernel = _kernel_file_systems()
+        for path in _listed(argument, files):
+            opened.append(_open_regular(argument, path, kernel))
+        for cid, path in (images or {}).items():
+            image_files[cid] = _open_regular("images", path, kernel)
+        _check_encoded_size([*opened, *image_files.values()], attachments)
+        return (
+            [(item.path, _read_opened(item)) for item in opened],
+            {cid: (item.path, _read_opened(item)) for cid, item in image_files.items()},
+        )
+    finally:
+        for item in (*opened, *image_files.values()):
+            item.handle.close()
+
+
+def _listed(argument: str, files: Iterable[str] | str | None) -> list[Any]:
     if files is None:
         return []
-    paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    for path in paths:
-        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-            raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
-        real = os.path.realpath(path)
-        if real.startswith(_PSEUDO_FILE_SYSTEMS):
-            # /proc and /sys report a size of 0 (or 4096) whatever they hold: the size check cannot see them, and
-            # they hold the worker's environment (secrets), not a document.
+    if isinstance(files, (str, os.PathLike)):
+        return [files]
+    if not isinstance(files, Iterable):
+        raise HveConfigError(f"Argument {argument!r} must be a list of file paths, got {type(files).__name__}.")
+    return list(files)
+
+
+def _open_regular(argument: str, path: object, kernel: Mapping[int, str]) -> _OpenFile:
+    """Open ``path`` for reading and refuse it unless the open file is a regular file the kernel does not make up."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
+    # The file name becomes the attachment's name in a MIME header.
+    _single_line(f"{argument} file name", os.path.basename(name))
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place opens at once (and is refused below) instead of waiting for a
+        # writer; O_NOCTTY: a terminal never becomes the worker's. Neither changes how a regular file reads.
+        handle = open(name, "rb", opener=_opener)  # noqa: SIM115 - closed by _load_files
+    except OSError:
+        raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.") from None
+    try:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise HveConfigError(
-                f"Argument {argument!r}: {path!r} is not a regular file (it is {real!r}, a file the kernel makes up "
-                f"as it is read, whose size is unknown). Attach a regular file: copy what you need into one first."
+                f"Argument {argument!r}: {path!r} is not a regular file (a directory, a device, a pipe or a "
+                f"socket). Attach a regular file: copy what you need into one first."
             )
-        # The file name becomes the attachment's name in a MIME header.
-        _single_line(f"{argument} file name", os.path.basename(os.fspath(path)))
-    return [os.fspath(p) for p in paths]
+        file_system = kernel.get(info.st_dev)
+        if file_system is not None:
+            # /proc and /sys report a size of 0 (or 4096) whatever they hold: the size check cannot see them, and
+            # they hold the worker's environment (secrets), not a document. Known by the file system the open
+            # file is on, not by its path: a bind mount or a symlink elsewhere is the same file system.
+            raise HveConfigError(
+                f"Argument {argument!r}: {path!r} is not a regular file (it is on {file_system}, a file the kernel "
+                f"makes up as it is read, whose size is unknown). Attach a regular file: copy what you need into "
+                f"one first."
+            )
+    except BaseException:
+        handle.close()
+        raise
+    return _OpenFile(name, argument, handle, info.st_size)
 
 
-_PSEUDO_FILE_SYSTEMS = ("/proc/", "/sys/", "/dev/")
+def _opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
 
 
-def _read_checked(path: str, argument: str) -> bytes:
-    """Read a file whose size was checked from ``stat``, refusing one that holds more than ``stat`` said."""
-    expected = os.stat(path).st_size
-    with open(path, "rb") as handle:
-        data = handle.read(max(expected, 0) + 1)
-    if len(data) > expected:
+# File systems whose files the kernel makes up as they are read (sizes 0 or 4096 whatever they hold). Not tmpfs:
+# /dev/shm holds ordinary files.
+_KERNEL_FILE_SYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "cgroup",
+        "cgroup2",
+        "bpf",
+        "pstore",
+        "efivarfs",
+        "binfmt_misc",
+        "fusectl",
+    }
+)
+
+
+def _kernel_file_systems() -> dict[int, str]:
+    """
+    Return ``st_dev -> "proc (/proc)"`` for every mounted kernel file system (``/proc/self/mountinfo``).
+
+    Where that cannot be read, the devices of ``/proc`` and ``/sys`` themselves.
+    """
+    found: dict[int, str] = {}
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+            for line in mountinfo:
+                fields, _, rest = line.partition(" - ")
+                parts, fs_type = fields.split(), rest.split(" ", 1)[0]
+                if fs_type in _KERNEL_FILE_SYSTEMS and len(parts) >= 5:
+                    major, _, minor = parts[2].partition(":")
+                    device = os.makedev(int(major), int(minor))
+                    found.setdefault(device, f"{fs_type} ({parts[4]})")
+    except (OSError, ValueError):
+        pass
+    for mount, fs_type in (("/proc", "proc"), ("/sys", "sysfs")):
+        with contextlib.suppress(OSError):
+            found.setdefault(os.stat(mount).st_dev, f"{fs_type} ({mount})")
+    return found
+
+
+def _read_opened(opened: _OpenFile) -> bytes:
+    """Read an open file whose size was checked, refusing one that holds more than its size said."""
+    data = opened.handle.read(max(opened.size, 0) + 1)
+    if len(data) > opened.size:
         raise HveConfigError(
-            f"Argument {argument!r}: {os.path.basename(path)!r} holds more than the {expected} bytes its size says "
-            f"(it is growing, or not a regular file); attach a regular file that is no longer being written."
+            f"Argument {opened.argument!r}: {os.path.basename(opened.path)!r} holds more than the {opened.size} "
+            f"bytes its size says (it is growing, or not a regular file); attach a regular file that is no longer "
+            f"being written."
         )
     return data
 
@@ -496,17 +618,11 @@ def _content_type(path: str) -> tuple[str, str]:
     return maintype, subtype
 
 
-def _attach(message: EmailMessage, path: str) -> None:
-    maintype, subtype = _content_type(path)
-    data = _read_checked(path, "files")
-    message.add_attachment(data, maintype=maintype, subtype=subtype, filename=os.path.basename(path))
-
-
 _CID_REFERENCE = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
 
 
 def _inline_images(
-    images: Mapping[str, str] | None, html_content: str | None
+    images: Mapping[str, str] | None, html_content: str | None, image_data: Mapping[Any, tuple[str, bytes]]
 ) -> dict[str, tuple[bytes, str, str, str]]:
     referenced = set(_CID_REFERENCE.findall(html_content or ""))
     given = dict(images or {})
@@ -522,11 +638,11 @@ def _inline_images(
             raise HveConfigError(f"Argument 'images': {cid!r} is not a valid content id (letters, digits, . _ -).")
         if html_content is None:
             raise HveConfigError("Argument 'images' needs 'html_content' that shows them with <img src=\"cid:...\">.")
-        (checked,) = _paths("images", [path])
+        checked, data = image_data[cid]
         maintype, subtype = _content_type(checked)
         if maintype != "image":
             raise HveConfigError(f"Argument 'images': {path!r} is not an image ({maintype}/{subtype}).")
-        inline[cid] = (_read_checked(checked, "images"), maintype, subtype, os.path.basename(checked))
+        inline[cid] = (data, maintype, subtype, os.path.basename(checked))
     return inline
 
 

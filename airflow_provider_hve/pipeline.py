@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_hve.diagnostics import is_session_wide, smtp_reply_hint
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
-from airflow_provider_hve.wire import check_envelope_address, close_quietly
+from airflow_provider_hve.wire import check_envelope_address, close_quietly, refuse_utf8_header, utf8_header
 
 if TYPE_CHECKING:
     import smtplib
@@ -177,11 +177,16 @@ class Pipeline:
             )
         if not recipients:
             raise HveSendError(f"Message {message_id or key!r} has no recipients.")
+        # UTF-8 headers first: the refusal then names the header's argument ('to'), not the envelope's.
+        utf8_headers = utf8_header(payload)
+        if utf8_headers is not None and not self._smtputf8:
+            raise refuse_utf8_header(*utf8_headers, self._conn_id)
         for address in recipients:
             check_envelope_address(address, "recipients", smtputf8=self._smtputf8)
         delivery = Delivery(key=key, message_id=message_id)
         eight_bit = _has_8bit(payload)
-        if eight_bit and not self._eight_bit:
+        if eight_bit and not self._eight_bit and utf8_headers is None:
+            # (UTF-8 headers go as they are: a server that offers SMTPUTF8 takes 8-bit content, RFC 6531 3.1.)
             payload, eight_bit = seven_bit(payload), False
         # CRLF line ends before anything is counted: SIZE= and the BDAT octet count are of what is sent.
         payload = _BARE_LINE_ENDS.sub(b"\r\n", payload)
@@ -201,9 +206,11 @@ class Pipeline:
             for i in range(0, len(recipients), MAX_RECIPIENTS_PER_TRANSACTION)
         ]
         self._open[id(delivery)] = _OpenMessage(delivery, recipients, len(chunks))
-        parameters = (f" SIZE={len(payload)}" if self._size else "") + (" BODY=8BITMIME" if eight_bit else "")
-        if not (self._sender.isascii() and all(address.isascii() for address in recipients)):
-            parameters += " SMTPUTF8"  # an internationalised address (checked: the server offers it)
+        parameters = (f" SIZE={len(payload)}" if self._size else "") + (
+            " BODY=8BITMIME" if eight_bit and self._eight_bit else ""
+        )
+        if utf8_headers is not None or not (self._sender.isascii() and all(a.isascii() for a in recipients)):
+            parameters += " SMTPUTF8"  # an internationalised address or UTF-8 headers (checked: the server offers it)
         return delivery, chunks, payload, parameters
 
     def collect(self, transactions: int = 1) -> list[Delivery]:

@@ -67,6 +67,43 @@ def check_envelope_address(address: object, argument: str, *, smtputf8: bool = F
     )
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# The argument of HveHook.send_email / build_message each header comes from, to name it in a refusal.
+_HEADER_ARGUMENT = {b"from": "from_email", b"to": "to", b"cc": "cc", b"reply-to": "reply_to", b"subject": "subject"}
+
+
+def utf8_header(payload: bytes) -> tuple[str, str] | None:
+    """
+    Return ``(argument, header line)`` for the first header of ``payload`` holding raw UTF-8 (RFC 6532), or ``None``.
+
+    Such a message (an address with non-ASCII before the ``@`` in From, To, Cc or Reply-To) needs ``SMTPUTF8`` on
+    ``MAIL FROM`` (RFC 6531 3.4), like an internationalised envelope address.
+    """
+    end = _HEADER_END.search(payload)
+    headers = payload[: end.start() if end else len(payload)]
+    if headers.isascii():
+        return None
+    name = b""
+    for line in headers.splitlines():
+        if line and not line[:1].isspace():
+            name = line.split(b":", 1)[0].strip().lower()
+        if not line.isascii():
+            text = line.decode("utf-8", "replace").strip()
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            return _HEADER_ARGUMENT.get(name, f"headers[{name.decode('ascii', 'replace')!r}]"), shown
+    return None  # pragma: no cover - a non-ASCII block has a non-ASCII line
+
+
+def refuse_utf8_header(argument: str, line: str, conn_id: str) -> HveConfigError:
+    """The refusal of a message with UTF-8 headers on a session whose server does not offer SMTPUTF8."""
+    return HveConfigError(
+        f"Argument {argument!r}: the message's header {line!r} holds an address with non-ASCII characters before the "
+        f"'@', which only UTF-8 headers can carry (RFC 6532), and the server of connection {conn_id!r} does not offer "
+        f"SMTPUTF8 (RFC 6531) in its EHLO reply. Nothing was sent. Use an address whose part before the '@' is "
+        f"ASCII, or a server that offers SMTPUTF8 (HVE's Exchange Online frontends do)."
+    )
+
+
 def close_quietly(smtp: smtplib.SMTP) -> None:
     """Close the socket without QUIT, ignoring errors (best effort on a broken or abandoned connection)."""
     with contextlib.suppress(Exception):

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_hve import connection as hve_connection_module
 from airflow_provider_hve.auth import clear_token_providers
 from airflow_provider_hve.sandbox import HveSandbox
 
@@ -72,8 +73,9 @@ def sandbox() -> Iterator[HveSandbox]:
 
 @pytest.fixture(autouse=True)
 def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test starts with no cached MSAL app or token and empty server records."""
+    """Every test starts with no cached MSAL app or token, no unknown-extras warning given, empty server records."""
     clear_token_providers()
+    hve_connection_module._warned_unknown_extras.clear()
     if "sandbox" in request.fixturenames:
         sb = request.getfixturevalue("sandbox")
         sb.reset_records()

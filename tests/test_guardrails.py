@@ -65,6 +65,53 @@ def test_bad_accepted_domains_are_named(hve_connection: ConnFactory, value: Any,
         HveHook(hve_conn_id=hve_connection(accepted_domains=value)).config  # noqa: B018 - reading it validates
 
 
+# bücher.example and faß.example as DNS, Exchange and email-validator write them (IDNA 2008, UTS #46). The
+# standard library's IDNA 2003 codec maps faß to fass.example, another domain.
+BUECHER, FASS = "xn--bcher-kva.example", "xn--fa-hia.example"
+
+
+@pytest.mark.parametrize(
+    ("accepted", "recipient", "received"),
+    [
+        ("bücher.example", f"anna@{BUECHER}", f"anna@{BUECHER}"),
+        (BUECHER, "anna@bücher.example", f"anna@{BUECHER}"),
+        ("BÜCHER.example", "anna@Bücher.example", f"anna@{BUECHER}"),
+        ("faß.example", f"jo@{FASS}", f"jo@{FASS}"),
+        (FASS.upper(), "jo@faß.example", f"jo@{FASS}"),
+    ],
+    ids=[
+        "u-label-extra-a-label-recipient",
+        "a-label-extra-u-label-recipient",
+        "upper-case",
+        "eszett-u-label-extra",
+        "eszett-a-label-extra",
+    ],
+)
+def test_accepted_domains_match_an_idn_written_either_way(
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    accepted: str,
+    recipient: str,
+    received: str,
+) -> None:
+    monkeypatch.setattr(sandbox.directory, "accepted_domains", [*sandbox.accepted_domains, BUECHER, FASS])
+    hook = HveHook(hve_conn_id=hve_connection(accepted_domains=["contoso.example", accepted]))
+    hook.send_email(to=recipient, subject="Bestellung", text_content="x")
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == [received]
+
+
+def test_accepted_domains_are_not_matched_by_the_idna_2003_spelling(
+    hve_connection: ConnFactory, sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
+) -> None:
+    # faß.example is not fass.example: IDNA 2003 (the standard library's codec) said it was.
+    hook = HveHook(hve_conn_id=hve_connection(accepted_domains="faß.example"))
+    with pytest.raises(HveConfigError, match=r"Argument 'to': jo@fass\.example is outside the accepted domains"):
+        hook.send_email(to="jo@fass.example", subject="s", text_content="x")
+    assert f"{FASS}" in str(hook.config.accepted_domains) and not sandbox.smtp_sessions and not token_posts()
+
+
 # -- A per-run recipient cap and the estimated cost --------------------------------------------------------------
 
 

@@ -186,6 +186,97 @@ def test_an_attachment_under_proc_is_refused(
     assert_nothing_sent(sandbox, token_posts)
 
 
+def test_a_symlink_swapped_before_the_open_is_checked_on_the_open_file(
+    tmp_path: Path,
+    hve_connection: ConnFactory,
+    sandbox: HveSandbox,
+    token_posts: Callable[[], list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """report.csv is a symlink to a regular file while it is checked, and to a kernel file when it is opened."""
+    import builtins
+
+    from airflow_provider_hve import message as message_module
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    document = tmp_path / "document.csv"
+    document.write_text("a,b\n" * 50)  # 200 bytes: more than the kernel file will hold
+    link = tmp_path / "report.csv"
+    link.symlink_to(document)
+    real_open = builtins.open
+
+    def swapping_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        # The swap an attacker races for, made at the worst moment: after every look at the path, before the open.
+        if str(file) == str(link) and link.resolve() == document:
+            link.unlink()
+            link.symlink_to("/proc/sys/kernel/ostype")  # "Linux\n": 6 bytes, a size of 0
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(message_module, "open", swapping_open, raising=False)
+    with pytest.raises(HveConfigError) as info:
+        hook_send(hve_connection, files=[str(link)])
+    message = str(info.value)
+    assert "'files'" in message and "not a regular file" in message and "proc (/proc)" in message
+    assert_nothing_sent(sandbox, token_posts)
+
+
+def test_a_regular_file_in_dev_shm_is_attached(hve_connection: ConnFactory, sandbox: HveSandbox) -> None:
+    """/dev/shm is tmpfs: its files are ordinary files, not kernel files (the /dev/ prefix refused them)."""
+    import os
+    import tempfile
+
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm on this machine")
+    with tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="hve-test-", suffix=".csv") as handle:
+        handle.write(b"region,total\nnorth,42\n")
+        handle.flush()
+        hook_send(hve_connection, files=[handle.name])
+    (delivered,) = sandbox.wait_for_messages(1)
+    (attachment,) = delivered.message.iter_attachments()
+    assert attachment.get_filename() == os.path.basename(handle.name)
+    assert attachment.get_content() == "region,total\nnorth,42\n"
+
+
+@pytest.mark.parametrize(
+    ("file_system", "inside"), [("/sys", "kernel/uevent_seqnum"), ("/proc", "self/environ")], ids=["sys", "proc"]
+)
+def test_a_kernel_file_under_a_bind_mount_is_refused(file_system: str, inside: str, tmp_path: Path) -> None:
+    """
+    /proc or /sys bind-mounted elsewhere: the path has no /proc/ or /sys/ prefix, the file system is the same.
+
+    Run in a private mount namespace (``unshare -m``), so the bind mount is seen by that process only.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("unshare or mount is not available")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    target = mount_point / inside
+    script = (
+        "from airflow_provider_hve.exceptions import HveConfigError\n"
+        "from airflow_provider_hve.message import attachments_from_files\n"
+        "try:\n"
+        f"    attachments_from_files([{str(target)!r}])\n"
+        "except HveConfigError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('ATTACHED')\n"
+    )
+    command = [
+        "unshare", "-m", "--propagation", "private", "sh", "-c",
+        'mount --bind "$0" "$1" && exec "$2" -c "$3"', file_system, str(mount_point), sys.executable, script,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "ATTACHED" not in done.stdout and "regular file" not in done.stdout:
+        pytest.skip(f"cannot bind-mount in a private mount namespace here: {done.stderr.strip()[:200]}")
+    fs_type = "sysfs" if file_system == "/sys" else "proc"
+    assert "Argument 'files'" in done.stdout and "not a regular file" in done.stdout, done.stdout
+    assert f"it is on {fs_type} (" in done.stdout
+
+
 # -- Template paths stay inside the DAG folder / template_searchpath ------------------------------------------
 
 

@@ -650,3 +650,27 @@ def test_custom_x_headers_still_go_through(hve_connection: ConnFactory, sandbox:
     hook_send(hve_connection, headers={"X-Run-Id": "42", "X-MS-Exchange-Custom": "ok"})
     (delivered,) = sandbox.wait_for_messages(1)
     assert delivered.message["X-Run-Id"] == "42" and delivered.message["X-MS-Exchange-Custom"] == "ok"
+
+
+def test_unknown_extras_are_warned_about_once_per_connection_and_set_of_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every hook and task reads the connection again; the warning is given once per process for what it says.
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "unknown extra" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_hve.connection"):
+        for _ in range(3):  # three hooks reading one connection
+            config({"managed_by": "terraform", "future_option": 1})
+        assert len(warnings()) == 1
+        config({"future_option": 1, "managed_by": "terraform"})  # the same names in another order
+        assert len(warnings()) == 1
+        config({"managed_by": "terraform"})  # the connection was edited: another set of names
+        assert len(warnings()) == 2 and "'future_option'" not in warnings()[1]
+        HveConnectionConfig.from_fields(
+            "hve_other",
+            extra={"tenant_id": TENANT, "client_id": CLIENT, "managed_by": "terraform"},
+            login="reports@contoso.com",
+            password=SECRET,
+        )
+        assert len(warnings()) == 3 and "'hve_other'" in warnings()[2]

@@ -13,8 +13,9 @@ boundaries, Date and Message-ID differ, as they differ between any two messages.
 holds the two builders to that.
 
 What this does not cover, it does not half-cover: :func:`compile_message` returns ``None`` for inline images
-(the merge then builds every message with the email package), and :meth:`CompiledMessage.fill` returns ``None``
-for a row whose content happens to contain a boundary (that row is built with the email package).
+and for UTF-8 headers, RFC 6532 (the merge then builds every message with the email package), and
+:meth:`CompiledMessage.fill` returns ``None`` for a row whose content happens to contain a boundary (that row is
+built with the email package).
 """
 
 from __future__ import annotations
@@ -171,6 +172,10 @@ def compile_message(build: SkeletonBuild, *, first: Mailbox, html: bool, text: b
         html_content=markers["html"] if html else None,
         text_content=markers["text"] if text else None,
     )
+    if getattr(skeleton.message.policy, "utf8", False):
+        # UTF-8 headers (an address with non-ASCII before the '@' in From, Reply-To...): the slots are filled with
+        # the 7-bit rules, so every message is built by the email package, which writes them (RFC 6532).
+        return None
     bodies = {f"{marker}\n": name for name, marker in markers.items()}
     boundaries: dict[bytes, int] = {}
     segments: list[bytes | str] = []

@@ -200,7 +200,7 @@ class HveHook(BaseHook):
         accepted = self.config.accepted_domains
         for argument, value in arguments.items():
             # Parsed already by the builder (cached): this costs a look-up per address.
-            outside = outside_domains((box.addr_spec for box in parse_addresses(value)), accepted)
+            outside = outside_domains((box.addr_spec for box in parse_addresses(value, smtputf8=True)), accepted)
             if outside:
                 raise HveConfigError(accepted_domains_message(argument, outside, accepted, self.hve_conn_id))
 

@@ -528,7 +528,7 @@ def _visible_recipients(operator: HveEmailOperator, outgoing: OutgoingMessage) -
     from airflow_provider_hve.addresses import parse_addresses
 
     # build_message has validated both already.
-    shown = {box.addr_spec for name in ("to", "cc") for box in parse_addresses(getattr(operator, name))}
+    shown = {box.addr_spec for name in ("to", "cc") for box in parse_addresses(getattr(operator, name), smtputf8=True)}
     return [r for r in outgoing.recipients if r in shown]
 
 

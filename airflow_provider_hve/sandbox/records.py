@@ -171,8 +171,13 @@ class DeliveredMessage:
 
     @property
     def message(self) -> EmailMessage:
-        """Parse :attr:`data` with the modern email API."""
-        return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))
+        """Parse :attr:`data` with the modern email API; UTF-8 headers (RFC 6532, sent with SMTPUTF8) as text."""
+        head = self.data.split(b"\r\n\r\n", 1)[0]
+        if head.isascii():
+            return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))
+        # The bytes parser reads headers as ASCII (non-ASCII turns into surrogates): read the message as UTF-8 text.
+        text = self.data.decode("utf-8", errors="surrogateescape")
+        return cast(EmailMessage, email.message_from_string(text, policy=email.policy.default))
 
 
 @dataclass(frozen=True)
