@@ -216,7 +216,8 @@ class HveHook(BaseHook):
         """
         Build, validate and send one message; every address is checked before connecting.
 
-        Temporary failures are retried where that cannot duplicate the message (see :meth:`send_message`).
+        Temporary failures are retried where that cannot duplicate the message (see :meth:`send_message`). Once HVE
+        accepted it, the alerts kept for this connection are flushed (:meth:`flush_alert_outbox`).
 
         :param to: recipients, as a list or a comma/semicolon separated string.
         :param subject: the subject line.
@@ -265,7 +266,20 @@ class HveHook(BaseHook):
                 "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in result.refused.items()),
             )
         log.info("HVE accepted %s for %d recipient(s).", result.message_id, len(result.accepted))
+        if result.accepted:
+            self.flush_alert_outbox()
         return result
+
+    def flush_alert_outbox(self) -> None:
+        """
+        Deliver the alerts kept for this connection while HVE could not take them: HVE just accepted a message.
+
+        Called after every successful send (this hook's, the mail merge's). One directory listing when nothing is
+        kept; never raises, never changes the outcome of the send before it (docs/alerts.md, "Alert outbox").
+        """
+        from airflow_provider_hve.alerts.flush import flush_after_send
+
+        flush_after_send(self)
 
     def test_connection(self) -> tuple[bool, str]:
         """
