@@ -186,7 +186,7 @@ def test_permanent_refusal_is_not_kept_and_is_logged_with_the_reply(
     assert reply in line and _expected_id() in line
 
 
-@pytest.mark.parametrize("via", ["flush()"])
+@pytest.mark.parametrize("via", ["flush()", "the CLI"])
 def test_email_backend_mail_is_kept_and_flushed(
     via: str, hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
 ) -> None:
