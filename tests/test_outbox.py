@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, Kept, flush
+from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, Kept, flush, flush_until_empty
 from airflow_provider_hve.alerts.ids import alert_key, alert_message_id
 from airflow_provider_hve.alerts.outbox import Outbox
 from airflow_provider_hve.exceptions import HveAuthError, HveSendError
@@ -33,6 +34,7 @@ from airflow_provider_hve.sandbox.smtp_server import TEMPORARY_FAILURE
 from airflow_provider_hve.utils.email import send_email
 
 ONCALL = "oncall@contoso.example"
+EXAMPLE_DAG = Path(__file__).parent.parent / "example_dags" / "hve_alert_outbox.py"
 
 
 def _context(task_id: str = "load", try_number: int = 2, state: str = "failed") -> dict[str, Any]:
@@ -333,6 +335,59 @@ def test_a_claim_left_by_a_dead_flusher_is_resent_as_a_possible_duplicate(
     assert any("POSSIBLY A DUPLICATE" in r.getMessage() for r in caplog.records)
     live.delivered()  # the live flusher finishes: nothing is left
     assert not outbox.entries()
+
+
+def test_maintenance_dag_parses_and_delivers_what_was_kept(
+    run_dag: Callable[..., Any], parse_dags: Callable[[Any], Any], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    sandbox = hve_down
+    bag = parse_dags(EXAMPLE_DAG)
+    dag = bag.get_dag("hve_alert_outbox")
+    assert not bag.import_errors and dag.max_active_runs == 1
+    HveNotifier(to=ONCALL)(_context())
+    assert len(outbox.entries()) == 1
+    sandbox.smtp.reset_faults()
+    dag_run = run_dag(EXAMPLE_DAG, "hve_alert_outbox")
+    assert dag_run.state == "success"
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == _expected_id()
+    assert not outbox.entries()
+
+
+OUTAGE_SECONDS = float(os.environ.get("HVE_OUTBOX_OUTAGE_SECONDS", "4"))
+
+
+def test_alert_raised_during_an_outage_arrives_soon_after_hve_returns_once(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, outbox: Outbox
+) -> None:
+    """
+    The measured scenario, short: HVE refuses connections for OUTAGE_SECONDS; an alert raised meanwhile is kept; the
+    maintenance DAG's loop (here polling every 0.5 s instead of 20) delivers it once, soon after HVE's return.
+    ``benchmarks/bench_outbox_outage.py`` runs the 10-minute version with the DAG's own 20 s poll.
+    """
+    hve_connection(send_retries=0)
+    sandbox.smtp.refuse_connections(OUTAGE_SECONDS)
+    outage_began = time.monotonic()
+    HveNotifier(to=ONCALL)(_context())
+    assert len(outbox.entries()) == 1
+    returned: list[float] = []
+
+    def watch() -> None:
+        while sandbox.smtp.refusing_connections:
+            time.sleep(0.02)
+        returned.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    report = flush_until_empty(seconds=OUTAGE_SECONDS + 30, poll=0.5)
+    arrived = time.monotonic()
+    watcher.join()
+    assert report.delivered == 1 and report.left == 0
+    assert returned[0] - outage_began >= OUTAGE_SECONDS - 0.5
+    assert arrived - returned[0] < 60  # within a minute of HVE's return (here: one poll)
+    assert arrived - returned[0] < 0.5 + 5
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({_expected_id(): 1})
 
 
 def test_the_outcome_says_kept(hve_connection: Callable[..., str], hve_down: HveSandbox) -> None:
