@@ -415,3 +415,15 @@ def test_a_mail_merge_flushes_what_was_kept_for_its_connection(
     time.sleep(0.3)
     assert _by_id(sandbox)[_expected_id()] == 1 and len(sandbox.messages) == 4
     assert not outbox.entries()
+
+
+def test_a_maintenance_run_tries_once_more_at_the_end_of_its_time(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    """A run stays its whole time while HVE is down (the gap to the next run is the schedule minus keep_trying)."""
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    started = time.monotonic()
+    report = flush_until_empty(seconds=1.5, poll=5.0)
+    assert 1.4 < time.monotonic() - started < 4.0
+    assert report.kept == 2 and report.left == 1  # at the start and at the end

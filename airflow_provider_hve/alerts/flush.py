@@ -285,9 +285,10 @@ def flush_until_empty(
     ends = time.monotonic() + seconds
     while True:
         total.merge(flush(conn_id, outbox=outbox))
-        if not total.left or time.monotonic() + poll > ends:
+        remaining = ends - time.monotonic()
+        if not total.left or remaining <= 0:
             return total
-        time.sleep(poll)
+        time.sleep(min(poll, remaining))  # the last try at the very end: the next run starts soon after
 
 
 def for_delivery(alert: KeptAlert, now: float, *, possibly_duplicate: bool = False) -> EmailMessage:
