@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, Kept, flush, flush_until_empty
+from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, flush, flush_until_empty
 from airflow_provider_hve.alerts.ids import alert_key, alert_message_id
 from airflow_provider_hve.alerts.outbox import Outbox
+from airflow_provider_hve.alerts.send import Kept
 from airflow_provider_hve.exceptions import HveAuthError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.notifications.hve import HveNotifier

@@ -1,5 +1,5 @@
 """
-Sending alerts through the outbox: send now or keep (:func:`send_or_keep`), and deliver what was kept (:func:`flush`).
+Delivering the alerts kept in the outbox (:func:`flush`), each exactly once across concurrent flushers.
 
 Three things flush the outbox: every successful send through the same connection (:func:`flush_after_send`, called
 by :class:`~airflow_provider_hve.hooks.hve.HveHook` and the mail merge: one directory listing when it is empty), the
@@ -16,15 +16,28 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from airflow_provider_hve.alerts.outbox import Claim, KeptAlert, Outbox, recipients_to_keep
 
 if TYPE_CHECKING:
-    from airflow_provider_hve.hooks.hve import HveHook
-    from airflow_provider_hve.message import OutgoingMessage
+    from airflow_provider_hve.auth import TokenProvider
+    from airflow_provider_hve.connection import HveConnectionConfig
     from airflow_provider_hve.smtp import HveSmtpSession, SendResult
+
+
+class Sender(Protocol):
+    """What a flush needs of a hook (:class:`~airflow_provider_hve.hooks.hve.HveHook`): its connection and tokens."""
+
+    @property
+    def hve_conn_id(self) -> str: ...
+
+    @property
+    def config(self) -> HveConnectionConfig: ...
+
+    @property
+    def token_provider(self) -> TokenProvider: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -34,85 +47,6 @@ RAISED_AT_HEADER = "X-HVE-Alert-Raised-At"
 LATE_HEADER = "X-HVE-Alert-Late-By"
 POSSIBLE_DUPLICATE_HEADER = "X-HVE-Alert-Possible-Duplicate"
 _FLUSHING: contextvars.ContextVar[bool] = contextvars.ContextVar("hve_outbox_flushing", default=False)
-
-
-@dataclass(frozen=True)
-class Kept:
-    """An alert HVE could not take now, kept in the outbox (what :func:`send_or_keep` returns instead of a result)."""
-
-    message_id: str
-    path: Path
-    recipients: tuple[str, ...]
-
-
-def send_or_keep(hook: HveHook, outgoing: OutgoingMessage, *, origin: str) -> SendResult | Kept:
-    """
-    Send an alert; if HVE or Entra cannot take it for a reason that passes, keep it in the outbox.
-
-    A permanent refusal is logged with HVE's reply and raised, as before; so is an alert the outbox cannot hold (the
-    send's error is raised, the outbox's logged). Recipients HVE refused with a ``4xx`` after the retries are kept.
-
-    :param origin: who raises it (``HveNotifier``, ``email backend``), for the log and the CLI.
-    """
-    from airflow_provider_hve.exceptions import HveCancelledError, HveError
-
-    raised_at = time.time()
-    try:
-        result = hook.send_message(outgoing)
-    except HveError as exc:
-        later = recipients_to_keep(exc, outgoing.recipients)
-        if not later:
-            if not isinstance(exc, HveCancelledError):
-                log.error("HVE alert %s was not delivered and is not kept (permanent): %s", outgoing.message_id, exc)
-            raise
-        try:
-            return _keep(hook, outgoing, later, raised_at, origin, str(exc))
-        except Exception as keep_error:
-            log.error("HVE alert %s could not be kept in the outbox: %s", outgoing.message_id, keep_error)
-            raise exc from None
-    later = [address for address, (code, _) in result.refused.items() if 400 <= code < 500]
-    if later:
-        reason = "; ".join(f"{address}: {code} {reply}" for address, (code, reply) in result.refused.items())
-        _keep(hook, outgoing, later, raised_at, origin, reason)
-    return result
-
-
-def with_message_id(outgoing: OutgoingMessage, message_id: str) -> OutgoingMessage:
-    """Return ``outgoing`` with ``message_id`` (a stable one from :mod:`~airflow_provider_hve.alerts.ids`)."""
-    from dataclasses import replace
-
-    message = outgoing.message
-    message.replace_header("Message-ID", message_id)
-    return replace(outgoing, payload=_wire(message))
-
-
-def _keep(
-    hook: HveHook, outgoing: OutgoingMessage, recipients: list[str], raised_at: float, origin: str, reason: str
-) -> Kept:
-    message = outgoing.message
-    alert = KeptAlert(
-        message_id=outgoing.message_id,
-        conn_id=hook.hve_conn_id,
-        sender=outgoing.sender,
-        recipients=tuple(recipients),
-        subject=str(message.get("Subject", "")),
-        raised_at=raised_at,
-        origin=origin,
-        reason=reason[:2000],
-        payload=outgoing.payload or _wire(message),
-    )
-    path = Outbox.configured().keep(alert)
-    log.warning(
-        "HVE alert %s could not be delivered now (%s); kept in the outbox as %s for %s. It goes out with the next "
-        "successful send through connection %r, the maintenance DAG, or `python -m airflow_provider_hve.alerts "
-        "flush`.",
-        alert.message_id,
-        _first_sentence(alert.reason),
-        path,
-        ", ".join(recipients),
-        hook.hve_conn_id,
-    )
-    return Kept(alert.message_id, path, alert.recipients)
 
 
 @dataclass
@@ -149,7 +83,7 @@ def flush(
     conn_id: str | None = None,
     *,
     outbox: Outbox | None = None,
-    hook: HveHook | None = None,
+    hook: Sender | None = None,
     seconds: float | None = None,
 ) -> FlushReport:
     """
@@ -251,7 +185,7 @@ def _delivered(claim: Claim, result: SendResult, report: FlushReport) -> None:
         _say(report, log.info, f"delivered {_what(alert)}, {late} late")
 
 
-def flush_after_send(hook: HveHook) -> None:
+def flush_after_send(hook: Sender) -> None:
     """
     Flush the alerts of ``hook``'s connection: HVE just accepted a message through it. Never raises.
 
@@ -340,13 +274,15 @@ def _html_with_line(body: str, line: str) -> str:
     return body[: opening.end()] + note + body[opening.end() :]
 
 
-def _session(hook: HveHook | None, conn_id: str) -> HveSmtpSession:
-    from airflow_provider_hve.hooks.hve import HveHook
+def _session(hook: Sender | None, conn_id: str) -> HveSmtpSession:
+    from airflow_provider_hve.auth import token_provider
+    from airflow_provider_hve.connection import load_connection_config
     from airflow_provider_hve.smtp import HveSmtpSession
 
-    if hook is None or hook.hve_conn_id != conn_id:
-        hook = HveHook(hve_conn_id=conn_id)
-    return HveSmtpSession(hook.config, hook.token_provider.get_token)
+    if hook is not None and hook.hve_conn_id == conn_id:
+        return HveSmtpSession(hook.config, hook.token_provider.get_token)
+    config = load_connection_config(conn_id)
+    return HveSmtpSession(config, token_provider(config).get_token)
 
 
 def _say(report: FlushReport, logger: object, line: str) -> None:
@@ -376,9 +312,3 @@ def _duration(seconds: float) -> str:
 def _first_sentence(text: str) -> str:
     first = text.split(". ", 1)[0].strip()
     return first if first.endswith(".") else f"{first}."
-
-
-def _wire(message: EmailMessage) -> bytes:
-    from airflow_provider_hve.message import wire_bytes
-
-    return wire_bytes(message)

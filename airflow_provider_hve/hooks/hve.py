@@ -74,18 +74,9 @@ class HveHook(BaseHook):
     @cached_property
     def config(self) -> HveConnectionConfig:
         """The connection, fetched and validated once."""
-        from airflow.providers.common.compat.sdk import AirflowNotFoundException
+        from airflow_provider_hve.connection import load_connection_config
 
-        from airflow_provider_hve.exceptions import HveConfigError
-
-        try:
-            conn = self.get_connection(self.hve_conn_id)
-        except AirflowNotFoundException:
-            raise HveConfigError(
-                f"Connection {self.hve_conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume "
-                f"Email') in the Airflow UI, or set AIRFLOW_CONN_{self.hve_conn_id.upper()}."
-            ) from None
-        return HveConnectionConfig.from_connection(conn, self.hve_conn_id)
+        return load_connection_config(self.hve_conn_id)
 
     @property
     def token_provider(self) -> TokenProvider:

@@ -20,7 +20,7 @@ from airflow_provider_hve.templating import EmailTemplating
 if TYPE_CHECKING:
     import asyncio
 
-    from airflow_provider_hve.alerts.flush import Kept
+    from airflow_provider_hve.alerts.send import Kept
     from airflow_provider_hve.smtp import SendResult
 
     Outcome = SendResult | Kept
@@ -186,8 +186,8 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         :return: what HVE accepted, or :class:`~airflow_provider_hve.alerts.flush.Kept` (the alert waits in the
             outbox). A permanent refusal raises, as before.
         """
-        from airflow_provider_hve.alerts.flush import Kept, send_or_keep, with_message_id
         from airflow_provider_hve.alerts.ids import alert_message_id
+        from airflow_provider_hve.alerts.send import Kept, send_or_keep, with_message_id
         from airflow_provider_hve.hooks.hve import HveHook
 
         hook = HveHook(hve_conn_id=self.hve_conn_id)
@@ -325,7 +325,7 @@ def _why_cancelled(exc: BaseException) -> str:
 
 def _log_cancelled(reason: str, result: Outcome | None, error: BaseException | None) -> None:
     """The one line that says how a cancelled alert ended: not sent, or handed over (and what HVE said)."""
-    from airflow_provider_hve.alerts.flush import Kept
+    from airflow_provider_hve.alerts.send import Kept
 
     head = f"HVE alert cancelled ({reason})"
     if isinstance(result, Kept):

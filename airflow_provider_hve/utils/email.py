@@ -92,8 +92,8 @@ def send_email(
     if dryrun:
         log.info("Dry run: would send %r to %s", subject, ", ".join(outgoing.recipients))
         return
-    from airflow_provider_hve.alerts.flush import send_or_keep, with_message_id
     from airflow_provider_hve.alerts.ids import alert_message_id, content_key
+    from airflow_provider_hve.alerts.send import send_or_keep, with_message_id
 
     # No DAG, run or task reaches a backend: the mail itself, and the minute, make its stable Message-ID.
     key = content_key(
