@@ -183,7 +183,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         """
         Send the rendered alert with its stable Message-ID; keep it in the outbox if HVE cannot take it now.
 
-        :return: what HVE accepted, or :class:`~airflow_provider_hve.alerts.flush.Kept` (the alert waits in the
+        :return: what HVE accepted, or :class:`~airflow_provider_hve.alerts.send.Kept` (the alert waits in the
             outbox). A permanent refusal raises, as before.
         """
         from airflow_provider_hve.alerts.ids import alert_message_id
