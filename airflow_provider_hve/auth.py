@@ -135,6 +135,7 @@ class TokenProvider:
                         code=exc.code,
                         correlation_id=exc.correlation_id,
                         trace_id=exc.trace_id,
+                        temporary=True,
                     ) from exc
                 log.warning(
                     "Entra ID answered HTTP %s for connection %r; retrying in %.1f s (%d/%d).",
@@ -530,7 +531,8 @@ def _translate_exception(config: HveConnectionConfig, exc: Exception) -> HveAuth
         return HveAuthError(
             f"Cannot reach the Entra token endpoint {where}: {type(exc).__name__}. Check extra "
             f"'authority_host', DNS, and that this worker may open HTTPS connections to it (proxy settings "
-            f"come from HTTPS_PROXY)."
+            f"come from HTTPS_PROXY).",
+            temporary=True,
         )
     text = str(exc)
     # MSAL re-raises a failed tenant discovery as a generic ValueError; Entra's answer is in the chain.

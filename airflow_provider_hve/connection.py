@@ -757,3 +757,21 @@ def hidden(value: object) -> str:
         shape.append("with spaces or line breaks")
     described = ", ".join([f"{len(value)} characters", *shape])
     return f"({described}; not shown: a secret pasted into the wrong field must not reach the logs)"
+
+
+def load_connection_config(conn_id: str) -> HveConnectionConfig:
+    """
+    Fetch the Airflow connection ``conn_id`` and validate it (what :attr:`HveHook.config` does, without a hook).
+
+    :raises HveConfigError: the connection is not defined, or a field is wrong.
+    """
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise HveConfigError(
+            f"Connection {conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume Email') in the "
+            f"Airflow UI, or set AIRFLOW_CONN_{conn_id.upper()}."
+        ) from None
+    return HveConnectionConfig.from_connection(conn, conn_id)

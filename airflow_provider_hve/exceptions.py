@@ -42,6 +42,8 @@ class HveAuthError(HveError):
     :param smtp_reply: the SMTP server's reply text, if the refusal came from HVE.
     :param correlation_id: Entra's correlation id (what Microsoft support asks for).
     :param trace_id: Entra's trace id.
+    :param temporary: Entra could not be reached or was unavailable (HTTP 429 or 5xx beyond the retries): the
+        credential may be fine, a later attempt may work (the alert outbox keeps such an alert).
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class HveAuthError(HveError):
         smtp_reply: str | None = None,
         correlation_id: str | None = None,
         trace_id: str | None = None,
+        temporary: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.smtp_reply = smtp_reply
         self.correlation_id = correlation_id
         self.trace_id = trace_id
+        self.temporary = temporary
 
 
 class HveConnectionError(HveError):

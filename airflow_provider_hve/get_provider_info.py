@@ -194,6 +194,32 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "42",
                         "default": "42",
                     },
+                    "alert_dir": {
+                        "description": "Directory of the alerts' durable state, shared by the alert outbox "
+                        "(<alert_dir>/outbox: alerts HVE could not take yet) and the alert listener. With more than "
+                        "one machine sending mail (workers, triggerer, scheduler), put it on a volume all of them "
+                        "mount, run them as the same user. Created with mode 0700.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/mnt/airflow-shared/hve_alerts",
+                        "default": "{AIRFLOW_HOME}/hve_alerts",
+                    },
+                    "alert_outbox_max": {
+                        "description": "Most alerts the outbox keeps. Beyond it the oldest is dropped, with an "
+                        "ERROR line naming it.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "1000",
+                        "default": "1000",
+                    },
+                    "alert_outbox_claim_timeout": {
+                        "description": "Seconds after which an alert a flusher claimed and did not finish (the "
+                        "process died) is sent again, with the same Message-ID, as a possible duplicate.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "600",
+                        "default": "600",
+                    },
                 },
             },
         },

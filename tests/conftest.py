@@ -92,6 +92,17 @@ def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
     clear_token_providers()
 
 
+@pytest.fixture(autouse=True)
+def alert_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """
+    Each test has its own ``[hve] alert_dir`` (the alert outbox): an alert one test kept while HVE was down never
+    reaches the mailbox of another test (a successful send flushes the outbox).
+    """
+    path = tmp_path_factory.mktemp("hve_alerts")
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def hve_connection(sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """

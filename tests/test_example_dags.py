@@ -33,7 +33,7 @@ def bodies(message: EmailMessage) -> tuple[str, str]:
 def test_example_dags_parse_without_errors(parse_dags: Callable[[Any], Any]) -> None:
     bag = parse_dags(EXAMPLE_DAGS)
     assert not bag.import_errors
-    assert {"hve_daily_report", "hve_failure_alerts"} <= set(bag.dag_ids)
+    assert {"hve_daily_report", "hve_failure_alerts", "hve_alert_outbox"} <= set(bag.dag_ids)
 
 
 def test_daily_report_delivers_table_text_and_csv(run_dag: Callable[..., Any], sandbox: HveSandbox) -> None:
@@ -101,7 +101,7 @@ def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> 
         "airflows_own = {m for m in HEAVY if m in sys.modules}\n"
         "import airflow_provider_hve.operators.hve, airflow_provider_hve.notifications.hve\n"
         "import airflow_provider_hve.utils.email\n"
-        f"for name in ('hve_daily_report', 'hve_failure_alerts', 'hve_deadline_alert'):\n"
+        f"for name in ('hve_daily_report', 'hve_failure_alerts', 'hve_deadline_alert', 'hve_alert_outbox'):\n"
         f"    runpy.run_path({str(EXAMPLE_DAGS)!r} + '/' + name + '.py')\n"
         "heavy = [m for m in HEAVY if m in sys.modules and m not in airflows_own]\n"
         "assert not heavy, heavy\n"

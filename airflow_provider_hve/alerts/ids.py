@@ -9,8 +9,9 @@ Exchange and to the recipient's mail client, and follow-ups can thread under it 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
-__all__ = ["alert_key", "alert_message_id"]
+__all__ = ["alert_key", "alert_message_id", "content_key"]
 
 
 def alert_key(
@@ -37,6 +38,18 @@ def alert_key(
         "" if map_index is None else str(map_index),
         "" if try_number is None else str(try_number),
     )
+    return hashlib.sha256("\0".join(fields).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def content_key(*, sender: str, recipients: Iterable[str], subject: str, body: str, minute: int) -> str:
+    """
+    Return a stable key (hex, like :func:`alert_key`) of a mail whose sender knows no DAG, run or task.
+
+    What Airflow's ``[email] email_backend`` is handed is a mail, not an event: the key is a hash of its envelope,
+    subject and body and of the minute it was sent in (``minute``: whole minutes since the epoch). The same mail
+    sent again within that minute gets the same key; the same text on another day does not.
+    """
+    fields = ("mail", sender.lower(), ",".join(sorted(r.lower() for r in recipients)), subject, body, str(minute))
     return hashlib.sha256("\0".join(fields).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 

@@ -211,6 +211,8 @@ class MailMerge:
                     self.delivery_log.flush()
                 report.elapsed_seconds = time.monotonic() - started
         report.log_summary()
+        if report.accepted:  # HVE took mail through this connection: the alerts kept for it go out now
+            self.hook.flush_alert_outbox()
         if ledger.stopped is not None:
             raise stop_error(ledger.stopped, report.accepted)  # composed now, after every session: figures are final
         return report

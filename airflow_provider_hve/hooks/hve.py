@@ -74,18 +74,9 @@ class HveHook(BaseHook):
     @cached_property
     def config(self) -> HveConnectionConfig:
         """The connection, fetched and validated once."""
-        from airflow.providers.common.compat.sdk import AirflowNotFoundException
+        from airflow_provider_hve.connection import load_connection_config
 
-        from airflow_provider_hve.exceptions import HveConfigError
-
-        try:
-            conn = self.get_connection(self.hve_conn_id)
-        except AirflowNotFoundException:
-            raise HveConfigError(
-                f"Connection {self.hve_conn_id!r} is not defined. Create it (type 'Microsoft 365 High Volume "
-                f"Email') in the Airflow UI, or set AIRFLOW_CONN_{self.hve_conn_id.upper()}."
-            ) from None
-        return HveConnectionConfig.from_connection(conn, self.hve_conn_id)
+        return load_connection_config(self.hve_conn_id)
 
     @property
     def token_provider(self) -> TokenProvider:
@@ -216,7 +207,8 @@ class HveHook(BaseHook):
         """
         Build, validate and send one message; every address is checked before connecting.
 
-        Temporary failures are retried where that cannot duplicate the message (see :meth:`send_message`).
+        Temporary failures are retried where that cannot duplicate the message (see :meth:`send_message`). Once HVE
+        accepted it, the alerts kept for this connection are flushed (:meth:`flush_alert_outbox`).
 
         :param to: recipients, as a list or a comma/semicolon separated string.
         :param subject: the subject line.
@@ -265,7 +257,20 @@ class HveHook(BaseHook):
                 "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in result.refused.items()),
             )
         log.info("HVE accepted %s for %d recipient(s).", result.message_id, len(result.accepted))
+        if result.accepted:
+            self.flush_alert_outbox()
         return result
+
+    def flush_alert_outbox(self) -> None:
+        """
+        Deliver the alerts kept for this connection while HVE could not take them: HVE just accepted a message.
+
+        Called after every successful send (this hook's, the mail merge's). One directory listing when nothing is
+        kept; never raises, never changes the outcome of the send before it (docs/alerts.md, "Alert outbox").
+        """
+        from airflow_provider_hve.alerts.flush import flush_after_send
+
+        flush_after_send(self)
 
     def test_connection(self) -> tuple[bool, str]:
         """

@@ -19,7 +19,10 @@ from airflow_provider_hve.templating import EmailTemplating
 if TYPE_CHECKING:
     import asyncio
 
+    from airflow_provider_hve.alerts.send import Kept
     from airflow_provider_hve.smtp import SendResult
+
+    Outcome = SendResult | Kept
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ _STATE_LABELS = {
     "skipped": "was skipped",
     "upstream_failed": "did not run (upstream failed)",
 }
+# The event of an alert's stable key (alerts.ids), by the state Airflow reports.
+_EVENTS = {"failed": "failure", "up_for_retry": "retry", "success": "success"}
 
 
 class HveNotifier(EmailTemplating, BaseNotifier):
@@ -63,6 +68,11 @@ class HveNotifier(EmailTemplating, BaseNotifier):
     :param files: paths of files to attach. (templated)
     :param headers: extra ``X-`` headers. (templated)
     :param hve_conn_id: the ``hve`` connection. (templated)
+    :param alert_key: the stable key its Message-ID is made from (:func:`~airflow_provider_hve.alerts.ids.alert_key`);
+        default: from the callback's context (DAG, run, task, map index, try and event).
+
+    An alert HVE or Entra cannot take now for a reason that passes (unreachable, ``4xx``, ``421``, Entra's 5xx) is
+    kept in the alert outbox and delivered later, once, with the same Message-ID (docs/alerts.md, "Alert outbox").
 
     Example::
 
@@ -101,6 +111,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         files: Iterable[str] | None = None,
         headers: Mapping[str, str] | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
+        alert_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +126,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         self.files = files
         self.headers = headers
         self.hve_conn_id = hve_conn_id
+        self.alert_key = alert_key
 
     def __call__(self, *args: Any) -> None:
         """Send one alert. Renders on a copy: Airflow calls one instance for many alerts (one parsed DAG)."""
@@ -169,13 +181,22 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         """Send the rendered alert."""
         self._send(context)
 
-    def _send(self, context: Any) -> SendResult:
+    def _send(self, context: Any) -> Outcome:
+        """
+        Send the rendered alert with its stable Message-ID; keep it in the outbox if HVE cannot take it now.
+
+        :return: what HVE accepted, or :class:`~airflow_provider_hve.alerts.send.Kept` (the alert waits in the
+            outbox). A permanent refusal raises, as before.
+        """
+        from airflow_provider_hve.alerts.ids import alert_message_id
+        from airflow_provider_hve.alerts.send import Kept, send_or_keep, with_message_id
         from airflow_provider_hve.hooks.hve import HveHook
 
-        result = HveHook(hve_conn_id=self.hve_conn_id).send_email(
-            to=self.to,
-            subject=" ".join(str(self.subject).split()),
-            html_content=self.html_content,
+        hook = HveHook(hve_conn_id=self.hve_conn_id)
+        outgoing = hook.build_message(
+            self.to,
+            " ".join(str(self.subject).split()),
+            self.html_content,
             text_content=self.text_content,
             cc=self.cc,
             bcc=self.bcc,
@@ -184,11 +205,14 @@ class HveNotifier(EmailTemplating, BaseNotifier):
             files=self.files,
             headers=self.headers,
         )
-        if result.refused:
-            log.warning("HVE refused some alert recipients: %s", result.as_dict()["refused"])
-        return result
+        key = self.alert_key or alert_key_of(context)
+        outgoing = with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2]))
+        outcome = send_or_keep(hook, outgoing, origin="HveNotifier")
+        if not isinstance(outcome, Kept) and outcome.refused:
+            log.warning("HVE refused some alert recipients: %s", outcome.as_dict()["refused"])
+        return outcome
 
-    def _render_and_send(self, context: Any) -> SendResult:
+    def _render_and_send(self, context: Any) -> Outcome:
         """What ``BaseNotifier.__await__`` does on the event loop, here in the worker thread."""
         self._update_context(context)
         self.render_template_fields(context)
@@ -229,7 +253,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         # instead, which the send looks at between steps only.
         await self._in_worker_thread(self._send, context)
 
-    async def _in_worker_thread(self, send: Callable[[Any], SendResult], context: Any) -> None:
+    async def _in_worker_thread(self, send: Callable[[Any], Outcome], context: Any) -> None:
         # Returns None, as async_notify always did: the triggerer stores what an awaited callback returns as the
         # callback's output (a string column; a SendResult there made 3.3's triggerer fail its database update).
         import asyncio
@@ -255,9 +279,9 @@ class _AlertInThread:
     def __init__(self) -> None:
         self.token = CancelToken()
         self._lock = threading.Lock()
-        self._ended: tuple[SendResult | None, BaseException | None] | None = None
+        self._ended: tuple[Outcome | None, BaseException | None] | None = None
 
-    def run(self, send: Callable[[Any], SendResult], context: Any) -> SendResult:
+    def run(self, send: Callable[[Any], Outcome], context: Any) -> Outcome:
         """In the worker thread: render and send unless cancelled first; the send looks at the token."""
         with cancellable(self.token):
             try:
@@ -278,7 +302,7 @@ class _AlertInThread:
         if ended is not None:
             _log_cancelled(reason, *ended)
 
-    def _end(self, result: SendResult | None, error: BaseException | None) -> None:
+    def _end(self, result: Outcome | None, error: BaseException | None) -> None:
         with self._lock:
             self._ended = (result, error)
             cancelled = self.token.cancelled
@@ -301,10 +325,14 @@ def _why_cancelled(exc: BaseException) -> str:
     return f"the task awaiting it was cancelled{message}"
 
 
-def _log_cancelled(reason: str, result: SendResult | None, error: BaseException | None) -> None:
+def _log_cancelled(reason: str, result: Outcome | None, error: BaseException | None) -> None:
     """The one line that says how a cancelled alert ended: not sent, or handed over (and what HVE said)."""
+    from airflow_provider_hve.alerts.send import Kept
+
     head = f"HVE alert cancelled ({reason})"
-    if result is not None:
+    if isinstance(result, Kept):
+        log.warning("%s: HVE could not take it; it is kept in the outbox (%s).", head, result.path)
+    elif result is not None:
         log.warning(
             "%s after it was handed over: HVE accepted %s for %d recipient(s).",
             head,
@@ -325,6 +353,47 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark the outcome of a send nobody awaits any more as seen (the thread logged it)."""
     if not future.cancelled():
         future.exception()
+
+
+def alert_key_of(context: Mapping[str, Any]) -> str:
+    """
+    Return the stable key of the alert a callback context describes: its event (``failure``, ``retry``,
+    ``success``, ``deadline``, ``sla_miss``), DAG, run, task, map index and try.
+    """
+    from airflow_provider_hve.alerts.ids import alert_key
+
+    dag = context.get("dag")
+    if "deadline" in context:
+        dag_run = context.get("dag_run")
+        run: Mapping[str, Any] = dag_run if isinstance(dag_run, Mapping) else {}
+        deadline = context.get("deadline")
+        deadline_id = deadline.get("id") if isinstance(deadline, Mapping) else None
+        return alert_key(
+            event=f"deadline:{deadline_id}" if deadline_id else "deadline",
+            dag_id=run.get("dag_id") or getattr(dag_run, "dag_id", None),
+            run_id=run.get("dag_run_id") or run.get("run_id") or getattr(dag_run, "run_id", None),
+        )
+    if "slas" in context:  # Airflow 2.11's sla_miss_callback
+        return alert_key(event="sla_miss", dag_id=getattr(dag, "dag_id", None), task_id=str(context.get("task_list")))
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
+    run_id = context.get("run_id") or getattr(ti, "run_id", None)
+    if "reason" in context:  # a DAG run's callback
+        state = str(_value(getattr(context.get("dag_run"), "state", None)) or "")
+        if state not in _EVENTS:
+            state = "success" if context.get("reason") == "success" else "failed"
+        return alert_key(event=_EVENTS[state], dag_id=dag_id, run_id=run_id)
+    state = str(_value(getattr(ti, "state", None)) or ("failed" if context.get("exception") else "alert"))
+    map_index = getattr(ti, "map_index", -1)
+    try_number = getattr(ti, "try_number", None)
+    return alert_key(
+        event=_EVENTS.get(state, state),
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=getattr(ti, "task_id", None),
+        map_index=map_index if isinstance(map_index, int) else -1,
+        try_number=try_number if isinstance(try_number, int) else None,
+    )
 
 
 def deadline_facts(context: Mapping[str, Any]) -> dict[str, Any]:

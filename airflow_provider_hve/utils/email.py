@@ -10,6 +10,7 @@ Configure::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,6 +67,9 @@ def send_email(
         is not an ``hve`` connection (a warning is logged then).
     :param from_email: From header; ``airflow@airflow`` (Airflow's placeholder) counts as unset.
     :param custom_headers: extra headers.
+
+    A mail HVE or Entra cannot take now for a reason that passes is kept in the alert outbox and delivered later,
+    once, with the same Message-ID (a hash of its envelope, subject, body and minute); a permanent refusal raises.
     """
     from airflow_provider_hve.exceptions import HveConfigError
     from airflow_provider_hve.hooks.hve import HveHook
@@ -88,7 +92,22 @@ def send_email(
     if dryrun:
         log.info("Dry run: would send %r to %s", subject, ", ".join(outgoing.recipients))
         return
-    hook.send_message(outgoing)
+    from airflow_provider_hve.alerts.ids import alert_message_id, content_key
+    from airflow_provider_hve.alerts.send import send_or_keep, with_message_id
+
+    # No DAG, run or task reaches a backend: the mail itself, and the minute, make its stable Message-ID.
+    key = content_key(
+        sender=outgoing.sender,
+        recipients=outgoing.recipients,
+        subject=subject,
+        body=html_content,
+        minute=int(time.time() // 60),
+    )
+    send_or_keep(
+        hook,
+        with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2])),
+        origin="email backend",
+    )
 
 
 def _configured_conn_id() -> str:

@@ -1,0 +1,430 @@
+"""The alert outbox against the sandbox: alerts HVE could not take are kept, then delivered exactly once.
+
+Every check is on what the sandbox's SMTP server received (Message-IDs, headers, bodies) and on the files the outbox
+holds; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, flush, flush_until_empty
+from airflow_provider_hve.alerts.ids import alert_key, alert_message_id
+from airflow_provider_hve.alerts.outbox import Outbox
+from airflow_provider_hve.alerts.send import Kept
+from airflow_provider_hve.exceptions import HveAuthError, HveSendError
+from airflow_provider_hve.hooks.hve import HveHook
+from airflow_provider_hve.notifications.hve import HveNotifier
+from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
+from airflow_provider_hve.sandbox.smtp_server import TEMPORARY_FAILURE
+from airflow_provider_hve.utils.email import send_email
+
+ONCALL = "oncall@contoso.example"
+EXAMPLE_DAG = Path(__file__).parent.parent / "example_dags" / "hve_alert_outbox.py"
+
+
+def _context(task_id: str = "load", try_number: int = 2, state: str = "failed") -> dict[str, Any]:
+    ti = SimpleNamespace(
+        dag_id="nightly", task_id=task_id, run_id="scheduled__2026-12-07", map_index=-1, try_number=try_number,
+        max_tries=2, state=state,
+    )  # fmt: skip
+    return {"ti": ti, "run_id": "scheduled__2026-12-07", "exception": ValueError("disk full"), "params": {}}
+
+
+def _expected_id(task_id: str = "load", try_number: int = 2, event: str = "failure") -> str:
+    key = alert_key(
+        event=event, dag_id="nightly", run_id="scheduled__2026-12-07", task_id=task_id, map_index=-1,
+        try_number=try_number,
+    )  # fmt: skip
+    return alert_message_id(key, "contoso.example")
+
+
+def _by_id(sandbox: HveSandbox) -> Counter[str]:
+    return Counter(str(m.message["Message-ID"]) for m in sandbox.messages)
+
+
+def _plain(message: DeliveredMessage) -> str:
+    return str(message.message.get_body(("plain",)).get_content())
+
+
+def _html(message: DeliveredMessage) -> str:
+    return str(message.message.get_body(("html",)).get_content())
+
+
+@pytest.fixture
+def outbox(alert_dir: Path) -> Outbox:
+    return Outbox(alert_dir / "outbox")
+
+
+@pytest.fixture
+def hve_down(sandbox: HveSandbox) -> Iterator[HveSandbox]:
+    """HVE refuses every connection (an outage) until the test calls ``sandbox.smtp.reset_faults()``."""
+    sandbox.smtp.refuse_connections(600)
+    yield sandbox
+    sandbox.smtp.reset_faults()
+
+
+def _files(outbox: Outbox) -> list[Path]:
+    return sorted(p for p in outbox.directory.iterdir() if not p.name.startswith(".tmp-"))
+
+
+def test_alert_kept_while_hve_refuses_connections_goes_out_once_with_the_next_send(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    previous = os.umask(0)  # the files are 0600 and the folder 0700 whatever the umask
+    try:
+        with caplog.at_level(logging.WARNING):
+            HveNotifier(to=ONCALL)(_context())  # no exception: the alert is kept
+    finally:
+        os.umask(previous)
+    (kept,) = _files(outbox)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(outbox.directory.stat().st_mode) == 0o700
+    data = kept.read_bytes()
+    token = HveHook().get_access_token()  # the cached token the failed send used
+    assert token.encode() not in data and b"Bearer" not in data
+    head = json.loads(data.split(b"\n", 1)[0])
+    assert head["message_id"] == _expected_id() and head["recipients"] == [ONCALL]
+    assert "connection refused" in head["reason"]
+    assert any("kept in the outbox" in r.getMessage() for r in caplog.records)
+    assert not sandbox.messages
+
+    sandbox.smtp.reset_faults()  # HVE is back
+    HveHook().send_email(to="team@contoso.example", subject="Daily report", text_content="rows")
+    messages = sandbox.wait_for_messages(2)
+    (alert,) = [m for m in messages if m.message["Message-ID"] == _expected_id()]
+    assert alert.rcpt_tos == [ONCALL]
+    assert alert.message["Subject"] == "[Airflow] nightly.load failed (try 2 of 3)"
+    assert alert.message[RAISED_AT_HEADER] and alert.message["X-HVE-Alert-Late-By"].endswith(" s")
+    assert _plain(alert).startswith("Raised at ") and " late (HVE could not take it then)." in _plain(alert)
+    assert "Raised at " in _html(alert) and "disk full" in _plain(alert)
+    assert not _files(outbox)
+
+    HveHook().send_email(to="team@contoso.example", subject="Again", text_content="rows")
+    sandbox.wait_for_messages(3)
+    time.sleep(0.3)
+    assert _by_id(sandbox)[_expected_id()] == 1 and len(sandbox.messages) == 3
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda sb: sb.smtp.disconnect_after(0, times=10), id="421-and-hang-up"),
+        pytest.param(lambda sb: sb.smtp.throttle(TEMPORARY_FAILURE, command="content", count=10), id="451-content"),
+        pytest.param(lambda sb: sb.smtp.throttle("454 4.7.0 Try later", command="AUTH", count=10), id="454-auth"),
+        pytest.param(lambda sb: sb.entra.throttle(20, status=503, retry_after=0), id="token-endpoint-503"),
+    ],
+)
+def test_alert_kept_for_each_temporary_failure_then_delivered_once(
+    fault: Callable[[HveSandbox], None],
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    outbox: Outbox,
+) -> None:
+    hve_connection(send_retries=0)
+    fault(sandbox)
+    HveNotifier(to=ONCALL)(_context())
+    assert len(outbox.entries()) == 1 and not sandbox.messages
+    sandbox.smtp.reset_faults()
+    sandbox.entra.reset_faults()
+    report = flush()
+    assert report.delivered == 1 and report.left == 0, report.lines
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == _expected_id()
+    assert flush().delivered == 0 and len(sandbox.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "reply"),
+    [
+        pytest.param(
+            lambda sb: sb.smtp.refuse_recipient(ONCALL), HveSendError, "550 5.1.10", id="550-recipient-refused"
+        ),
+        pytest.param(
+            lambda sb: sb.smtp.fail_next_data("554 5.6.0 Message rejected", count=5),
+            HveSendError,
+            "554 5.6.0",
+            id="554-content",
+        ),
+        pytest.param(
+            lambda sb: sb.smtp.fail_next_auth("535 5.7.3 Authentication unsuccessful", count=5),
+            HveAuthError,
+            "535 5.7.3",
+            id="535-auth",
+        ),
+    ],
+)
+def test_permanent_refusal_is_not_kept_and_is_logged_with_the_reply(
+    fault: Callable[[HveSandbox], None],
+    error: type[Exception],
+    reply: str,
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hve_connection(send_retries=0)
+    fault(sandbox)
+    with caplog.at_level(logging.ERROR), pytest.raises(error):
+        HveNotifier(to=ONCALL)(_context())
+    assert not outbox.entries()
+    (line,) = [r.getMessage() for r in caplog.records if "is not kept" in r.getMessage()]
+    assert reply in line and _expected_id() in line
+
+
+@pytest.mark.parametrize("via", ["flush()", "the CLI"])
+def test_email_backend_mail_is_kept_and_flushed(
+    via: str, hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    send_email(to=ONCALL, subject="Task failed", html_content="<p>Try 1 of 3 failed</p>")
+    (entry,) = outbox.entries()
+    kept = outbox.read(entry)
+    assert kept.message_id.startswith("<hve-alert.") and kept.origin == "email backend"
+    sandbox.smtp.reset_faults()
+    if via == "the CLI":
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"delivered {kept.message_id} 'Task failed' to {ONCALL}" in done.stdout
+        assert "Delivered 1 (possible duplicates 0)" in done.stdout and "0 left in the outbox" in done.stdout
+    else:
+        assert flush().delivered == 1
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == kept.message_id
+    assert "Raised at " in _html(alert) and "Try 1 of 3 failed" in _html(alert)
+    assert not outbox.entries()
+
+
+def test_async_notify_keeps_a_deadline_alert(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    dag_run = {"dag_id": "nightly", "dag_run_id": "scheduled__2026-12-07", "state": "running"}
+    context = {"dag_run": dag_run, "deadline": {"id": "0193", "deadline_time": None}, "params": {}}
+    notifier = HveNotifier(to=ONCALL)
+    notifier.render_template_fields(context)
+    asyncio.run(notifier.async_notify(context))
+    (entry,) = outbox.entries()
+    expected = alert_message_id(
+        alert_key(event="deadline:0193", dag_id="nightly", run_id="scheduled__2026-12-07"), "contoso.example"
+    )
+    assert outbox.read(entry).message_id == expected
+    sandbox.smtp.reset_faults()
+    assert flush().delivered == 1
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == expected
+    assert alert.message["Subject"] == "[Airflow] DAG nightly missed its deadline"
+
+
+def test_the_cap_drops_the_oldest_with_an_error_line(
+    hve_connection: Callable[..., str],
+    hve_down: HveSandbox,
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_OUTBOX_MAX", "3")
+    with caplog.at_level(logging.ERROR):
+        for n in range(5):
+            HveNotifier(to=ONCALL)(_context(task_id=f"task{n}"))
+    assert [outbox.read(e).subject for e in outbox.entries()] == [
+        f"[Airflow] nightly.task{n} failed (try 2 of 3)" for n in (2, 3, 4)
+    ]
+    dropped = [r.getMessage() for r in caplog.records if "dropped the oldest" in r.getMessage()]
+    assert len(dropped) == 2
+    for n, line in enumerate(dropped):
+        assert "alert_outbox_max" in line and _expected_id(task_id=f"task{n}") in line and "will not be" in line
+    sandbox.smtp.reset_faults()
+    assert flush().delivered == 3
+    sandbox.wait_for_messages(3)
+    assert set(_by_id(sandbox)) == {_expected_id(task_id=f"task{n}") for n in (2, 3, 4)}
+
+
+FLUSHER = """
+import json, sys
+from airflow_provider_hve.alerts.flush import flush
+print("ready", flush=True)
+sys.stdin.readline()
+report = flush()
+print(json.dumps({"delivered": report.delivered, "busy": report.busy}), flush=True)
+"""
+
+
+def test_concurrent_flushers_deliver_each_alert_exactly_once(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    for n in range(40):
+        send_email(to=ONCALL, subject=f"Failure {n}", html_content=f"<p>task {n}</p>")
+    kept = {outbox.read(e).message_id for e in outbox.entries()}
+    assert len(kept) == 40
+    sandbox.smtp.reset_faults()
+    sandbox.latency_ms = 10  # each delivery takes a while: the four flushers overlap
+    flushers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FLUSHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        for _ in range(4)
+    ]
+    for process in flushers:  # every one has imported Airflow: they start together
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    for process in flushers:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    reports = []
+    for process in flushers:
+        out, _ = process.communicate(timeout=240)
+        assert process.returncode == 0
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    sandbox.wait_for_messages(40, timeout=10)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter(dict.fromkeys(kept, 1))
+    assert sum(r["delivered"] for r in reports) == 40
+    assert sum(1 for r in reports if r["delivered"]) >= 2, reports  # they really shared the work
+    assert not outbox.entries()
+
+
+def test_a_claim_left_by_a_dead_flusher_is_resent_as_a_possible_duplicate(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context(task_id="a"))
+    HveNotifier(to=ONCALL)(_context(task_id="b"))
+    first, second = outbox.entries()
+    # A flusher that died 20 minutes ago after claiming the first; one that is alive now claimed the second.
+    os.rename(
+        outbox.directory / first.name, outbox.directory / f"{first.name}.claimed~{int(time.time() - 1200) * 1000}~h~1"
+    )
+    live = Outbox(outbox.directory).claim(second)
+    assert live is not None
+    sandbox.smtp.reset_faults()
+    with caplog.at_level(logging.WARNING):
+        report = flush()
+    assert report.delivered == 1 and report.possibly_duplicate == 1 and report.busy == 1
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == _expected_id(task_id="a")
+    assert alert.message["X-HVE-Alert-Possible-Duplicate"] == "yes"
+    assert any("POSSIBLY A DUPLICATE" in r.getMessage() for r in caplog.records)
+    live.delivered()  # the live flusher finishes: nothing is left
+    assert not outbox.entries()
+
+
+def test_maintenance_dag_parses_and_delivers_what_was_kept(
+    run_dag: Callable[..., Any], parse_dags: Callable[[Any], Any], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    sandbox = hve_down
+    bag = parse_dags(EXAMPLE_DAG)
+    dag = bag.get_dag("hve_alert_outbox")
+    assert not bag.import_errors and dag.max_active_runs == 1
+    HveNotifier(to=ONCALL)(_context())
+    assert len(outbox.entries()) == 1
+    sandbox.smtp.reset_faults()
+    dag_run = run_dag(EXAMPLE_DAG, "hve_alert_outbox")
+    assert dag_run.state == "success"
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Message-ID"] == _expected_id()
+    assert not outbox.entries()
+
+
+OUTAGE_SECONDS = float(os.environ.get("HVE_OUTBOX_OUTAGE_SECONDS", "4"))
+
+
+def test_alert_raised_during_an_outage_arrives_soon_after_hve_returns_once(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, outbox: Outbox
+) -> None:
+    """
+    The measured scenario, short: HVE refuses connections for OUTAGE_SECONDS; an alert raised meanwhile is kept; the
+    maintenance DAG's loop (here polling every 0.5 s instead of 20) delivers it once, soon after HVE's return.
+    ``benchmarks/bench_outbox_outage.py`` runs the 10-minute version with the DAG's own 20 s poll.
+    """
+    hve_connection(send_retries=0)
+    sandbox.smtp.refuse_connections(OUTAGE_SECONDS)
+    outage_began = time.monotonic()
+    HveNotifier(to=ONCALL)(_context())
+    assert len(outbox.entries()) == 1
+    returned: list[float] = []
+
+    def watch() -> None:
+        while sandbox.smtp.refusing_connections:
+            time.sleep(0.02)
+        returned.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    report = flush_until_empty(seconds=OUTAGE_SECONDS + 30, poll=0.5)
+    arrived = time.monotonic()
+    watcher.join()
+    assert report.delivered == 1 and report.left == 0
+    assert returned[0] - outage_began >= OUTAGE_SECONDS - 0.5
+    assert arrived - returned[0] < 60  # within a minute of HVE's return (here: one poll)
+    assert arrived - returned[0] < 0.5 + 5
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({_expected_id(): 1})
+
+
+def test_the_outcome_says_kept(hve_connection: Callable[..., str], hve_down: HveSandbox) -> None:
+    """What the listener (and any caller of ``_send``) gets back: the kept alert's Message-ID and file."""
+    hve_connection(send_retries=0)
+    notifier = HveNotifier(to=ONCALL, subject="Alert", alert_key="ab" * 16)
+    notifier.render_template_fields(_context())
+    outcome = notifier._send(_context())
+    assert isinstance(outcome, Kept) and outcome.message_id == alert_message_id("ab" * 16, "contoso.example")
+    assert outcome.path.exists()
+
+
+def test_a_mail_merge_flushes_what_was_kept_for_its_connection(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    from airflow_provider_hve.bulk import MailMerge
+
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    sandbox.smtp.reset_faults()
+    rows = [{"email": f"reader{n}@contoso.example"} for n in range(3)]
+    MailMerge(HveHook(), subject="News", text_content="Hello {{ recipient.email }}", sessions=1).run(rows)
+    sandbox.wait_for_messages(4)
+    time.sleep(0.3)
+    assert _by_id(sandbox)[_expected_id()] == 1 and len(sandbox.messages) == 4
+    assert not outbox.entries()
+
+
+def test_a_maintenance_run_tries_once_more_at_the_end_of_its_time(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    """A run stays its whole time while HVE is down (the gap to the next run is the schedule minus keep_trying)."""
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    started = time.monotonic()
+    report = flush_until_empty(seconds=1.5, poll=5.0)
+    assert 1.4 < time.monotonic() - started < 4.0
+    assert report.kept == 2 and report.left == 1  # at the start and at the end
