@@ -59,7 +59,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/test_connection_config.py $(PYTEST_ARGS)
 
 ## test-wheel: build wheel + sdist (python -m build), twine check, install the wheel in a fresh venv beside each Airflow
-##             of WHEEL_LEGS (from constraints/), parse the four example DAGs with a DagBag and dag.test() the three
+##             of WHEEL_LEGS (from constraints/), parse the five example DAGs with a DagBag and dag.test() the four
 ##             that need no triggerer, with the provider from the wheel, not the checkout; ~2 min. WHEEL_LEGS="3.3"
 WHEEL_LEGS ?= 3.3 2.11
 test-wheel: $(STAMP)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make test-wheel: build the wheel and sdist (python -m build), check them (twine check), then for each Airflow
-# leg install the wheel into a fresh venv beside that Airflow (from constraints/airflow-<leg>.txt), parse all four
-# example DAGs with a DagBag and run the three that need no scheduler with dag.test(), with the provider from the
+# leg install the wheel into a fresh venv beside that Airflow (from constraints/airflow-<leg>.txt), parse every
+# example DAG with a DagBag and run the four that need no triggerer with dag.test(), with the provider from the
 # installed wheel, from a temporary folder (scripts/wheel_smoke.py), not the checkout.
 # Usage: scripts/test_wheel.sh <python> <uv> <leg>...
 set -euo pipefail

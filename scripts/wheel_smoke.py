@@ -26,10 +26,11 @@ from pathlib import Path
 # Every example DAG file; the dag.test() runs: dag id -> (the run's final state, how many messages the sandbox
 # must receive, a recipient pattern that tells them apart). hve_mail_merge: one message per person
 # (HVE_MERGE_PEOPLE below); hve_failure_alerts fails on purpose and its notifier mails the on-call team twice
-# (task and DAG level).
-FILES = ("hve_daily_report", "hve_deadline_alert", "hve_failure_alerts", "hve_mail_merge")
+# (task and DAG level); hve_alert_outbox (the outbox's maintenance DAG) finds nothing kept and sends nothing.
+FILES = ("hve_alert_outbox", "hve_daily_report", "hve_deadline_alert", "hve_failure_alerts", "hve_mail_merge")
 PEOPLE = 20
 RUNS = {
+    "hve_alert_outbox": ("success", 0, "*"),
     "hve_daily_report": ("success", 1, "sales-team@contoso.example"),
     "hve_failure_alerts": ("failed", 2, "data-oncall@contoso.example"),
     "hve_mail_merge": ("success", PEOPLE, "employee*@contoso.example"),
@@ -113,7 +114,7 @@ def main() -> int:
         for dag_id, (state, messages, recipient) in RUNS.items():
             if outcome["states"][dag_id] != state:
                 sys.exit(f"{dag_id}: dag.test() ended {outcome['states'][dag_id]}, expected {state}; see {log}")
-            got = sum(1 for message in delivered if fnmatch.filter(message.rcpt_tos, recipient))
+            got = messages and sum(1 for message in delivered if fnmatch.filter(message.rcpt_tos, recipient))
             if got != messages:
                 sys.exit(f"{dag_id}: the sandbox has {got} messages for {recipient}, expected {messages}; see {log}")
             print(f"== wheel smoke: {dag_id} ran ({state}) and delivered {messages} message(s) to the sandbox")
