@@ -482,13 +482,23 @@ def _load_files(
     swapped for a symlink to ``/proc/self/environ`` between a check and the read cannot pass the check and
     be read. Returns ``(path, data)`` per file, and ``cid -> (path, data)`` for the images.
     """
+    paths = _listed(argument, files)
+    if images is not None and not isinstance(images, Mapping):
+        raise HveConfigError(
+            f"Argument 'images' must be a mapping of content id to file path (cid -> path), got "
+            f"{type(images).__name__}."
+        )
+    image_paths = dict(images or {})
+    if not paths and not image_paths:  # no file to open: not even the mount table is read
+        _check_encoded_size([], attachments)
+        return [], {}
     opened: list[_OpenFile] = []
     image_files: dict[Any, _OpenFile] = {}
     try:
         kernel = _kernel_file_systems()
-        for path in _listed(argument, files):
+        for path in paths:
             opened.append(_open_regular(argument, path, kernel))
-        for cid, path in (images or {}).items():
+        for cid, path in image_paths.items():
             image_files[cid] = _open_regular("images", path, kernel)
         _check_encoded_size([*opened, *image_files.values()], attachments)
         return (
@@ -519,6 +529,18 @@ def _open_regular(argument: str, path: object, kernel: Mapping[int, str]) -> _Op
         raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
     # The file name becomes the attachment's name in a MIME header.
     _single_line(f"{argument} file name", os.path.basename(name))
+    not_regular = HveConfigError(
+        f"Argument {argument!r}: {path!r} is not a regular file (a directory, a device, a pipe or a "
+        f"socket). Attach a regular file: copy what you need into one first."
+    )
+    try:
+        # Refused before it is opened: opening a device can act (a tape rewinds, a serial line resets its board, a
+        # watchdog arms). The open file is checked again below, so a path swapped in between gains nothing.
+        before = os.stat(name)
+    except OSError:
+        raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.") from None
+    if not stat.S_ISREG(before.st_mode):
+        raise not_regular
     try:
         # O_NONBLOCK: a FIFO put in the file's place opens at once (and is refused below) instead of waiting for a
         # writer; O_NOCTTY: a terminal never becomes the worker's. Neither changes how a regular file reads.
@@ -528,10 +550,7 @@ def _open_regular(argument: str, path: object, kernel: Mapping[int, str]) -> _Op
     try:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise HveConfigError(
-                f"Argument {argument!r}: {path!r} is not a regular file (a directory, a device, a pipe or a "
-                f"socket). Attach a regular file: copy what you need into one first."
-            )
+            raise not_regular
         file_system = kernel.get(info.st_dev)
         if file_system is not None:
             # /proc and /sys report a size of 0 (or 4096) whatever they hold: the size check cannot see them, and
@@ -541,6 +560,11 @@ def _open_regular(argument: str, path: object, kernel: Mapping[int, str]) -> _Op
                 f"Argument {argument!r}: {path!r} is not a regular file (it is on {file_system}, a file the kernel "
                 f"makes up as it is read, whose size is unknown). Attach a regular file: copy what you need into "
                 f"one first."
+            )
+        if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+            raise HveConfigError(
+                f"Argument {argument!r}: {path!r} was replaced by another file while it was being opened. Attach a "
+                f"file that is not being moved or relinked."
             )
     except BaseException:
         handle.close()

@@ -7,9 +7,9 @@ certificate's host name is checked.
 :meth:`HveSmtpSession.send` retries where that cannot duplicate a message: after a temporary refusal (``4xx``) it
 sends again on the same session; after a connection that broke before the message was handed over it reconnects,
 authenticates again and sends again; with jittered backoff, at most ``send_retries`` times (connection extra,
-default 3) within :data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent again. A send made
-in :func:`~airflow_provider_hve.cancellation.cancellable` starts no further attempt once its token is cancelled
-(its backoff ends at once); the attempt under way is finished.
+default 3) within :data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent
+again. A send made in :func:`~airflow_provider_hve.cancellation.cancellable` starts no further attempt once its token
+is cancelled (its backoff ends at once); the attempt under way is finished.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ def check_envelope_address(address: object, argument: str, *, smtputf8: bool = F
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # The argument of HveHook.send_email / build_message each header comes from, to name it in a refusal.
 _HEADER_ARGUMENT = {b"from": "from_email", b"to": "to", b"cc": "cc", b"reply-to": "reply_to", b"subject": "subject"}
+_ADDRESS_ARGUMENTS = frozenset({"from_email", "to", "cc", "reply_to"})
 
 
 def utf8_header(payload: bytes) -> tuple[str, str] | None:
@@ -96,11 +97,16 @@ def utf8_header(payload: bytes) -> tuple[str, str] | None:
 
 def refuse_utf8_header(argument: str, line: str, conn_id: str) -> HveConfigError:
     """The refusal of a message with UTF-8 headers on a session whose server does not offer SMTPUTF8."""
+    if argument in _ADDRESS_ARGUMENTS:
+        what = "holds an address with non-ASCII characters before the '@', which only UTF-8 headers can carry"
+        fix = "Use an address whose part before the '@' is ASCII"
+    else:  # a message built by the caller (send_message) with raw UTF-8 in another header
+        what = "holds raw UTF-8, which only a server offering SMTPUTF8 may receive"
+        fix = "Encode the header (email.policy.SMTP writes RFC 2047 encoded words)"
     return HveConfigError(
-        f"Argument {argument!r}: the message's header {line!r} holds an address with non-ASCII characters before the "
-        f"'@', which only UTF-8 headers can carry (RFC 6532), and the server of connection {conn_id!r} does not offer "
-        f"SMTPUTF8 (RFC 6531) in its EHLO reply. Nothing was sent. Use an address whose part before the '@' is "
-        f"ASCII, or a server that offers SMTPUTF8 (HVE's Exchange Online frontends do)."
+        f"Argument {argument!r}: the message's header {line!r} {what} (RFC 6532), and the server of connection "
+        f"{conn_id!r} does not offer SMTPUTF8 (RFC 6531) in its EHLO reply. Nothing was sent. {fix}, or use a "
+        f"server that offers SMTPUTF8 (HVE's Exchange Online frontends do)."
     )
 
 

@@ -572,3 +572,100 @@ def test_unknown_extras_are_a_warning_and_the_mail_still_goes(
     assert "'client_secret' (a secret belongs in the connection's Password field)" in warning
     assert ", ".join(EXTRA_FIELDS) in warning
     _assert_not_echoed(warning)
+
+
+# -- Attachments that are not regular files are refused without being opened -------------------------------
+
+
+def _build_in_thread(**kwargs: Any) -> BaseException | None:
+    """Build a message in a thread that must end within 5 s: a regression that blocks on a FIFO fails, not hangs."""
+    import threading
+
+    from airflow_provider_hve import message as message_module
+
+    outcome: list[BaseException | None] = []
+
+    def build() -> None:
+        try:
+            message_module.build_message(
+                sender="a@contoso.example", to="b@contoso.example", subject="s", **{"text_content": "x", **kwargs}
+            )
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert outcome, "building the message blocked for 5 s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-null", "directory"])
+def test_a_file_that_is_not_regular_is_refused_before_it_is_opened(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO without a writer, a device, a directory: refused at once, never opened (opening a device can act)."""
+    import os
+
+    from airflow_provider_hve import message as message_module
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    if kind == "fifo":
+        path = tmp_path / "report.csv"
+        os.mkfifo(path)
+    elif kind == "dev-null":
+        path = Path("/dev/null")
+    else:
+        path = tmp_path
+    opened: list[str] = []
+    monkeypatch.setattr(message_module, "_opener", lambda name, flags: opened.append(name) or os.open(name, flags))
+    error = _build_in_thread(files=[str(path)])
+    assert isinstance(error, HveConfigError), error
+    assert "'files'" in str(error) and "not a regular file" in str(error)
+    assert opened == [], "the path was opened before it was known to be a regular file"
+
+
+def test_a_file_swapped_for_another_regular_file_while_opening_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open file must be the file that was checked (device and inode), not another one linked in meanwhile."""
+    import os
+
+    from airflow_provider_hve import message as message_module
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    checked, other = tmp_path / "checked.csv", tmp_path / "other.csv"
+    checked.write_text("a,b\n")
+    other.write_text("secret,1\n")
+    link = tmp_path / "report.csv"
+    link.symlink_to(checked)
+
+    def swapping_opener(name: str, flags: int) -> int:
+        link.unlink()
+        link.symlink_to(other)
+        return os.open(name, flags)
+
+    monkeypatch.setattr(message_module, "_opener", swapping_opener)
+    error = _build_in_thread(files=[str(link)])
+    assert isinstance(error, HveConfigError), error
+    assert "'files'" in str(error) and "replaced by another file" in str(error)
+
+
+def test_images_of_the_wrong_type_are_a_config_error() -> None:
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    error = _build_in_thread(html_content="<img src='cid:logo'>", images=["/etc/hostname"])
+    assert isinstance(error, HveConfigError), error
+    assert "'images' must be a mapping" in str(error) and "got list" in str(error)
+
+
+def test_a_message_without_files_does_not_read_the_mount_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel file systems are looked up only when there is a file to check (each row of a merge builds one)."""
+    from airflow_provider_hve import message as message_module
+
+    def unexpected() -> dict[int, str]:
+        raise AssertionError("the mount table was read for a message without files")
+
+    monkeypatch.setattr(message_module, "_kernel_file_systems", unexpected)
+    assert _build_in_thread(text_content="no files") is None

@@ -523,9 +523,9 @@ def test_no_recipient_is_parsed_past_the_recipient_limit(monkeypatch: pytest.Mon
     validated: list[str] = []
     original = addresses._validated
 
-    def counting(display_name: str, addr_spec: str, text: str) -> Any:
+    def counting(display_name: str, addr_spec: str, text: str, smtputf8: bool = False) -> Any:
         validated.append(addr_spec)
-        return original(display_name, addr_spec, text)
+        return original(display_name, addr_spec, text, smtputf8)
 
     # Every address goes through _validated; only those with a display name reach the header parser.
     monkeypatch.setattr(addresses, "_validated", counting)
