@@ -61,6 +61,8 @@ class HveNotifier(EmailTemplating, BaseNotifier):
     :param files: paths of files to attach. (templated)
     :param headers: extra ``X-`` headers. (templated)
     :param hve_conn_id: the ``hve`` connection. (templated)
+    :param message_id: the alert's Message-ID (``<left@domain>``), e.g. a stable one from
+        :func:`airflow_provider_hve.alerts.ids.alert_message_id`; default: a new unique one.
 
     Example::
 
@@ -99,6 +101,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         files: Iterable[str] | None = None,
         headers: Mapping[str, str] | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
+        message_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,6 +116,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         self.files = files
         self.headers = headers
         self.hve_conn_id = hve_conn_id
+        self.message_id = message_id
 
     def __call__(self, *args: Any) -> None:
         """Send one alert. Renders on a copy: Airflow calls one instance for many alerts (one parsed DAG)."""
@@ -181,6 +185,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
             from_email=self.from_email,
             files=self.files,
             headers=self.headers,
+            message_id=self.message_id,
         )
         if result.refused:
             log.warning("HVE refused some alert recipients: %s", result.as_dict()["refused"])
