@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,8 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
     env.update(
         {
             "AIRFLOW_HOME": str(home),
+            # Executors run `airflow tasks run ...` by name: this venv's airflow.
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
             "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

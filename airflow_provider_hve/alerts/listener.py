@@ -31,7 +31,10 @@ from airflow_provider_hve.alerts.config import AlertConfig
 log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker("airflow")
 
-_SERVER_JOBS = frozenset({"SchedulerJob", "DagProcessorJob", "TriggererJob"})
+# Processes that run one task and exit (Airflow 2.11's ``tasks run`` and its LocalTaskJob, 3.x's task runner): they
+# send inline. Any other process that announced itself (a scheduler, DAG processor, triggerer job) sends from a
+# background thread.
+_TASK_ROLES = frozenset({"TaskCommandMarker", "TaskRunnerMarker", "LocalTaskJob"})
 DRAIN_AT_EXIT_SECONDS = 30.0
 MAX_ERROR_CHARS = 300
 
@@ -78,7 +81,11 @@ class HveAlertListener:
     @hookimpl
     def on_starting(self, component: Any) -> None:
         """Remember which process this is (scheduler, task, ...): it decides whether sends go to a thread."""
-        self._role = getattr(component, "job_type", None) or type(component).__name__
+        # A Job (2.11, 3.x) may not know its job_type yet when it announces itself; its runner's class says.
+        runner = getattr(component, "job_runner", None)
+        self._role = getattr(component, "job_type", None) or (
+            type(runner).__name__.replace("Runner", "") if runner is not None else type(component).__name__
+        )
 
     @hookimpl
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
@@ -105,12 +112,15 @@ class HveAlertListener:
             work = handler(config, *args)
             if work is None:
                 return
-            if self.background if self.background is not None else (server or self._role in _SERVER_JOBS):
+            if self.background if self.background is not None else (server or self._in_server_process()):
                 self._thread().submit(what, work)
             else:
                 _run(what, work)
         except Exception:
             log.exception("HVE alert listener: the %s alert failed; Airflow carries on", what)
+
+    def _in_server_process(self) -> bool:
+        return self._role is not None and self._role not in _TASK_ROLES
 
     def _task_failed(self, config: AlertConfig, ti: Any, error: Any) -> Callable[[], None] | None:
         from airflow_provider_hve.alerts.ids import alert_key
@@ -187,8 +197,7 @@ class HveAlertListener:
             return None
         single, _, due = decision
         context: dict[str, Any] = {
-            # What the notifier reads of a DAG (its rendering asks render_template_as_native_obj too).
-            "dag": SimpleNamespace(dag_id=dag_run.dag_id, render_template_as_native_obj=False),
+            "dag": SimpleNamespace(dag_id=dag_run.dag_id),
             "dag_run": SimpleNamespace(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state="failed"),
             "run_id": dag_run.run_id,
             "reason": msg or "task_failure",

@@ -50,9 +50,16 @@ def send_alert(
     ``in_reply_to``: the Message-ID of the first alert of the thread; the mail carries it as ``In-Reply-To`` and
     ``References`` so mail clients show it under that alert. Raises what the send raises (on Airflow 3).
     """
+    from types import SimpleNamespace
+
     from airflow_provider_hve.notifications.hve import HveNotifier
 
     message_id = message_id_for(key, config)
+    context = dict(context)
+    # Airflow 2.11's notifier renders with context["dag"] (and asks it render_template_as_native_obj): a stand-in
+    # that renders text, whatever the task's own DAG says.
+    dag_id = getattr(context.get("dag"), "dag_id", None)
+    context["dag"] = SimpleNamespace(dag_id=dag_id, render_template_as_native_obj=False)
     headers = {"In-Reply-To": in_reply_to, "References": in_reply_to} if in_reply_to else None
     notifier = HveNotifier(
         to=to,
@@ -62,5 +69,5 @@ def send_alert(
         hve_conn_id=config.conn_id,
         message_id=message_id,
     )
-    notifier(dict(context))
+    notifier(context)
     return message_id
