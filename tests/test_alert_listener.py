@@ -300,3 +300,17 @@ def test_the_plugin_is_registered_through_the_entry_point() -> None:
     (entry,) = [e for e in entry_points(group="airflow.plugins") if e.name == "hve_alerts"]
     assert entry.load() is HveAlertsPlugin
     assert HveAlertsPlugin.listeners and isinstance(HveAlertsPlugin.listeners[0], HveAlertListener)
+
+
+def test_a_success_without_an_open_thread_leaves_the_journal_alone(
+    alerts: Callable[..., HveAlertListener], sandbox: HveSandbox, tmp_path: Any
+) -> None:
+    """Every task success of the deployment reaches the listener: most change nothing, and write nothing."""
+    listener = alerts(recovered=True)
+    listener.on_task_instance_failed(previous_state="running", task_instance=ti(), error=None)
+    state = tmp_path / "hve_alerts" / "journal" / "state.json"
+    written = state.stat().st_mtime_ns
+    time.sleep(0.05)
+    listener.on_task_instance_success(previous_state="running", task_instance=ti("success", task_id="other"))
+    assert state.stat().st_mtime_ns == written
+    assert len(sandbox.wait_for_messages(1)) == 1

@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pluggy
+from airflow.listeners import hookimpl  # pluggy's marker for project "airflow", on 2.11 and 3.x
 
 from airflow_provider_hve.alerts.config import AlertConfig
 
 log = logging.getLogger(__name__)
-hookimpl = pluggy.HookimplMarker("airflow")
 
 # Processes that run one task and exit (Airflow 2.11's ``tasks run`` and its LocalTaskJob, 3.x's task runner): they
 # send inline. Any other process that announced itself (a scheduler, DAG processor, triggerer job) sends from a
@@ -273,6 +272,7 @@ class HveAlertListener:
         from airflow_provider_hve.alerts.mail import message_id_for
 
         journal = Journal(config.journal_dir)
+        first_id = message_id_for(entry["key"], config)  # may ask Airflow for the connection: not under the lock
         now = self.clock()
         with journal.locked() as state:
             close_if_due(journal, state, now, config, force=False)
@@ -287,7 +287,7 @@ class HveAlertListener:
                     reply_to = opened.get("message_id")
                 elif single:  # the first alert of this task since it last succeeded: later ones answer it
                     state.threads[thread] = {
-                        "message_id": message_id_for(entry["key"], config),
+                        "message_id": first_id,
                         "run_id": entry["run_id"],
                         "when": entry["when"],
                         "at": now,
