@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,14 +16,16 @@ def test_a_notifier_sends_the_message_id_and_thread_headers_it_is_given(
     from airflow_provider_hve.notifications.hve import HveNotifier
 
     hve_connection()
+    # Airflow 2.11's notifier renders with context["dag"]
+    context = {"dag": SimpleNamespace(dag_id="etl", render_template_as_native_obj=False)}
     first = "<hve-alert.0123abcd@contoso.example>"
-    HveNotifier(to="oncall@contoso.example", subject="s", html_content="<p>x</p>", message_id=first)({})
+    HveNotifier(to="oncall@contoso.example", subject="s", html_content="<p>x</p>", message_id=first)(context)
     HveNotifier(
         to="oncall@contoso.example",
         subject="s",
         html_content="<p>y</p>",
         headers={"In-Reply-To": first, "References": first},
-    )({})
+    )(dict(context))
     one, two = sandbox.wait_for_messages(2)
     assert one.message["Message-ID"] == first
     assert two.message["In-Reply-To"] == first and two.message["References"] == first
