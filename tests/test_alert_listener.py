@@ -314,3 +314,34 @@ def test_a_success_without_an_open_thread_leaves_the_journal_alone(
     listener.on_task_instance_success(previous_state="running", task_instance=ti("success", task_id="other"))
     assert state.stat().st_mtime_ns == written
     assert len(sandbox.wait_for_messages(1)) == 1
+
+
+def test_airflow_calls_the_plugin_listener_with_its_own_hook_signature(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Through Airflow's own listener manager (plugins from entry points): the hook specs of this version accept it."""
+    from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
+    from airflow_provider_hve.alerts.listener import listener
+
+    try:
+        from airflow.listeners.listener import get_listener_manager
+    except ImportError:  # pragma: no cover - every supported version has it
+        pytest.skip("no listener manager")
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", ONCALL)
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", str(tmp_path / "hve_alerts"))
+    monkeypatch.setattr(listener, "_config", None)  # read the options above
+    monkeypatch.setattr(listener, "background", False)
+    manager = get_listener_manager()
+    assert listener in manager.pm.get_plugins(), "the hve_alerts plugin's listener is registered"
+    extra = {} if AIRFLOW_V_3_0_PLUS else {"session": None}  # 2.11's spec passes a session too
+    manager.hook.on_task_instance_failed(
+        previous_state="running", task_instance=ti("up_for_retry", try_number=1), error=ValueError("x"), **extra
+    )
+    manager.hook.on_task_instance_failed(previous_state="running", task_instance=ti(), error=ValueError("x"), **extra)
+    manager.hook.on_task_instance_success(previous_state="running", task_instance=ti("success"), **extra)
+    (alert,) = sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert len(sandbox.messages) == 1 and alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    mail.sender_domain.cache_clear()
