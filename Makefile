@@ -17,9 +17,12 @@ CONSTRAINTS  = constraints/airflow-$(AIRFLOW).txt
 # example DAGs under dag.test(), and the compatibility tests themselves.
 # (tests/test_deadline_alert.py runs a real scheduler + triggerer; it skips, saying why, before Airflow 3.1.)
 # Alerts (notifier, backend, smtp_default), template injection (rows, mapped XCom values) and the README DAG too.
+# The alert listener in-process (this version's hook specs, digests, journal; ~15-25 s); its real-scheduler test
+# (tests/test_alert_listener_e2e.py, 70-150 s a leg) runs with `make test` on the newest Airflow only.
 COMPAT_TESTS ?= tests/test_compat.py tests/test_connection_config.py tests/test_connection_form.py tests/test_smtp_session.py \
                 tests/test_operator.py tests/test_example_dags.py tests/test_deadline_alert.py \
-                tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py
+                tests/test_alerts.py tests/test_template_injection.py tests/test_readme.py \
+                tests/test_alert_listener.py tests/test_alert_message_id.py
 UV           = $(BIN)/uv
 
 .PHONY: demo test test-fast test-wheel bench-import test-mta test-browser test-deploy test-compat test-compat-all constraints lint install sandbox clean bench bench-build bench-window bench-outbox docs

@@ -220,6 +220,83 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "600",
                         "default": "600",
                     },
+                    "alert_to": {
+                        "description": "Recipients of the deployment-wide failure alerts (comma-separated). Empty: the"
+                        " alert listener is off.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "data-oncall@contoso.com",
+                        "default": "",
+                    },
+                    "alert_conn_id": {
+                        "description": "The hve connection the alert listener sends through.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "hve_default",
+                        "default": "hve_default",
+                    },
+                    "alert_dags_include": {
+                        "description": "fnmatch patterns of the DAG ids the listener alerts on (comma-separated); "
+                        "empty: every DAG.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "etl_*, billing_*",
+                        "default": "",
+                    },
+                    "alert_dags_exclude": {
+                        "description": "fnmatch patterns of DAG ids never alerted on (comma-separated); wins over "
+                        "alert_dags_include.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "*_sandbox",
+                        "default": "",
+                    },
+                    "alert_route_to_task_email": {
+                        "description": "Send a task's alert to the task's own email (else to an owner that is an "
+                        "address) instead of alert_to.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                    "alert_on_retry": {
+                        "description": "Also alert on a try that will be retried; by default only the final try "
+                        "alerts.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
+                    "alert_on_dag_run": {
+                        "description": "Alert when a DAG run fails, besides its failed tasks.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "alert_digest_threshold": {
+                        "description": "When more than this many alerts arrive within alert_digest_window_minutes, the"
+                        " further ones are collected into one digest mail; 0: never.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "3",
+                        "default": "3",
+                    },
+                    "alert_digest_window_minutes": {
+                        "description": "The window of alert_digest_threshold, and how long a digest collects before it"
+                        " is sent.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "5",
+                        "default": "5",
+                    },
+                    "alert_recovered": {
+                        "description": "Mail when a task that alerted succeeds again, as a reply to its first alert.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
                 },
             },
         },

@@ -89,6 +89,8 @@ _FOLD_WIDTH = 78 - len("Reply-To: ")  # the policy's line length, less the longe
 # RFC 5322 ftext: printable ASCII except ':'. Used with fullmatch: "^...$" with match() let a final "\n" through.
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _LINE_BREAKS = LINE_BREAKS | {"\0"}
+# RFC 5322 msg-id in its common dot-atom form: <left@right>, printable ASCII, no spaces, brackets or a second '@'.
+_MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")
 _LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
 # Where a header of the built message came from, to name the argument when one of its lines is too long.
 _HEADER_ARGUMENT = {
@@ -127,6 +129,9 @@ class MessageOptions(TypedDict, total=False):
     :param headers: extra headers (``X-...``); structural and trace headers are refused.
     :param images: inline images, content id -> path, shown in the HTML with ``cid:``.
     :param attachments: attachments built in memory.
+    :param message_id: the Message-ID, ``<left@domain>``; default: a new unique one. A stable one (an alert's, from
+        :func:`airflow_provider_hve.alerts.ids.alert_message_id`) lets a resend be the same message and follow-ups
+        thread under it.
     """
 
     text_content: str | None
@@ -138,6 +143,7 @@ class MessageOptions(TypedDict, total=False):
     headers: Mapping[str, str] | None
     images: Mapping[str, str] | None
     attachments: Iterable[Attachment]
+    message_id: str | None
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ def build_message(
     attachments: Iterable[Attachment] = (),
     derive_text: bool = True,
     max_recipients: int | None = None,
+    message_id: str | None = None,
 ) -> OutgoingMessage:
     """
     Validate the arguments and build a message ready for :meth:`HveSmtpSession.send`.
@@ -231,7 +238,11 @@ def build_message(
         message.set_raw("Reply-To", address_list_header(tuple(reply_boxes)))
     message["Subject"] = subject
     message["Date"] = _parsed_header("Date", formatdate(localtime=True))
-    message["Message-ID"] = make_msgid(domain=from_box.addr_spec.rpartition("@")[2])
+    if message_id is not None and not _MSG_ID.fullmatch(str(message_id)):
+        raise HveConfigError(
+            f"Argument 'message_id': {_short(message_id)} is not a Message-ID; write <unique-part@domain>."
+        )
+    message["Message-ID"] = message_id or make_msgid(domain=from_box.addr_spec.rpartition("@")[2])
     for name, value in (headers or {}).items():
         _check_custom_header(name, value)
         message[name] = value

@@ -70,6 +70,9 @@ class HveNotifier(EmailTemplating, BaseNotifier):
     :param hve_conn_id: the ``hve`` connection. (templated)
     :param alert_key: the stable key its Message-ID is made from (:func:`~airflow_provider_hve.alerts.ids.alert_key`);
         default: from the callback's context (DAG, run, task, map index, try and event).
+    :param message_id: the alert's Message-ID (``<left@domain>``), e.g. one from
+        :func:`airflow_provider_hve.alerts.ids.alert_message_id`; wins over ``alert_key``. Default: the stable one
+        of ``alert_key``.
 
     An alert HVE or Entra cannot take now for a reason that passes (unreachable, ``4xx``, ``421``, Entra's 5xx) is
     kept in the alert outbox and delivered later, once, with the same Message-ID (docs/alerts.md, "Alert outbox").
@@ -112,6 +115,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         headers: Mapping[str, str] | None = None,
         hve_conn_id: str = DEFAULT_CONN_ID,
         alert_key: str | None = None,
+        message_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,6 +131,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         self.headers = headers
         self.hve_conn_id = hve_conn_id
         self.alert_key = alert_key
+        self.message_id = message_id
 
     def __call__(self, *args: Any) -> None:
         """Send one alert. Renders on a copy: Airflow calls one instance for many alerts (one parsed DAG)."""
@@ -204,9 +209,11 @@ class HveNotifier(EmailTemplating, BaseNotifier):
             from_email=self.from_email,
             files=self.files,
             headers=self.headers,
+            message_id=self.message_id,
         )
-        key = self.alert_key or alert_key_of(context)
-        outgoing = with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2]))
+        if self.message_id is None:  # a Message-ID given by the caller (the listener's, for threading) wins
+            key = self.alert_key or alert_key_of(context)
+            outgoing = with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2]))
         outcome = send_or_keep(hook, outgoing, origin="HveNotifier")
         if not isinstance(outcome, Kept) and outcome.refused:
             log.warning("HVE refused some alert recipients: %s", outcome.as_dict()["refused"])
