@@ -345,3 +345,36 @@ def test_airflow_calls_the_plugin_listener_with_its_own_hook_signature(
     time.sleep(0.3)
     assert len(sandbox.messages) == 1 and alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
     mail.sender_domain.cache_clear()
+
+
+@pytest.mark.parametrize("digests_now", [False, True], ids=["window-ended", "digests-now"])
+def test_the_command_line_flush_sends_the_digests(
+    digests_now: bool, sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch, hve_connection: Callable[..., str]
+) -> None:
+    """No failure comes after the storm: `hve-alerts flush` (and so the maintenance DAG's task) sends the digest."""
+    import subprocess
+    import sys
+
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", ONCALL)
+    window = 60.0 if digests_now else 0.02  # minutes: 1.2 s, over by the time the command runs
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "1")
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_WINDOW_MINUTES", str(window))
+    listener = HveAlertListener(load_alert_config(), background=False)
+    for n in range(3):
+        listener.on_task_instance_failed(previous_state="running", task_instance=ti(task_id=f"t{n}"), error=None)
+    (single,) = sandbox.wait_for_messages(1)
+    assert "etl.t0" in single.message["Subject"]
+    time.sleep(0 if digests_now else 1.5)
+    command = [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"] + (["--digests-now"] if digests_now else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Alert digests sent: 1" in done.stdout
+    _, digest = sandbox.wait_for_messages(2)
+    html = digest.message.get_body(("html",)).get_content()
+    assert sorted(re.findall(r"<td>etl</td><td>(t\d+)</td>", html)) == ["t1", "t2"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert "Alert digests sent: 0" in again.stdout, "a digest is sent once"
+    time.sleep(0.3)
+    assert len(sandbox.messages) == 2

@@ -32,18 +32,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="while alerts are left, try again every --poll seconds for up to this long (default: once)",
     )
     flush.add_argument("--poll", type=float, default=20.0, metavar="SECONDS", help="see --for (default: 20)")
+    flush.add_argument(
+        "--digests-now",
+        action="store_true",
+        help="also send the alert digest being collected (default: only digests whose window has ended)",
+    )
     listing = commands.add_parser("list", help="print the kept alerts, oldest first")
     listing.add_argument("--conn-id", help="only the alerts of this hve connection (default: all)")
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list(args.conn_id)
-    return _flush(args.conn_id, args.seconds, args.poll)
+    return _flush(args.conn_id, args.seconds, args.poll, digests_now=args.digests_now)
 
 
-def _flush(conn_id: str | None, seconds: float, poll: float) -> int:
+def _flush(conn_id: str | None, seconds: float, poll: float, *, digests_now: bool = False) -> int:
+    from airflow_provider_hve.alerts.digest import flush_digests
     from airflow_provider_hve.alerts.flush import flush, flush_until_empty
     from airflow_provider_hve.alerts.outbox import Outbox
 
+    # The listener's digests first: one that HVE cannot take now is kept in the outbox, and goes out below.
+    digests = flush_digests(force=digests_now)
+    print(f"Alert digests sent: {digests}")
     outbox = Outbox.configured()
     print(f"HVE alert outbox {outbox.directory}")
     if seconds > 0:

@@ -18,6 +18,9 @@ def outbox_flush_dag(
     """
     Return a DAG that delivers the alerts kept in the outbox, every ``schedule``.
 
+    Each run first sends the alert listener's digests whose window has ended
+    (:func:`~airflow_provider_hve.alerts.digest.flush_digests`).
+
     A run with nothing kept ends at once (one directory listing). While alerts are kept (HVE down), the run tries
     again every ``poll`` seconds for ``keep_trying`` seconds (a little less than the schedule's period; one run at a
     time), so an alert goes out within about ``poll`` seconds of HVE's return, not at the next run.
@@ -51,10 +54,15 @@ def outbox_flush_dag(
 
         @task(task_id="flush_alert_outbox", retries=0, execution_timeout=dt.timedelta(seconds=keep_trying + 120))
         def flush_alert_outbox() -> dict[str, int]:
+            from airflow_provider_hve.alerts.digest import flush_digests
             from airflow_provider_hve.alerts.flush import flush_until_empty
 
+            # The alert listener's digests whose window has ended, even when no later failure comes to send them;
+            # one HVE cannot take now is kept in the outbox, flushed next.
+            digests = flush_digests()
             report = flush_until_empty(conn_id, seconds=keep_trying, poll=poll)
             return {
+                "digests": digests,
                 "delivered": report.delivered,
                 "possibly_duplicate": report.possibly_duplicate,
                 "dropped": report.dropped,
