@@ -367,7 +367,8 @@ def test_the_command_line_flush_sends_the_digests(
     (single,) = sandbox.wait_for_messages(1)
     assert "etl.t0" in single.message["Subject"]
     time.sleep(0 if digests_now else 1.5)
-    command = [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"] + (["--digests-now"] if digests_now else [])
+    command = [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"]
+    command += ["--digests-now"] if digests_now else []
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Alert digests sent: 1" in done.stdout
