@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -139,8 +140,41 @@ def airflow_db() -> None:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
 
 
+@pytest.fixture(scope="session")
+def _one_in_process_execution_api() -> None:
+    """
+    Let ``dag.test()`` keep one in-process Execution API for the session, as Airflow 3.3 does.
+
+    On Airflow 3.0-3.2 ``dag.test()`` builds a new Execution API app for every task it runs (FastAPI + Cadwyn
+    generate every versioned route again on its first request: 3-6 s of CPU per task on the 2-core CI machine,
+    most of the 3.1 and 3.2 legs' time). Airflow 3.3 keeps one: ``functools.lru_cache`` on
+    ``supervisor.in_process_api_server``, and ``_api_client`` drops the DAG bag override when it runs a trigger
+    without a DAG. The same two changes here, on the releases without them; the app, its routes, its database and
+    what each task asks of it are Airflow's own, as before (a real API server also serves every task from one app).
+    """
+    try:
+        from airflow.sdk.execution_time import supervisor
+    except ImportError:  # Airflow 2.11 runs dag.test() without an Execution API
+        return
+    if hasattr(supervisor.in_process_api_server, "cache_info"):  # Airflow 3.3+ keeps one already
+        return
+    supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(supervisor.in_process_api_server)
+    api_client = supervisor.InProcessTestSupervisor._api_client
+
+    def _api_client(dag: Any = None) -> Any:
+        if dag is None:  # as 3.3: no DAG bag left over from the previous task's DAG
+            from airflow.api_fastapi.common.dagbag import dag_bag_from_app
+
+            supervisor.in_process_api_server().app.dependency_overrides.pop(dag_bag_from_app, None)
+        return api_client(dag)
+
+    supervisor.InProcessTestSupervisor._api_client = staticmethod(_api_client)
+
+
 @pytest.fixture
-def run_dag(airflow_db: None, hve_connection: Callable[..., str]) -> Callable[..., Any]:
+def run_dag(
+    airflow_db: None, _one_in_process_execution_api: None, hve_connection: Callable[..., str]
+) -> Callable[..., Any]:
     """Return ``run(dag_file, dag_id)``: parse the file with a DagBag and run the DAG with ``dag.test()``."""
     hve_connection()
 
