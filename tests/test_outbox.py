@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +26,7 @@ import pytest
 
 from airflow_provider_hve.alerts.flush import RAISED_AT_HEADER, flush, flush_until_empty
 from airflow_provider_hve.alerts.ids import alert_key, alert_message_id
-from airflow_provider_hve.alerts.outbox import Outbox
+from airflow_provider_hve.alerts.outbox import KeptAlert, Outbox
 from airflow_provider_hve.alerts.send import Kept
 from airflow_provider_hve.exceptions import HveAuthError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
@@ -428,3 +429,189 @@ def test_a_maintenance_run_tries_once_more_at_the_end_of_its_time(
     report = flush_until_empty(seconds=1.5, poll=5.0)
     assert 1.4 < time.monotonic() - started < 4.0
     assert report.kept == 2 and report.left == 1  # at the start and at the end
+
+
+# -- issue 17 review: takeover, concurrent writers, cancellation, configuration, interruptions -------------------
+
+
+def test_a_release_after_a_takeover_does_not_bring_the_alert_back(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    Flusher A claims, outlives the claim timeout, B takes it over, then A gives up and releases: A must not put a
+    second copy back in the queue (before: it rewrote its claimed name and renamed it back, and the alert went out
+    once from that copy and once more from B's claim).
+    """
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    (entry,) = outbox.entries()
+    hasty = Outbox(outbox.directory, claim_timeout=0)
+    a = hasty.claim(entry)
+    assert a is not None
+    time.sleep(0.01)
+    (stale,) = hasty.entries()
+    b = hasty.claim(stale)
+    assert b is not None and b.stale
+    with caplog.at_level(logging.WARNING):
+        a.release("HVE refused the connection")
+    assert any("taken over by another flusher" in r.getMessage() for r in caplog.records)
+    assert [e.name for e in outbox.entries()] == [b.path.name]  # B's claim only, nothing queued again
+    sandbox.smtp.reset_faults()
+    assert flush().delivered == 0  # B's claim is B's
+    b.release("B gave up too")  # B is the owner: its release queues it again
+    assert flush().delivered == 1
+    sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({_expected_id(): 1})
+    assert not [p for p in outbox.directory.iterdir()]  # no private copy left behind
+
+
+KEEPER = """
+import sys, time
+from email.message import EmailMessage
+from airflow_provider_hve.alerts.outbox import KeptAlert, Outbox
+message = EmailMessage()
+message["From"] = sys.argv[2]
+message["To"] = "oncall@contoso.example"
+message["Subject"] = "Same alert"
+message["Message-ID"] = "<hve-alert.0123@contoso.example>"
+message.set_content("disk full")
+print("ready", flush=True)
+sys.stdin.readline()
+alert = KeptAlert(
+    message_id="<hve-alert.0123@contoso.example>", conn_id="hve_default", sender=sys.argv[2],
+    recipients=("oncall@contoso.example",), subject="Same alert", raised_at=time.time(), origin="HveNotifier",
+    reason="connection refused", payload=message.as_bytes(),
+)
+print(Outbox(sys.argv[1]).keep(alert).name, flush=True)
+"""
+
+
+def test_processes_keeping_the_same_alert_at_once_keep_it_once(
+    hve_connection: Callable[..., str], sandbox: HveSandbox, outbox: Outbox
+) -> None:
+    """Eight processes keep one alert at the same moment: one file, one delivery (before: a file per writer)."""
+    hve_connection(send_retries=0)
+    keepers = [
+        subprocess.Popen(
+            [sys.executable, "-c", KEEPER, str(outbox.directory), sandbox.connection()["login"]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        for _ in range(8)
+    ]
+    for process in keepers:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    for process in keepers:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    names = set()
+    for process in keepers:
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0
+        names.add(out.strip())
+    assert len(_files(outbox)) == 1 and len(names) == 1, names
+    (entry,) = outbox.entries()
+    # A claimed copy counts as present: keeping the alert again while a flusher delivers it adds nothing.
+    claim = outbox.claim(entry)
+    assert claim is not None
+    again = outbox.keep(replace(claim.alert, raised_at=time.time()))
+    assert again == claim.path and len(_files(outbox)) == 1
+    claim.release("still down")
+    assert flush().delivered == 1
+    sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({"<hve-alert.0123@contoso.example>": 1})
+
+
+def test_outbox_keeps_oldest_first_by_when_raised(hve_down: HveSandbox, outbox: Outbox) -> None:
+    """The order comes from when each alert was raised (the file's time), not from when it was written."""
+    made = []
+    for n, raised_at in enumerate([3000.0, 1000.0, 2000.0]):
+        made.append(
+            KeptAlert(
+                message_id=f"<hve-alert.{n}@contoso.example>", conn_id="hve_default", sender="a@contoso.example",
+                recipients=(ONCALL,), subject=f"n{n}", raised_at=raised_at, origin="HveNotifier", reason="down",
+                payload=b"Subject: x\r\n\r\nx\r\n",
+            )
+        )  # fmt: skip
+        outbox.keep(made[-1])
+    assert [outbox.read(e).subject for e in outbox.entries()] == ["n1", "n2", "n0"]
+    (claimed,) = [e for e in outbox.entries() if outbox.read(e).subject == "n1"]
+    claim = outbox.claim(claimed)
+    assert claim is not None
+    claim.release("still down")  # rewritten: its place in the queue stays
+    assert [outbox.read(e).subject for e in outbox.entries()] == ["n1", "n2", "n0"]
+
+
+def test_a_deadline_alert_cancelled_during_an_outage_is_kept_then_delivered_once(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    The triggerer cancels a Deadline Alert while HVE refuses connections (in the backoff after its first attempt):
+    no further attempt, but the rendered alert is kept (a local write) and goes out once when HVE is back.
+    Before: a cancelled alert was not kept, so an outage that outlived the callback timeout lost it.
+    """
+    sandbox = hve_down
+    hve_connection(send_retries=2)
+    dag_run = {"dag_id": "nightly", "dag_run_id": "scheduled__2026-12-07", "state": "running"}
+    context = {"dag_run": dag_run, "deadline": {"id": "0194", "deadline_time": None}, "params": {}}
+    notifier = HveNotifier(to=ONCALL)
+    notifier.render_template_fields(context)
+    expected = alert_message_id(
+        alert_key(event="deadline:0194", dag_id="nightly", run_id="scheduled__2026-12-07"), "contoso.example"
+    )
+
+    def said(text: str) -> bool:
+        return any(text in r.getMessage() for r in list(caplog.records))
+
+    async def cancel_in_backoff() -> None:
+        send = asyncio.ensure_future(notifier.async_notify(context))
+        deadline = time.monotonic() + 60
+        while not said("Sending it again"):
+            assert time.monotonic() < deadline, "no first attempt"
+            await asyncio.sleep(0.02)
+        send.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+
+    loop = asyncio.new_event_loop()
+    with caplog.at_level(logging.INFO):
+        try:
+            loop.run_until_complete(cancel_in_backoff())
+        finally:
+            loop.close()
+        deadline = time.monotonic() + 10
+        while not outbox.entries():
+            assert time.monotonic() < deadline, "the cancelled alert was not kept"
+            time.sleep(0.02)
+    (entry,) = outbox.entries()
+    assert outbox.read(entry).message_id == expected
+    assert said("HVE alert cancelled") and said("kept in the outbox")
+    sandbox.smtp.reset_faults()
+    assert flush().delivered == 1
+    sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({expected: 1})
+
+
+def test_a_relative_alert_dir_is_refused_and_both_readers_expand_the_same(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow_provider_hve.alerts.config import load_alert_config
+    from airflow_provider_hve.alerts.outbox import configured_alert_dir
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", "hve_alerts")
+    for read in (configured_alert_dir, Outbox.configured, load_alert_config):
+        with pytest.raises(HveConfigError, match=r"\[hve\] alert_dir .*Use an absolute path"):
+            read()
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", "{AIRFLOW_HOME}/hve_x")
+    assert configured_alert_dir().is_absolute()
+    assert Path(load_alert_config().alert_dir) == configured_alert_dir()
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", "")
+    assert Path(load_alert_config().alert_dir) == configured_alert_dir() == configured_alert_dir().parent / "hve_alerts"

@@ -86,6 +86,7 @@ def load_alert_config() -> AlertConfig:
     """Read ``[hve] alert_*`` from Airflow's configuration (``AIRFLOW__HVE__ALERT_TO`` and so on)."""
     from airflow.providers.common.compat.sdk import conf
 
+    from airflow_provider_hve.alerts.outbox import expand_alert_dir
     from airflow_provider_hve.exceptions import HveConfigError
 
     try:
@@ -113,5 +114,5 @@ def load_alert_config() -> AlertConfig:
         digest_threshold=threshold,
         digest_window_minutes=window,
         recovered=recovered,
-        alert_dir=_alert_dir(conf.get("hve", "alert_dir", fallback="")),
+        alert_dir=str(expand_alert_dir(conf.get("hve", "alert_dir", fallback=""))),
     )

@@ -2,18 +2,21 @@
 The alert outbox: alerts HVE could not take for a reason that passes, kept on disk until a flush delivers them.
 
 One directory, ``<alert_dir>/outbox/`` (mode 0700), one file per alert (mode 0600 from its first byte, written
-whole: a temporary file, fsync, rename). Its name says what a flusher needs without opening it::
+whole: a temporary file, fsync, then a hard link to its name that fails if the name exists). Its name says what a
+flusher needs without opening it, and is the same for the same alert in every process (so two writers of one alert
+make one file); when it was raised is the file's modification time (set by the writer, kept by renames)::
 
-    <raised, ns since the epoch: 20 digits>-<connection tag>-<key>.alert          queued
+    <connection tag>-<key>.alert                                                queued
     <the same>.alert.claimed~<claimed, ms since the epoch>~<host>~<pid>          claimed by one flusher
-    .tmp-<random>                                                               being written
+    .tmp-<random>                                                               being written or released
 
 A file holds one JSON line (the envelope and what the alert is), then the message as SMTP carries it: rendered,
 secrets already masked, never a token. Who may change a file: a writer creates it (:meth:`Outbox.keep`); a flusher
 claims it by renaming it to its claimed name (a rename succeeds for one process only, also on a shared volume),
-then deletes it once HVE accepted it (:meth:`Claim.delivered`) or renames it back (:meth:`Claim.release`); a
-claim older than ``claim_timeout`` belongs to a flusher that died: the next flusher claims it again and resends it
-with the same Message-ID, as a possible duplicate.
+then deletes it once HVE accepted it (:meth:`Claim.delivered`) or puts it back (:meth:`Claim.release`: renamed to a
+private name first, so a flusher that lost its claim never recreates it); a claim older than ``claim_timeout``
+belongs to a flusher that died: the next flusher claims it again and resends it with the same Message-ID, as a
+possible duplicate.
 """
 
 from __future__ import annotations
@@ -40,9 +43,8 @@ DEFAULT_CLAIM_TIMEOUT = 600.0
 SUFFIX = ".alert"
 CLAIMED = ".claimed~"
 _TMP = ".tmp-"
-_NAME = re.compile(
-    r"(?P<raised>\d{20})-(?P<tag>[0-9a-f]{8})-(?P<key>[0-9a-f]{16})\.alert(?:\.claimed~(?P<claimed>\d+)~.*)?"
-)
+_NAME = re.compile(r"(?P<tag>[0-9a-f]{8})-(?P<key>[0-9a-f]{16})\.alert(?:\.claimed~(?P<claimed>\d+)~.*)?")
+DEFAULT_ALERT_DIR = "{AIRFLOW_HOME}/hve_alerts"
 _FORMAT = 1
 
 
@@ -157,19 +159,44 @@ class Outbox:
         """
         Write ``alert`` (0600, atomically) and return its path; drop the oldest beyond the cap.
 
-        The same Message-ID for the same recipients already queued is kept once (the alert was raised twice).
+        The same Message-ID for the same recipients, queued or claimed, is kept once (the alert was raised twice,
+        also by two processes at once: its file name is the same, and it is created only if absent).
         """
         self._make_directory()
         key = hashlib.sha256(f"{alert.message_id}\0{','.join(sorted(alert.recipients))}".encode()).hexdigest()[:16]
         tag = connection_tag(alert.conn_id)
-        for entry in self.entries():
-            if entry.key == key and entry.tag == tag:
-                log.info("HVE alert %s is in the outbox already (%s).", alert.message_id, entry.name)
-                return self.directory / entry.name
-        path = self.directory / f"{int(alert.raised_at * 1e9):020d}-{tag}-{key}{SUFFIX}"
-        self._write(path, alert.to_bytes())
+        path = self.directory / f"{tag}-{key}{SUFFIX}"
+        present = self._present(tag, key)
+        if present is not None:
+            log.info("HVE alert %s is in the outbox already (%s).", alert.message_id, present)
+            return self.directory / present
+        if not self._write(path, alert.to_bytes(), raised_at=alert.raised_at, exclusive=True):
+            log.info("HVE alert %s is in the outbox already (%s).", alert.message_id, path.name)
+            return path
+        # A flusher may have claimed the earlier copy between the look above and the link: then ours is a second
+        # one. Take it back (a rename, so a flusher that claimed ours meanwhile keeps it) and leave theirs.
+        present = self._present(tag, key, claimed_only=True)
+        if present is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._take_back(path)
+                log.info("HVE alert %s is being delivered already (%s).", alert.message_id, present)
+                return self.directory / present
         self._enforce_cap()
         return path
+
+    def _present(self, tag: str, key: str, *, claimed_only: bool = False) -> str | None:
+        """The name of the file of this alert (queued or claimed), if there is one."""
+        for entry in self.entries():
+            if entry.key == key and entry.tag == tag and (entry.claimed_ms is not None or not claimed_only):
+                return entry.name
+        return None
+
+    def _take_back(self, path: Path) -> Path:
+        """Rename ``path`` to a private name and delete it; FileNotFoundError if another process has it now."""
+        private = self.directory / f"{_TMP}{secrets.token_hex(8)}"
+        os.rename(path, private)
+        os.unlink(private)
+        return private
 
     def entries(self, conn_id: str | None = None) -> list[Entry]:
         """List queued and claimed alerts, oldest first: one directory listing, no file opened."""
@@ -184,8 +211,12 @@ class Outbox:
                 match = _NAME.fullmatch(item.name)
                 if match is None or (tag is not None and match["tag"] != tag):
                     continue
+                try:
+                    raised_ns = item.stat(follow_symlinks=False).st_mtime_ns  # when it was raised (set by keep)
+                except FileNotFoundError:  # claimed, delivered or released meanwhile
+                    continue
                 claimed = int(match["claimed"]) if match["claimed"] else None
-                found.append(Entry(item.name, int(match["raised"]), match["tag"], match["key"], claimed))
+                found.append(Entry(item.name, raised_ns, match["tag"], match["key"], claimed))
         return sorted(found, key=lambda entry: (entry.raised_ns, entry.name))
 
     def read(self, entry: Entry) -> KeptAlert:
@@ -229,8 +260,13 @@ class Outbox:
         if os.stat(self.directory).st_mode & 0o777 != 0o700:  # a umask that took bits, or made by hand
             os.chmod(self.directory, 0o700)
 
-    def _write(self, path: Path, data: bytes) -> None:
-        """Write ``path`` whole or not at all: 0600 from its first byte whatever the umask, fsync, rename."""
+    def _write(self, path: Path, data: bytes, *, raised_at: float, exclusive: bool = False) -> bool:
+        """
+        Write ``path`` whole or not at all: 0600 from its first byte whatever the umask, fsync, rename.
+
+        Its modification time is ``raised_at``. ``exclusive``: only if ``path`` does not exist (a hard link, which
+        fails if it does; then nothing is written and False returned).
+        """
         temporary = self.directory / f"{_TMP}{secrets.token_hex(8)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(temporary, flags, 0o600)
@@ -240,14 +276,25 @@ class Outbox:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            os.utime(fd, ns=(time.time_ns(), int(raised_at * 1e9)))
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
         os.close(fd)
-        os.replace(temporary, path)
+        if not exclusive:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
         self._sync_directory()
+        return True
 
     def _sync_directory(self) -> None:
         # The rename is durable once the directory is: without it a power cut could forget the new name.
@@ -298,7 +345,7 @@ class Claim:
     """Taken over from a flusher that died: HVE may have accepted it already (resent as a possible duplicate)."""
 
     def delivered(self) -> None:
-        """HVE accepted it: delete the file."""
+        """HVE accepted it: delete the file (only under its claimed name: never a copy another flusher took over)."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -317,12 +364,32 @@ class Claim:
             attempts=self.alert.attempts + 1,
             recipients=tuple(recipients) if recipients is not None else self.alert.recipients,
         )
-        # Rewritten under the claimed name (still ours), then renamed back: each step atomic, no second copy.
-        self.outbox._write(self.path, again.to_bytes())
-        os.rename(self.path, self.outbox.directory / self.queued_name)
+        # First take the claim back under a private name (atomic): if another flusher took it over meanwhile (a
+        # stale claim), the claimed name is gone and nothing is written, so no second copy can appear.
+        outbox = self.outbox
+        private = outbox.directory / f"{_TMP}{secrets.token_hex(8)}"
+        try:
+            os.rename(self.path, private)
+        except FileNotFoundError:
+            log.warning(
+                "HVE alert %s was taken over by another flusher (%s outlived [hve] alert_outbox_claim_timeout), "
+                "not released.",
+                self.alert.message_id,
+                self.path.name,
+            )
+            return
+        try:
+            outbox._write(private, again.to_bytes(), raised_at=again.raised_at)
+            try:
+                os.link(private, outbox.directory / self.queued_name)  # never over a copy kept again meanwhile
+            except FileExistsError:
+                log.info("HVE alert %s is queued again already (%s).", self.alert.message_id, self.queued_name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(private)
 
     def drop(self) -> None:
-        """Delete it undelivered (refused for good; the caller logs why)."""
+        """Delete it undelivered (refused for good; the caller logs why); only under its claimed name."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -331,10 +398,30 @@ def configured_alert_dir() -> Path:
     """Return ``[hve] alert_dir``: default ``{AIRFLOW_HOME}/hve_alerts``, shared with the alert listener."""
     from airflow.providers.common.compat.sdk import conf
 
-    value = conf.get("hve", "alert_dir", fallback="") or "{AIRFLOW_HOME}/hve_alerts"
-    if "{AIRFLOW_HOME}" in value:
-        value = value.replace("{AIRFLOW_HOME}", _airflow_home())
-    return Path(os.path.expanduser(value))
+    return expand_alert_dir(conf.get("hve", "alert_dir", fallback=""))
+
+
+def expand_alert_dir(value: str | None) -> Path:
+    """
+    Return the folder ``[hve] alert_dir`` names: ``{AIRFLOW_HOME}`` and ``~`` expanded; empty: the default.
+
+    The one place both the outbox and the alert listener (:mod:`~airflow_provider_hve.alerts.config`) read it. A
+    relative path is refused: each process would resolve it against its own working directory, and the outbox
+    would be split between them.
+
+    :raises HveConfigError: the path is not absolute.
+    """
+    from airflow_provider_hve.exceptions import HveConfigError
+
+    value = (value or "").strip() or DEFAULT_ALERT_DIR
+    expanded = os.path.expanduser(value.replace("{AIRFLOW_HOME}", _airflow_home()))
+    if not os.path.isabs(expanded):
+        raise HveConfigError(
+            f"[hve] alert_dir is {value!r}, a relative path: each process would resolve it against its own working "
+            f"directory and the alert outbox would be split between them. Use an absolute path (or "
+            f"{{AIRFLOW_HOME}}/..., with an absolute AIRFLOW_HOME)."
+        )
+    return Path(expanded)
 
 
 def _airflow_home() -> str:
@@ -350,14 +437,18 @@ def recipients_to_keep(error: BaseException, recipients: Iterable[str]) -> list[
     Return the recipients an alert should be kept for after ``error``: those HVE may take later.
 
     Kept: HVE or Entra unreachable, a broken or refused connection, ``421`` and other ``4xx`` replies, Entra's
-    HTTP 429 / 5xx beyond its retries. Not kept (empty): a permanent refusal (``5xx``, a credential Entra or HVE
-    refused, no STARTTLS, a bad certificate), a message handed over without a reply (HVE may have it: never sent
-    twice), a cancelled send (its caller decided), a wrong argument. Recipients HVE accepted already are left out.
+    HTTP 429 / 5xx beyond its retries, and a send cancelled between attempts (a Deadline Alert whose trigger ended
+    during an outage: the send stops, but keeping the rendered message is a local write, not a further attempt; a
+    send is cancelled only before an attempt or in the wait after a temporary failure, never after a permanent
+    refusal or a hand-over without a reply). Not kept (empty): a permanent refusal (``5xx``, a credential Entra or
+    HVE refused, no STARTTLS, a bad certificate), a message handed over without a reply (HVE may have it: never sent
+    twice), a wrong argument. Recipients HVE accepted already are left out.
     """
     from airflow_provider_hve.exceptions import (
         HveAuthError,
         HveCancelledError,
         HveConnectionError,
+        HveError,
         HveSendError,
     )
 
@@ -365,7 +456,10 @@ def recipients_to_keep(error: BaseException, recipients: Iterable[str]) -> list[
     accepted = {address.lower() for address in getattr(error, "accepted", ())}
     rest = [address for address in recipients if address.lower() not in accepted]
     if isinstance(error, HveCancelledError):
-        return []
+        cause = error.__cause__
+        if isinstance(cause, HveError) and not isinstance(cause, HveCancelledError):
+            return recipients_to_keep(cause, rest)
+        return rest
     if isinstance(error, HveConnectionError):
         return [] if error.permanent or error.in_flight else rest
     if isinstance(error, HveAuthError):

@@ -32,6 +32,8 @@ class Kept:
     message_id: str
     path: Path
     recipients: tuple[str, ...]
+    reason: str = ""
+    """Why HVE did not take it now (the error, which names no secret)."""
 
 
 def send_or_keep(hook: HveHook, outgoing: OutgoingMessage, *, origin: str) -> SendResult | Kept:
@@ -101,7 +103,7 @@ def _keep(
         ", ".join(recipients),
         hook.hve_conn_id,
     )
-    return Kept(alert.message_id, path, alert.recipients)
+    return Kept(alert.message_id, path, alert.recipients, alert.reason)
 
 
 def _first_sentence(text: str) -> str:

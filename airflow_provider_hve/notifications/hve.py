@@ -338,7 +338,12 @@ def _log_cancelled(reason: str, result: Outcome | None, error: BaseException | N
 
     head = f"HVE alert cancelled ({reason})"
     if isinstance(result, Kept):
-        log.warning("%s: HVE could not take it; it is kept in the outbox (%s).", head, result.path)
+        log.warning(
+            "%s: not sent; no further attempt; the rendered alert is kept in the outbox (%s) for the next flush. %s",
+            head,
+            result.path,
+            result.reason,
+        )
     elif result is not None:
         log.warning(
             "%s after it was handed over: HVE accepted %s for %d recipient(s).",
