@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -615,3 +616,58 @@ def test_a_relative_alert_dir_is_refused_and_both_readers_expand_the_same(
     assert Path(load_alert_config().alert_dir) == configured_alert_dir()
     monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", "")
     assert Path(load_alert_config().alert_dir) == configured_alert_dir() == configured_alert_dir().parent / "hve_alerts"
+
+
+class _Interrupted(BaseException):
+    """What Airflow's task timeout or SIGTERM handler raises in the middle of whatever runs (not an Exception)."""
+
+
+def test_an_interrupted_flush_after_a_send_releases_the_alert(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
+) -> None:
+    """
+    A task timeout lands while the flush after a send delivers a kept alert: the interruption is raised (the task
+    was told to stop), and the alert is queued again, not left claimed for ``claim_timeout`` (ten minutes).
+    """
+    from airflow_provider_hve.alerts.flush import flush_after_send
+
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    sandbox.smtp.reset_faults()
+    sandbox.latency_ms = 400  # the flush's session takes seconds: the timer fires within it
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted("Timeout, PID: 1")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.6)
+        with pytest.raises(_Interrupted):
+            flush_after_send(HveHook())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    (entry,) = outbox.entries()
+    assert entry.claimed_ms is None  # queued again, for the next flush
+    sandbox.latency_ms = 0
+    assert flush().delivered == 1
+    sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({_expected_id(): 1})
+
+
+def test_a_credential_refused_at_flush_time_stays_kept_and_is_logged_at_error_with_the_reply(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    sandbox.smtp.reset_faults()
+    sandbox.smtp.fail_next_auth("535 5.7.3 Authentication unsuccessful", count=1)
+    with caplog.at_level(logging.WARNING):
+        report = flush()
+    assert report.kept == 1 and report.dropped == 0 and len(outbox.entries()) == 1
+    (record,) = [r for r in caplog.records if "REFUSED" in r.getMessage()]
+    assert record.levelno == logging.ERROR and "535 5.7.3" in record.getMessage()
+    assert flush().delivered == 1  # the credential fixed: delivered

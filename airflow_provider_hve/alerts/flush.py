@@ -143,7 +143,11 @@ def flush(
                         continue
                     claim.release(str(exc), later or None)
                     report.kept += 1
-                    _say(report, log.warning, f"still kept {_what(alert)}: {_first_sentence(str(exc))}")
+                    if later:
+                        _say(report, log.warning, f"still kept {_what(alert)}: {_first_sentence(str(exc))}")
+                    else:  # refused for good (a wrong secret: 535): kept, as credentials get fixed, but loudly
+                        refused = f"still kept, REFUSED (attempt {alert.attempts}; fix the connection) {_what(alert)}"
+                        _say(report, log.error, f"{refused}: {exc}")
                     continue
                 claim.drop()
                 report.dropped += 1
@@ -154,6 +158,9 @@ def flush(
                 report.kept += 1
                 log.exception("HVE alert outbox: delivering %s failed", alert.message_id)
                 continue
+            except BaseException as exc:  # a task timeout, SIGTERM, Ctrl-C: the alert waits for the next flush
+                claim.release(f"interrupted: {type(exc).__name__}: {exc}")
+                raise
             _delivered(claim, result, report)
     finally:
         _FLUSHING.reset(token)
@@ -187,10 +194,12 @@ def _delivered(claim: Claim, result: SendResult, report: FlushReport) -> None:
 
 def flush_after_send(hook: Sender) -> None:
     """
-    Flush the alerts of ``hook``'s connection: HVE just accepted a message through it. Never raises.
+    Flush the alerts of ``hook``'s connection: HVE just accepted a message through it. Never raises an Exception.
 
     One directory listing when the outbox holds nothing for this connection; at most :data:`AFTER_SEND_SECONDS` of
-    claiming otherwise.
+    claiming otherwise. An interruption that is not an ``Exception`` (Airflow's task timeout, SIGTERM, Ctrl-C)
+    during this flush releases the alert being delivered (it waits for the next flush, nothing is lost) and is
+    raised: the task's own mail was accepted already, but a task told to stop stops.
     """
     if _FLUSHING.get():
         return
@@ -203,6 +212,13 @@ def flush_after_send(hook: Sender) -> None:
             log.info("HVE alert outbox flushed after a send: %s.", report.summary())
     except Exception as exc:
         log.warning("HVE alert outbox: the flush after a send failed (the send itself succeeded): %s", exc)
+    except BaseException as exc:
+        log.warning(
+            "HVE alert outbox: the flush after a send was interrupted (%s); the send itself succeeded, and the "
+            "alert being delivered was released for the next flush.",
+            type(exc).__name__,
+        )
+        raise
 
 
 def flush_until_empty(
