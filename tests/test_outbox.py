@@ -657,6 +657,29 @@ def test_an_interrupted_flush_after_a_send_releases_the_alert(
     assert _by_id(sandbox) == Counter({_expected_id(): 1})
 
 
+def test_a_partial_send_whose_rest_cannot_be_kept_does_not_fail_the_callback(
+    hve_connection: Callable[..., str],
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HVE takes the alert for one recipient and says 452 for the other; the outbox cannot be written: no raise."""
+    hve_connection(send_retries=0)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", str(blocker / "alerts"))
+    full = "full@contoso.example"
+    sandbox.smtp.refuse_recipient(full, "452 4.2.2 Mailbox full")
+    with caplog.at_level(logging.ERROR):
+        outcome = HveNotifier(to=[ONCALL, full])(_context())
+    (delivered,) = sandbox.wait_for_messages(1)
+    assert delivered.rcpt_tos == [ONCALL]
+    (line,) = [r.getMessage() for r in caplog.records if "could not be kept" in r.getMessage()]
+    assert full in line and "452 4.2.2" in line and _expected_id() in line
+    assert outcome is None or not isinstance(outcome, Kept)
+
+
 def test_a_credential_refused_at_flush_time_stays_kept_and_is_logged_at_error_with_the_reply(
     hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:

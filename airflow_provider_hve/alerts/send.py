@@ -41,7 +41,9 @@ def send_or_keep(hook: HveHook, outgoing: OutgoingMessage, *, origin: str) -> Se
     Send an alert; if HVE or Entra cannot take it for a reason that passes, keep it in the outbox.
 
     A permanent refusal is logged with HVE's reply and raised, as before; so is an alert the outbox cannot hold (the
-    send's error is raised, the outbox's logged). Recipients HVE refused with a ``4xx`` after the retries are kept.
+    send's error is raised, the outbox's logged), unless HVE accepted it for some recipients: then the result is
+    returned and the recipients that could not be kept are logged at ERROR. Recipients HVE refused with a ``4xx``
+    after the retries are kept.
 
     :param origin: who raises it (``HveNotifier``, ``email backend``), for the log and the CLI.
     """
@@ -64,7 +66,18 @@ def send_or_keep(hook: HveHook, outgoing: OutgoingMessage, *, origin: str) -> Se
     later = [address for address, (code, _) in result.refused.items() if 400 <= code < 500]
     if later:
         reason = "; ".join(f"{address}: {code} {reply}" for address, (code, reply) in result.refused.items())
-        _keep(hook, outgoing, later, raised_at, origin, reason)
+        try:
+            _keep(hook, outgoing, later, raised_at, origin, reason)
+        except Exception as keep_error:  # HVE accepted the others: the mail went out, the callback did not fail
+            log.error(
+                "HVE alert %s was accepted for %s, but could not be kept in the outbox for %s, which HVE refused for "
+                "now (%s): %s. They will not get it.",
+                outgoing.message_id,
+                ", ".join(result.accepted) or "some recipients",
+                ", ".join(later),
+                reason,
+                keep_error,
+            )
     return result
 
 
