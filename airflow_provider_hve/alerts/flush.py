@@ -146,7 +146,9 @@ def flush(
                     if later:
                         _say(report, log.warning, f"still kept {_what(alert)}: {_first_sentence(str(exc))}")
                     else:  # refused for good (a wrong secret: 535): kept, as credentials get fixed, but loudly
-                        refused = f"still kept, REFUSED (attempt {alert.attempts}; fix the connection) {_what(alert)}"
+                        refused = (
+                            f"still kept, REFUSED (attempt {alert.attempts + 1}; fix the connection) {_what(alert)}"
+                        )
                         _say(report, log.error, f"{refused}: {exc}")
                     continue
                 claim.drop()
