@@ -379,3 +379,42 @@ def test_the_command_line_flush_sends_the_digests(
     assert "Alert digests sent: 0" in again.stdout, "a digest is sent once"
     time.sleep(0.3)
     assert len(sandbox.messages) == 2
+
+
+def _keep_one_alert(sandbox: HveSandbox) -> None:
+    """An alert HVE could not take (connections refused), kept in the outbox."""
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    sandbox.smtp.refuse_connections(600)
+    try:
+        HveNotifier(to=ONCALL, subject="kept", html_content="kept")({"run_id": "r", "dag": None})
+    finally:
+        sandbox.smtp.reset_faults()
+    assert not sandbox.messages
+
+
+@pytest.mark.parametrize("alert_to", ["", ONCALL], ids=["listener-off", "listener-on"])
+def test_a_bad_listener_option_never_stops_the_outbox_flush(
+    alert_to: str, sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch, hve_connection: Callable[..., str]
+) -> None:
+    """`flush` with alert_digest_threshold=-1: the outbox is flushed; with the listener on, exit status 2."""
+    import subprocess
+    import sys
+
+    hve_connection(send_retries=0)
+    _keep_one_alert(sandbox)
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", alert_to)
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "-1")
+    if not alert_to:
+        assert load_alert_config().enabled is False  # off: the other options are not even read
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"], capture_output=True, text=True, timeout=180
+    )
+    (kept,) = sandbox.wait_for_messages(1)
+    assert kept.message["Subject"] == "kept" and kept.rcpt_tos == [ONCALL]
+    if alert_to:
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Alert digests: failed (HveConfigError" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Alert digests sent: 0" in done.stdout
