@@ -418,3 +418,68 @@ def test_a_bad_listener_option_never_stops_the_outbox_flush(
     else:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Alert digests sent: 0" in done.stdout
+
+
+def _storm_collected(listener: HveAlertListener, clock: FakeClock, sandbox: HveSandbox) -> None:
+    """t0 mailed on its own, t1 and t2 collected; the digest's window has ended when this returns."""
+    for n in range(3):
+        clock.now += 1
+        listener.on_task_instance_failed(previous_state="running", task_instance=ti(task_id=f"t{n}"), error=None)
+    sandbox.wait_for_messages(1)
+    clock.now += 61
+
+
+def test_a_digest_that_could_not_be_sent_is_sent_by_the_next_flush(
+    alerts: Callable[..., HveAlertListener],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    alert_dir: Any,
+) -> None:
+    """HVE down and the outbox unable to keep the digest: the digest is given back, not deleted."""
+    clock = FakeClock()
+    listener = alerts(clock=clock, digest_threshold=1, digest_window_minutes=1)
+    hve_connection(send_retries=0)
+    _storm_collected(listener, clock, sandbox)
+    blocker = alert_dir / "outbox"
+    blocker.write_text("not a folder: the outbox cannot keep anything")
+    sandbox.smtp.refuse_connections(600)
+    try:
+        assert flush_digests(config=listener.config, clock=clock) == 0
+    finally:
+        sandbox.smtp.reset_faults()
+        blocker.unlink()
+    assert len(sandbox.messages) == 1
+    assert flush_digests(config=listener.config, clock=clock) == 1, "the failed digest is sent by the next flush"
+    _, digest = sandbox.wait_for_messages(2)
+    html = digest.message.get_body(("html",)).get_content()
+    assert "<td>t1</td>" in html and "<td>t2</td>" in html
+    assert flush_digests(config=listener.config, clock=clock) == 0, "and only once"
+
+
+def test_a_digest_refused_for_good_is_logged_with_its_failures(
+    alerts: Callable[..., HveAlertListener],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    clock = FakeClock()
+    listener = alerts(clock=clock, digest_threshold=1, digest_window_minutes=1)
+    hve_connection(send_retries=0)
+    _storm_collected(listener, clock, sandbox)
+    sandbox.smtp.fail_next_data("554 5.6.0 Message rejected", count=5)
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert flush_digests(config=listener.config, clock=clock) == 0
+    finally:
+        sandbox.smtp.reset_faults()
+    (line,) = [r.getMessage() for r in caplog.records if "alert digest of 2 failure(s)" in r.getMessage()]
+    keys = [
+        alert_key(event="failure", dag_id="etl", run_id="run_1", task_id=t, map_index=-1, try_number=2)
+        for t in ("t1", "t2")
+    ]
+    assert "554 5.6.0" in line and all(key in line for key in keys)
+    assert flush_digests(config=listener.config, clock=clock) == 0, "refused for good: not sent again"
+    time.sleep(0.3)
+    assert len(sandbox.messages) == 1

@@ -296,17 +296,11 @@ class HveAlertListener:
         return single, reply_to, due
 
     def _send_due(self, config: AlertConfig, due: list[str]) -> None:
-        from airflow_provider_hve.alerts.digest import send_digest
+        from airflow_provider_hve.alerts.digest import send_claimed
         from airflow_provider_hve.alerts.journal import Journal
 
-        journal = Journal(config.journal_dir)
-        for name in due:
-            entries = journal.read_batch(name)
-            try:
-                if entries:
-                    send_digest(entries, config)
-            finally:
-                journal.done(name)
+        if due:
+            send_claimed(Journal(config.journal_dir), due, config)
 
     def _now_iso(self) -> str:
         return dt.datetime.fromtimestamp(self.clock(), tz=dt.timezone.utc).isoformat(timespec="seconds")
