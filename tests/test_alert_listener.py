@@ -483,3 +483,18 @@ def test_a_digest_refused_for_good_is_logged_with_its_failures(
     assert flush_digests(config=listener.config, clock=clock) == 0, "refused for good: not sent again"
     time.sleep(0.3)
     assert len(sandbox.messages) == 1
+
+
+def test_a_connection_that_could_not_be_read_does_not_pin_the_message_id_domain(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    """The connection is missing at the first alert, defined later: later alerts use its domain."""
+    from airflow_provider_hve.alerts.mail import message_id_for
+
+    mail.sender_domain.cache_clear()
+    config = AlertConfig(to=(ONCALL,), conn_id="hve_defined_later")
+    key = alert_key(event="failure", dag_id="etl", run_id="run_1", task_id="load", map_index=-1, try_number=2)
+    assert message_id_for(key, config) == alert_message_id(key, "airflow.invalid")
+    hve_connection(conn_id="hve_defined_later")
+    assert message_id_for(key, config) == alert_message_id(key, domain(sandbox))
+    mail.sender_domain.cache_clear()
