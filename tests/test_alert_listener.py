@@ -498,3 +498,24 @@ def test_a_connection_that_could_not_be_read_does_not_pin_the_message_id_domain(
     hve_connection(conn_id="hve_defined_later")
     assert message_id_for(key, config) == alert_message_id(key, domain(sandbox))
     mail.sender_domain.cache_clear()
+
+
+def test_a_dag_run_alert_has_the_message_id_of_the_notifier_as_dag_failure_callback(
+    alerts: Callable[..., HveAlertListener], sandbox: HveSandbox
+) -> None:
+    """A DAG with on_failure_callback=HveNotifier and the listener on: two mails, one Message-ID (docs/alerts.md)."""
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    listener = alerts()
+    listener.on_dag_run_failed(dag_run=SimpleNamespace(dag_id="etl", run_id="run_1"), msg="task_failure")
+    (by_listener,) = sandbox.wait_for_messages(1)
+    HveNotifier(to=ONCALL)(
+        {  # what Airflow hands a DAG's on_failure_callback
+            "dag": SimpleNamespace(dag_id="etl", render_template_as_native_obj=False),
+            "dag_run": SimpleNamespace(dag_id="etl", run_id="run_1", state="failed"),
+            "run_id": "run_1",
+            "reason": "task_failure",
+        }
+    )
+    _, by_notifier = sandbox.wait_for_messages(2)
+    assert by_listener.message["Message-ID"] == by_notifier.message["Message-ID"]

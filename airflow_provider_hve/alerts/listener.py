@@ -173,11 +173,18 @@ class HveAlertListener:
     def _dag_run_failed(self, config: AlertConfig, dag_run: Any, msg: str) -> Callable[[], None] | None:
         from types import SimpleNamespace
 
-        from airflow_provider_hve.alerts.ids import alert_key
+        from airflow_provider_hve.notifications.hve import alert_key_of
 
         if not config.on_dag_run or not config.wants_dag(dag_run.dag_id):
             return None
-        key = alert_key(event="dag_failure", dag_id=dag_run.dag_id, run_id=dag_run.run_id, map_index=None)
+        context: dict[str, Any] = {
+            "dag": SimpleNamespace(dag_id=dag_run.dag_id),
+            "dag_run": SimpleNamespace(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state="failed"),
+            "run_id": dag_run.run_id,
+            "reason": msg or "task_failure",
+        }
+        # The key HveNotifier derives as a DAG's on_failure_callback: both send the same Message-ID.
+        key = alert_key_of(context)
         entry = {
             "key": key,
             "kind": "dag",
@@ -195,12 +202,6 @@ class HveAlertListener:
         if decision is None:
             return None
         single, _, due = decision
-        context: dict[str, Any] = {
-            "dag": SimpleNamespace(dag_id=dag_run.dag_id),
-            "dag_run": SimpleNamespace(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state="failed"),
-            "run_id": dag_run.run_id,
-            "reason": msg or "task_failure",
-        }
         logical_date = getattr(dag_run, "logical_date", None) or getattr(dag_run, "execution_date", None)
         if logical_date is not None:
             context["logical_date"] = logical_date
