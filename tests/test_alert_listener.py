@@ -519,3 +519,95 @@ def test_a_dag_run_alert_has_the_message_id_of_the_notifier_as_dag_failure_callb
     )
     _, by_notifier = sandbox.wait_for_messages(2)
     assert by_listener.message["Message-ID"] == by_notifier.message["Message-ID"]
+
+
+def test_a_journal_that_cannot_be_created_still_sends_the_alert(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """alert_dir under a regular file: no journal, so no digest and no thread, but the alerts arrive."""
+    import logging
+
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    (tmp_path / "a-file").write_text("not a folder")
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "a-file" / "hve_alerts"))
+    listener = HveAlertListener(config, background=False)
+    with caplog.at_level(logging.WARNING):
+        listener.on_task_instance_failed(previous_state="running", task_instance=ti(), error=ValueError("x"))
+        listener.on_dag_run_failed(dag_run=SimpleNamespace(dag_id="etl", run_id="run_1"), msg="task_failure")
+    task, dag = sandbox.wait_for_messages(2)
+    assert task.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)" and task.rcpt_tos == [ONCALL]
+    assert dag.message["Subject"] == "[Airflow] DAG etl failed"
+    assert sum("journal in" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records) == 2
+
+
+class _OrmLike(SimpleNamespace):
+    """A task instance that, like a detached ORM object, must not be read once the hook returned."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("__") and object.__getattribute__(self, "__dict__").get("_detached"):
+            raise RuntimeError(f"read {name} of a task instance after the hook returned")
+        return object.__getattribute__(self, name)
+
+
+def _hold_journal_lock(alert_dir: str, seconds: float) -> Any:
+    """Hold the journal's lock from another thread for ``seconds``; return the thread."""
+    import fcntl
+    import threading
+
+    from airflow_provider_hve.alerts.journal import Journal
+
+    journal = Journal(os.path.join(alert_dir, "journal"))
+    journal._ensure()
+    fd = os.open(journal.file("lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def release() -> None:
+        time.sleep(seconds)
+        os.close(fd)
+
+    holder = threading.Thread(target=release)
+    holder.start()
+    return holder
+
+
+def test_the_scheduler_thread_never_waits_for_the_journal_nor_hands_over_the_task_instance(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any
+) -> None:
+    """A server process: the hook returns at once though the journal is locked; the thread sends from a copy."""
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
+    listener = HveAlertListener(config, background=True)
+    holder = _hold_journal_lock(config.alert_dir, 2.0)
+    orm = _OrmLike(**vars(ti()))
+    started = time.monotonic()
+    listener.on_task_instance_failed(previous_state="running", task_instance=orm, error=ValueError("x"))
+    returned = time.monotonic() - started
+    orm._detached = True
+    assert returned < 0.5, f"the hook waited {returned:.1f} s"
+    (alert,) = sandbox.wait_for_messages(1, timeout=15)
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    assert "http://airflow.example/dags/etl/runs/run_1/tasks/load" in alert.message.get_body(("html",)).get_content()
+    holder.join()
+    assert listener.drain(5)
+
+
+def test_a_journal_locked_too_long_still_sends_the_alert(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_hve.alerts import journal
+
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    monkeypatch.setattr(journal, "LOCK_TIMEOUT_SECONDS", 0.3)
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
+    holder = _hold_journal_lock(config.alert_dir, 5.0)
+    started = time.monotonic()
+    HveAlertListener(config, background=False).on_task_instance_failed(
+        previous_state="running", task_instance=ti(), error=None
+    )
+    (alert,) = sandbox.wait_for_messages(1)
+    assert time.monotonic() - started < 4, "sent after the lock's deadline, not once the lock was released"
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    holder.join()
