@@ -611,3 +611,33 @@ def test_a_journal_locked_too_long_still_sends_the_alert(
     assert time.monotonic() - started < 4, "sent after the lock's deadline, not once the lock was released"
     assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
     holder.join()
+
+
+class _TaskProcessTI(SimpleNamespace):
+    """A task instance as a task process (not the scheduler) hands it over."""
+
+
+_TaskProcessTI.__module__ = "airflow.sdk.execution_time.task_runner"
+
+
+def _child_fails_a_task(listener: HveAlertListener) -> None:
+    listener.on_task_instance_failed(
+        previous_state="running", task_instance=_TaskProcessTI(**vars(ti())), error=ValueError("zombie")
+    )
+    os._exit(0)  # as Airflow 2.11's DAG file processor leaves: no atexit, no drain
+
+
+def test_a_child_the_scheduler_forked_sends_inline(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any
+) -> None:
+    """2.11 fails a zombie's task instance in a forked DAG file processor that ends with os._exit: still mailed."""
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    listener = HveAlertListener(AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts")))
+    listener.on_starting(component=SimpleNamespace(job_type="SchedulerJob"))
+    assert listener._in_server_process()
+    child = multiprocessing.get_context("fork").Process(target=_child_fails_a_task, args=(listener,))
+    child.start()
+    child.join(60)
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
