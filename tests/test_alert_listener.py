@@ -393,18 +393,30 @@ def _keep_one_alert(sandbox: HveSandbox) -> None:
     assert not sandbox.messages
 
 
-@pytest.mark.parametrize("alert_to", ["", ONCALL], ids=["listener-off", "listener-on"])
+@pytest.mark.parametrize(
+    ("alert_to", "broken"),
+    [("", "option"), (ONCALL, "option"), (ONCALL, "journal")],
+    ids=["listener-off", "listener-on", "broken-journal"],
+)
 def test_a_bad_listener_option_never_stops_the_outbox_flush(
-    alert_to: str, sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch, hve_connection: Callable[..., str]
+    alert_to: str,
+    broken: str,
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    hve_connection: Callable[..., str],
+    alert_dir: Any,
 ) -> None:
-    """`flush` with alert_digest_threshold=-1: the outbox is flushed; with the listener on, exit status 2."""
+    """`flush` with alert_digest_threshold=-1 (or no journal): the outbox is flushed; listener on: exit status 2."""
     import subprocess
     import sys
 
     hve_connection(send_retries=0)
     _keep_one_alert(sandbox)
     monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", alert_to)
-    monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "-1")
+    if broken == "option":
+        monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "-1")
+    else:
+        (alert_dir / "journal").write_text("not a folder: the journal cannot be opened")
     if not alert_to:
         assert load_alert_config().enabled is False  # off: the other options are not even read
     done = subprocess.run(
@@ -414,7 +426,8 @@ def test_a_bad_listener_option_never_stops_the_outbox_flush(
     assert kept.message["Subject"] == "kept" and kept.rcpt_tos == [ONCALL]
     if alert_to:
         assert done.returncode == 2, done.stdout + done.stderr
-        assert "Alert digests: failed (HveConfigError" in done.stdout
+        failure = "HveConfigError" if broken == "option" else "NotADirectoryError"
+        assert f"Alert digests: failed ({failure}" in done.stdout
     else:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Alert digests sent: 0" in done.stdout
