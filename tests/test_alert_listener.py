@@ -379,3 +379,278 @@ def test_the_command_line_flush_sends_the_digests(
     assert "Alert digests sent: 0" in again.stdout, "a digest is sent once"
     time.sleep(0.3)
     assert len(sandbox.messages) == 2
+
+
+def _keep_one_alert(sandbox: HveSandbox) -> None:
+    """An alert HVE could not take (connections refused), kept in the outbox."""
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    sandbox.smtp.refuse_connections(600)
+    try:
+        HveNotifier(to=ONCALL, subject="kept", html_content="kept")({"run_id": "r", "dag": None})
+    finally:
+        sandbox.smtp.reset_faults()
+    assert not sandbox.messages
+
+
+@pytest.mark.parametrize(
+    ("alert_to", "broken"),
+    [("", "option"), (ONCALL, "option"), (ONCALL, "journal")],
+    ids=["listener-off", "listener-on", "broken-journal"],
+)
+def test_a_bad_listener_option_never_stops_the_outbox_flush(
+    alert_to: str,
+    broken: str,
+    sandbox: HveSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    hve_connection: Callable[..., str],
+    alert_dir: Any,
+) -> None:
+    """`flush` with alert_digest_threshold=-1 (or no journal): the outbox is flushed; listener on: exit status 2."""
+    import subprocess
+    import sys
+
+    hve_connection(send_retries=0)
+    _keep_one_alert(sandbox)
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", alert_to)
+    if broken == "option":
+        monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "-1")
+    else:
+        (alert_dir / "journal").write_text("not a folder: the journal cannot be opened")
+    if not alert_to:
+        assert load_alert_config().enabled is False  # off: the other options are not even read
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"], capture_output=True, text=True, timeout=180
+    )
+    (kept,) = sandbox.wait_for_messages(1)
+    assert kept.message["Subject"] == "kept" and kept.rcpt_tos == [ONCALL]
+    if alert_to:
+        assert done.returncode == 2, done.stdout + done.stderr
+        failure = "HveConfigError" if broken == "option" else "NotADirectoryError"
+        assert f"Alert digests: failed ({failure}" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Alert digests sent: 0" in done.stdout
+
+
+def _storm_collected(listener: HveAlertListener, clock: FakeClock, sandbox: HveSandbox) -> None:
+    """t0 mailed on its own, t1 and t2 collected; the digest's window has ended when this returns."""
+    for n in range(3):
+        clock.now += 1
+        listener.on_task_instance_failed(previous_state="running", task_instance=ti(task_id=f"t{n}"), error=None)
+    sandbox.wait_for_messages(1)
+    clock.now += 61
+
+
+def test_a_digest_that_could_not_be_sent_is_sent_by_the_next_flush(
+    alerts: Callable[..., HveAlertListener],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    alert_dir: Any,
+) -> None:
+    """HVE down and the outbox unable to keep the digest: the digest is given back, not deleted."""
+    clock = FakeClock()
+    listener = alerts(clock=clock, digest_threshold=1, digest_window_minutes=1)
+    hve_connection(send_retries=0)
+    _storm_collected(listener, clock, sandbox)
+    blocker = alert_dir / "outbox"
+    blocker.write_text("not a folder: the outbox cannot keep anything")
+    sandbox.smtp.refuse_connections(600)
+    try:
+        assert flush_digests(config=listener.config, clock=clock) == 0
+    finally:
+        sandbox.smtp.reset_faults()
+        blocker.unlink()
+    assert len(sandbox.messages) == 1
+    assert flush_digests(config=listener.config, clock=clock) == 1, "the failed digest is sent by the next flush"
+    _, digest = sandbox.wait_for_messages(2)
+    html = digest.message.get_body(("html",)).get_content()
+    assert "<td>t1</td>" in html and "<td>t2</td>" in html
+    assert flush_digests(config=listener.config, clock=clock) == 0, "and only once"
+
+
+def test_a_digest_refused_for_good_is_logged_with_its_failures(
+    alerts: Callable[..., HveAlertListener],
+    sandbox: HveSandbox,
+    hve_connection: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    clock = FakeClock()
+    listener = alerts(clock=clock, digest_threshold=1, digest_window_minutes=1)
+    hve_connection(send_retries=0)
+    _storm_collected(listener, clock, sandbox)
+    sandbox.smtp.fail_next_data("554 5.6.0 Message rejected", count=5)
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert flush_digests(config=listener.config, clock=clock) == 0
+    finally:
+        sandbox.smtp.reset_faults()
+    (line,) = [r.getMessage() for r in caplog.records if "alert digest of 2 failure(s)" in r.getMessage()]
+    keys = [
+        alert_key(event="failure", dag_id="etl", run_id="run_1", task_id=t, map_index=-1, try_number=2)
+        for t in ("t1", "t2")
+    ]
+    assert "554 5.6.0" in line and all(key in line for key in keys)
+    assert flush_digests(config=listener.config, clock=clock) == 0, "refused for good: not sent again"
+    time.sleep(0.3)
+    assert len(sandbox.messages) == 1
+
+
+def test_a_connection_that_could_not_be_read_does_not_pin_the_message_id_domain(
+    sandbox: HveSandbox, hve_connection: Callable[..., str]
+) -> None:
+    """The connection is missing at the first alert, defined later: later alerts use its domain."""
+    from airflow_provider_hve.alerts.mail import message_id_for
+
+    mail.sender_domain.cache_clear()
+    config = AlertConfig(to=(ONCALL,), conn_id="hve_defined_later")
+    key = alert_key(event="failure", dag_id="etl", run_id="run_1", task_id="load", map_index=-1, try_number=2)
+    assert message_id_for(key, config) == alert_message_id(key, "airflow.invalid")
+    hve_connection(conn_id="hve_defined_later")
+    assert message_id_for(key, config) == alert_message_id(key, domain(sandbox))
+    mail.sender_domain.cache_clear()
+
+
+def test_a_dag_run_alert_has_the_message_id_of_the_notifier_as_dag_failure_callback(
+    alerts: Callable[..., HveAlertListener], sandbox: HveSandbox
+) -> None:
+    """A DAG with on_failure_callback=HveNotifier and the listener on: two mails, one Message-ID (docs/alerts.md)."""
+    from airflow_provider_hve.notifications.hve import HveNotifier
+
+    listener = alerts()
+    listener.on_dag_run_failed(dag_run=SimpleNamespace(dag_id="etl", run_id="run_1"), msg="task_failure")
+    (by_listener,) = sandbox.wait_for_messages(1)
+    HveNotifier(to=ONCALL)(
+        {  # what Airflow hands a DAG's on_failure_callback
+            "dag": SimpleNamespace(dag_id="etl", render_template_as_native_obj=False),
+            "dag_run": SimpleNamespace(dag_id="etl", run_id="run_1", state="failed"),
+            "run_id": "run_1",
+            "reason": "task_failure",
+        }
+    )
+    _, by_notifier = sandbox.wait_for_messages(2)
+    assert by_listener.message["Message-ID"] == by_notifier.message["Message-ID"]
+
+
+def test_a_journal_that_cannot_be_created_still_sends_the_alert(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """alert_dir under a regular file: no journal, so no digest and no thread, but the alerts arrive."""
+    import logging
+
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    (tmp_path / "a-file").write_text("not a folder")
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "a-file" / "hve_alerts"))
+    listener = HveAlertListener(config, background=False)
+    with caplog.at_level(logging.WARNING):
+        listener.on_task_instance_failed(previous_state="running", task_instance=ti(), error=ValueError("x"))
+        listener.on_dag_run_failed(dag_run=SimpleNamespace(dag_id="etl", run_id="run_1"), msg="task_failure")
+    task, dag = sandbox.wait_for_messages(2)
+    assert task.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)" and task.rcpt_tos == [ONCALL]
+    assert dag.message["Subject"] == "[Airflow] DAG etl failed"
+    assert sum("journal in" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records) == 2
+
+
+class _OrmLike(SimpleNamespace):
+    """A task instance that, like a detached ORM object, must not be read once the hook returned."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("__") and object.__getattribute__(self, "__dict__").get("_detached"):
+            raise RuntimeError(f"read {name} of a task instance after the hook returned")
+        return object.__getattribute__(self, name)
+
+
+def _hold_journal_lock(alert_dir: str, seconds: float) -> Any:
+    """Hold the journal's lock from another thread for ``seconds``; return the thread."""
+    import fcntl
+    import threading
+
+    from airflow_provider_hve.alerts.journal import Journal
+
+    journal = Journal(os.path.join(alert_dir, "journal"))
+    journal._ensure()
+    fd = os.open(journal.file("lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def release() -> None:
+        time.sleep(seconds)
+        os.close(fd)
+
+    holder = threading.Thread(target=release)
+    holder.start()
+    return holder
+
+
+def test_the_scheduler_thread_never_waits_for_the_journal_nor_hands_over_the_task_instance(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any
+) -> None:
+    """A server process: the hook returns at once though the journal is locked; the thread sends from a copy."""
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
+    listener = HveAlertListener(config, background=True)
+    holder = _hold_journal_lock(config.alert_dir, 2.0)
+    orm = _OrmLike(**vars(ti()))
+    started = time.monotonic()
+    listener.on_task_instance_failed(previous_state="running", task_instance=orm, error=ValueError("x"))
+    returned = time.monotonic() - started
+    orm._detached = True
+    assert returned < 0.5, f"the hook waited {returned:.1f} s"
+    (alert,) = sandbox.wait_for_messages(1, timeout=15)
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    assert "http://airflow.example/dags/etl/runs/run_1/tasks/load" in alert.message.get_body(("html",)).get_content()
+    holder.join()
+    assert listener.drain(5)
+
+
+def test_a_journal_locked_too_long_still_sends_the_alert(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_hve.alerts import journal
+
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    monkeypatch.setattr(journal, "LOCK_TIMEOUT_SECONDS", 0.3)
+    config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
+    holder = _hold_journal_lock(config.alert_dir, 5.0)
+    started = time.monotonic()
+    HveAlertListener(config, background=False).on_task_instance_failed(
+        previous_state="running", task_instance=ti(), error=None
+    )
+    (alert,) = sandbox.wait_for_messages(1)
+    assert time.monotonic() - started < 4, "sent after the lock's deadline, not once the lock was released"
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    holder.join()
+
+
+class _TaskProcessTI(SimpleNamespace):
+    """A task instance as a task process (not the scheduler) hands it over."""
+
+
+_TaskProcessTI.__module__ = "airflow.sdk.execution_time.task_runner"
+
+
+def _child_fails_a_task(listener: HveAlertListener) -> None:
+    listener.on_task_instance_failed(
+        previous_state="running", task_instance=_TaskProcessTI(**vars(ti())), error=ValueError("zombie")
+    )
+    os._exit(0)  # as Airflow 2.11's DAG file processor leaves: no atexit, no drain
+
+
+def test_a_child_the_scheduler_forked_sends_inline(
+    sandbox: HveSandbox, hve_connection: Callable[..., str], tmp_path: Any
+) -> None:
+    """2.11 fails a zombie's task instance in a forked DAG file processor that ends with os._exit: still mailed."""
+    hve_connection()
+    mail.sender_domain.cache_clear()
+    listener = HveAlertListener(AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts")))
+    listener.on_starting(component=SimpleNamespace(job_type="SchedulerJob"))
+    assert listener._in_server_process()
+    child = multiprocessing.get_context("fork").Process(target=_child_fails_a_task, args=(listener,))
+    child.start()
+    child.join(60)
+    (alert,) = sandbox.wait_for_messages(1)
+    assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"

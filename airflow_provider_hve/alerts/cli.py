@@ -2,14 +2,16 @@
 The alert outbox on the command line: ``python -m airflow_provider_hve.alerts flush`` (or ``hve-alerts flush``).
 
 Run it where Airflow is configured (the ``hve`` connection, ``[hve] alert_dir``), e.g. from cron or by hand after an
-outage. ``flush`` prints a line per alert and a summary and exits 1 while alerts are left (HVE still unreachable);
-``list`` prints what the outbox holds.
+outage. ``flush`` prints a line per alert and a summary and exits 1 while alerts are left (HVE still unreachable), 2
+when the alert listener's digests could not be sent (a bad ``[hve] alert_*`` option, a broken journal: logged; the
+outbox is flushed all the same); ``list`` prints what the outbox holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -50,9 +52,16 @@ def _flush(conn_id: str | None, seconds: float, poll: float, *, digests_now: boo
     from airflow_provider_hve.alerts.flush import flush, flush_until_empty
     from airflow_provider_hve.alerts.outbox import Outbox
 
-    # The listener's digests first: one that HVE cannot take now is kept in the outbox, and goes out below.
-    digests = flush_digests(force=digests_now)
-    print(f"Alert digests sent: {digests}")
+    # The listener's digests first: one that HVE cannot take now is kept in the outbox, and goes out below. A bad
+    # listener option or a broken journal must not keep the outbox from being flushed: said, and the exit status 2.
+    digest_failed = False
+    try:
+        digests = flush_digests(force=digests_now)
+        print(f"Alert digests sent: {digests}")
+    except Exception as exc:
+        digest_failed = True
+        logging.getLogger(__name__).exception("HVE alert digests could not be sent; flushing the outbox anyway")
+        print(f"Alert digests: failed ({type(exc).__name__}: {exc}); the outbox is flushed anyway")
     outbox = Outbox.configured()
     print(f"HVE alert outbox {outbox.directory}")
     if seconds > 0:
@@ -62,6 +71,8 @@ def _flush(conn_id: str | None, seconds: float, poll: float, *, digests_now: boo
     for line in report.lines:
         print(f"  {line}")
     print(report.summary().capitalize())
+    if digest_failed:
+        return 2
     return 1 if report.left else 0
 
 

@@ -89,6 +89,9 @@ def load_alert_config() -> AlertConfig:
     from airflow_provider_hve.alerts.outbox import expand_alert_dir
     from airflow_provider_hve.exceptions import HveConfigError
 
+    to = _split(conf.get("hve", "alert_to", fallback=""))
+    if not to:  # the listener is off: its other options are not read, so a bad one cannot stop anything else
+        return AlertConfig(to=())
     try:
         threshold = conf.getint("hve", "alert_digest_threshold", fallback=DEFAULT_DIGEST_THRESHOLD)
         window = conf.getfloat("hve", "alert_digest_window_minutes", fallback=DEFAULT_DIGEST_WINDOW_MINUTES)
@@ -104,7 +107,7 @@ def load_alert_config() -> AlertConfig:
             f"of 0 or more (0: no digests) and a window above 0."
         )
     return AlertConfig(
-        to=_split(conf.get("hve", "alert_to", fallback="")),
+        to=to,
         conn_id=(conf.get("hve", "alert_conn_id", fallback="") or "hve_default").strip(),
         dags_include=_split(conf.get("hve", "alert_dags_include", fallback="")),
         dags_exclude=_split(conf.get("hve", "alert_dags_exclude", fallback="")),

@@ -59,8 +59,9 @@ def flush_digests(
     Send every digest whose window has ended (``force``: also the one being collected); return how many were sent.
 
     Safe to call from any process at any time (the outbox's maintenance DAG and command line do): a digest is
-    claimed under the journal's lock, so two callers never send the same one. Never raises for a failed send (it
-    is logged; the notifier's outbox keeps what HVE did not accept).
+    claimed under the journal's lock, so two callers never send the same one. Never raises for a failed send (see
+    :func:`send_claimed`); raises :class:`HveConfigError` for a bad ``[hve] alert_*`` option and ``OSError`` when
+    the journal cannot be used.
     """
     from airflow_provider_hve.alerts.config import load_alert_config
 
@@ -71,18 +72,60 @@ def flush_digests(
     with journal.locked() as state:
         close_if_due(journal, state, clock(), config, force=force)
         claimed = journal.claim_due()
+    return send_claimed(journal, claimed, config)
+
+
+def send_claimed(journal: Journal, claimed: list[str], config: AlertConfig) -> int:
+    """
+    Send the claimed digest batches; return how many were sent (or kept in the outbox for HVE to take later).
+
+    A batch whose send failed for a reason that may pass is given back (the next flush or alert sends it); one HVE
+    refused for good is logged at ERROR with the failures it listed, then dropped (sending it again would fail
+    again). Never raises for a failed send.
+    """
     sent = 0
     for name in claimed:
-        entries = journal.read_batch(name)
         try:
-            if entries:
-                send_digest(entries, config)
-                sent += 1
-        except Exception:
-            log.exception("HVE alert digest of %d failure(s) could not be sent", len(entries))
-        finally:
+            entries = journal.read_batch(name)
+        except FileNotFoundError:  # taken back meanwhile as a stale claim (this process was slow): theirs now
+            continue
+        if not entries:
             journal.done(name)
+            continue
+        try:
+            send_digest(entries, config)
+        except Exception as exc:
+            if _permanent(exc, config):
+                log.error(
+                    "HVE alert digest of %d failure(s) was not delivered and is not sent again (refused for good, or "
+                    "HVE may have it already): %s; its failures: %s",
+                    len(entries),
+                    exc,
+                    ", ".join(str(entry.get("key")) for entry in entries),
+                )
+                journal.done(name)
+            else:
+                log.exception(
+                    "HVE alert digest of %d failure(s) could not be sent; kept for the next flush", len(entries)
+                )
+                try:
+                    journal.release(name)
+                except OSError:
+                    log.exception(
+                        "HVE alert digest %s could not be given back; it is retried once its claim is stale", name
+                    )
+            continue
+        sent += 1
+        journal.done(name)  # sent, or kept in the notifier's outbox (HVE takes it later)
     return sent
+
+
+def _permanent(exc: BaseException, config: AlertConfig) -> bool:
+    """True when HVE refused the digest for good (the notifier's outbox would not keep it): never retried."""
+    from airflow_provider_hve.alerts.outbox import recipients_to_keep
+    from airflow_provider_hve.exceptions import HveError
+
+    return isinstance(exc, HveError) and not recipients_to_keep(exc, config.to)
 
 
 def send_digest(entries: list[dict[str, Any]], config: AlertConfig) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STALE_CLAIM_SECONDS = 600.0
+LOCK_TIMEOUT_SECONDS = 10.0
 MAX_THREADS = 10_000
 _STATE = "state.json"
 _PENDING = "pending.jsonl"
@@ -52,7 +53,7 @@ class JournalState:
 
 def _open_private(path: str, flags: int) -> int:
     """Open ``path`` readable by its owner only from its first byte (the umask can only narrow 0600)."""
-    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)  # a planted symlink is not followed
     os.fchmod(fd, 0o600)
     return fd
 
@@ -76,12 +77,27 @@ class Journal:
         return os.path.join(self.path, name)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[JournalState]:
-        """Hold the journal's lock; yield its state, written back (atomically) when the block ends without error."""
+    def locked(self, timeout: float | None = None) -> Iterator[JournalState]:
+        """
+        Hold the journal's lock; yield its state, written back (atomically) when the block ends without error.
+
+        Raises ``TimeoutError`` (an ``OSError``) when another process held the lock for more than ``timeout``
+        seconds (default :data:`LOCK_TIMEOUT_SECONDS`), and ``OSError`` when the journal cannot be created or
+        opened: the listener then sends the alert on its own, uncounted.
+        """
         self._ensure()
         lock_fd = _open_private(self.file("lock"), os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            timeout = LOCK_TIMEOUT_SECONDS if timeout is None else timeout
+            give_up = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise TimeoutError(f"the alert journal {self.path} stayed locked for {timeout:g} s") from None
+                    time.sleep(0.02)
             state = self._read_state()
             before = self._dump(state)
             yield state
@@ -92,7 +108,8 @@ class Journal:
 
     def _read_state(self) -> JournalState:
         try:
-            with open(self.file(_STATE), encoding="utf-8") as fh:
+            fd = os.open(self.file(_STATE), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            with os.fdopen(fd, encoding="utf-8") as fh:
                 return JournalState.from_json(json.load(fh))
         except FileNotFoundError:
             return JournalState()
@@ -172,7 +189,8 @@ class Journal:
 
     def read_batch(self, name: str) -> list[dict[str, Any]]:
         entries = []
-        with open(self.file(name), encoding="utf-8") as fh:
+        fd = os.open(self.file(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8") as fh:
             for line in fh:
                 with contextlib.suppress(ValueError):
                     entries.append(json.loads(line))

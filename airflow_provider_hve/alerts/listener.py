@@ -64,6 +64,7 @@ class HveAlertListener:
         self.clock = clock
         self.background = background
         self._role: str | None = None
+        self._role_pid: int | None = None
         self._worker: _Worker | None = None
 
     @property
@@ -85,41 +86,88 @@ class HveAlertListener:
         self._role = getattr(component, "job_type", None) or (
             type(runner).__name__.replace("Runner", "") if runner is not None else type(component).__name__
         )
+        self._role_pid = os.getpid()
 
     @hookimpl
     def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
         """A task instance failed (state ``failed``) or will be retried (``up_for_retry``)."""
-        self._guarded("task failure", self._task_failed, task_instance, error, server=_is_server_ti(task_instance))
+        self._guarded(
+            "task failure",
+            self._task_failed,
+            task_instance,
+            error,
+            server=_is_server_ti(task_instance),
+            plain=lambda: (_plain_ti(task_instance), error),
+        )
 
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
         """A task instance succeeded: close its alert thread, mail "recovered" if asked."""
-        self._guarded("task success", self._task_succeeded, task_instance, server=_is_server_ti(task_instance))
+        self._guarded(
+            "task success",
+            self._task_succeeded,
+            task_instance,
+            server=_is_server_ti(task_instance),
+            plain=lambda: (_plain_ti(task_instance),),
+        )
 
     @hookimpl
     def on_dag_run_failed(self, dag_run: Any, msg: str) -> None:
         """A DAG run failed (the scheduler, or a user marking it failed)."""
-        self._guarded("DAG run failure", self._dag_run_failed, dag_run, msg, server=True)
+        self._guarded(
+            "DAG run failure",
+            self._dag_run_failed,
+            dag_run,
+            msg,
+            server=True,
+            plain=lambda: (_plain_dag_run(dag_run), msg),
+        )
 
     # What the hooks do.
 
-    def _guarded(self, what: str, handler: Callable[..., Any], *args: Any, server: bool) -> None:
+    def _guarded(
+        self, what: str, handler: Callable[..., Any], *args: Any, server: bool, plain: Callable[[], tuple[Any, ...]]
+    ) -> None:
+        """
+        Run ``handler`` (count the alert in the journal, decide) and the send it returns, never raising into Airflow.
+
+        In a server process (scheduler, API server) only ``plain`` runs in the caller's thread: it copies what the
+        alert needs out of Airflow's objects (an ORM task instance never crosses into the thread); the journal's
+        lock, the connection lookup and the send run in the background thread.
+        """
         try:
             config = self.config
             if not config.enabled:
                 return
-            work = handler(config, *args)
-            if work is None:
-                return
             if self.background if self.background is not None else (server or self._in_server_process()):
-                self._thread().submit(what, work)
+                copied = plain()
+                self._thread().submit(what, lambda: _then_run(what, handler(config, *copied)))
             else:
-                _run(what, work)
+                work = handler(config, *args)
+                if work is not None:
+                    _run(what, work)
         except Exception:
             log.exception("HVE alert listener: the %s alert failed; Airflow carries on", what)
 
     def _in_server_process(self) -> bool:
-        return self._role is not None and self._role not in _TASK_ROLES
+        # Only the process that announced itself: a child it forked (Airflow 2.11's DAG file processor, which fails
+        # a zombie's task instance and then leaves with os._exit) sends inline, or its thread's mail would be lost.
+        return self._role is not None and self._role not in _TASK_ROLES and self._role_pid == os.getpid()
+
+    def _admit_or_alone(
+        self, config: AlertConfig, entry: dict[str, Any], *, thread: str | None
+    ) -> tuple[bool, str | None, list[str]] | None:
+        """:meth:`_admit`; when the journal cannot be used, the alert goes out on its own (no digest, no thread)."""
+        try:
+            return self._admit(config, entry, thread=thread)
+        except OSError as exc:  # disk full, an unwritable alert_dir, a lock held too long
+            log.warning(
+                "HVE alert listener: the journal in %s cannot be used (%s); the alert is sent on its own, without "
+                "digest or thread",
+                config.journal_dir,
+                exc,
+            )
+            return True, None, []
 
     def _task_failed(self, config: AlertConfig, ti: Any, error: Any) -> Callable[[], None] | None:
         from airflow_provider_hve.alerts.ids import alert_key
@@ -151,11 +199,11 @@ class HveAlertListener:
             "state": state,
             "error": _error_text(error),
         }
-        decision = self._admit(config, entry, thread=_thread_key(ti))
+        recipients = _task_recipients(ti, config)  # before the journal counts it: nothing left to fail after
+        decision = self._admit_or_alone(config, entry, thread=_thread_key(ti))
         if decision is None:
             return None
         single, reply_to, due = decision
-        recipients = _task_recipients(ti, config)
         context = {"ti": ti, "task_instance": ti, "run_id": ti.run_id, "exception": error}
         logical_date = getattr(ti, "logical_date", None) or getattr(ti, "execution_date", None)
         if logical_date is not None:
@@ -173,11 +221,18 @@ class HveAlertListener:
     def _dag_run_failed(self, config: AlertConfig, dag_run: Any, msg: str) -> Callable[[], None] | None:
         from types import SimpleNamespace
 
-        from airflow_provider_hve.alerts.ids import alert_key
+        from airflow_provider_hve.notifications.hve import alert_key_of
 
         if not config.on_dag_run or not config.wants_dag(dag_run.dag_id):
             return None
-        key = alert_key(event="dag_failure", dag_id=dag_run.dag_id, run_id=dag_run.run_id, map_index=None)
+        context: dict[str, Any] = {
+            "dag": SimpleNamespace(dag_id=dag_run.dag_id),
+            "dag_run": SimpleNamespace(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state="failed"),
+            "run_id": dag_run.run_id,
+            "reason": msg or "task_failure",
+        }
+        # The key HveNotifier derives as a DAG's on_failure_callback: both send the same Message-ID.
+        key = alert_key_of(context)
         entry = {
             "key": key,
             "kind": "dag",
@@ -191,16 +246,10 @@ class HveAlertListener:
             "state": "failed",
             "error": msg,
         }
-        decision = self._admit(config, entry, thread=None)
+        decision = self._admit_or_alone(config, entry, thread=None)
         if decision is None:
             return None
         single, _, due = decision
-        context: dict[str, Any] = {
-            "dag": SimpleNamespace(dag_id=dag_run.dag_id),
-            "dag_run": SimpleNamespace(dag_id=dag_run.dag_id, run_id=dag_run.run_id, state="failed"),
-            "run_id": dag_run.run_id,
-            "reason": msg or "task_failure",
-        }
         logical_date = getattr(dag_run, "logical_date", None) or getattr(dag_run, "execution_date", None)
         if logical_date is not None:
             context["logical_date"] = logical_date
@@ -296,17 +345,11 @@ class HveAlertListener:
         return single, reply_to, due
 
     def _send_due(self, config: AlertConfig, due: list[str]) -> None:
-        from airflow_provider_hve.alerts.digest import send_digest
+        from airflow_provider_hve.alerts.digest import send_claimed
         from airflow_provider_hve.alerts.journal import Journal
 
-        journal = Journal(config.journal_dir)
-        for name in due:
-            entries = journal.read_batch(name)
-            try:
-                if entries:
-                    send_digest(entries, config)
-            finally:
-                journal.done(name)
+        if due:
+            send_claimed(Journal(config.journal_dir), due, config)
 
     def _now_iso(self) -> str:
         return dt.datetime.fromtimestamp(self.clock(), tz=dt.timezone.utc).isoformat(timespec="seconds")
@@ -358,6 +401,47 @@ def _run(what: str, work: Callable[[], None]) -> None:
         log.exception("HVE alert listener: sending the %s alert failed", what)
 
 
+def _then_run(what: str, work: Callable[[], None] | None) -> None:
+    if work is not None:
+        work()
+
+
+def _plain_ti(ti: Any) -> Any:
+    """What an alert reads of a task instance, copied into a plain object (safe to hand to another thread)."""
+    from types import SimpleNamespace
+
+    task = getattr(ti, "task", None)
+    email = getattr(task, "email", None)
+    return SimpleNamespace(
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=ti.run_id,
+        map_index=getattr(ti, "map_index", -1),
+        try_number=getattr(ti, "try_number", None),
+        max_tries=getattr(ti, "max_tries", None),
+        state=_value(getattr(ti, "state", None)),
+        log_url=_log_url(ti),
+        hostname=getattr(ti, "hostname", None),
+        start_date=getattr(ti, "start_date", None),
+        end_date=getattr(ti, "end_date", None),
+        duration=getattr(ti, "duration", None),
+        logical_date=getattr(ti, "logical_date", None) or getattr(ti, "execution_date", None),
+        task=SimpleNamespace(
+            email=list(email) if isinstance(email, (list, tuple)) else email, owner=getattr(task, "owner", None)
+        ),
+    )
+
+
+def _plain_dag_run(dag_run: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        logical_date=getattr(dag_run, "logical_date", None) or getattr(dag_run, "execution_date", None),
+    )
+
+
 def _is_server_ti(ti: Any) -> bool:
     """On Airflow 3 a task process hands hooks a RuntimeTaskInstance; the scheduler / API server an ORM one."""
     from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS
@@ -382,9 +466,10 @@ def _total_tries(ti: Any) -> int | None:
 
 def _log_url(ti: Any) -> str | None:
     try:
-        return str(ti.log_url)
+        url = ti.log_url
     except Exception:
         return None
+    return None if url is None else str(url)
 
 
 def _error_text(error: Any) -> str | None:

@@ -13,18 +13,32 @@ from airflow_provider_hve.alerts.config import AlertConfig
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=16)
 def sender_domain(conn_id: str) -> str:
-    """Return the domain the connection sends from (its ``from_email``, else the HVE account): Message-IDs use it."""
-    from airflow_provider_hve.hooks.hve import HveHook
+    """
+    Return the domain the connection sends from (its ``from_email``, else the HVE account): Message-IDs use it.
 
+    ``airflow.invalid`` while the connection cannot be read; that fallback is not remembered (the next alert asks
+    again), a domain that was read is.
+    """
     try:
-        config = HveHook(hve_conn_id=conn_id).config
-        address = parseaddr(config.from_email or config.account)[1]
+        return _cached_sender_domain(conn_id)
     except Exception as exc:  # the send names the problem; the Message-ID only needs some domain
         log.debug("No sender domain for connection %r: %s", conn_id, exc)
         return "airflow.invalid"
-    return address.rpartition("@")[2] or "airflow.invalid"
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sender_domain(conn_id: str) -> str:
+    from airflow_provider_hve.hooks.hve import HveHook
+
+    config = HveHook(hve_conn_id=conn_id).config
+    domain = parseaddr(config.from_email or config.account)[1].rpartition("@")[2]
+    if not domain:
+        raise ValueError("the connection names no sender address")
+    return domain
+
+
+sender_domain.cache_clear = _cached_sender_domain.cache_clear  # type: ignore[attr-defined]
 
 
 def message_id_for(key: str, config: AlertConfig) -> str:
