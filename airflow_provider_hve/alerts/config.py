@@ -68,20 +68,6 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").replace(";", ",").split(",") if part.strip())
 
 
-def default_alert_dir() -> str:
-    """``{AIRFLOW_HOME}/hve_alerts``: where the journal and the outbox live unless ``[hve] alert_dir`` says."""
-    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    return os.path.join(home, "hve_alerts")
-
-
-def _alert_dir(value: str | None) -> str:
-    """The configured folder; the declared default ``{AIRFLOW_HOME}/hve_alerts`` is expanded here."""
-    if not value or not value.strip():
-        return default_alert_dir()
-    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    return os.path.expanduser(value.strip().replace("{AIRFLOW_HOME}", home))
-
-
 def load_alert_config() -> AlertConfig:
     """Read ``[hve] alert_*`` from Airflow's configuration (``AIRFLOW__HVE__ALERT_TO`` and so on)."""
     from airflow.providers.common.compat.sdk import conf
