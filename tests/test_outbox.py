@@ -607,6 +607,7 @@ def test_a_relative_alert_dir_is_refused_and_both_readers_expand_the_same(
     from airflow_provider_hve.alerts.outbox import configured_alert_dir
     from airflow_provider_hve.exceptions import HveConfigError
 
+    monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", "oncall@contoso.example")  # the listener reads alert_dir when on
     monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIR", "hve_alerts")
     for read in (configured_alert_dir, Outbox.configured, load_alert_config):
         with pytest.raises(HveConfigError, match=r"\[hve\] alert_dir .*Use an absolute path"):
