@@ -695,3 +695,62 @@ def test_a_credential_refused_at_flush_time_stays_kept_and_is_logged_at_error_wi
     (record,) = [r for r in caplog.records if "REFUSED" in r.getMessage()]
     assert record.levelno == logging.ERROR and "535 5.7.3" in record.getMessage()
     assert flush().delivered == 1  # the credential fixed: delivered
+
+
+def test_a_release_that_cannot_write_leaves_the_claim_for_a_takeover(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The disk is full when a flusher gives an alert back: the alert stays claimed (another flusher takes it over
+    after the claim timeout) instead of living only in a private file that is then deleted (before: lost).
+    """
+    import errno
+
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    (entry,) = outbox.entries()
+    claim = outbox.claim(entry)
+    assert claim is not None
+
+    def disk_full(data: bytes, raised_at: float) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outbox, "_temporary", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        claim.release("HVE refused the connection")
+    monkeypatch.undo()
+    assert [e.name for e in outbox.entries()] == [claim.path.name], "the claim must stay, whole"
+    sandbox.smtp.reset_faults()
+    time.sleep(0.01)
+    (stale,) = Outbox(outbox.directory, claim_timeout=0).entries()
+    taken = Outbox(outbox.directory, claim_timeout=0).claim(stale)
+    assert taken is not None and taken.stale and taken.alert.message_id == _expected_id()
+
+
+def test_an_outbox_on_a_share_without_hard_links_keeps_and_releases_once(
+    hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SMB share (Azure Files) refuses hard links: keeping and releasing fall back to a rename, one file each."""
+    import errno
+
+    from airflow_provider_hve.alerts import outbox as outbox_module
+
+    def no_links(source: Any, target: Any) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(outbox_module.os, "link", no_links)
+    sandbox = hve_down
+    hve_connection(send_retries=0)
+    HveNotifier(to=ONCALL)(_context())
+    HveNotifier(to=ONCALL)(_context())  # the same alert raised again: still one file
+    (entry,) = outbox.entries()
+    claim = outbox.claim(entry)
+    assert claim is not None
+    claim.release("HVE refused the connection")
+    assert [e.name for e in outbox.entries()] == [entry.queued_name]
+    sandbox.smtp.reset_faults()
+    assert flush().delivered == 1
+    sandbox.wait_for_messages(1)
+    time.sleep(0.3)
+    assert _by_id(sandbox) == Counter({_expected_id(): 1})

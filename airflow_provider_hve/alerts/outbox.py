@@ -22,6 +22,7 @@ possible duplicate.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -235,8 +236,7 @@ class Outbox:
         now = time.time()
         if entry.claimed_ms is not None and not entry.stale(now, self.claim_timeout):
             return None
-        host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
-        claimed = f"{entry.queued_name}{CLAIMED}{int(now * 1000)}~{host}~{os.getpid()}"
+        claimed = _claimed_name(entry.queued_name, now)
         try:
             os.rename(self.directory / entry.name, self.directory / claimed)
         except FileNotFoundError:  # another flusher renamed it first (or delivered it)
@@ -267,6 +267,21 @@ class Outbox:
         Its modification time is ``raised_at``. ``exclusive``: only if ``path`` does not exist (a hard link, which
         fails if it does; then nothing is written and False returned).
         """
+        temporary = self._temporary(data, raised_at)
+        if not exclusive:
+            os.replace(temporary, path)
+        else:
+            try:
+                if not _link_or_rename(temporary, path):
+                    return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+        self._sync_directory()
+        return True
+
+    def _temporary(self, data: bytes, raised_at: float) -> Path:
+        """A private ``.tmp-`` file holding ``data`` (0600, fsynced, modification time ``raised_at``)."""
         temporary = self.directory / f"{_TMP}{secrets.token_hex(8)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(temporary, flags, 0o600)
@@ -275,26 +290,15 @@ class Outbox:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.utime(fd, ns=(time.time_ns(), int(raised_at * 1e9)))  # before the fsync: the order is durable too
             os.fsync(fd)
-            os.utime(fd, ns=(time.time_ns(), int(raised_at * 1e9)))
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
         os.close(fd)
-        if not exclusive:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                return False
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-        self._sync_directory()
-        return True
+        return temporary
 
     def _sync_directory(self) -> None:
         # The rename is durable once the directory is: without it a power cut could forget the new name.
@@ -364,34 +368,71 @@ class Claim:
             attempts=self.alert.attempts + 1,
             recipients=tuple(recipients) if recipients is not None else self.alert.recipients,
         )
-        # First take the claim back under a private name (atomic): if another flusher took it over meanwhile (a
-        # stale claim), the claimed name is gone and nothing is written, so no second copy can appear.
+        # At every step the alert is a claim another flusher can take over, or queued: never only a private file.
+        # 1. The new content first, in a private file: if that fails (disk full), the claim stays as it is.
         outbox = self.outbox
-        private = outbox.directory / f"{_TMP}{secrets.token_hex(8)}"
+        temporary = outbox._temporary(again.to_bytes(), again.raised_at)
         try:
-            os.rename(self.path, private)
-        except FileNotFoundError:
-            log.warning(
-                "HVE alert %s was taken over by another flusher (%s outlived [hve] alert_outbox_claim_timeout), "
-                "not released.",
-                self.alert.message_id,
-                self.path.name,
-            )
-            return
-        try:
-            outbox._write(private, again.to_bytes(), raised_at=again.raised_at)
+            # 2. Renew the claim under a fresh claimed name (atomic): if another flusher took it over meanwhile (a
+            #    stale claim), the claimed name is gone and nothing more is done, so no second copy can appear.
+            fresh = outbox.directory / _claimed_name(self.queued_name, time.time())
             try:
-                os.link(private, outbox.directory / self.queued_name)  # never over a copy kept again meanwhile
-            except FileExistsError:
+                os.rename(self.path, fresh)
+            except FileNotFoundError:
+                log.warning(
+                    "HVE alert %s was taken over by another flusher (%s outlived [hve] alert_outbox_claim_timeout), "
+                    "not released.",
+                    self.alert.message_id,
+                    self.path.name,
+                )
+                return
+            self.path = fresh
+            # 3. The fresh claim gets the new content; 4. it is queued, never over a copy kept again meanwhile.
+            os.replace(temporary, fresh)
+            if not _link_or_rename(fresh, outbox.directory / self.queued_name):
                 log.info("HVE alert %s is queued again already (%s).", self.alert.message_id, self.queued_name)
+                os.unlink(fresh)
+            outbox._sync_directory()
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(private)
+                os.unlink(temporary)
 
     def drop(self) -> None:
         """Delete it undelivered (refused for good; the caller logs why); only under its claimed name."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _claimed_name(queued_name: str, now: float) -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+    return f"{queued_name}{CLAIMED}{int(now * 1000)}~{host}~{os.getpid()}"
+
+
+# A file system without hard links (SMB shares such as Azure Files): link() fails with one of these.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.ENOSYS, errno.EMLINK}
+)
+
+
+def _link_or_rename(source: Path, target: Path) -> bool:
+    """
+    Give ``source`` the name ``target`` unless ``target`` exists (a hard link); False if it exists.
+
+    ``source`` is removed on success. Where the file system has no hard links, a rename, which replaces a
+    ``target`` created meanwhile: that copy is the same alert (the name is the alert's), so one file stays.
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        os.replace(source, target)
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(source)
+    return True
 
 
 def configured_alert_dir() -> Path:
