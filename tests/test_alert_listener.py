@@ -7,6 +7,7 @@ clock is faked, where a test needs minutes to pass. The real scheduler runs in t
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import re
@@ -563,8 +564,8 @@ class _OrmLike(SimpleNamespace):
         return object.__getattribute__(self, name)
 
 
-def _hold_journal_lock(alert_dir: str, seconds: float) -> Any:
-    """Hold the journal's lock from another thread for ``seconds``; return the thread."""
+def _hold_journal_lock(alert_dir: str) -> tuple[Any, Any]:
+    """Hold the journal's lock from another thread until the returned event is set (60 s at most)."""
     import fcntl
     import threading
 
@@ -575,13 +576,15 @@ def _hold_journal_lock(alert_dir: str, seconds: float) -> Any:
     fd = os.open(journal.file("lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
 
+    done = threading.Event()
+
     def release() -> None:
-        time.sleep(seconds)
+        done.wait(60)
         os.close(fd)
 
     holder = threading.Thread(target=release)
     holder.start()
-    return holder
+    return holder, done
 
 
 def test_the_scheduler_thread_never_waits_for_the_journal_nor_hands_over_the_task_instance(
@@ -592,13 +595,15 @@ def test_the_scheduler_thread_never_waits_for_the_journal_nor_hands_over_the_tas
     mail.sender_domain.cache_clear()
     config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
     listener = HveAlertListener(config, background=True)
-    holder = _hold_journal_lock(config.alert_dir, 2.0)
+    holder, free = _hold_journal_lock(config.alert_dir)
     orm = _OrmLike(**vars(ti()))
     started = time.monotonic()
     listener.on_task_instance_failed(previous_state="running", task_instance=orm, error=ValueError("x"))
     returned = time.monotonic() - started
     orm._detached = True
-    assert returned < 0.5, f"the hook waited {returned:.1f} s"
+    # The lock is still held: a hook that took it would have waited for its deadline (10 s), not returned.
+    assert returned < 5, f"the hook waited {returned:.1f} s"
+    free.set()
     (alert,) = sandbox.wait_for_messages(1, timeout=15)
     assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
     assert "http://airflow.example/dags/etl/runs/run_1/tasks/load" in alert.message.get_body(("html",)).get_content()
@@ -615,14 +620,14 @@ def test_a_journal_locked_too_long_still_sends_the_alert(
     mail.sender_domain.cache_clear()
     monkeypatch.setattr(journal, "LOCK_TIMEOUT_SECONDS", 0.3)
     config = AlertConfig(to=(ONCALL,), alert_dir=str(tmp_path / "hve_alerts"))
-    holder = _hold_journal_lock(config.alert_dir, 5.0)
-    started = time.monotonic()
+    holder, free = _hold_journal_lock(config.alert_dir)
     HveAlertListener(config, background=False).on_task_instance_failed(
         previous_state="running", task_instance=ti(), error=None
     )
     (alert,) = sandbox.wait_for_messages(1)
-    assert time.monotonic() - started < 4, "sent after the lock's deadline, not once the lock was released"
+    assert holder.is_alive() and not free.is_set(), "sent while the lock is still held: after its deadline"
     assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+    free.set()
     holder.join()
 
 
@@ -652,5 +657,26 @@ def test_a_child_the_scheduler_forked_sends_inline(
     child = multiprocessing.get_context("fork").Process(target=_child_fails_a_task, args=(listener,))
     child.start()
     child.join(60)
+    if child.is_alive():  # a lock held by another thread at the fork: never leave a hung child behind
+        child.kill()
+        child.join(5)
+    assert child.exitcode == 0, f"the forked child ended with {child.exitcode}"
     (alert,) = sandbox.wait_for_messages(1)
     assert alert.message["Subject"] == "[Airflow] etl.load failed (try 2 of 2)"
+
+
+def test_alerts_a_process_exits_with_are_named_in_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The drain at exit gives up after its time: the alerts still queued are named, not dropped without a word."""
+    import threading
+
+    from airflow_provider_hve.alerts.listener import _Worker
+
+    worker, stuck = _Worker(), threading.Event()
+    worker.submit("etl.load failure", lambda: stuck.wait(30))
+    worker.submit("etl.export failure", lambda: None)
+    with caplog.at_level(logging.ERROR):
+        assert not worker.drain(0.2)
+    stuck.set()
+    (line,) = [r.getMessage() for r in caplog.records if "not sent after waiting" in r.getMessage()]
+    assert "2 alert(s)" in line and "etl.export failure" in line
+    assert worker.drain(10)

@@ -340,10 +340,20 @@ def test_a_claim_left_by_a_dead_flusher_is_resent_as_a_possible_duplicate(
     assert not outbox.entries()
 
 
+@pytest.mark.parametrize("listener", ["off", "misconfigured"])
 def test_maintenance_dag_parses_and_delivers_what_was_kept(
-    run_dag: Callable[..., Any], parse_dags: Callable[[Any], Any], hve_down: HveSandbox, outbox: Outbox
+    listener: str,
+    run_dag: Callable[..., Any],
+    parse_dags: Callable[[Any], Any],
+    hve_down: HveSandbox,
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A broken listener option does not keep the outbox from being flushed; the run shows red for it."""
     sandbox = hve_down
+    if listener == "misconfigured":
+        monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", ONCALL)
+        monkeypatch.setenv("AIRFLOW__HVE__ALERT_DIGEST_THRESHOLD", "-1")
     bag = parse_dags(EXAMPLE_DAG)
     dag = bag.get_dag("hve_alert_outbox")
     assert not bag.import_errors and dag.max_active_runs == 1
@@ -351,7 +361,7 @@ def test_maintenance_dag_parses_and_delivers_what_was_kept(
     assert len(outbox.entries()) == 1
     sandbox.smtp.reset_faults()
     dag_run = run_dag(EXAMPLE_DAG, "hve_alert_outbox")
-    assert dag_run.state == "success"
+    assert dag_run.state == ("success" if listener == "off" else "failed")
     (alert,) = sandbox.wait_for_messages(1)
     assert alert.message["Message-ID"] == _expected_id()
     assert not outbox.entries()
@@ -651,6 +661,8 @@ def test_an_interrupted_flush_after_a_send_releases_the_alert(
         signal.signal(signal.SIGALRM, previous)
     (entry,) = outbox.entries()
     assert entry.claimed_ms is None  # queued again, for the next flush
+    # Released by the interrupted flush (not merely never claimed because the timer fired before the claim).
+    assert outbox.read(entry).reason.startswith("interrupted: _Interrupted")
     sandbox.latency_ms = 0
     assert flush().delivered == 1
     sandbox.wait_for_messages(1)

@@ -388,7 +388,17 @@ class _Worker:
     def drain(self, timeout: float) -> bool:
         give_up = time.monotonic() + timeout
         while self.queue.unfinished_tasks:
-            if time.monotonic() > give_up or os.getpid() != self.pid:
+            if os.getpid() != self.pid:
+                return False
+            if time.monotonic() > give_up:
+                waiting = [what for what, _ in list(self.queue.queue)]
+                log.error(
+                    "HVE alert listener: %d alert(s) not sent after waiting %.0f s (HVE or the journal too slow); "
+                    "they are lost with this process: %s",
+                    self.queue.unfinished_tasks,
+                    timeout,
+                    ", ".join(waiting) or "the one being sent",
+                )
                 return False
             time.sleep(0.05)
         return True

@@ -67,6 +67,13 @@ def outbox_flush_dag(
                 logging.getLogger(__name__).exception("HVE alert digests could not be sent; flushing the outbox")
                 digests = -1
             report = flush_until_empty(conn_id, seconds=keep_trying, poll=poll)
+            if digests < 0:  # after the outbox was flushed: the run shows red, the log says why
+                from airflow_provider_hve.exceptions import HveConfigError
+
+                raise HveConfigError(
+                    f"The alert digests could not be sent (see the error above: an [hve] alert_* option or the journal "
+                    f"under [hve] alert_dir); the outbox was flushed: {report.summary()}."
+                )
             return {
                 "digests": digests,
                 "delivered": report.delivered,
