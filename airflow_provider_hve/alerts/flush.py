@@ -216,8 +216,8 @@ def flush_after_send(hook: Sender) -> None:
         log.warning("HVE alert outbox: the flush after a send failed (the send itself succeeded): %s", exc)
     except BaseException as exc:
         log.warning(
-            "HVE alert outbox: the flush after a send was interrupted (%s); the send itself succeeded, and the "
-            "alert being delivered was released for the next flush.",
+            "HVE alert outbox: the flush after a send was interrupted (%s); the send itself succeeded, and an "
+            "alert being delivered, if any, was released for the next flush.",
             type(exc).__name__,
         )
         raise

@@ -54,7 +54,11 @@ class JournalState:
 def _open_private(path: str, flags: int) -> int:
     """Open ``path`` readable by its owner only from its first byte (the umask can only narrow 0600)."""
     fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)  # a planted symlink is not followed
-    os.fchmod(fd, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:  # another user's file: no descriptor leaks per alert (the listener carries on)
+        os.close(fd)
+        raise
     return fd
 
 
