@@ -220,20 +220,24 @@ def test_email_backend_mail_is_kept_and_flushed(
     assert not outbox.entries()
 
 
+def _deadline_alert(deadline_id: str) -> tuple[HveNotifier, dict[str, Any], str]:
+    """A Deadline Alert's notifier, rendered for a running DAG run, its context and the Message-ID it must carry."""
+    dag_run = {"dag_id": "nightly", "dag_run_id": "scheduled__2026-12-07", "state": "running"}
+    context = {"dag_run": dag_run, "deadline": {"id": deadline_id, "deadline_time": None}, "params": {}}
+    notifier = HveNotifier(to=ONCALL)
+    notifier.render_template_fields(context)
+    key = alert_key(event=f"deadline:{deadline_id}", dag_id="nightly", run_id="scheduled__2026-12-07")
+    return notifier, context, alert_message_id(key, "contoso.example")
+
+
 def test_async_notify_keeps_a_deadline_alert(
     hve_connection: Callable[..., str], hve_down: HveSandbox, outbox: Outbox
 ) -> None:
     sandbox = hve_down
     hve_connection(send_retries=0)
-    dag_run = {"dag_id": "nightly", "dag_run_id": "scheduled__2026-12-07", "state": "running"}
-    context = {"dag_run": dag_run, "deadline": {"id": "0193", "deadline_time": None}, "params": {}}
-    notifier = HveNotifier(to=ONCALL)
-    notifier.render_template_fields(context)
+    notifier, context, expected = _deadline_alert("0193")
     asyncio.run(notifier.async_notify(context))
     (entry,) = outbox.entries()
-    expected = alert_message_id(
-        alert_key(event="deadline:0193", dag_id="nightly", run_id="scheduled__2026-12-07"), "contoso.example"
-    )
     assert outbox.read(entry).message_id == expected
     sandbox.smtp.reset_faults()
     assert flush().delivered == 1
@@ -569,13 +573,7 @@ def test_a_deadline_alert_cancelled_during_an_outage_is_kept_then_delivered_once
     """
     sandbox = hve_down
     hve_connection(send_retries=2)
-    dag_run = {"dag_id": "nightly", "dag_run_id": "scheduled__2026-12-07", "state": "running"}
-    context = {"dag_run": dag_run, "deadline": {"id": "0194", "deadline_time": None}, "params": {}}
-    notifier = HveNotifier(to=ONCALL)
-    notifier.render_template_fields(context)
-    expected = alert_message_id(
-        alert_key(event="deadline:0194", dag_id="nightly", run_id="scheduled__2026-12-07"), "contoso.example"
-    )
+    notifier, context, expected = _deadline_alert("0194")
 
     def said(text: str) -> bool:
         return any(text in r.getMessage() for r in list(caplog.records))
