@@ -81,12 +81,17 @@ def send_or_keep(hook: HveHook, outgoing: OutgoingMessage, *, origin: str) -> Se
     return result
 
 
-def with_message_id(outgoing: OutgoingMessage, message_id: str) -> OutgoingMessage:
-    """Return ``outgoing`` with ``message_id`` (a stable one from :mod:`~airflow_provider_hve.alerts.ids`)."""
+def with_message_id(outgoing: OutgoingMessage, key: str) -> OutgoingMessage:
+    """
+    Return ``outgoing`` with the stable Message-ID of the alert ``key`` (:func:`~.ids.alert_key`), in its sender's
+    domain.
+    """
     from dataclasses import replace
 
+    from airflow_provider_hve.alerts.ids import alert_message_id
+
     message = outgoing.message
-    message.replace_header("Message-ID", message_id)
+    message.replace_header("Message-ID", alert_message_id(key, outgoing.sender.rpartition("@")[2]))
     return replace(outgoing, payload=_wire(message))
 
 

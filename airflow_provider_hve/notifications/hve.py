@@ -193,7 +193,6 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         :return: what HVE accepted, or :class:`~airflow_provider_hve.alerts.send.Kept` (the alert waits in the
             outbox). A permanent refusal raises, as before.
         """
-        from airflow_provider_hve.alerts.ids import alert_message_id
         from airflow_provider_hve.alerts.send import Kept, send_or_keep, with_message_id
         from airflow_provider_hve.hooks.hve import HveHook
 
@@ -213,7 +212,7 @@ class HveNotifier(EmailTemplating, BaseNotifier):
         )
         if self.message_id is None:  # a Message-ID given by the caller (the listener's, for threading) wins
             key = self.alert_key or alert_key_of(context)
-            outgoing = with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2]))
+            outgoing = with_message_id(outgoing, key)
         outcome = send_or_keep(hook, outgoing, origin="HveNotifier")
         if not isinstance(outcome, Kept) and outcome.refused:
             log.warning("HVE refused some alert recipients: %s", outcome.as_dict()["refused"])

@@ -92,7 +92,7 @@ def send_email(
     if dryrun:
         log.info("Dry run: would send %r to %s", subject, ", ".join(outgoing.recipients))
         return
-    from airflow_provider_hve.alerts.ids import alert_message_id, content_key
+    from airflow_provider_hve.alerts.ids import content_key
     from airflow_provider_hve.alerts.send import send_or_keep, with_message_id
 
     # No DAG, run or task reaches a backend: the mail itself, and the minute, make its stable Message-ID.
@@ -105,7 +105,7 @@ def send_email(
     )
     send_or_keep(
         hook,
-        with_message_id(outgoing, alert_message_id(key, outgoing.sender.rpartition("@")[2])),
+        with_message_id(outgoing, key),
         origin="email backend",
     )
 
