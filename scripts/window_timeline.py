@@ -7,7 +7,7 @@ A small, deterministic model (not a measurement): the client writes one transact
 
 * stop-and-wait: a window of ``WINDOW`` transactions is written, then every reply of it is read before the next
   window goes out: the server idles about one RTT per window;
-* sliding: at most ``SLIDING_WINDOW`` transactions in flight (about rate x RTT, plus one), and every reply that
+* sliding: at most ``SLIDING_WINDOW`` transactions in flight (rate x RTT, plus a margin of two), and every reply that
   arrives lets the next transaction go: the server never waits once the window is full.
 
 Writes the SVG by hand (no plotting dependency), byte for byte the same on every run::
@@ -31,7 +31,7 @@ RTT_MS = 20.0
 WRITE_MS = 1.0  # the client's time to write one transaction
 SERVICE_MS = 4.0  # the server's time per message: its rate is 1 / SERVICE_MS = 250 msg/s
 WINDOW = 4  # stop-and-wait
-SLIDING_WINDOW = 6  # rate x RTT = 5 in flight, plus one
+SLIDING_WINDOW = 7  # rate x RTT = 5 in flight, plus a margin of 2 (transport/window.py)
 SPAN_MS = 120.0
 
 WIDTH = 940
@@ -204,8 +204,8 @@ def draw() -> str:
     body += panel(
         40 + PANEL,
         f"Sliding window, at most {SLIDING_WINDOW} in flight",
-        f"{len(slid)} messages answered: in flight &#8776; rate &#215; RTT = {rate:g}/s &#215; {RTT_MS:g} ms = "
-        f"{rate * RTT_MS / 1000:g}",
+        f"{len(slid)} messages answered: window = rate &#215; RTT + 2 = {rate:g}/s &#215; {RTT_MS:g} ms + 2 = "
+        f"{rate * RTT_MS / 1000 + 2:g}",
         slid,
     )
     body += axis(40 + 2 * PANEL)
