@@ -9,6 +9,11 @@ against the host it connects to: connect to ``127.0.0.1`` (the proxy listens the
 The delay is per chunk read, not per byte and with no bandwidth limit: what a client pipelines reaches the
 server together, ``rtt_ms / 2`` later, as it would over a long but fat link.
 
+A broken connection, on demand: with ``--reset-after SECONDS`` the first ``--resets`` connections (default 1)
+are reset that long after the proxy accepted them: both sides get a TCP RST (``SO_LINGER`` 0, then close), and
+whatever the proxy still held for either side (bytes "on the wire") is dropped, as when a path dies under
+load. The proxy prints ``reset N`` on each; :attr:`DelayProxy.resets_done` counts them.
+
 Run it on its own (the benchmark starts it as a child process, so it shares no GIL with the client measured)::
 
     python benchmarks/delay_proxy.py --upstream 127.0.0.1:2525 --rtt-ms 20
@@ -21,10 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from types import TracebackType
+from typing import Any
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
@@ -58,6 +66,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         await write()
     except (ConnectionError, OSError):
         reading.cancel()
+    except asyncio.CancelledError:  # a reset: the bytes held are dropped
+        reading.cancel()
+        raise
     await asyncio.gather(reading, return_exceptions=True)
 
 
@@ -67,10 +78,35 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def serve(upstream_host: str, upstream_port: int, rtt_ms: float, listen_host: str, listen_port: int) -> None:
+def _reset(pumps: list[asyncio.Task[None]], writers: tuple[asyncio.StreamWriter, ...], number: int) -> None:
+    """Drop what the pumps hold and send a TCP RST to both sides (``SO_LINGER`` on, 0 s, then close)."""
+    for pump in pumps:
+        pump.cancel()
+    for writer in writers:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    print(f"reset {number}", flush=True)
+
+
+async def serve(
+    upstream_host: str,
+    upstream_port: int,
+    rtt_ms: float,
+    listen_host: str,
+    listen_port: int,
+    reset_after: float | None = None,
+    resets: int = 1,
+) -> None:
     delay = rtt_ms / 2000
+    accepted = 0
 
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        number = accepted
         try:
             server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
         except OSError:
@@ -78,11 +114,17 @@ async def serve(upstream_host: str, upstream_port: int, rtt_ms: float, listen_ho
             return
         _nodelay(client_writer)
         _nodelay(server_writer)
-        await asyncio.gather(
-            _pump(client_reader, server_writer, delay),
-            _pump(server_reader, client_writer, delay),
-            return_exceptions=True,
-        )
+        pumps = [
+            asyncio.ensure_future(_pump(client_reader, server_writer, delay)),
+            asyncio.ensure_future(_pump(server_reader, client_writer, delay)),
+        ]
+        timer = None
+        if reset_after is not None and number <= resets:
+            writers = (client_writer, server_writer)
+            timer = asyncio.get_running_loop().call_later(reset_after, _reset, pumps, writers, number)
+        await asyncio.gather(*pumps, return_exceptions=True)
+        if timer is not None:
+            timer.cancel()
         for writer in (client_writer, server_writer):
             writer.close()
 
@@ -94,19 +136,37 @@ async def serve(upstream_host: str, upstream_port: int, rtt_ms: float, listen_ho
 
 
 class DelayProxy:
-    """Run :func:`serve` in a child process; a context manager. ``port`` is where clients connect (on ``host``)."""
+    """Run :func:`serve` in a child process; a context manager. ``port`` is where clients connect (on ``host``).
+
+    With ``reset_after`` (seconds), the first ``resets`` connections are reset that long after they were
+    accepted; :attr:`resets_done` counts the resets the proxy reported so far.
+    """
 
     host = "127.0.0.1"
 
-    def __init__(self, upstream_host: str, upstream_port: int, rtt_ms: float) -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        rtt_ms: float,
+        *,
+        reset_after: float | None = None,
+        resets: int = 1,
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.rtt_ms = rtt_ms
+        self.reset_after = reset_after
+        self.resets = resets
         self.port = 0
+        self.resets_done = 0
         self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
 
     def __enter__(self) -> DelayProxy:
         command = [sys.executable, __file__, "--upstream", f"{self.upstream[0]}:{self.upstream[1]}"]
         command += ["--rtt-ms", str(self.rtt_ms), "--listen", self.host]
+        if self.reset_after is not None:
+            command += ["--reset-after", str(self.reset_after), "--resets", str(self.resets)]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         line = self._process.stdout.readline().split()
@@ -114,7 +174,14 @@ class DelayProxy:
             self.__exit__(None, None, None)
             raise RuntimeError(f"The delay proxy did not start (it printed {line!r}).")
         self.port = int(line[2])
+        self._reader = threading.Thread(target=self._count_resets, args=(self._process.stdout,), daemon=True)
+        self._reader.start()
         return self
+
+    def _count_resets(self, stdout: Any) -> None:
+        for line in stdout:
+            if line.startswith("reset "):
+                self.resets_done += 1
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -127,6 +194,9 @@ class DelayProxy:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+            self._reader = None
 
 
 def main() -> int:
@@ -135,10 +205,14 @@ def main() -> int:
     parser.add_argument("--rtt-ms", type=float, required=True, help="round-trip time to add, ms (half each way)")
     parser.add_argument("--listen", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one, printed)")
+    parser.add_argument(
+        "--reset-after", type=float, default=None, help="reset a connection this many seconds after accepting it"
+    )
+    parser.add_argument("--resets", type=int, default=1, help="how many connections to reset, the first ones (1)")
     args = parser.parse_args()
     host, _, port = args.upstream.rpartition(":")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, int(port), args.rtt_ms, args.listen, args.port))
+        asyncio.run(serve(host, int(port), args.rtt_ms, args.listen, args.port, args.reset_after, args.resets))
     return 0
 
 

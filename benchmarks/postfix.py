@@ -1,4 +1,5 @@
-"""The Postfix target: hve and the bare loop against a private Postfix + Dovecot, both through the delay proxy.
+"""The Postfix target: hve against a private Postfix + Dovecot through the delay proxy at 10 ms, against its own
+rate through the same proxy at 0 ms (rounds alternated), and the bare loop at 10 ms for context.
 
 Postfix (``scripts/mta/instance.py``, the harness of ``make test-mta``) offers PIPELINING and CHUNKING and
 checks pipelining strictly; Dovecot checks each XOAUTH2 token with the sandbox's introspection endpoint. Postfix
@@ -29,8 +30,11 @@ def _instance_module() -> ModuleType:
     return module
 
 
-def postfix_rows(sandbox: Any, count: int, sample: int, rtt_ms: float, skip: bool) -> tuple[list[Row], str | None]:
-    """Return the rows (bare loop, hve one session), or no rows and why they were skipped."""
+def postfix_rows(
+    sandbox: Any, count: int, sample: int, rtt_ms: float, rounds: int, skip: bool
+) -> tuple[list[Row], str | None]:
+    """Return the rows (hve one session at 0 ms and at ``rtt_ms`` for each round, then the bare loop at
+    ``rtt_ms``), or no rows and why they were skipped."""
     if skip:
         return [], "--no-postfix"
     mta = _instance_module()
@@ -40,22 +44,36 @@ def postfix_rows(sandbox: Any, count: int, sample: int, rtt_ms: float, skip: boo
         return [], reason
     state = Path(sandbox.ca_bundle).parent  # the sandbox's state folder holds its certificates
     introspection = sandbox.authority.replace("https://localhost:", "https://127.0.0.1:") + "/sandbox/introspect"
+    rows: list[Row] = []
     with mta.MtaInstance(
         cert_file=state / "server.pem",
         key_file=state / "server-key.pem",
         ca_file=sandbox.ca_bundle,
         introspection_url=introspection,
     ) as instance:
-        with DelayProxy("127.0.0.1", instance.smtp_port, rtt_ms) as proxy:
-            endpoint = Endpoint(
-                "postfix", "delay proxy", rtt_ms, proxy.host, proxy.port, sandbox.ca_bundle, sandbox.account
+        with (
+            DelayProxy("127.0.0.1", instance.smtp_port, 0) as near_proxy,
+            DelayProxy("127.0.0.1", instance.smtp_port, rtt_ms) as far_proxy,
+        ):
+            near, far = (
+                Endpoint("postfix", "delay proxy", rtt, proxy.host, proxy.port, sandbox.ca_bundle, sandbox.account)
+                for rtt, proxy in ((0.0, near_proxy), (rtt_ms, far_proxy))
             )
-            bare = measure(
-                sandbox, endpoint, "bare smtplib", sample, lambda: run_bare_smtplib(sandbox, endpoint, sample)
-            )
-            one = measure(sandbox, endpoint, "hve 1 session", count, lambda: run_hve(sandbox, endpoint, count, 1, None))
-        delivered = len(instance.wait_for_delivered(sample + count, timeout=120))
-        print(f"  Postfix delivered {delivered} of {sample + count} messages to its Maildir", flush=True)
-        if delivered != sample + count:
-            raise SystemExit(f"Postfix delivered {delivered} messages, {sample + count} were sent")
-    return [bare, one], None
+            for n in range(1, rounds + 1):
+                for endpoint in (near, far):
+                    rows.append(
+                        measure(
+                            sandbox,
+                            endpoint,
+                            f"hve 1 session (round {n}/{rounds})",
+                            count,
+                            lambda e=endpoint: run_hve(sandbox, e, count, 1, None),
+                        )
+                    )
+            rows.append(measure(sandbox, far, "bare smtplib", sample, lambda: run_bare_smtplib(sandbox, far, sample)))
+        sent = sum(row.messages for row in rows)
+        delivered = len(instance.wait_for_delivered(sent, timeout=180))
+        print(f"  Postfix delivered {delivered} of {sent} messages to its Maildir", flush=True)
+        if delivered != sent:
+            raise SystemExit(f"Postfix delivered {delivered} messages, {sent} were sent")
+    return rows, None

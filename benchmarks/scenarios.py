@@ -128,6 +128,51 @@ def run_hve(
     return run
 
 
+@dataclass
+class ResetRun:
+    """A one-session merge through a proxy that reset its connection: what the merge's report says."""
+
+    rows: int
+    seconds: float
+    accepted: int
+    unknown: int  # rows the report calls unknown: handed over, no final reply before the connection broke
+    reconnects: int
+    resets: int  # resets the proxy reported
+
+    @property
+    def unknown_per_reset(self) -> float | None:
+        return self.unknown / self.resets if self.resets else None
+
+
+def run_hve_through_resets(sandbox: Any, endpoint: Endpoint, count: int, proxy: Any) -> ResetRun:
+    """A one-session merge (default window) of ``count`` rows through ``proxy``, which resets connections.
+
+    Nothing is waited for at the server: a message whose reply the reset dropped may or may not have arrived.
+    """
+    from airflow_provider_hve.auth import clear_token_providers
+    from airflow_provider_hve.bulk import MailMerge
+    from airflow_provider_hve.hooks.hve import HveHook
+
+    use_connection(sandbox, endpoint)
+    rows = recipients(count)
+    sandbox.reset()
+    clear_token_providers()
+    merge = MailMerge(
+        HveHook(), subject=SUBJECT, html_content=HTML, text_content=TEXT, sessions=1, progress_interval=1e9
+    )
+    started = time.perf_counter()
+    report = merge.run(rows)
+    seconds = time.perf_counter() - started
+    run = ResetRun(count, seconds, report.accepted, len(report.unknown), report.reconnects, proxy.resets_done)
+    print(
+        f"  {'hve 1 session, resets':<28} {endpoint.server:>7} {endpoint.latency:>14} {endpoint.rtt_ms:>3g} ms  "
+        f"{count:>6} rows  {run.accepted} accepted, {run.unknown} unknown, {run.resets} resets, "
+        f"{run.reconnects} reconnects",
+        flush=True,
+    )
+    return run
+
+
 class SqliteStore:
     """
     ``task_state_store``'s get / set on a SQLite file, each set a committed transaction (synced to disk): a

@@ -2,18 +2,22 @@
 
 A real smtplib client talks to the sandbox through the proxy (STARTTLS and XOAUTH2 included) and the sandbox's
 record says what arrived. The only timing asserted is a lower bound the proxy guarantees by construction (it
-sleeps before it forwards), never an upper one.
+sleeps before it forwards), never an upper one. The reset control is checked by what the client's socket reads
+(ECONNRESET, not an orderly end).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import smtplib
+import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from airflow_provider_hve.hooks.hve import HveHook
 from airflow_provider_hve.sandbox import HveSandbox
@@ -62,3 +66,29 @@ def test_smtp_session_through_the_proxy_is_delivered_and_delayed(
 def _message(sender: str, n: int) -> bytes:
     body = "line of text\r\n" * 2000  # larger than one read: arrives in several chunks
     return f"From: {sender}\r\nTo: user{n}@contoso.example\r\nSubject: proxied {n}\r\n\r\n{body}".encode()
+
+
+def test_reset_sends_rst_to_the_first_connections_only(sandbox: HveSandbox) -> None:
+    reset_after = 0.3
+    with DelayProxy("127.0.0.1", sandbox.smtp_port, 10, reset_after=reset_after, resets=1) as proxy:
+        first = socket.create_connection((proxy.host, proxy.port), timeout=30)
+        try:
+            assert first.recv(1024).startswith(b"220")
+            first.settimeout(30)
+            # Nothing more is asked: the next read ends only when the proxy resets the connection, with an RST
+            # (ECONNRESET), not an orderly close (b"").
+            with pytest.raises(ConnectionResetError):
+                while first.recv(1024):
+                    pass
+        finally:
+            first.close()
+        second = smtplib.SMTP(proxy.host, proxy.port, timeout=30, local_hostname="bench.example")
+        try:
+            time.sleep(reset_after * 2)  # past the time the first connection was reset at
+            assert second.noop()[0] == 250
+        finally:
+            second.quit()
+        deadline = time.monotonic() + 10
+        while proxy.resets_done < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.resets_done == 1
