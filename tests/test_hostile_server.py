@@ -128,7 +128,8 @@ def hostile_hook(hve_connection: ConnFactory) -> Callable[[int], HveHook]:
     def make(port: int) -> HveHook:
         hook = HveHook(hve_conn_id=hve_connection("hve_hostile", host="127.0.0.1", port=port, timeout=TIMEOUT))
         hook.get_access_token()  # from the sandbox's Entra, before the clock and the memory trace start
-        import airflow_provider_hve.smtp  # noqa: F401  (its imports are no memory a server's reply made)
+        import airflow_provider_hve.smtp  # noqa: F401  (imported before the trace: imports are not memory a reply made)
+
         return hook
 
     return make
