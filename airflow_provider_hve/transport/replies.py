@@ -13,8 +13,8 @@ reply passes a limit, before the bytes past it are kept. The defaults and why:
   texts, ``AUTH`` continuations with a base64 JSON error), while smtplib's 8192 is more than any server we
   know of needs.
 - ``max_lines`` = 100 (:data:`MAX_LINES`): the longest replies a client meets are EHLO answers: Exchange
-  Online's is 11 lines (the sandbox copies it: at most 12), Postfix's default about 11; 100 is several
-  times any of them and still a small amount of memory.
+  Online's, as the sandbox copies it (sandbox/extensions.py), is at most 12 lines, Postfix's default about
+  11; 100 is several times either and still a small amount of memory.
 - ``max_reply_bytes`` = 64 KiB (:data:`MAX_REPLY_BYTES`): 100 lines of 512 octets is 50 KiB; a reply
   larger than that is not one a mail server writes. It also bounds what a reply can hold in memory.
 
