@@ -152,17 +152,37 @@ class HveSmtpSession:
 
     def open(self) -> None:
         """Connect, secure the connection with STARTTLS and authenticate with XOAUTH2."""
-        import smtplib
+        from airflow_provider_hve.transport.setup import ReplyBoundError
 
         config = self.config
         where = f"{config.host}:{config.port} (connection {config.conn_id!r})"
         # Token first: an Entra problem is reported as such, and no SMTP connection idles meanwhile.
         token = self._get_token()
         try:
+            self._smtp = self._set_up(token, where)
+        except ReplyBoundError as exc:
+            # One translation for the greeting, EHLO, STARTTLS and AUTH: the reply broke a bound.
+            untouched = "" if exc.awaiting.endswith("AUTH") else "; no token was sent"
+            raise HveConnectionError(
+                f"Gave up on the SMTP server {where} at {exc.awaiting}: it sent {exc.problem}. The connection "
+                f"was closed{untouched}. A mail server does not do this: check 'host' and 'port' (HVE is "
+                f"smtp.hve.mx.microsoft:587) and any proxy on the path; if the server is only slow, raise the "
+                f"extra 'timeout' ({config.timeout:g} s)."
+            ) from exc
+
+    def _set_up(self, token: AccessToken, where: str) -> smtplib.SMTP:
+        import smtplib
+
+        from airflow_provider_hve.transport.setup import BoundedSMTP, ReplyBoundError
+
+        config = self.config
+        try:
             # The host given here is also the name the certificate is checked against at STARTTLS. The EHLO name
             # is set once the socket is connected (a placeholder here keeps smtplib from asking DNS for this
-            # machine's name, which takes seconds where DNS does not work).
-            smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout, local_hostname="localhost")
+            # machine's name, which takes seconds where DNS does not work). BoundedSMTP bounds every reply.
+            smtp = BoundedSMTP(config.host, config.port, timeout=config.timeout, local_hostname="localhost")
+        except ReplyBoundError:
+            raise
         except smtplib.SMTPConnectError as exc:
             reply = _text(exc.smtp_error)
             raise HveConnectionError(
@@ -186,7 +206,7 @@ class HveSmtpSession:
         except BaseException:
             close_quietly(smtp)
             raise
-        self._smtp = smtp
+        return smtp
 
     def close(self) -> None:
         """Say QUIT and close; never raises."""
@@ -366,6 +386,8 @@ class HveSmtpSession:
     def _secure(self, smtp: smtplib.SMTP, where: str) -> None:
         import smtplib
 
+        from airflow_provider_hve.transport.setup import ReplyBoundError
+
         try:
             _ehlo(smtp, where)
             if not smtp.has_extn("starttls"):
@@ -384,6 +406,8 @@ class HveSmtpSession:
                 f"({exc.verify_message}); no token was sent. If a proxy or a private CA sits in between, put "
                 f"its CA certificate in a PEM file and set extra 'ca_bundle'."
             ) from exc
+        except ReplyBoundError:
+            raise
         except (OSError, smtplib.SMTPException) as exc:
             raise HveConnectionError(
                 f"STARTTLS with the SMTP server {where} failed: {_describe_os_error(exc)}; no token was sent."
@@ -391,6 +415,8 @@ class HveSmtpSession:
 
     def _authenticate(self, smtp: smtplib.SMTP, token: AccessToken) -> None:
         import smtplib
+
+        from airflow_provider_hve.transport.setup import ReplyBoundError
 
         mechanisms = (smtp.esmtp_features.get("auth") or "").upper().split()
         if "XOAUTH2" not in mechanisms:
@@ -424,6 +450,8 @@ class HveSmtpSession:
                     )
                     continue
                 raise describe_smtp_auth_reply(self.config, exc.smtp_code, reply) from None
+            except ReplyBoundError:
+                raise
             except (OSError, smtplib.SMTPException) as exc:
                 raise HveConnectionError(
                     f"The connection to {self.config.host}:{self.config.port} failed during AUTH "

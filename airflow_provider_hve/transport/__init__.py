@@ -1,0 +1,1 @@
+"""The SMTP transport: reply parsing (replies.py), session set-up with bounded replies (setup.py)."""
