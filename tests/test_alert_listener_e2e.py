@@ -101,6 +101,7 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
         )
     af = Airflow(home, env)
     try:
+        af.start_cli()
         af.cli("db", "migrate")
         if AIRFLOW_V_3_0_PLUS:
             af.start("api-server", "api-server", "--port", str(api_port))
