@@ -106,8 +106,10 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
         if AIRFLOW_V_3_0_PLUS:
             af.start("api-server", "api-server", "--port", str(api_port))
             af.start("dag-processor", "dag-processor")
-            _wait_for_api(af, api_port)  # a task started before it is up fails to reach the Execution API (3.0)
-        af.start("scheduler", "scheduler")
+        af.start("scheduler", "scheduler")  # starting up beside the API server: it has no run to schedule yet
+        if AIRFLOW_V_3_0_PLUS:
+            # The runs are triggered after this: a task started before it is up fails to reach the Execution API (3.0).
+            _wait_for_api(af, api_port)
         yield af
     finally:
         af.stop()
