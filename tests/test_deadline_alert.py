@@ -50,8 +50,8 @@ ON_TIME_WITHIN = 12
 SETTLE_SECONDS = 3
 # How long the components get to exit after SIGTERM before their groups are SIGKILLed. Nothing is checked after
 # the stop (the home is a temporary folder): the scheduler would otherwise sit out the whole grace waiting for the
-# LocalExecutor's task, which works for minutes (30 s per test on every leg that runs it).
-STOP_GRACE_SECONDS = 5
+# LocalExecutor's task, which works for minutes (30 s per test on every leg that runs it; 5 s until this was 2).
+STOP_GRACE_SECONDS = 2
 
 # `airflow <command>` for every CLI call of a test (`db migrate`, `dags trigger`), run by Airflow's own entry point
 # (airflow.__main__) in one interpreter that lives as long as the components: a fresh `python -m airflow` per call
