@@ -73,12 +73,13 @@ def _call(environ: dict[str, str], stdout: str, stderr: str, target: Callable[..
 class Child:
     """A child of the forkserver running ``target(*args)``; ``wait()`` gives its exit status and output."""
 
-    def __init__(self, function: Callable[..., None], *args: Any) -> None:
+    def __init__(self, function: Callable[..., None], *args: Any, env: dict[str, str] | None = None) -> None:
         self._files = [tempfile.NamedTemporaryFile(prefix="hve-warm-", delete=False) for _ in range(2)]  # noqa: SIM115
         for file in self._files:
             file.close()
         stdout, stderr = (file.name for file in self._files)
-        self.process = context().Process(target=function, args=(dict(os.environ), stdout, stderr, *args))
+        environ = dict(os.environ) if env is None else env
+        self.process = context().Process(target=function, args=(environ, stdout, stderr, *args))
         self.process.start()
 
     def wait(self, timeout: float) -> Done:
@@ -102,9 +103,9 @@ class Child:
             os.unlink(path)
 
 
-def run_module(module: str, *argv: str, timeout: float = 180) -> Done:
-    """``python -m module argv...`` with the test's environment, Airflow imported already; wait for it."""
-    return Child(_run_module, module, list(argv)).wait(timeout)
+def run_module(module: str, *argv: str, timeout: float = 180, env: dict[str, str] | None = None) -> Done:
+    """``python -m module argv...`` with ``env`` (default: the test's environment), Airflow imported; wait for it."""
+    return Child(_run_module, module, list(argv), env=env).wait(timeout)
 
 
 def start(target: Callable[..., Any], *args: Any) -> Child:
