@@ -48,9 +48,13 @@ class Done:
 
 
 def _enter(environ: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the child: the caller's environment, and fds 1 and 2 (and sys.stdout, sys.stderr) on the given files."""
+    """
+    In the child: the caller's environment and working directory (``environ`` carries it as ``PWD``, set by
+    :class:`Child`), and fds 1 and 2 (and sys.stdout, sys.stderr) on the given files.
+    """
     os.environ.clear()
     os.environ.update(environ)
+    os.chdir(environ["PWD"])
     for fd, path in ((1, stdout), (2, stderr)):
         target = os.open(path, os.O_WRONLY | os.O_TRUNC)
         os.dup2(target, fd)
@@ -78,7 +82,7 @@ class Child:
         for file in self._files:
             file.close()
         stdout, stderr = (file.name for file in self._files)
-        environ = dict(os.environ) if env is None else env
+        environ = {**(os.environ if env is None else env), "PWD": os.getcwd()}  # as a shell sets it for a child
         self.process = context().Process(target=function, args=(environ, stdout, stderr, *args))
         self.process.start()
 
