@@ -136,6 +136,23 @@ class Airflow:
         )
         log.close()
 
+    def wait_for_api(self, port: int, within: float = 120) -> None:
+        """Wait until the API server answers: a task started before it is up fails to reach the Execution API."""
+        import urllib.error
+        import urllib.request
+
+        give_up = time.monotonic() + within
+        while True:
+            self.assert_running()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/version", timeout=5):
+                    return
+            except urllib.error.HTTPError:  # it answers (3.0 answers this one 500): it listens
+                return
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < give_up, f"API server not up in {within}s:\n{self.log_tail('api-server')}"
+                time.sleep(0.5)  # polling a condition with a bound
+
     def assert_running(self) -> None:
         for name, process in self.processes.items():
             assert process.poll() is None, f"airflow {name} exited with {process.returncode}:\n{self.log_tail(name)}"
@@ -228,6 +245,8 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
         af.start("dag-processor", "dag-processor")
         af.start("scheduler", "scheduler")
         af.start("triggerer", "triggerer")
+        # The run is triggered after this, the moment the DAG is serialized: its task must find the Execution API.
+        af.wait_for_api(api_port)
         yield af
     finally:
         af.stop()
