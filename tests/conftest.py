@@ -133,11 +133,15 @@ def hve_connection(sandbox: HveSandbox, monkeypatch: pytest.MonkeyPatch) -> Call
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    """Migrate the metadata DB (SQLite) of the test AIRFLOW_HOME once, as a user would."""
-    import subprocess
-    import sys
+    """
+    Migrate the metadata DB (SQLite) of the test AIRFLOW_HOME once, as a user would: ``airflow db migrate``, in a
+    process of its own that starts with Airflow imported (tests/warm.py: the session's forkserver, which the
+    command-line tests use too), not a fresh interpreter importing it again.
+    """
+    from tests import warm
 
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+    done = warm.run_module("airflow", "db", "migrate", timeout=300)
+    assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout}\n{done.stderr}"
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from airflow_provider_hve.alerts.ids import alert_key, alert_message_id
 from airflow_provider_hve.alerts.listener import HveAlertListener
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.records import DeliveredMessage
+from tests import warm
 
 ONCALL = "oncall@contoso.example"
 
@@ -369,15 +370,19 @@ def test_the_command_line_flush_sends_the_digests(
         listener.on_task_instance_failed(previous_state="running", task_instance=ti(task_id=f"t{n}"), error=None)
     (single,) = sandbox.wait_for_messages(1)
     assert "etl.t0" in single.message["Subject"]
-    command = [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"]
-    command += ["--digests-now"] if digests_now else []
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    argv = ["flush", "--digests-now"] if digests_now else ["flush"]
+    if digests_now:
+        done = warm.run_module("airflow_provider_hve.alerts", *argv)
+    else:  # as cron runs it: a fresh interpreter that imports nothing before the command does (once per leg)
+        command = [sys.executable, "-m", "airflow_provider_hve.alerts", *argv]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180)  # type: ignore[assignment]
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Alert digests sent: 1" in done.stdout
     _, digest = sandbox.wait_for_messages(2)
     html = digest.message.get_body(("html",)).get_content()
     assert sorted(re.findall(r"<td>etl</td><td>(t\d+)</td>", html)) == ["t1", "t2"]
-    again = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    again = warm.run_module("airflow_provider_hve.alerts", *argv)
+    assert again.returncode == 0, again.stdout + again.stderr
     assert "Alert digests sent: 0" in again.stdout, "a digest is sent once"
     time.sleep(0.3)
     assert len(sandbox.messages) == 2
@@ -409,9 +414,6 @@ def test_a_bad_listener_option_never_stops_the_outbox_flush(
     alert_dir: Any,
 ) -> None:
     """`flush` with alert_digest_threshold=-1 (or no journal): the outbox is flushed; listener on: exit status 2."""
-    import subprocess
-    import sys
-
     hve_connection(send_retries=0)
     _keep_one_alert(sandbox)
     monkeypatch.setenv("AIRFLOW__HVE__ALERT_TO", alert_to)
@@ -421,9 +423,7 @@ def test_a_bad_listener_option_never_stops_the_outbox_flush(
         (alert_dir / "journal").write_text("not a folder: the journal cannot be opened")
     if not alert_to:
         assert load_alert_config().enabled is False  # off: the other options are not even read
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"], capture_output=True, text=True, timeout=180
-    )
+    done = warm.run_module("airflow_provider_hve.alerts", "flush")
     (kept,) = sandbox.wait_for_messages(1)
     assert kept.message["Subject"] == "kept" and kept.rcpt_tos == [ONCALL]
     if alert_to:

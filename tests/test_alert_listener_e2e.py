@@ -101,34 +101,18 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
         )
     af = Airflow(home, env)
     try:
+        af.start_cli()
         af.cli("db", "migrate")
         if AIRFLOW_V_3_0_PLUS:
             af.start("api-server", "api-server", "--port", str(api_port))
             af.start("dag-processor", "dag-processor")
-            _wait_for_api(af, api_port)  # a task started before it is up fails to reach the Execution API (3.0)
-        af.start("scheduler", "scheduler")
+        af.start("scheduler", "scheduler")  # starting up beside the API server: it has no run to schedule yet
+        if AIRFLOW_V_3_0_PLUS:
+            # The runs are triggered after this: a task started before it is up fails to reach the Execution API (3.0).
+            af.wait_for_api(api_port, PARSED_WITHIN)
         yield af
     finally:
         af.stop()
-
-
-def _wait_for_api(airflow: Airflow, port: int) -> None:
-    import urllib.error
-    import urllib.request
-
-    give_up = time.monotonic() + PARSED_WITHIN
-    while True:
-        airflow.assert_running()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/version", timeout=5):
-                return
-        except urllib.error.HTTPError:  # it answers (3.0 answers this one 500): it listens
-            return
-        except (urllib.error.URLError, OSError):
-            assert time.monotonic() < give_up, (
-                f"API server not up in {PARSED_WITHIN}s:\n{airflow.log_tail('api-server')}"
-            )
-            time.sleep(0.5)  # polling a condition with a bound
 
 
 def _wait_for_state(airflow: Airflow, run_id: str, states: tuple[str, ...]) -> str:

@@ -10,8 +10,10 @@ alert killed the triggerer, "Response read out of order", and every later alert 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import sqlite3
@@ -48,8 +50,33 @@ ON_TIME_WITHIN = 12
 SETTLE_SECONDS = 3
 # How long the components get to exit after SIGTERM before their groups are SIGKILLed. Nothing is checked after
 # the stop (the home is a temporary folder): the scheduler would otherwise sit out the whole grace waiting for the
-# LocalExecutor's task, which works for minutes (30 s per test on every leg that runs it).
-STOP_GRACE_SECONDS = 5
+# LocalExecutor's task, which works for minutes (30 s per test on every leg that runs it; 5 s until this was 2).
+STOP_GRACE_SECONDS = 2
+
+# `airflow <command>` for every CLI call of a test (`db migrate`, `dags trigger`), run by Airflow's own entry point
+# (airflow.__main__) in one interpreter that lives as long as the components: a fresh `python -m airflow` per call
+# spent 5-15 s of the 2-core CI machine importing Airflow before it did anything. Protocol: a JSON argv per line on
+# stdin; a JSON {"code", "output"} per line on the descriptor that was stdout (stdout itself, and so every log line,
+# goes to the log file with stderr).
+CLI_SHELL = r"""
+import contextlib, io, json, os, sys, traceback
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+from airflow.__main__ import main
+for line in sys.stdin:
+    output, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(output):
+        sys.argv = ["airflow", *json.loads(line)]
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            print(traceback.format_exc())
+            code = 1
+    replies.write(json.dumps({"code": code, "output": output.getvalue()}) + "\n")
+    replies.flush()
+"""
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -67,11 +94,36 @@ class Airflow:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def cli(self, *args: str, timeout: float = 240) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        """``airflow <args>``: in the CLI shell once :meth:`start_cli` started it, else in a fresh interpreter."""
+        shell = self.processes.get("cli")
+        if shell is None:
+            done = subprocess.run(
+                [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            )
+            assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+            return done.stdout
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.write(json.dumps(args).encode() + b"\n")
+        shell.stdin.flush()
+        ready, _, _ = select.select([shell.stdout], [], [], timeout)
+        line = shell.stdout.readline() if ready else b""
+        assert line, f"airflow {' '.join(args)}: no answer in {timeout} s:\n{self.log_tail('cli')}"
+        reply = json.loads(line)
+        assert reply["code"] == 0, f"airflow {' '.join(args)} failed:\n{reply['output']}\n{self.log_tail('cli')}"
+        return str(reply["output"])
+
+    def start_cli(self) -> None:
+        """Start the interpreter that runs every later :meth:`cli` call (CLI_SHELL)."""
+        log = open(self.home / "cli.log", "wb")  # noqa: SIM115 - closed with the process
+        self.processes["cli"] = subprocess.Popen(
+            [sys.executable, "-c", CLI_SHELL],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
         )
-        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        log.close()
 
     def start(self, name: str, *args: str) -> None:
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -83,6 +135,23 @@ class Airflow:
             start_new_session=True,  # its own process group: the executor's workers are stopped with it
         )
         log.close()
+
+    def wait_for_api(self, port: int, within: float = 120) -> None:
+        """Wait until the API server answers: a task started before it is up fails to reach the Execution API."""
+        import urllib.error
+        import urllib.request
+
+        give_up = time.monotonic() + within
+        while True:
+            self.assert_running()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/version", timeout=5):
+                    return
+            except urllib.error.HTTPError:  # it answers (3.0 answers this one 500): it listens
+                return
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < give_up, f"API server not up in {within}s:\n{self.log_tail('api-server')}"
+                time.sleep(0.5)  # polling a condition with a bound
 
     def assert_running(self) -> None:
         for name, process in self.processes.items():
@@ -108,6 +177,10 @@ class Airflow:
             _signal_group(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
+            for pipe in (process.stdin, process.stdout):  # the CLI shell's
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         with sqlite3.connect(self.home / "airflow.db") as db:
@@ -166,11 +239,14 @@ def airflow(tmp_path: Path, sandbox: HveSandbox) -> Iterator[Airflow]:
     )
     af = Airflow(home, env)
     try:
+        af.start_cli()
         af.cli("db", "migrate")
         af.start("api-server", "api-server", "--port", str(api_port))
         af.start("dag-processor", "dag-processor")
         af.start("scheduler", "scheduler")
         af.start("triggerer", "triggerer")
+        # The run is triggered after this, the moment the DAG is serialized: its task must find the Execution API.
+        af.wait_for_api(api_port)
         yield af
     finally:
         af.stop()

@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_provider_hve._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
+from tests import warm
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 
@@ -112,12 +113,9 @@ def test_importing_operator_notifier_and_example_dags_does_not_import_msal() -> 
 def test_mail_merge_fans_out_over_mapped_tasks(
     run_dag: Callable[..., Any], sandbox: HveSandbox, token_posts: Callable[[], list[Any]]
 ) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "pools", "set", "hve_smtp", "8", "HVE SMTP sessions"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    # `airflow pools set`, in a process that starts with Airflow imported (tests/warm.py), not a fresh interpreter.
+    done = warm.run_module("airflow", "pools", "set", "hve_smtp", "8", "HVE SMTP sessions", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
     dag_run = run_dag(EXAMPLE_DAGS / "hve_mail_merge.py", "hve_mail_merge")
     assert dag_run.state == "success"
 

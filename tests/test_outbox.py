@@ -35,6 +35,7 @@ from airflow_provider_hve.notifications.hve import HveNotifier
 from airflow_provider_hve.sandbox import DeliveredMessage, HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import TEMPORARY_FAILURE
 from airflow_provider_hve.utils.email import send_email
+from tests import warm
 
 ONCALL = "oncall@contoso.example"
 EXAMPLE_DAG = Path(__file__).parent.parent / "example_dags" / "hve_alert_outbox.py"
@@ -202,13 +203,8 @@ def test_email_backend_mail_is_kept_and_flushed(
     kept = outbox.read(entry)
     assert kept.message_id.startswith("<hve-alert.") and kept.origin == "email backend"
     sandbox.smtp.reset_faults()
-    if via == "the CLI":
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow_provider_hve.alerts", "flush"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+    if via == "the CLI":  # `python -m airflow_provider_hve.alerts flush`, Airflow imported already (tests/warm.py)
+        done = warm.run_module("airflow_provider_hve.alerts", "flush")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"delivered {kept.message_id} 'Task failed' to {ONCALL}" in done.stdout
         assert "Delivered 1 (possible duplicates 0)" in done.stdout and "0 left in the outbox" in done.stdout
@@ -272,14 +268,11 @@ def test_the_cap_drops_the_oldest_with_an_error_line(
     assert set(_by_id(sandbox)) == {_expected_id(task_id=f"task{n}") for n in (2, 3, 4)}
 
 
-FLUSHER = """
-import json, sys
-from airflow_provider_hve.alerts.flush import flush
-print("ready", flush=True)
-sys.stdin.readline()
-report = flush()
-print(json.dumps({"delivered": report.delivered, "busy": report.busy}), flush=True)
-"""
+def _flusher(start: Any, reports: Any) -> None:
+    """In a child process: wait for the others, flush, report what this one did."""
+    start.wait(120)
+    report = flush()
+    reports.put({"delivered": report.delivered, "busy": report.busy})
 
 
 def test_concurrent_flushers_deliver_each_alert_exactly_once(
@@ -293,23 +286,14 @@ def test_concurrent_flushers_deliver_each_alert_exactly_once(
     assert len(kept) == 40
     sandbox.smtp.reset_faults()
     sandbox.latency_ms = 10  # each delivery takes a while: the four flushers overlap
-    flushers = [
-        subprocess.Popen(
-            [sys.executable, "-c", FLUSHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        for _ in range(4)
-    ]
-    for process in flushers:  # every one has imported Airflow: they start together
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    # Four processes of their own (Airflow imported already, not forks of this one): they start flushing together.
+    start, reports_queue = warm.context().Barrier(5), warm.context().Queue()
+    flushers = [warm.start(_flusher, start, reports_queue) for _ in range(4)]
+    start.wait(120)
+    reports = [reports_queue.get(timeout=240) for _ in flushers]
     for process in flushers:
-        assert process.stdin is not None
-        process.stdin.write("go\n")
-        process.stdin.flush()
-    reports = []
-    for process in flushers:
-        out, _ = process.communicate(timeout=240)
-        assert process.returncode == 0
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+        done = process.wait(60)
+        assert done.returncode == 0, done.stdout + done.stderr
     sandbox.wait_for_messages(40, timeout=10)
     time.sleep(0.3)
     assert _by_id(sandbox) == Counter(dict.fromkeys(kept, 1))

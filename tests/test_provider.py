@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests import warm
+
 
 def test_registered_through_the_entry_point() -> None:
     from airflow.providers_manager import ProvidersManager
@@ -46,14 +48,9 @@ def test_connection_form_lists_the_hve_fields() -> None:
 
 
 def test_airflow_cli_lists_the_provider() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list", "--output", "plain"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    assert "airflow-provider-hve" in out
+    done = warm.run_module("airflow", "providers", "list", "--output", "plain", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "airflow-provider-hve" in done.stdout
 
 
 @pytest.mark.parametrize("module", ["airflow_provider_hve.hooks.hve"], ids=["hook"])
@@ -159,33 +156,17 @@ def test_airflow_config_lists_the_hve_options(tmp_path: Any) -> None:
     import os
 
     env = {**os.environ, "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE": "40"}
-    listed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airflow",
-            "config",
-            "list",
-            "--section",
-            "hve",
-            "--include-descriptions",
-            "--show-values",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    # `airflow config ...` in processes that start with Airflow imported (tests/warm.py), not fresh interpreters.
+    listed = warm.run_module(
+        "airflow", "config", "list", "--section", "hve", "--include-descriptions", "--show-values", env=env, timeout=120
     )
     assert listed.returncode == 0, listed.stderr
     assert "[hve]" in listed.stdout and "max_recipients_per_message = 40" in listed.stdout
     assert "HveMailMergeOperator" in listed.stdout
-    got = subprocess.run(
-        [sys.executable, "-m", "airflow", "config", "get-value", "hve", "max_recipients_per_message"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE"},
-    )
+    got = warm.run_module(
+        "airflow", "config", "get-value", "hve", "max_recipients_per_message",
+        env={k: v for k, v in os.environ.items() if k != "AIRFLOW__HVE__MAX_RECIPIENTS_PER_MESSAGE"}, timeout=120,
+    )  # fmt: skip
     assert got.stdout.strip().splitlines()[-1] == "3000", got.stderr
 
 
