@@ -250,6 +250,10 @@ class HveSmtp(ChunkingSmtp):
         if self._hung_up:
             # The channel is closing: commands the client pipelined behind the 421 get no answer.
             return
+        if self.transport is None or self.transport.is_closing():
+            # The client reset the connection: answering the commands it had pipelined would only make asyncio log
+            # "socket.send() raised exception." once per reply.
+            return
         text = status if isinstance(status, str) else status.decode("utf-8", errors="surrogateescape")
         if text in _REPLY_REWRITES:
             rewritten = _REPLY_REWRITES[text]
