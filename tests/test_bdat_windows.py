@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_hve.bdat import BdatPipeline
+from airflow_provider_hve.transport import BdatPipeline
 from airflow_provider_hve.bulk import MailMerge
 from airflow_provider_hve.connection import DEFAULT_BDAT_WINDOW
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError, HveSendError
 from airflow_provider_hve.hooks.hve import HveHook
-from airflow_provider_hve.pipeline import Pipeline
+from airflow_provider_hve.transport import Pipeline
 from airflow_provider_hve.sandbox import HveSandbox
 from airflow_provider_hve.sandbox.smtp_server import SUBMISSION_QUOTA_EXCEEDED
 

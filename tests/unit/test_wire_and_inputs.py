@@ -13,7 +13,7 @@ import pytest
 
 from airflow_provider_hve.addresses import AddressError, parse_mailbox
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
-from airflow_provider_hve.pipeline import Pipeline
+from airflow_provider_hve.transport import Pipeline
 from airflow_provider_hve.templating import template_or_file
 
 SENDER = "hve@contoso.example"
