@@ -158,7 +158,7 @@ class HveConnectionConfig:
     send_retries: int = DEFAULT_SEND_RETRIES
     """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
     bdat_window: int = DEFAULT_BDAT_WINDOW
-    """The most transactions in flight when the server offers CHUNKING (see :mod:`airflow_provider_hve.transport.window`)."""
+    """The most BDAT transactions in flight (see :mod:`airflow_provider_hve.transport.window`)."""
     accepted_domains: tuple[str, ...] = ()
     """The tenant's accepted domains (lower case, ASCII form); recipients outside them are refused before sending.
     Empty: not checked (HVE itself refuses them, ``550 5.7.54``)."""

@@ -218,12 +218,21 @@ class HveSmtpSession:
         sender = envelope_from or self.config.account
         offered = self._smtp.has_extn("pipelining") and self._smtp.has_extn("chunking")
         config = self.config
-        where = {"conn_id": config.conn_id, "timeout": config.timeout, "server": f"{config.host}:{config.port}"}
+        server = f"{config.host}:{config.port}"
         if pipelining is not False and chunking is not False and offered:
             from airflow_provider_hve.transport import BdatPipeline
 
-            return BdatPipeline(self._smtp, sender, window=config.bdat_window, **where)
-        return Pipeline(self._smtp, sender, pipelining=pipelining, **where)
+            return BdatPipeline(
+                self._smtp,
+                sender,
+                conn_id=config.conn_id,
+                window=config.bdat_window,
+                timeout=config.timeout,
+                server=server,
+            )
+        return Pipeline(
+            self._smtp, sender, conn_id=config.conn_id, pipelining=pipelining, timeout=config.timeout, server=server
+        )
 
     def send(
         self,

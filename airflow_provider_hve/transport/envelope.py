@@ -188,7 +188,9 @@ def prepare(
     :raises HveSendError: no recipients.
     """
     if isinstance(recipients, (str, bytes)):
-        raise HveConfigError(f"Message {message_id or key!r}: 'recipients' is a single string; give a list of addresses.")
+        raise HveConfigError(
+            f"Message {message_id or key!r}: 'recipients' is a single string; give a list of addresses."
+        )
     if not recipients:
         raise HveSendError(f"Message {message_id or key!r} has no recipients.")
     # UTF-8 headers first: the refusal then names the header's argument ('to'), not the envelope's.

@@ -131,7 +131,7 @@ class SocketLoop:
             self._on_settled(events, now)
 
     def _recv(self, timeout: float) -> bytes:
-        """Return what has arrived within ``timeout`` seconds (``b""``: nothing yet); the end of the connection raises."""
+        """Return what arrived within ``timeout`` seconds (``b""``: nothing yet); the end of the connection raises."""
         sock = self._smtp.sock
         if sock is None:
             raise self._queue.receive_eof()

@@ -119,7 +119,14 @@ class ReplyQueue:
     """
 
     def __init__(
-        self, sender: str, *, conn_id: str, server: Capabilities, chunking: bool, pipelining: bool, server_name: str = ""
+        self,
+        sender: str,
+        *,
+        conn_id: str,
+        server: Capabilities,
+        chunking: bool,
+        pipelining: bool,
+        server_name: str = "",
     ) -> None:
         self.sender = sender
         self.conn_id = conn_id
@@ -138,7 +145,9 @@ class ReplyQueue:
 
     # -- what is submitted ----------------------------------------------------------------------------------
 
-    def prepare(self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str = "") -> Prepared | None:
+    def prepare(
+        self, key: Hashable, payload: bytes, recipients: Sequence[str], message_id: str = ""
+    ) -> Prepared | None:
         """Check and open a message; return ``None`` when it completed at once (too big: nothing to write)."""
         prepared = prepare(
             key, payload, recipients, message_id, sender=self.sender, server=self.server, conn_id=self.conn_id

@@ -275,7 +275,9 @@ class BdatPipeline(Pipeline):
 
     def _wait_for_room(self, transactions: int) -> None:
         """Read until the window has room for ``transactions`` more (or nothing written is unanswered)."""
-        self._loop.wait(lambda: not self._queue.unanswered or self._window.size - self._queue.unanswered >= transactions)
+        self._loop.wait(
+            lambda: not self._queue.unanswered or self._window.size - self._queue.unanswered >= transactions
+        )
 
     def _write(self, transactions: int | None) -> None:
         now = time.monotonic()
