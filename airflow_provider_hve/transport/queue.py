@@ -359,6 +359,12 @@ class ReplyQueue:
         unanswered = {id(transaction.delivery) for transaction in self._ledger.handed_over.values()}
         return [message.delivery for key, message in self._ledger.open.items() if key in unanswered]
 
+    @property
+    def unsent(self) -> list[Delivery]:
+        """Open messages nothing of which is handed over without an answer: certainly not accepted, safe to resend."""
+        unknown = {id(delivery) for delivery in self.in_flight}
+        return [message.delivery for key, message in self._ledger.open.items() if key not in unknown]
+
     def complete_partly_delivered(self, why: tuple[int, str], skip: Collection[int] = ()) -> int:
         """
         Complete each open message that some recipients certainly got (an earlier 50-recipient batch accepted)
@@ -405,7 +411,7 @@ class ReplyQueue:
         unknown_ids = {id(delivery) for delivery in in_flight}
         # Certainly delivered to some recipients, certainly not to the others: a result, not a resend.
         partly = self.complete_partly_delivered(temporary_reason(exc, reply), skip=unknown_ids)
-        unsent = [message.delivery for key, message in self._ledger.open.items() if key not in unknown_ids]
+        unsent = self.unsent
         unknown = ", ".join(d.message_id or str(d.key) for d in in_flight) or "none"
         code = reply_code(reply or "")
         cause = f"{reply}.{smtp_reply_hint(code, (reply or '')[4:])}" if reply else f"{type(exc).__name__}: {exc}."
