@@ -315,3 +315,42 @@ def test_submit_writes_nothing_after_a_stop_reply_even_for_a_split_message(
         written = sum(len(s.transactions) for s in sandbox.smtp_sessions)
         pipeline.drain()
     assert sum(len(s.transactions) for s in sandbox.smtp_sessions) == written  # drain() wrote nothing more
+
+
+def test_the_sliding_window_waits_less_than_stop_and_wait(sandbox: HveSandbox, hve_connection: ConnFactory) -> None:
+    # 20 ms round trip. Stop-and-wait (each window written, then all its replies read before the next) leaves the
+    # link idle for a round trip per window: 200 messages in windows of 16 wait at least 13 x 20 ms. The sliding
+    # window (collect() before each submit(), as the merge does) writes as soon as replies make room, and builds
+    # the next message while replies are on their way. Pipeline.waited counts the seconds blocked on replies.
+    sandbox.latency_ms = 20
+    hook = HveHook(hve_conn_id=hve_connection(bdat_window=16))
+
+    def send(sliding: bool) -> tuple[float, int]:
+        with hook.smtp_session() as session:
+            pipeline = session.pipeline()
+            before = sandbox.smtp_round_trips()
+            done = []
+            for first in range(0, 200, 16):
+                window = range(first, min(first + 16, 200))
+                if sliding:  # as the merge does: replies read while the next message is built
+                    for n in window:
+                        out = hook.build_message(to=f"u{n}@contoso.example", subject="x", text_content="y")
+                        done += pipeline.collect(1)
+                        done += pipeline.submit(n, out.payload, out.recipients)
+                    continue
+                # Stop-and-wait: a window built, written, and all its replies read before the next.
+                built = [hook.build_message(to=f"u{n}@contoso.example", subject="x", text_content="y") for n in window]
+                for n, out in zip(window, built, strict=True):
+                    done += pipeline.submit(n, out.payload, out.recipients)
+                done += pipeline.flush()
+            done += pipeline.flush()
+            waited, trips = pipeline.waited, sandbox.smtp_round_trips() - before
+        assert sorted(d.key for d in done) == list(range(200)) and all(d.accepted for d in done)
+        return waited, trips
+
+    (stop_and_wait, trips_before), (sliding, trips) = send(sliding=False), send(sliding=True)
+    assert len(sandbox.wait_for_messages(400)) == 400
+    # Both wait for the server to deliver (the same work); stop-and-wait also idles a round trip per window:
+    # the sliding window saves at least half of those.
+    assert stop_and_wait >= 13 * 0.020
+    assert sliding <= stop_and_wait - 13 * 0.020 / 2, (sliding, stop_and_wait, trips, trips_before)

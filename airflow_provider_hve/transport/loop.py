@@ -59,6 +59,7 @@ class SocketLoop:
         self._on_settled = on_settled
         self._selector: selectors.BaseSelector | None = None
         self._progress = time.monotonic()  # the last write or complete reply: where the deadline runs from
+        self.waited = 0.0  # seconds spent blocked on replies (what a window too small or stop-and-wait costs)
         # When the client last wrote on this connection (the server's idle clock runs from its last command): kept
         # on the smtplib object, which outlives the pipelines of one session (HveSmtpSession.send makes one each).
         if not isinstance(getattr(smtp, LAST_WRITE, None), float):
@@ -90,6 +91,8 @@ class SocketLoop:
 
     def wait(self, done: Callable[[], bool]) -> None:
         """Read and apply replies until ``done()``; each reply within the deadline."""
+        if self._queue.has_early_replies:
+            self._feed(b"")
         while not done():
             if not self._queue.expecting:
                 return  # nothing written is unanswered: no reply can make it true
@@ -97,7 +100,11 @@ class SocketLoop:
             if left <= 0:
                 late = TimeoutError(f"{self._server} sent no complete reply within {self._timeout:g} s (timed out)")
                 raise self._queue.broken(late)
-            if data := self._recv(left):
+            if not (data := self._recv(0.0)):
+                started = time.monotonic()
+                data = self._recv(left)
+                self.waited += time.monotonic() - started
+            if data:
                 self._feed(data)
 
     def probe_if_idle(self) -> None:

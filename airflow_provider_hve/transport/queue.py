@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from airflow_provider_hve.diagnostics import smtp_reply_hint
 from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
 from airflow_provider_hve.transport.envelope import Capabilities, Delivery, Prepared, dot_stuffed, prepare
-from airflow_provider_hve.transport.reading import UnreadableReply, parse_replies
+from airflow_provider_hve.transport.reading import Reply, UnreadableReply, parse_replies
 from airflow_provider_hve.transport.transactions import (
     STOPPED_BEFORE_THIS_BATCH,
     Transaction,
@@ -37,6 +37,8 @@ from airflow_provider_hve.transport.transactions import (
     data_commands,
 )
 
+MAX_EARLY_REPLIES = 64
+"""Complete replies kept before their commands are written (a server may not answer ahead; a test script may)."""
 CONTENT = "content"
 """The command name of a DATA transaction's content (its reply is the final one)."""
 
@@ -140,6 +142,7 @@ class ReplyQueue:
         self._unwritten: deque[Unit] = deque()
         self._expected: deque[Expected] = deque()
         self._buffer = b""
+        self._early: deque[Reply] = deque()  # complete replies read before their command was written
         self._stop: Stop | None = None
         self._ledger = Ledger()
 
@@ -188,8 +191,12 @@ class ReplyQueue:
         return units
 
     def probe(self) -> None:
-        """Queue a ``NOOP``: its reply proves the session alive (anything but 250 breaks it)."""
-        self._unwritten.append(Unit(b"NOOP\r\n", [Expected("NOOP")]))
+        """
+        Queue a ``NOOP`` before anything else: its reply proves the session alive (anything but 250 breaks it).
+
+        Only between transactions (nothing expected, no DATA content waiting): the server reads it as a command.
+        """
+        self._unwritten.appendleft(Unit(b"NOOP\r\n", [Expected("NOOP")]))
 
     # -- what is written ------------------------------------------------------------------------------------
 
@@ -242,11 +249,14 @@ class ReplyQueue:
             replies, self._buffer = parse_replies(self._buffer + data)
         except UnreadableReply as exc:
             raise self.broken(exc) from exc
+        self._early.extend(replies)
         events: list[Settled] = []
-        for reply in replies:
-            if not self._expected:
-                raise self.broken(None, f"{reply.code} {reply.text} (a reply to no command)")
+        while self._early and self._expected:
+            reply = self._early.popleft()
             events += self._on_reply(self._expected.popleft(), reply.code, reply.text)
+        if len(self._early) > MAX_EARLY_REPLIES:  # replies to no command: not a server to talk to
+            reply = self._early[0]
+            raise self.broken(None, f"{reply.code} {reply.text} (a reply to no command)")
         if self._stop is not None and not self._expected:
             raise self._stopped(self._stop)
         return events
@@ -274,6 +284,11 @@ class ReplyQueue:
     def gathered(self) -> int:
         """How many transactions are queued and not written."""
         return sum(1 for unit in self._unwritten if unit.opens)
+
+    @property
+    def has_early_replies(self) -> bool:
+        """Replies were read before their commands were written (fed with the next :meth:`receive`)."""
+        return bool(self._early)
 
     @property
     def has_unwritten(self) -> bool:

@@ -84,6 +84,11 @@ class Pipeline:
         return self._queue.transactions
 
     @property
+    def waited(self) -> float:
+        """Seconds this pipeline spent blocked on the server's replies."""
+        return self._loop.waited
+
+    @property
     def in_flight(self) -> list[Delivery]:
         """
         Messages whose content was handed to the server but whose outcome is not known yet.
@@ -140,8 +145,7 @@ class Pipeline:
             self._loop.wait(lambda: not self._queue.expecting)
             if not self._queue.has_unwritten:
                 return self._queue.take_completed()
-            self._probe_if_idle()
-            self._write(None)
+            self._write(None)  # DATA content or RSET after a reply: no probe (a NOOP would be read as content)
 
     def drain(self) -> list[Delivery]:
         """
@@ -268,6 +272,12 @@ class BdatPipeline(Pipeline):
         if wanted >= self._window.batch:  # the next submit() writes: make room for it now, not there
             self._wait_for_room(wanted)
         return self._queue.take_completed()
+
+    def flush(self) -> list[Delivery]:
+        """Write every transaction gathered and read every outstanding reply; return the deliveries completed."""
+        if self._queue.has_unwritten:
+            self._probe_if_idle()  # before anything is handed over
+        return super().flush()
 
     def _drained(self) -> bool:
         """BDAT: every reply to what was written is read."""
