@@ -13,7 +13,7 @@ and a new transaction may go as soon as one settles: a *sliding* window of at mo
 :attr:`BdatPipeline.current_window` transactions written and unanswered (sized by
 :class:`~airflow_provider_hve.transport.window.Window`), so the link never idles waiting for a whole window.
 Transactions are gathered until there are :attr:`~airflow_provider_hve.transport.window.Window.batch` of them
-(the part of the window the round trip does not need) and the window has room for them, then written together.
+(a whole window on a fast link, one on a slow one), then written together once the window has room for them.
 """
 
 from __future__ import annotations
@@ -253,9 +253,8 @@ class BdatPipeline(Pipeline):
         prepared = self._queue.prepare(key, payload, recipients, message_id)
         if prepared is not None:
             self._queue.enqueue(prepared)  # a message's batches go out together: a window holds whole messages
-            gathered = self._queue.gathered
-            if gathered >= self._window.batch:
-                self._wait_for_room(gathered)
+            if self._queue.gathered >= self._window.batch:
+                self._wait_for_room(0)  # at once after collect(); without it, submit() waits here
                 self._probe_if_idle()
                 self._write(None)
         return self._queue.take_completed()
@@ -263,14 +262,13 @@ class BdatPipeline(Pipeline):
     def collect(self, transactions: int = 1) -> list[Delivery]:
         """
         Read the replies that have arrived, and wait for more only while the window has no room for what is
-        queued and ``transactions`` more; return the deliveries completed.
+        written, what is gathered and ``transactions`` more; return the deliveries completed.
 
         :param transactions: how many transactions the next message adds (one per 50 recipients).
         """
         self._loop.poll()
-        wanted = self._queue.gathered + transactions
-        if wanted >= self._window.batch:  # the next submit() writes: make room for it now, not there
-            self._wait_for_room(wanted)
+        if self._queue.gathered + transactions >= self._window.batch:
+            self._wait_for_room(transactions)  # the next submit() writes: room for it now, not there
         return self._queue.take_completed()
 
     def flush(self) -> list[Delivery]:
@@ -284,9 +282,13 @@ class BdatPipeline(Pipeline):
         return not self._queue.expecting
 
     def _wait_for_room(self, transactions: int) -> None:
-        """Read until the window has room for ``transactions`` more (or nothing written is unanswered)."""
+        """
+        Read until the window holds what is written, what is gathered and ``transactions`` more (or nothing
+        written is unanswered: a message larger than the window goes alone).
+        """
+        queue = self._queue
         self._loop.wait(
-            lambda: not self._queue.unanswered or self._window.size - self._queue.unanswered >= transactions
+            lambda: not queue.unanswered or queue.unanswered + queue.gathered + transactions <= self._window.size
         )
 
     def _write(self, transactions: int | None) -> None:

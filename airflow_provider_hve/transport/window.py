@@ -3,16 +3,18 @@ How many BDAT transactions may be written and unanswered: the sliding window's s
 
 Enough in flight keeps the link busy: by Little's law, in flight = rate x round-trip time. More only adds
 messages whose outcome is unknown when a connection breaks (never sent again). So the window is sized from what
-is measured: the shortest time from writing a transaction to reading its final reply (the round trip without
-queueing: the smallest recent sample) and the rate transactions settle at, plus a margin, and capped by the
-connection's ``bdat_window``. Measured at the window's own size, the rate can only show what the window lets
-through, so the margin also lets the window probe upwards until the server's rate, not the window, limits it.
+is measured: the rate transactions settle at times the median time from writing a transaction to reading its
+final reply (what is in flight on average), plus a margin, capped by the connection's ``bdat_window``. While
+the window itself is what limits the rate, everything written is in flight and the margin lets the window grow;
+while the client (building messages) or the server is slower than the window allows, fewer are in flight and the
+window follows them down.
 
 It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
 write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
 
-Writes are gathered: the part of the window the round trip does not need (:attr:`Window.batch`) goes in one
-write, so a fast link writes whole windows (few wake-ups of the server) and a slow one slides a few at a time.
+Writes are gathered (:attr:`Window.batch`) for a near server only: where the shortest round trip is under
+:data:`NEAR`, whole windows are written (a wake-up of the server per window, not per message); elsewhere each
+transaction goes as soon as there is room.
 
 On top of that, slow start (TCP's, roughly): the window starts at one transaction and grows by one per
 transaction HVE takes (so it doubles per round trip); a whole transaction refused or deferred (throttling, a
@@ -22,7 +24,9 @@ quota) brings it back to one. So a throttled or failing session behaves like one
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
+from collections.abc import Callable, Sequence
 
 DEFAULT_SIZE = 16
 """The default cap (the connection's ``bdat_window`` extra)."""
@@ -33,6 +37,8 @@ MIN_SIZE = 8
 MARGIN = 2
 """Transactions in flight beyond rate x round trip: a reply that comes late does not idle the link."""
 SAMPLES = 64
+NEAR = 0.010
+"""A shortest round trip under this (seconds) is a near server: windows are written whole (:attr:`Window.batch`)."""
 
 
 class Window:
@@ -65,9 +71,9 @@ class Window:
 
     @property
     def target(self) -> int:
-        """The size measurements call for: rate x round trip + margin, within [:data:`MIN_SIZE`, cap]."""
+        """The size measurements call for: what is in flight on average + margin, within [:data:`MIN_SIZE`, cap]."""
         floor = min(MIN_SIZE, self.cap)
-        in_flight = self.in_flight_needed()
+        in_flight = self._rate_times(statistics.median)
         if in_flight is None:
             return self.cap  # nothing measured yet: slow start alone decides
         return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN))
@@ -75,22 +81,21 @@ class Window:
     @property
     def batch(self) -> int:
         """
-        How many transactions to gather before writing them: the part of the window the round trip does not need.
-
-        With rate x round trip in flight the link is busy; the rest of the window is written in one go, so a fast
-        link (where the round trip needs almost nothing) writes whole windows, and a slow one a few at a time.
+        How many transactions to gather before writing them: the whole window on a link whose shortest round
+        trip is under :data:`NEAR` seconds (a wake-up of the server per window, not per message; waiting for a
+        whole window costs next to nothing there), else one (each goes as soon as there is room).
         """
-        in_flight = self.in_flight_needed() or 0.0
-        return max(1, self.size - int(in_flight))
+        near = not self._round_trips or min(self._round_trips) < NEAR
+        return self.size if near else 1
 
-    def in_flight_needed(self) -> float | None:
-        """Rate x shortest round trip (transactions), or ``None`` before two transactions were measured."""
+    def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
+        """Rate x a round trip picked from the samples (transactions), or ``None`` before two were measured."""
         if len(self._settled_at) < 2 or not self._round_trips:
             return None
         elapsed = self._settled_at[-1] - self._settled_at[0]
         if elapsed <= 0:
             return None
-        return (len(self._settled_at) - 1) / elapsed * min(self._round_trips)
+        return (len(self._settled_at) - 1) / elapsed * pick(list(self._round_trips))
 
     def written(self, key: int, now: float) -> None:
         """Note that transaction ``key`` was written at ``now``."""
