@@ -51,7 +51,8 @@ class ScriptedServer:
     mail_ok: bool = False
     recipients: list[str] = field(default_factory=list)
     delivered: set[str] = field(default_factory=set)
-    content_seen: set[str] = field(default_factory=set)  # recipients of transactions whose content arrived
+    named: list[str] = field(default_factory=list)  # every RCPT of the current transaction, accepted or not
+    content_seen: set[str] = field(default_factory=set)  # recipients named in transactions whose content arrived
     closed: bool = False
 
     def feed(self, data: bytes) -> None:
@@ -61,10 +62,10 @@ class ScriptedServer:
     def next_reply(self) -> bytes | None:
         """Carry out the next complete command and return its reply; ``None``: nothing complete."""
         if self.in_data:
-            end = self.buffer.find(b"\r\n.\r\n")
+            end = (b"\r\n" + self.buffer).find(b"\r\n.\r\n")  # the content may be empty: just ".\r\n"
             if end == -1:
                 return None
-            self.buffer, self.in_data = self.buffer[end + 5 :], False
+            self.buffer, self.in_data = self.buffer[end + 3 :], False
             return self._final()
         end = self.buffer.find(b"\r\n")
         if end == -1:
@@ -75,6 +76,7 @@ class ScriptedServer:
             if len(rest) < size:
                 return None
             self.buffer = rest[size:]
+            self.content_seen.update(self.named)
             return self._final() if self.mail_ok and self.recipients else b"503 5.5.1 No valid recipients\r\n"
         self.buffer = rest
         return self._command(line)
@@ -83,9 +85,10 @@ class ScriptedServer:
         verb = line.split(":")[0].split(" ")[0]
         if verb == "MAIL":
             code = self.choose("MAIL")
-            self.mail_ok, self.recipients = code == 250, []
+            self.mail_ok, self.recipients, self.named = code == 250, [], []
             return f"{code} {'2.1.0 ok' if code == 250 else _TEXT[code]}\r\n".encode()
         if verb == "RCPT":
+            self.named.append(line[len("RCPT TO:<") : -1])
             if not self.mail_ok:
                 return b"503 5.5.1 Need MAIL\r\n"
             code = self.choose("RCPT")
@@ -104,7 +107,7 @@ class ScriptedServer:
         return b"250 2.0.0 ok\r\n"
 
     def _final(self) -> bytes:
-        self.content_seen.update(self.recipients)
+        self.content_seen.update(self.named)
         code = self.choose("final") if self.recipients else 554
         if code == 250:
             self.delivered.update(self.recipients)
