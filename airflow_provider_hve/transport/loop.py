@@ -57,7 +57,6 @@ class SocketLoop:
         self._timeout = timeout
         self._server = server
         self._on_settled = on_settled
-        self._selector: selectors.BaseSelector | None = None
         self._progress = time.monotonic()  # the last write or complete reply: where the deadline runs from
         self.waited = 0.0  # seconds spent blocked on replies (what a window too small or stop-and-wait costs)
         # When the client last wrote on this connection (the server's idle clock runs from its last command): kept
@@ -122,10 +121,6 @@ class SocketLoop:
 
     def abort(self) -> None:
         """Close the connection at once, without QUIT."""
-        if self._selector is not None:
-            with contextlib.suppress(Exception):
-                self._selector.close()
-            self._selector = None
         close_quietly(self._smtp)
 
     def _feed(self, data: bytes) -> None:
@@ -143,7 +138,7 @@ class SocketLoop:
         if sock is None:
             raise self._queue.receive_eof()
         pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-        if not pending and not self._readable(sock, timeout):
+        if timeout > 0 and not pending and not _readable(sock, timeout):
             return b""
         try:
             sock.settimeout(0.0)
@@ -159,11 +154,12 @@ class SocketLoop:
             raise self._queue.receive_eof()
         return data
 
-    def _readable(self, sock: socket.socket, timeout: float) -> bool:
-        if self._selector is None:
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(sock, selectors.EVENT_READ)
-        return bool(self._selector.select(timeout))
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to have something to read."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
 
 
 def close_quietly(smtp: smtplib.SMTP) -> None:

@@ -111,7 +111,3 @@ class Window:
             self._round_trips.append(now - start)
             self._settled_at.append(now)
         self.current = min(self.cap, self.current + 1)
-
-    def forget(self) -> None:
-        """Drop the write times of transactions that will not be settled (the connection is gone)."""
-        self._written.clear()
