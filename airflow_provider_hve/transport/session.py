@@ -287,9 +287,13 @@ class BdatPipeline(Pipeline):
         written is unanswered: a message larger than the window goes alone).
         """
         queue = self._queue
-        self._loop.wait(
-            lambda: not queue.unanswered or queue.unanswered + queue.gathered + transactions <= self._window.size
-        )
+
+        def room() -> bool:
+            return not queue.unanswered or queue.unanswered + queue.gathered + transactions <= self._window.size
+
+        if not room():
+            self._window.full()
+            self._loop.wait(room)
 
     def _write(self, transactions: int | None) -> None:
         now = time.monotonic()

@@ -7,7 +7,8 @@ is measured: the rate transactions settle at times the median time from writing 
 final reply (what is in flight on average), plus a margin, capped by the connection's ``bdat_window``. While
 the window itself is what limits the rate, everything written is in flight and the margin lets the window grow;
 while the client (building messages) or the server is slower than the window allows, fewer are in flight and the
-window follows them down.
+window follows them down. The measurement lags (it is over the last transactions), so each time the caller finds
+the window full it also grows by one (:meth:`Window.full`), until a deferral.
 
 It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
 write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
@@ -60,6 +61,7 @@ class Window:
             raise ValueError(f"window must be from 1 to {MAX_SIZE}, not {cap!r}.")
         self.cap = cap
         self.current = 1  # slow start
+        self._grown = 0  # added each time the caller found the window full (it, not the link, was the limit)
         self._written: dict[int, float] = {}
         self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._settled_at: deque[float] = deque(maxlen=SAMPLES)
@@ -76,7 +78,7 @@ class Window:
         in_flight = self._rate_times(statistics.median)
         if in_flight is None:
             return self.cap  # nothing measured yet: slow start alone decides
-        return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN))
+        return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN + self._grown))
 
     @property
     def batch(self) -> int:
@@ -97,6 +99,10 @@ class Window:
             return None
         return (len(self._settled_at) - 1) / elapsed * pick(list(self._round_trips))
 
+    def full(self) -> None:
+        """Note that the caller had to wait for room: the window, not the link, limits the rate; grow it by one."""
+        self._grown = min(self.cap, self._grown + 1)
+
     def written(self, key: int, now: float) -> None:
         """Note that transaction ``key`` was written at ``now``."""
         self._written[key] = now
@@ -105,7 +111,7 @@ class Window:
         """Note that transaction ``key`` got its final reply at ``now``; ``deferred``: HVE did not take it."""
         start = self._written.pop(key, None)
         if deferred:
-            self.current = 1
+            self.current, self._grown = 1, 0
             return
         if start is not None:
             self._round_trips.append(now - start)
