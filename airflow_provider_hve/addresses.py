@@ -253,7 +253,7 @@ def _check_display_name(display_name: str, original: str) -> None:
 
     U+202E (right-to-left override) shows ``Finance <evil@x>`` as something else; U+200B, U+2060 or U+FEFF hide
     inside a name that then looks like a known one. The envelope check refuses them in addresses already
-    (:func:`~airflow_provider_hve.wire.check_envelope_address`); a display name is what the reader sees.
+    (:func:`~airflow_provider_hve.transport.check_envelope_address`); a display name is what the reader sees.
     """
     import unicodedata
 

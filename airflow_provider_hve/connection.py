@@ -30,7 +30,8 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_SCOPE = "https://outlook.office365.com/.default"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_SEND_RETRIES = 3
-# Messages written per window of BDAT transactions (see airflow_provider_hve.bdat and docs/reliability.md).
+# The most BDAT transactions written and unanswered (see airflow_provider_hve.transport.window and docs/reliability.md);
+# the transport holds the same numbers (DEFAULT_WINDOW, MAX_WINDOW; tests/unit/test_layers.py checks they agree).
 DEFAULT_BDAT_WINDOW = 16
 MAX_BDAT_WINDOW = 256
 MAX_SEND_RETRIES = 10
@@ -157,7 +158,7 @@ class HveConnectionConfig:
     send_retries: int = DEFAULT_SEND_RETRIES
     """How many times one message is sent again after a temporary failure (see ``HveSmtpSession.send``)."""
     bdat_window: int = DEFAULT_BDAT_WINDOW
-    """Messages written per window when the server offers CHUNKING (see :mod:`airflow_provider_hve.bdat`)."""
+    """The most BDAT transactions in flight (see :mod:`airflow_provider_hve.transport.window`)."""
     accepted_domains: tuple[str, ...] = ()
     """The tenant's accepted domains (lower case, ASCII form); recipients outside them are refused before sending.
     Empty: not checked (HVE itself refuses them, ``550 5.7.54``)."""

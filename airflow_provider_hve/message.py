@@ -91,7 +91,8 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _LINE_BREAKS = LINE_BREAKS | {"\0"}
 # RFC 5322 msg-id in its common dot-atom form: <left@right>, printable ASCII, no spaces, brackets or a second '@'.
 _MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
+LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE_OCTETS + 1))
+"""A line longer than RFC 5322 allows (998 octets), CR and LF aside."""
 # Where a header of the built message came from, to name the argument when one of its lines is too long.
 _HEADER_ARGUMENT = {
     "from": "from_email",
@@ -205,7 +206,7 @@ def build_message(
     reply_boxes = _many("reply_to", reply_to, limit, limit)
     if not (to_boxes or cc_boxes or bcc_boxes):
         raise HveConfigError("Argument 'to' is empty: give at least one recipient in 'to', 'cc' or 'bcc'.")
-    _single_line("subject", subject)
+    check_single_line("subject", subject)
     if html_content is None and text_content is None:
         raise HveConfigError("Give 'html_content' or 'text_content' (or both); the message has no body.")
     for argument, body in (("html_content", html_content), ("text_content", text_content)):
@@ -218,8 +219,8 @@ def build_message(
         )
     attachments = list(attachments)
     for attachment in attachments:
-        _single_line("attachments filename", attachment.filename)
-        _single_line("attachments content_type", attachment.content_type)
+        check_single_line("attachments filename", attachment.filename)
+        check_single_line("attachments content_type", attachment.content_type)
     # Opened, checked on the open descriptor and read here, before anything is built (see _load_files).
     file_data, image_data = _load_files(files, images, attachments)
 
@@ -283,7 +284,7 @@ def build_message(
             f"The message is {size / 1048576:.1f} MB; HVE accepts at most {MAX_MESSAGE_BYTES // 1048576} MB "
             f"per message (attachments grow by a third when encoded). Send smaller or fewer 'files'."
         )
-    _check_line_lengths(payload)
+    check_line_lengths(payload)
     return OutgoingMessage(message=message, recipients=recipients, sender=from_box.addr_spec, payload=payload)
 
 
@@ -388,7 +389,8 @@ def _text(argument: str, value: object) -> str:
     return value
 
 
-def _single_line(argument: str, value: object) -> None:
+def check_single_line(argument: str, value: object) -> None:
+    """Refuse a value with a line break (it would end its header early), naming the argument it came from."""
     text = _text(argument, value)
     found = next((ch for ch in text if ch in _LINE_BREAKS), None)
     if found is not None:
@@ -414,7 +416,7 @@ def _check_custom_header(name: object, value: object) -> None:
             f"Argument 'headers': {name!r} is set by the provider, the MIME structure or the receiving servers; "
             f"use the matching argument, or an X- header of your own."
         )
-    _single_line(f"headers[{name!r}]", value)
+    check_single_line(f"headers[{name!r}]", value)
 
 
 def _short(value: object) -> str:
@@ -445,9 +447,9 @@ def _check_encoded_size(files: list[_OpenFile], attachments: list[Attachment]) -
         )
 
 
-def _check_line_lengths(payload: bytes) -> None:
+def check_line_lengths(payload: bytes) -> None:
     """Refuse a message with a line over 998 octets (RFC 5322 2.1.1), naming the argument it came from."""
-    match = _LONG_LINE.search(payload)
+    match = LONG_LINE.search(payload)
     if match is None:
         return
     header = b""
@@ -539,7 +541,7 @@ def _open_regular(argument: str, path: object, kernel: Mapping[int, str]) -> _Op
     if not isinstance(name, str):
         raise HveConfigError(f"Argument {argument!r}: {path!r} is not a readable file on this worker.")
     # The file name becomes the attachment's name in a MIME header.
-    _single_line(f"{argument} file name", os.path.basename(name))
+    check_single_line(f"{argument} file name", os.path.basename(name))
     not_regular = HveConfigError(
         f"Argument {argument!r}: {path!r} is not a regular file (a directory, a device, a pipe or a "
         f"socket). Attach a regular file: copy what you need into one first."

@@ -41,15 +41,14 @@ from airflow_provider_hve.exceptions import (
     HveSendError,
 )
 from airflow_provider_hve.message import wire_bytes
-from airflow_provider_hve.pipeline import Pipeline
-from airflow_provider_hve.wire import check_envelope_address, close_quietly, quit_quietly
+from airflow_provider_hve.transport import Pipeline, check_envelope_address, close_quietly, quit_quietly
 
 if TYPE_CHECKING:
     import smtplib
 
     from airflow_provider_hve.auth import AccessToken
     from airflow_provider_hve.connection import HveConnectionConfig
-    from airflow_provider_hve.pipeline import Delivery
+    from airflow_provider_hve.transport import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +223,11 @@ class HveSmtpSession:
         self, *, envelope_from: str | None = None, pipelining: bool | None = None, chunking: bool | None = None
     ) -> Pipeline:
         """
-        Return a :class:`~airflow_provider_hve.pipeline.Pipeline` over this session, for streams of messages.
+        Return a :class:`~airflow_provider_hve.transport.Pipeline` over this session, for streams of messages.
 
-        When the server offers PIPELINING and CHUNKING it is a :class:`~airflow_provider_hve.bdat.BdatPipeline`
-        with the connection's ``bdat_window``; otherwise the DATA pipeline.
+        When the server offers PIPELINING and CHUNKING it is a :class:`~airflow_provider_hve.transport.BdatPipeline`
+        (a sliding window of at most the connection's ``bdat_window`` transactions); otherwise the DATA pipeline.
+        Each reply is awaited at most the connection's ``timeout``.
 
         :param envelope_from: MAIL FROM; defaults to the HVE account.
         :param pipelining: force RFC 2920 pipelining on or off; default: what the server advertises.
@@ -237,11 +237,22 @@ class HveSmtpSession:
             raise HveConnectionError(f"The HVE session for connection {self.config.conn_id!r} is not open.")
         sender = envelope_from or self.config.account
         offered = self._smtp.has_extn("pipelining") and self._smtp.has_extn("chunking")
+        config = self.config
+        server = f"{config.host}:{config.port}"
         if pipelining is not False and chunking is not False and offered:
-            from airflow_provider_hve.bdat import BdatPipeline
+            from airflow_provider_hve.transport import BdatPipeline
 
-            return BdatPipeline(self._smtp, sender, conn_id=self.config.conn_id, window=self.config.bdat_window)
-        return Pipeline(self._smtp, sender, conn_id=self.config.conn_id, pipelining=pipelining)
+            return BdatPipeline(
+                self._smtp,
+                sender,
+                conn_id=config.conn_id,
+                window=config.bdat_window,
+                timeout=config.timeout,
+                server=server,
+            )
+        return Pipeline(
+            self._smtp, sender, conn_id=config.conn_id, pipelining=pipelining, timeout=config.timeout, server=server
+        )
 
     def send(
         self,

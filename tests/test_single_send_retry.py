@@ -318,9 +318,9 @@ def test_a_session_the_server_closed_while_idle_is_found_dead_before_the_hand_ov
             server.transport.close()
 
         monkeypatch.setattr(HveSmtp, "_timeout_cb", close_silently)
-    from airflow_provider_hve import pipeline
+    from airflow_provider_hve.transport import loop
 
-    monkeypatch.setattr(pipeline, "IDLE_PROBE_SECONDS", 0.5)  # below the sandbox's idle timeout, as 5 s is below HVE's
+    monkeypatch.setattr(loop, "IDLE_PROBE_SECONDS", 0.5)  # below the sandbox's idle timeout, as 5 s is below HVE's
     sandbox.smtp.chunking = chunking
     hook.get_access_token()  # no token request inside the session: its commands come without a pause
     # Long enough that opening a session on a loaded machine is not itself "idle" (it applies between any commands).

@@ -24,7 +24,7 @@ from typing import Any
 PRELOAD = [
     "airflow", "airflow.configuration", "airflow.sdk", "msal", "requests", "email_validator",
     "airflow_provider_hve.alerts.cli", "airflow_provider_hve.alerts.flush", "airflow_provider_hve.alerts.digest",
-    "airflow_provider_hve.alerts.send", "airflow_provider_hve.hooks.hve", "airflow_provider_hve.pipeline",
+    "airflow_provider_hve.alerts.send", "airflow_provider_hve.hooks.hve", "airflow_provider_hve.transport",
 ]  # fmt: skip
 _context: Any = None
 

@@ -35,13 +35,13 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve.message import (
-    _LONG_LINE,
+    LONG_LINE,
     MAX_MESSAGE_BYTES,
     POLICY,
     WIRE_POLICY,
-    _check_line_lengths,
-    _single_line,
     address_list_header,
+    check_line_lengths,
+    check_single_line,
 )
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class CompiledMessage:
             a new one, as ``email.utils.make_msgid`` makes it.
         :raises HveConfigError: as :func:`~airflow_provider_hve.message.build_message` would for the same row.
         """
-        _single_line("subject", subject)
+        check_single_line("subject", subject)
         if (html is not None) != self._has_html or (text is None and html is None):
             raise ValueError("The row's bodies do not match the compiled message.")
         if text is None and self._has_text:
@@ -151,8 +151,8 @@ class CompiledMessage:
         _check_size(payload)
         # The constant pieces passed this check in the skeleton, and every piece ends a line: scanning the row's
         # own pieces is enough (an attachment of megabytes is not scanned again per row).
-        if any(_LONG_LINE.search(value) for value in values.values()):
-            _check_line_lengths(payload)  # names the header at fault
+        if any(LONG_LINE.search(value) for value in values.values()):
+            check_line_lengths(payload)  # names the header at fault
         return MergedMessage((mailbox.addr_spec,), self.sender, payload, message_id)
 
 

@@ -18,7 +18,7 @@ from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.rows import Finished, Outcome, Reconnect, Row, RowState, Send, Step, Wait
 from airflow_provider_hve.bulk.stops import Raised
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
-from airflow_provider_hve.pipeline import MAX_RECIPIENTS_PER_TRANSACTION
+from airflow_provider_hve.transport import MAX_RECIPIENTS_PER_TRANSACTION
 
 if TYPE_CHECKING:
     from airflow_provider_hve.bulk.compiled import MergedMessage
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from airflow_provider_hve.bulk.report import Progress
     from airflow_provider_hve.hooks.hve import HveHook
     from airflow_provider_hve.message import OutgoingMessage
-    from airflow_provider_hve.pipeline import Delivery, Pipeline
+    from airflow_provider_hve.transport import Delivery, Pipeline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

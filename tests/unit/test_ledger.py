@@ -17,7 +17,7 @@ from airflow_provider_hve.bulk.stops import (
     SessionWideRefusal,
     stop_error,
 )
-from airflow_provider_hve.pipeline import Delivery
+from airflow_provider_hve.transport import Delivery
 
 QUOTA = (554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
 TOO_BIG = (552, "5.3.4 Message size exceeds fixed maximum message size")

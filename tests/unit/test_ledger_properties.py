@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from airflow_provider_hve.bulk.ledger import RowLedger
 from airflow_provider_hve.bulk.rows import Finished, Reconnect, RowState, Send, Wait
 from airflow_provider_hve.bulk.stops import Raised
-from airflow_provider_hve.pipeline import Delivery
+from airflow_provider_hve.transport import Delivery
 
 from .test_ledger import Clock, address, source
 

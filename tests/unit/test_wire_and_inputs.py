@@ -13,8 +13,8 @@ import pytest
 
 from airflow_provider_hve.addresses import AddressError, parse_mailbox
 from airflow_provider_hve.exceptions import HveConfigError, HveConnectionError
-from airflow_provider_hve.pipeline import Pipeline
 from airflow_provider_hve.templating import template_or_file
+from airflow_provider_hve.transport import Pipeline
 
 SENDER = "hve@contoso.example"
 

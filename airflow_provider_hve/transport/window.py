@@ -1,0 +1,119 @@
+"""
+How many BDAT transactions may be written and unanswered: the sliding window's size. Pure: times are passed in.
+
+Enough in flight keeps the link busy: by Little's law, in flight = rate x round-trip time. More only adds
+messages whose outcome is unknown when a connection breaks (never sent again). So the window is sized from what
+is measured: the rate transactions settle at times the median time from writing a transaction to reading its
+final reply (what is in flight on average), plus a margin, capped by the connection's ``bdat_window``. While
+the window itself is what limits the rate, everything written is in flight and the margin lets the window grow;
+while the client (building messages) or the server is slower than the window allows, fewer are in flight and the
+window follows them down. The measurement lags (it is over the last transactions), so each time the caller finds
+the window full it also grows by one (:meth:`Window.full`), until a deferral.
+
+It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
+write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
+
+Writes are gathered (:attr:`Window.batch`) for a near server only: where the shortest round trip is under
+:data:`NEAR`, whole windows are written (a wake-up of the server per window, not per message); elsewhere each
+transaction goes as soon as there is room.
+
+On top of that, slow start (TCP's, roughly): the window starts at one transaction and grows by one per
+transaction HVE takes (so it doubles per round trip); a whole transaction refused or deferred (throttling, a
+quota) brings it back to one. So a throttled or failing session behaves like one with ``bdat_window=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Sequence
+
+DEFAULT_SIZE = 16
+"""The default cap (the connection's ``bdat_window`` extra)."""
+MAX_SIZE = 256
+"""The largest cap allowed."""
+MIN_SIZE = 8
+"""The smallest window once slow start is over (unless the cap is smaller)."""
+MARGIN = 2
+"""Transactions in flight beyond rate x round trip: a reply that comes late does not idle the link."""
+SAMPLES = 64
+NEAR = 0.010
+"""A shortest round trip under this (seconds) is a near server: windows are written whole (:attr:`Window.batch`)."""
+
+
+class Window:
+    """
+    The size of a sliding window of transactions, from measured round trips and rate.
+
+    :param cap: the most transactions in flight (the connection's ``bdat_window``), 1 to :data:`MAX_SIZE`.
+
+    Example::
+
+        window = Window(16)
+        window.written(key, now=0.0)
+        window.settled(key, now=0.02, deferred=False)
+        room = window.size - in_flight
+    """
+
+    def __init__(self, cap: int = DEFAULT_SIZE) -> None:
+        if isinstance(cap, bool) or not 1 <= cap <= MAX_SIZE:
+            raise ValueError(f"window must be from 1 to {MAX_SIZE}, not {cap!r}.")
+        self.cap = cap
+        self.current = 1  # slow start
+        self._grown = 0  # added each time the caller found the window full (it, not the link, was the limit)
+        self._written: dict[int, float] = {}
+        self._round_trips: deque[float] = deque(maxlen=SAMPLES)
+        self._settled_at: deque[float] = deque(maxlen=SAMPLES)
+
+    @property
+    def size(self) -> int:
+        """How many transactions may be in flight now."""
+        return min(self.current, self.target)
+
+    @property
+    def target(self) -> int:
+        """The size measurements call for: what is in flight on average + margin, within [:data:`MIN_SIZE`, cap]."""
+        floor = min(MIN_SIZE, self.cap)
+        in_flight = self._rate_times(statistics.median)
+        if in_flight is None:
+            return self.cap  # nothing measured yet: slow start alone decides
+        return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN + self._grown))
+
+    @property
+    def batch(self) -> int:
+        """
+        How many transactions to gather before writing them: the whole window on a link whose shortest round
+        trip is under :data:`NEAR` seconds (a wake-up of the server per window, not per message; waiting for a
+        whole window costs next to nothing there), else one (each goes as soon as there is room).
+        """
+        near = not self._round_trips or min(self._round_trips) < NEAR
+        return self.size if near else 1
+
+    def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
+        """Rate x a round trip picked from the samples (transactions), or ``None`` before two were measured."""
+        if len(self._settled_at) < 2 or not self._round_trips:
+            return None
+        elapsed = self._settled_at[-1] - self._settled_at[0]
+        if elapsed <= 0:
+            return None
+        return (len(self._settled_at) - 1) / elapsed * pick(list(self._round_trips))
+
+    def full(self) -> None:
+        """Note that the caller had to wait for room: the window, not the link, limits the rate; grow it by one."""
+        self._grown = min(self.cap, self._grown + 1)
+
+    def written(self, key: int, now: float) -> None:
+        """Note that transaction ``key`` was written at ``now``."""
+        self._written[key] = now
+
+    def settled(self, key: int, now: float, *, deferred: bool) -> None:
+        """Note that transaction ``key`` got its final reply at ``now``; ``deferred``: HVE did not take it."""
+        start = self._written.pop(key, None)
+        if deferred:
+            self.current, self._grown = 1, 0
+            return
+        if start is not None:
+            self._round_trips.append(now - start)
+            self._settled_at.append(now)
+        self.current = min(self.cap, self.current + 1)
