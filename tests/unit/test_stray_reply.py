@@ -32,3 +32,27 @@ def test_more_replies_than_commands_break_the_session() -> None:
         queue.receive(b"250 2.0.0 extra\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n554 5.2.0 quota\r\n250 2.0.0 reset\r\n250 x\r\n")
     # One reply too many in a read: none of them is trusted; the message handed over is unknown, never accepted.
     assert caught.value.completed == [] and caught.value.in_flight == [1]
+
+
+def test_a_reply_waiting_on_an_idle_connection_breaks_it_before_anything_is_handed_over() -> None:
+    import smtplib
+    import socket
+
+    from airflow_provider_hve.transport import BdatPipeline
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with client, server:
+        smtp = smtplib.SMTP()
+        smtp.sock = client
+        smtp.esmtp_features = {"pipelining": "", "chunking": "", "8bitmime": ""}
+        smtp.does_esmtp = True
+        pipeline = BdatPipeline(smtp, "s@contoso.example", conn_id="t", window=1, timeout=2)
+        server.sendall(b"250 2.0.0 unasked\r\n")  # arrives while nothing is due: read only after the next write
+        with pytest.raises(HveConnectionError, match="a reply to no command") as caught:
+            pipeline.submit(1, b"Subject: x\r\n\r\nhi\r\n", ["a@contoso.example"])
+        assert caught.value.unsent == [1] and caught.value.in_flight == []
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(100)  # nothing was written
