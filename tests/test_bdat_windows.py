@@ -246,9 +246,9 @@ def test_a_connection_lost_before_the_replies_leaves_the_window_unknown(
     # it delivers message 0 (why it is unknown, never resent). Wait for the server to let go of the connection, or
     # that delivery lands in the next test's records and shifts its throttle's after_messages.
     deadline = time.monotonic() + 10
-    while sandbox.smtp.handler.connections and time.monotonic() < deadline:
+    while not all(s.closed for s in sandbox.smtp_sessions) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not sandbox.smtp.handler.connections
+    assert all(s.closed for s in sandbox.smtp_sessions)
 
 
 def test_a_sender_refused_twice_in_one_window_loses_no_delivered_row(
