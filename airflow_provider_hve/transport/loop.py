@@ -73,6 +73,10 @@ class SocketLoop:
 
     def write(self, transactions: int | None = None) -> list[Transaction]:
         """Write what the queue lets go (``transactions``: at most that many new ones); return what was written."""
+        if not self._queue.expecting and (unasked := self._recv(0.0)):
+            # Bytes while no reply is due (an unsolicited reply, the end of the connection): found before anything
+            # is handed over, they break the session here; read after, they would be taken for the next replies.
+            self._feed(unasked)
         data = self._queue.bytes_to_write(transactions)
         if not data:
             return []

@@ -249,14 +249,17 @@ class ReplyQueue:
             replies = self._parser.feed(data)
         except ProtocolViolation as exc:
             raise self.broken(exc) from exc
+        if len(self._early) + len(replies) > len(self._expected):
+            # More replies than commands written (a server cannot answer what it has not read): matched in order,
+            # the extra one would shift every reply after it by one (a refused message read as accepted). Checked
+            # before any of them is applied: what was handed over stays unknown.
+            reply = [*self._early, *replies][len(self._expected)]
+            raise self.broken(None, f"{reply.code} {reply.text} (a reply to no command)")
         self._early.extend(replies)
         events: list[Settled] = []
         while self._early and self._expected:
             reply = self._early.popleft()
             events += self._on_reply(self._expected.popleft(), reply.code, reply.text)
-        if len(self._early) > MAX_EARLY_REPLIES:  # replies to no command: not a server to talk to
-            reply = self._early[0]
-            raise self.broken(None, f"{reply.code} {reply.text} (a reply to no command)")
         if self._stop is not None and not self._expected:
             raise self._stopped(self._stop)
         return events
