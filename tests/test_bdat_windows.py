@@ -356,9 +356,13 @@ def test_the_sliding_window_waits_less_than_stop_and_wait(sandbox: HveSandbox, h
         assert sorted(d.key for d in done) == list(range(200)) and all(d.accepted for d in done)
         return waited, trips
 
-    (stop_and_wait, trips_before), (sliding, trips) = send(sliding=False), send(sliding=True)
-    assert len(sandbox.wait_for_messages(400)) == 400
+    # Two rounds each, alternated, the least wait of each compared: a loaded machine slows the server in one
+    # round (its waits grow for either way of writing), not in every round.
+    rounds = [(send(sliding=False), send(sliding=True)) for _ in range(2)]
+    assert len(sandbox.wait_for_messages(800)) == 800
+    stop_and_wait = min(saw for (saw, _), _ in rounds)
+    sliding = min(slide for _, (slide, _) in rounds)
     # Both wait for the server to deliver (the same work); stop-and-wait also idles a round trip per window:
     # the sliding window saves at least half of those.
     assert stop_and_wait >= 13 * 0.020
-    assert sliding <= stop_and_wait - 13 * 0.020 / 2, (sliding, stop_and_wait, trips, trips_before)
+    assert sliding <= stop_and_wait - 13 * 0.020 / 2, rounds

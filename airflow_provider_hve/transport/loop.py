@@ -29,6 +29,8 @@ IDLE_PROBE_SECONDS = 5.0
 DEFAULT_TIMEOUT = 30.0
 """The deadline for a reply when neither the caller nor the ``smtplib.SMTP`` gives one."""
 READ_SIZE = 65536
+WRITE_SIZE = 16384
+"""Bytes written per step: at most one TLS record, retried whole when the socket cannot take it."""
 LAST_WRITE = "hve_last_write"
 
 
@@ -80,16 +82,53 @@ class SocketLoop:
         data = self._queue.bytes_to_write(transactions)
         if not data:
             return []
-        sock = self._smtp.sock
-        try:
-            if sock is None:
-                raise ConnectionResetError("the connection is closed")
-            sock.sendall(data)
-        except OSError as exc:
-            raise self._queue.broken(exc) from exc
+        written = list(self._queue.just_written)
+        self._send_reading(data)
         self._progress = time.monotonic()
         setattr(self._smtp, LAST_WRITE, self._progress)
-        return list(self._queue.just_written)
+        return written
+
+    def _send_reading(self, data: bytes) -> None:
+        """
+        Write ``data``, reading the replies that arrive meanwhile.
+
+        A plain ``sendall`` reads nothing until it is done: with a large window, a server that stops reading while
+        it writes its replies (a threaded MTA) and a client that stops reading while it writes would wait for each
+        other until the timeout. Each step (bytes written or read) must come within the connection's ``timeout``.
+        """
+        sock = self._smtp.sock
+        if sock is None:
+            raise self._queue.broken(ConnectionResetError("the connection is closed"))
+        view, deadline = memoryview(data), time.monotonic() + self._timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    late = TimeoutError(f"{self._server} took no bytes within {self._timeout:g} s (timed out)")
+                    raise self._queue.broken(late)
+                ready = {mask for _, mask in selector.select(left)}
+                if any(mask & selectors.EVENT_READ for mask in ready) and (arrived := self._recv(0.0)):
+                    self._feed(arrived)
+                    deadline = time.monotonic() + self._timeout
+                if any(mask & selectors.EVENT_WRITE for mask in ready) and (sent := self._send_some(sock, view)):
+                    view = view[sent:]
+                    deadline = time.monotonic() + self._timeout
+
+    def _send_some(self, sock: socket.socket, view: memoryview) -> int:
+        """Write the next chunk of ``view`` without blocking; return how many bytes went (0: not now)."""
+        # The same chunk again after a refused write: TLS wants a retried write to carry the same bytes.
+        chunk = view[:WRITE_SIZE]
+        try:
+            sock.settimeout(0.0)
+            return sock.send(chunk)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            return 0
+        except OSError as exc:
+            raise self._queue.broken(exc) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self._timeout)
 
     def poll(self) -> None:
         """Read and apply whatever replies have arrived, without waiting."""

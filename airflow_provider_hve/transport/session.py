@@ -292,7 +292,6 @@ class BdatPipeline(Pipeline):
             return not queue.unanswered or queue.unanswered + queue.gathered + transactions <= self._window.size
 
         if not room():
-            self._window.full()
             self._loop.wait(room)
 
     def _write(self, transactions: int | None) -> None:

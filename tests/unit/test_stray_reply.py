@@ -29,7 +29,9 @@ def test_more_replies_than_commands_break_the_session() -> None:
     queue.enqueue(prepared)
     queue.bytes_to_write()
     with pytest.raises(HveConnectionError, match="a reply to no command") as caught:
-        queue.receive(b"250 2.0.0 extra\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n554 5.2.0 quota\r\n250 2.0.0 reset\r\n250 x\r\n")
+        queue.receive(
+            b"250 2.0.0 extra\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n554 5.2.0 quota\r\n250 2.0.0 reset\r\n250 x\r\n"
+        )
     # One reply too many in a read: none of them is trusted; the message handed over is unknown, never accepted.
     assert caught.value.completed == [] and caught.value.in_flight == [1]
 

@@ -3,8 +3,10 @@ TCP, the server's replies written by the test), addresses and template files."""
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,16 @@ from airflow_provider_hve.templating import template_or_file
 from airflow_provider_hve.transport import Pipeline
 
 SENDER = "hve@contoso.example"
+HANG_UP = "(the server closes the connection instead of answering)"
 
 
 class Wire:
-    """A real smtplib client on one end of a loopback TCP connection; the test plays the server on the other."""
+    """
+    A real smtplib client on one end of a loopback TCP connection; the test scripts the server's replies.
+
+    The server answers each command line (and each message's content, after a ``354``) with the next scripted
+    reply, as a server does: never before the command, so the client never sees a reply to no command.
+    """
 
     def __init__(self, *, pipelining: bool = True) -> None:
         with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -32,19 +40,44 @@ class Wire:
         self.smtp.esmtp_features = {"pipelining": ""} if pipelining else {}
         self.server.settimeout(5)
         client.settimeout(5)
+        self._script: list[str] = []
+        self._changed = threading.Condition()
+        self._received = bytearray()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
 
     def replies(self, *lines: str) -> None:
-        self.server.sendall("".join(f"{line}\r\n" for line in lines).encode())
+        """Add replies to the script, each sent when the command it answers arrives."""
+        with self._changed:
+            self._script.extend(lines)
+            self._changed.notify_all()
 
     def received(self) -> str:
-        self.server.setblocking(False)
-        chunks = []
-        try:
-            while chunk := self.server.recv(65536):
-                chunks.append(chunk)
-        except BlockingIOError:
-            pass
-        return b"".join(chunks).decode()
+        with self._changed:
+            return self._received.decode()
+
+    def _next_reply(self) -> str:
+        with self._changed:
+            assert self._changed.wait_for(lambda: bool(self._script), timeout=5), "no reply scripted"
+            return self._script[0]
+
+    def _serve(self) -> None:
+        lines, content = self.server.makefile("rb"), False
+        with contextlib.suppress(OSError, AssertionError, ValueError):
+            while line := lines.readline():
+                with self._changed:
+                    self._received += line
+                if content and line != b".\r\n":
+                    continue
+                reply = self._next_reply()
+                if reply == HANG_UP:
+                    self.server.shutdown(socket.SHUT_WR)
+                    return
+                content = reply.startswith("354")
+                self.server.sendall(f"{reply}\r\n".encode())
+                with self._changed:
+                    self._script.pop(0)
+                    self._changed.notify_all()
 
     def close(self) -> None:
         self.server.close()
@@ -87,9 +120,9 @@ def test_a_421_in_place_of_the_final_reply_means_not_accepted_and_safe_to_resend
 
 def test_a_lost_connection_after_the_content_leaves_the_message_in_flight(wire: Wire) -> None:
     pipeline = Pipeline(wire.smtp, SENDER, conn_id="hve_default")
-    wire.replies("250 2.1.0 Sender OK", "250 2.1.5 Recipient OK", "354 Start mail input")
+    # The server goes away after the content, before its final reply.
+    wire.replies("250 2.1.0 Sender OK", "250 2.1.5 Recipient OK", "354 Start mail input", HANG_UP)
     pipeline.submit(3, b"Subject: a\r\n\r\nx\r\n", ["a@contoso.example"], "<a>")
-    wire.server.shutdown(socket.SHUT_WR)  # the server goes away before its final reply
     with pytest.raises(HveConnectionError, match="outcome is unknown.*<a>") as caught:
         pipeline.flush()
     assert (caught.value.in_flight, caught.value.unsent) == ([3], [])
