@@ -292,6 +292,7 @@ class BdatPipeline(Pipeline):
             return not queue.unanswered or queue.unanswered + queue.gathered + transactions <= self._window.size
 
         if not room():
+            self._window.full()
             self._loop.wait(room)
 
     def _write(self, transactions: int | None) -> None:

@@ -2,16 +2,13 @@
 How many BDAT transactions may be written and unanswered: the sliding window's size. Pure: times are passed in.
 
 Enough in flight keeps the link busy: by Little's law, in flight = rate x round-trip time. More only adds
-messages whose outcome is unknown when a connection breaks (never sent again), and waits in the server's queue.
-So the window is sized as TCP BBR sizes its congestion window: the rate transactions settle at (over the last
-:data:`SAMPLES`) times the **shortest** round trip seen in the session (the link's own delay: a round trip
-measured under a full window also holds the time the transaction queued at the server, and sizing from that
-would only grow the window to its cap), plus a margin, capped by the connection's ``bdat_window``.
-
-While the window is what limits the rate, the rate is the window over the round trip, so rate x shortest round
-trip is about the window and :data:`GAIN` lets it grow; once the server (or the client building messages) is the
-limit, the rate stops growing and the window stays at what keeps that rate: :data:`GAIN` x rate x RTT +
-:data:`MARGIN` (a quarter more than the link holds, so that the window measures a faster server when there is one).
+messages whose outcome is unknown when a connection breaks (never sent again). So the window is sized from what
+is measured: the rate transactions settle at times the median time from writing a transaction to reading its
+final reply (what is in flight on average), plus a margin, capped by the connection's ``bdat_window``. While
+the window itself is what limits the rate, everything written is in flight and the margin lets the window grow;
+while the client (building messages) or the server is slower than the window allows, fewer are in flight and the
+window follows them down. The measurement lags (it is over the last transactions), so each time the caller finds
+the window full it also grows by one (:meth:`Window.full`), until a deferral.
 
 It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
 write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
@@ -28,7 +25,9 @@ quota) brings it back to one. So a throttled or failing session behaves like one
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
+from collections.abc import Callable, Sequence
 
 DEFAULT_SIZE = 16
 """The default cap (the connection's ``bdat_window`` extra)."""
@@ -38,18 +37,14 @@ MIN_SIZE = 8
 """The smallest window once slow start is over (unless the cap is smaller)."""
 MARGIN = 2
 """Transactions in flight beyond rate x round trip: a reply that comes late does not idle the link."""
-GAIN = 1.25
-"""How far beyond the measured rate the window reaches (BBR's probing gain): while the window is the limit, each
-measurement finds a higher rate, so the window grows by a quarter per measurement, not by the margin alone."""
 SAMPLES = 64
-"""How many settled transactions the rate is measured over."""
 NEAR = 0.010
 """A shortest round trip under this (seconds) is a near server: windows are written whole (:attr:`Window.batch`)."""
 
 
 class Window:
     """
-    The size of a sliding window of transactions, from the measured rate and shortest round trip.
+    The size of a sliding window of transactions, from measured round trips and rate.
 
     :param cap: the most transactions in flight (the connection's ``bdat_window``), 1 to :data:`MAX_SIZE`.
 
@@ -66,8 +61,9 @@ class Window:
             raise ValueError(f"window must be from 1 to {MAX_SIZE}, not {cap!r}.")
         self.cap = cap
         self.current = 1  # slow start
-        self.shortest: float | None = None  # the shortest round trip of the session (seconds)
+        self._grown = 0  # added each time the caller found the window full (it, not the link, was the limit)
         self._written: dict[int, float] = {}
+        self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._settled_at: deque[float] = deque(maxlen=SAMPLES)
 
     @property
@@ -77,20 +73,12 @@ class Window:
 
     @property
     def target(self) -> int:
-        """What the measurements call for: gain x rate x shortest round trip + margin, within [:data:`MIN_SIZE`, cap]."""
+        """The size measurements call for: what is in flight on average + margin, within [:data:`MIN_SIZE`, cap]."""
         floor = min(MIN_SIZE, self.cap)
-        rate = self.rate
-        if rate is None or self.shortest is None:
+        in_flight = self._rate_times(statistics.median)
+        if in_flight is None:
             return self.cap  # nothing measured yet: slow start alone decides
-        return max(floor, min(self.cap, math.ceil(GAIN * rate * self.shortest) + MARGIN))
-
-    @property
-    def rate(self) -> float | None:
-        """Transactions settled per second over the last :data:`SAMPLES`, or ``None`` before two were measured."""
-        if len(self._settled_at) < 2:
-            return None
-        elapsed = self._settled_at[-1] - self._settled_at[0]
-        return (len(self._settled_at) - 1) / elapsed if elapsed > 0 else None
+        return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN + self._grown))
 
     @property
     def batch(self) -> int:
@@ -99,8 +87,21 @@ class Window:
         trip is under :data:`NEAR` seconds (a wake-up of the server per window, not per message; waiting for a
         whole window costs next to nothing there), else one (each goes as soon as there is room).
         """
-        near = self.shortest is None or self.shortest < NEAR
+        near = not self._round_trips or min(self._round_trips) < NEAR
         return self.size if near else 1
+
+    def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
+        """Rate x a round trip picked from the samples (transactions), or ``None`` before two were measured."""
+        if len(self._settled_at) < 2 or not self._round_trips:
+            return None
+        elapsed = self._settled_at[-1] - self._settled_at[0]
+        if elapsed <= 0:
+            return None
+        return (len(self._settled_at) - 1) / elapsed * pick(list(self._round_trips))
+
+    def full(self) -> None:
+        """Note that the caller had to wait for room: the window, not the link, limits the rate; grow it by one."""
+        self._grown = min(self.cap, self._grown + 1)
 
     def written(self, key: int, now: float) -> None:
         """Note that transaction ``key`` was written at ``now``."""
@@ -110,10 +111,9 @@ class Window:
         """Note that transaction ``key`` got its final reply at ``now``; ``deferred``: HVE did not take it."""
         start = self._written.pop(key, None)
         if deferred:
-            self.current = 1
+            self.current, self._grown = 1, 0
             return
         if start is not None:
-            round_trip = now - start
-            self.shortest = round_trip if self.shortest is None else min(self.shortest, round_trip)
+            self._round_trips.append(now - start)
             self._settled_at.append(now)
         self.current = min(self.cap, self.current + 1)
