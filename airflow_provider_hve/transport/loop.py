@@ -137,8 +137,6 @@ class SocketLoop:
 
     def wait(self, done: Callable[[], bool]) -> None:
         """Read and apply replies until ``done()``; each reply within the deadline."""
-        if self._queue.has_early_replies:
-            self._feed(b"")
         while not done():
             if not self._queue.expecting:
                 return  # nothing written is unanswered: no reply can make it true

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from airflow_provider_hve.diagnostics import smtp_reply_hint
 from airflow_provider_hve.exceptions import HveConnectionError, HveSendError
 from airflow_provider_hve.transport.envelope import Capabilities, Delivery, Prepared, dot_stuffed, prepare
-from airflow_provider_hve.transport.replies import ProtocolViolation, Reply, ReplyParser
+from airflow_provider_hve.transport.replies import ProtocolViolation, ReplyParser
 from airflow_provider_hve.transport.transactions import (
     STOPPED_BEFORE_THIS_BATCH,
     Transaction,
@@ -37,8 +37,6 @@ from airflow_provider_hve.transport.transactions import (
     data_commands,
 )
 
-MAX_EARLY_REPLIES = 64
-"""Complete replies kept before their commands are written (a server may not answer ahead; a test script may)."""
 CONTENT = "content"
 """The command name of a DATA transaction's content (its reply is the final one)."""
 
@@ -142,7 +140,6 @@ class ReplyQueue:
         self._unwritten: deque[Unit] = deque()
         self._expected: deque[Expected] = deque()
         self._parser = ReplyParser()  # bounded: no server makes the client grow
-        self._early: deque[Reply] = deque()  # complete replies read before their command was written
         self._stop: Stop | None = None
         self._ledger = Ledger()
 
@@ -249,16 +246,14 @@ class ReplyQueue:
             replies = self._parser.feed(data)
         except ProtocolViolation as exc:
             raise self.broken(exc) from exc
-        if len(self._early) + len(replies) > len(self._expected):
+        if len(replies) > len(self._expected):
             # More replies than commands written (a server cannot answer what it has not read): matched in order,
             # the extra one would shift every reply after it by one (a refused message read as accepted). Checked
             # before any of them is applied: what was handed over stays unknown.
-            reply = [*self._early, *replies][len(self._expected)]
+            reply = replies[len(self._expected)]
             raise self.broken(None, f"{reply.code} {reply.text} (a reply to no command)")
-        self._early.extend(replies)
         events: list[Settled] = []
-        while self._early and self._expected:
-            reply = self._early.popleft()
+        for reply in replies:
             events += self._on_reply(self._expected.popleft(), reply.code, reply.text)
         if self._stop is not None and not self._expected:
             raise self._stopped(self._stop)
@@ -287,11 +282,6 @@ class ReplyQueue:
     def gathered(self) -> int:
         """How many transactions are queued and not written."""
         return sum(1 for unit in self._unwritten if unit.opens)
-
-    @property
-    def has_early_replies(self) -> bool:
-        """Replies were read before their commands were written (fed with the next :meth:`receive`)."""
-        return bool(self._early)
 
     @property
     def has_unwritten(self) -> bool:
