@@ -144,8 +144,11 @@ class ResetRun:
         return self.unknown / self.resets if self.resets else None
 
 
-def run_hve_through_resets(sandbox: Any, endpoint: Endpoint, count: int, proxy: Any) -> ResetRun:
-    """A one-session merge (default window) of ``count`` rows through ``proxy``, which resets connections.
+def run_hve_through_resets(
+    sandbox: Any, endpoint: Endpoint, count: int, proxy: Any, window: int | None = None
+) -> ResetRun:
+    """A one-session merge of ``count`` rows through ``proxy``, which resets connections; ``window``: the
+    ``bdat_window`` extra (default: none, the default cap).
 
     Nothing is waited for at the server: a message whose reply the reset dropped may or may not have arrived.
     """
@@ -153,7 +156,7 @@ def run_hve_through_resets(sandbox: Any, endpoint: Endpoint, count: int, proxy: 
     from airflow_provider_hve.bulk import MailMerge
     from airflow_provider_hve.hooks.hve import HveHook
 
-    use_connection(sandbox, endpoint)
+    use_connection(sandbox, endpoint, **({} if window is None else {"bdat_window": window}))
     rows = recipients(count)
     sandbox.reset()
     clear_token_providers()
@@ -165,7 +168,7 @@ def run_hve_through_resets(sandbox: Any, endpoint: Endpoint, count: int, proxy: 
     seconds = time.perf_counter() - started
     run = ResetRun(count, seconds, report.accepted, len(report.unknown), report.reconnects, proxy.resets_done)
     print(
-        f"  {'hve 1 session, resets':<28} {endpoint.server:>7} {endpoint.latency:>14} {endpoint.rtt_ms:>3g} ms  "
+        f"  {'hve 1 session, resets' + ('' if window is None else f' W={window}'):<28} {endpoint.server:>7} {endpoint.latency:>14} {endpoint.rtt_ms:>3g} ms  "
         f"{count:>6} rows  {run.accepted} accepted, {run.unknown} unknown, {run.resets} resets, "
         f"{run.reconnects} reconnects",
         flush=True,

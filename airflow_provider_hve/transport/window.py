@@ -10,6 +10,14 @@ while the client (building messages) or the server is slower than the window all
 window follows them down. The measurement lags (it is over the last transactions), so each time the caller finds
 the window full it also grows by one (:meth:`Window.full`), until a deferral.
 
+Growing while the window is full is what TCP Reno does, and like Reno it would fill the server's queue up to the
+cap: once the server (or the CPU) is the limit, the window is always full and a round trip measured under it
+holds the queue. So, as TCP BBR bounds its congestion window, the window never exceeds :data:`CEILING_GAIN` x
+the highest delivery rate measured x the session's shortest round trip (the link's own delay) + the margin: a
+window beyond that adds no speed, only messages a reset leaves unknown. While the window is what limits the rate,
+the rate is the window over a round trip near the shortest and the bound is about twice the window, so it never
+holds back the growth; once more in flight only waits in a queue, the bound stops it.
+
 It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
 write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
 
@@ -37,6 +45,11 @@ MIN_SIZE = 8
 """The smallest window once slow start is over (unless the cap is smaller)."""
 MARGIN = 2
 """Transactions in flight beyond rate x round trip: a reply that comes late does not idle the link."""
+CEILING_GAIN = 1.5
+"""The window's bound: this many times the delivery rate x the shortest round trip (BBR's ``cwnd_gain``, 2 there:
+TCP's acknowledgements come late and in bunches, an SMTP server answers each transaction). With the margin, a
+reset at full speed leaves at most about twice rate x RTT unknown; a modelled link with a client that reads
+replies a whole round trip late still keeps the server busy (tests/unit/test_window_sizing.py)."""
 SAMPLES = 64
 NEAR = 0.010
 """A shortest round trip under this (seconds) is a near server: windows are written whole (:attr:`Window.batch`)."""
@@ -62,9 +75,13 @@ class Window:
         self.cap = cap
         self.current = 1  # slow start
         self._grown = 0  # added each time the caller found the window full (it, not the link, was the limit)
-        self._written: dict[int, float] = {}
+        self._written: dict[int, tuple[float, int]] = {}  # key -> when written, transactions delivered by then
+        self._delivered = 0  # transactions settled and taken in the session
         self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._settled_at: deque[float] = deque(maxlen=SAMPLES)
+        self._delivery_rates: deque[float] = deque(maxlen=SAMPLES)  # per transaction, as BBR samples it
+        self.shortest: float | None = None
+        """The session's shortest round trip (seconds): the link's own delay, without a server queue."""
 
     @property
     def size(self) -> int:
@@ -78,7 +95,20 @@ class Window:
         in_flight = self._rate_times(statistics.median)
         if in_flight is None:
             return self.cap  # nothing measured yet: slow start alone decides
-        return max(floor, min(self.cap, math.ceil(in_flight) + MARGIN + self._grown))
+        wanted = math.ceil(in_flight) + MARGIN + self._grown
+        return max(floor, min(self.cap, wanted, self.ceiling))
+
+    @property
+    def ceiling(self) -> int:
+        """
+        The most the measurements allow in flight: :data:`CEILING_GAIN` x the highest delivery rate of the last
+        :data:`SAMPLES` transactions x the session's shortest round trip, + :data:`MARGIN`; no bound before a
+        measurement, nor on a near server (its shortest round trip under :data:`NEAR`: there rate x RTT is
+        below one transaction, and the window is written whole to save the server a wake-up per message).
+        """
+        if not self._delivery_rates or self.shortest is None or self.shortest < NEAR:
+            return MAX_SIZE  # a near server: rate x RTT is under one; whole windows are written (batch)
+        return math.ceil(CEILING_GAIN * max(self._delivery_rates) * self.shortest) + MARGIN
 
     @property
     def batch(self) -> int:
@@ -87,7 +117,7 @@ class Window:
         trip is under :data:`NEAR` seconds (a wake-up of the server per window, not per message; waiting for a
         whole window costs next to nothing there), else one (each goes as soon as there is room).
         """
-        near = not self._round_trips or min(self._round_trips) < NEAR
+        near = self.shortest is None or self.shortest < NEAR  # the link's delay, not a queue's (a full window's)
         return self.size if near else 1
 
     def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
@@ -105,15 +135,21 @@ class Window:
 
     def written(self, key: int, now: float) -> None:
         """Note that transaction ``key`` was written at ``now``."""
-        self._written[key] = now
+        self._written[key] = (now, self._delivered)
 
     def settled(self, key: int, now: float, *, deferred: bool) -> None:
         """Note that transaction ``key`` got its final reply at ``now``; ``deferred``: HVE did not take it."""
-        start = self._written.pop(key, None)
+        written = self._written.pop(key, None)
         if deferred:
             self.current, self._grown = 1, 0
             return
-        if start is not None:
-            self._round_trips.append(now - start)
+        self._delivered += 1
+        if written is not None:
+            start, delivered_before = written
+            round_trip = now - start
+            self._round_trips.append(round_trip)
             self._settled_at.append(now)
+            self.shortest = round_trip if self.shortest is None else min(self.shortest, round_trip)
+            if round_trip > 0:  # what was delivered while this transaction was in flight, itself included
+                self._delivery_rates.append((self._delivered - delivered_before) / round_trip)
         self.current = min(self.cap, self.current + 1)
