@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hve import cancellation
 from airflow_provider_hve.auth import mask
-from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
+from airflow_provider_hve.diagnostics import describe_os_error, describe_smtp_auth_reply, smtp_reply_hint
 from airflow_provider_hve.exceptions import (
     HveAuthError,
     HveCancelledError,
@@ -191,7 +191,7 @@ class HveSmtpSession:
         except (OSError, smtplib.SMTPException) as exc:
             error = _Permanent if _unknown_host(exc) else HveConnectionError
             raise error(
-                f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
+                f"Cannot connect to the SMTP server {where}: {describe_os_error(exc)}. Check 'host' and "
                 f"'port' ({config.port}) and that this worker may open outbound connections to it."
             ) from exc
         smtp.local_hostname = ehlo_name(smtp.sock)
@@ -421,7 +421,7 @@ class HveSmtpSession:
             raise
         except (OSError, smtplib.SMTPException) as exc:
             raise HveConnectionError(
-                f"STARTTLS with the SMTP server {where} failed: {_describe_os_error(exc)}; no token was sent."
+                f"STARTTLS with the SMTP server {where} failed: {describe_os_error(exc)}; no token was sent."
             ) from exc
 
     def _authenticate(self, smtp: smtplib.SMTP, token: AccessToken) -> None:
@@ -466,7 +466,7 @@ class HveSmtpSession:
             except (OSError, smtplib.SMTPException) as exc:
                 raise HveConnectionError(
                     f"The connection to {self.config.host}:{self.config.port} failed during AUTH "
-                    f"(connection {self.config.conn_id!r}): {_describe_os_error(exc)}"
+                    f"(connection {self.config.conn_id!r}): {describe_os_error(exc)}"
                 ) from exc
         raise HveAuthError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -504,16 +504,6 @@ def _ehlo(smtp: smtplib.SMTP, where: str) -> None:
 
 def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-
-
-def _describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"the host name does not resolve ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
 
 
 _FQDN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}")
@@ -667,7 +657,7 @@ def _outcome_unknown(
     conn_id: str, message_id: str, exc: HveConnectionError, earlier: str, accepted: Sequence[str]
 ) -> HveConnectionError:
     cause = exc.__cause__
-    what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
+    what = describe_os_error(cause) if cause is not None else "the server closed the connection"
     return HveConnectionError(
         f"The connection to HVE broke after message {message_id} was handed over and before HVE confirmed it "
         f"(connection {conn_id!r}: {what}): its outcome is unknown. HVE may have delivered it, so it was not sent "
