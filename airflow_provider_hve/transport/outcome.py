@@ -97,6 +97,8 @@ class SendAccount:
         self.attempts = 0
         """Attempts whose outcome was fed."""
         self._gave_up = gave_up
+        # What the last SendAgain was for, so that give_up() can end the send: the broken connection's error, or the
+        # recipients refused with a 4xx.
         self._last: HveConnectionError | dict[str, tuple[int, str]] | None = None
 
     def feed(self, outcome: Delivery | HveError) -> Next:
