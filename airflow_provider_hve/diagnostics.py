@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
 from airflow_provider_hve.connection import HveConnectionConfig
@@ -215,6 +216,22 @@ def smtp_reply_hint(code: int | None, reply: str) -> str:
     if cause is None and code == 421:
         cause = "HVE is closing the connection (busy, or a session limit); retry later with fewer sessions."
     return f" Likely cause and fix: {cause}" if cause else ""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """
+    Say in a few words why a connection failed: ``the host name does not resolve (...)``, ``connection refused``,
+    ``timed out``, or the exception's type and text.
+
+    :param exc: the low-level error (``OSError``, ``smtplib.SMTPException``...).
+    """
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _search(pattern: re.Pattern[str], text: str) -> str | None:

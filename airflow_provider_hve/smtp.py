@@ -9,7 +9,9 @@ sends again on the same session; after a connection that broke before the messag
 authenticates again and sends again; with jittered backoff, at most ``send_retries`` times (connection extra,
 default 3) within :data:`SEND_RETRY_WINDOW` seconds. A message handed over without a final reply is never sent
 again. A send made in :func:`~airflow_provider_hve.cancellation.cancellable` starts no further attempt once its token
-is cancelled (its backoff ends at once); the attempt under way is finished.
+is cancelled (its backoff ends at once); the attempt under way is finished. Who has the message, who is sent it
+again and what the send returns or raises is decided by :class:`~airflow_provider_hve.transport.SendAccount`, fed
+each attempt's outcome; this module attempts and backs off.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_provider_hve import cancellation
 from airflow_provider_hve.auth import mask
-from airflow_provider_hve.diagnostics import describe_smtp_auth_reply, smtp_reply_hint
+from airflow_provider_hve.diagnostics import describe_os_error, describe_smtp_auth_reply, smtp_reply_hint
 from airflow_provider_hve.exceptions import (
     HveAuthError,
     HveCancelledError,
@@ -41,7 +43,15 @@ from airflow_provider_hve.exceptions import (
     HveSendError,
 )
 from airflow_provider_hve.message import wire_bytes
-from airflow_provider_hve.transport import Pipeline, check_envelope_address, close_quietly, quit_quietly
+from airflow_provider_hve.transport import (
+    Pipeline,
+    SendAccount,
+    SendAgain,
+    SendResult,
+    check_envelope_address,
+    close_quietly,
+    quit_quietly,
+)
 
 if TYPE_CHECKING:
     import smtplib
@@ -80,23 +90,6 @@ class SendProgress:
     """A transaction was being written or its reply awaited: the message may have reached HVE."""
     accepted: list[str] = field(default_factory=list)
     """Recipients HVE accepted the message for, by earlier attempts or batches."""
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What the server did with one message: ``refused`` maps address -> (code, reply)."""
-
-    message_id: str
-    accepted: tuple[str, ...]
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly form, e.g. for XCom."""
-        return {
-            "message_id": self.message_id,
-            "accepted": list(self.accepted),
-            "refused": {addr: [code, reply] for addr, (code, reply) in self.refused.items()},
-        }
 
 
 def xoauth2_string(account: str, token: str) -> str:
@@ -191,7 +184,7 @@ class HveSmtpSession:
         except (OSError, smtplib.SMTPException) as exc:
             error = _Permanent if _unknown_host(exc) else HveConnectionError
             raise error(
-                f"Cannot connect to the SMTP server {where}: {_describe_os_error(exc)}. Check 'host' and "
+                f"Cannot connect to the SMTP server {where}: {describe_os_error(exc)}. Check 'host' and "
                 f"'port' ({config.port}) and that this worker may open outbound connections to it."
             ) from exc
         smtp.local_hostname = ehlo_name(smtp.sock)
@@ -312,65 +305,32 @@ class HveSmtpSession:
         message_id = str(message.get("Message-ID", ""))
         retry = _Retry(self.config.send_retries if retries is None else retries, self.config.conn_id, message_id)
         progress = progress if progress is not None else SendProgress()
-        accepted: list[str] = progress.accepted  # the same list: a caller interrupted meanwhile reads it
-        refused: dict[str, tuple[int, str]] = {}
-        pending = list(envelope)
-        tried = 0
+        # progress.accepted is the account's list: a caller interrupted meanwhile reads it.
+        account = SendAccount(
+            self.config.conn_id, message_id, envelope, accepted=progress.accepted, gave_up=retry.gave_up
+        )
         while True:
             # Before each attempt, never during one: a message is handed over whole or not at all.
             if (token := cancellation.cancelled()) is not None:
-                raise _cancelled(self.config.conn_id, message_id, token.reason, tried, accepted, pending)
-            tried += 1
+                raise account.cancelled(token.reason)
+            outcome: Delivery | HveError
             try:
-                delivery = self._send_once(content, pending, sender, message_id, progress)
+                outcome = self._send_once(content, account.pending, sender, message_id, progress)
             except HveCancelledError as exc:  # while the token provider waited for Entra: nothing handed over
-                reason = getattr(cancellation.current(), "reason", "")
-                raise _cancelled(self.config.conn_id, message_id, reason, tried - 1, accepted, pending) from exc
+                raise account.cancelled(getattr(cancellation.current(), "reason", "")) from exc
             except HveConnectionError as exc:
-                self.discard()
-                # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch
-                # of a split message): say so, and carry them on the error (``accepted``), they must not get it
-                # twice. Then the message is not "unsent" either; only the others are sent again.
-                accepted.extend(exc.accepted)
-                for partly in exc.completed:
-                    refused.update({a: r for a, r in partly.refused.items() if not 400 <= r[0] < 500})
-                    pending = [a for a, r in partly.refused.items() if 400 <= r[0] < 500]
-                earlier = _already_accepted(accepted)
-                if exc.in_flight:
-                    raise _outcome_unknown(self.config.conn_id, message_id, exc, earlier, accepted) from exc
-                if not pending:
-                    break
-                if exc.permanent or not retry.again(str(exc)):
-                    if retry.attempts == 1 and not accepted:
-                        raise
-                    raise HveConnectionError(
-                        f"{exc}{earlier}{retry.gave_up()}", unsent=[] if accepted else [message_id], accepted=accepted
-                    ) from exc
-                continue
-            except HveError as exc:
-                # AUTH refused on the reconnect, MAIL FROM refused...: the recipients accepted so far still count,
-                # those of this attempt's earlier 50-recipient batches too.
-                accepted.extend(exc.accepted)
-                if not accepted:
-                    raise
-                raise _with_accepted(exc, accepted) from exc
-            accepted.extend(delivery.accepted)
-            temporary = {addr: reply for addr, reply in delivery.refused.items() if 400 <= reply[0] < 500}
-            refused.update({addr: reply for addr, reply in delivery.refused.items() if addr not in temporary})
-            if temporary and retry.again("; ".join(f"{addr}: {c} {r}" for addr, (c, r) in temporary.items())):
-                pending = list(temporary)
-                continue
-            refused.update(temporary)
-            break
-        if not accepted:
-            details = "; ".join(f"{addr}: {code} {reply}" for addr, (code, reply) in refused.items())
-            hints = {smtp_reply_hint(code, reply) for code, reply in refused.values()} - {""}
-            raise HveSendError(
-                f"HVE refused the message for every recipient (connection {self.config.conn_id!r}): "
-                f"{details}.{''.join(sorted(hints))}{retry.gave_up() if retry.attempts > 1 else ''}",
-                refused=refused,
-            )
-        return SendResult(message_id=message_id, accepted=tuple(accepted), refused=refused)
+                self.discard()  # broken, or left in the middle of a message
+                outcome = exc
+            except HveError as exc:  # AUTH refused on the reconnect, MAIL FROM refused...
+                outcome = exc
+            step = account.feed(outcome)
+            if isinstance(step, SendAgain):
+                if retry.again(step.cause):
+                    continue
+                step = account.give_up()
+            if isinstance(step, SendResult):
+                return step
+            raise step
 
     def _send_once(
         self, content: bytes, recipients: Sequence[str], sender: str, message_id: str, progress: SendProgress
@@ -421,7 +381,7 @@ class HveSmtpSession:
             raise
         except (OSError, smtplib.SMTPException) as exc:
             raise HveConnectionError(
-                f"STARTTLS with the SMTP server {where} failed: {_describe_os_error(exc)}; no token was sent."
+                f"STARTTLS with the SMTP server {where} failed: {describe_os_error(exc)}; no token was sent."
             ) from exc
 
     def _authenticate(self, smtp: smtplib.SMTP, token: AccessToken) -> None:
@@ -466,7 +426,7 @@ class HveSmtpSession:
             except (OSError, smtplib.SMTPException) as exc:
                 raise HveConnectionError(
                     f"The connection to {self.config.host}:{self.config.port} failed during AUTH "
-                    f"(connection {self.config.conn_id!r}): {_describe_os_error(exc)}"
+                    f"(connection {self.config.conn_id!r}): {describe_os_error(exc)}"
                 ) from exc
         raise HveAuthError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -504,16 +464,6 @@ def _ehlo(smtp: smtplib.SMTP, where: str) -> None:
 
 def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-
-
-def _describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"the host name does not resolve ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
 
 
 _FQDN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{0,62}")
@@ -631,50 +581,3 @@ class _Retry:
             f" Gave up after {self.attempts} attempt(s) in {_clock() - self._started:.0f} s (at most "
             f"{self.retries} retries within {SEND_RETRY_WINDOW:.0f} s: extra 'send_retries' or argument 'retries')."
         )
-
-
-def _already_accepted(accepted: Sequence[str]) -> str:
-    return f" Already accepted by HVE: {', '.join(accepted)} (not sent to them again)." if accepted else ""
-
-
-def _with_accepted(exc: HveError, accepted: Sequence[str]) -> HveError:
-    """The same error (type, attributes), its text and ``accepted`` naming the recipients that already have it."""
-    again = copy.copy(exc)
-    again.args = (f"{exc}{_already_accepted(accepted)}", *exc.args[1:])
-    again.accepted = tuple(accepted)
-    return again
-
-
-def _cancelled(
-    conn_id: str,
-    message_id: str,
-    reason: str,
-    tried: int,
-    accepted: Sequence[str],
-    pending: Sequence[str],
-) -> HveCancelledError:
-    when = f"after {tried} attempt(s)" if tried else "before its first attempt"
-    state = f"not sent to {', '.join(pending)}" if accepted else "HVE has not accepted it"
-    return HveCancelledError(
-        f"Sending message {message_id} was cancelled ({reason or 'cancelled'}) {when} (connection "
-        f"{conn_id!r}); no further attempt: {state}.{_already_accepted(accepted)}",
-        unsent=[] if accepted else [message_id],
-        accepted=accepted,
-    )
-
-
-def _outcome_unknown(
-    conn_id: str, message_id: str, exc: HveConnectionError, earlier: str, accepted: Sequence[str]
-) -> HveConnectionError:
-    cause = exc.__cause__
-    what = _describe_os_error(cause) if cause is not None else "the server closed the connection"
-    return HveConnectionError(
-        f"The connection to HVE broke after message {message_id} was handed over and before HVE confirmed it "
-        f"(connection {conn_id!r}: {what}): its outcome is unknown. HVE may have delivered it, so it was not sent "
-        f"again: a second "
-        f"copy could reach the recipients twice. Check whether it arrived (message trace by Message-ID "
-        f"{message_id}) before sending it again.{earlier}",
-        in_flight=[message_id],
-        completed=exc.completed,
-        accepted=accepted,
-    )

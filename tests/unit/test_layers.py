@@ -69,7 +69,7 @@ def test_the_wire_layers_import_downwards_only() -> None:
             "airflow_provider_hve.message",
         }, f"{name} imports {outside}"
     # Inside the transport, each layer imports only the layers under it (see transport/__init__.py).
-    order = ["envelope", "replies", "setup", "transactions", "queue", "window", "loop", "session"]
+    order = ["envelope", "replies", "setup", "transactions", "queue", "window", "loop", "session", "outcome"]
     for below, name in enumerate(order):
         layer = graph[f"airflow_provider_hve.transport.{name}"]
         above = {f"airflow_provider_hve.transport.{upper}" for upper in order[below:]}
