@@ -534,7 +534,7 @@ def _trust_store_folder() -> str | None:
         return None
     uid = os.getuid()
     folder = os.path.join(tempfile.gettempdir(), f"hve-ca-{uid}")
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(OSError):  # there already, or cannot be made: the checks below say which
         os.mkdir(folder, 0o700)  # the umask can only narrow the mode
     try:
         info = os.lstat(folder)  # a symlink is not followed: it is refused below
