@@ -487,14 +487,18 @@ def trust_store_file(ca_bundle: str) -> str:
 
     requests trusts only the one file it is given, while ``ca_bundle`` adds to the trusted CAs. The
     defaults are what requests would use otherwise: ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, certifi.
+
+    The file lives in a folder of this user's (``<tmp>/hve-ca-<uid>``, mode 0700) and is named by the
+    SHA-256 of its content: every process that combines the same CAs shares one file, which is never
+    removed, so nothing is left behind however a process ends (Airflow's forked task runners leave through
+    ``os._exit``, where ``atexit`` never runs). A folder that is not this user's, or that others may write,
+    is not used (a private temporary file stands in, with a warning), and a file whose content is not what
+    it is named for is replaced, so no other local user can plant a CA.
     """
     stat = os.stat(ca_bundle)
     key = (ca_bundle, stat.st_mtime_ns, stat.st_size)  # a replaced bundle (new CA) is read again
     if key in _TRUST_STORES and os.path.exists(_TRUST_STORES[key]):
         return _TRUST_STORES[key]
-    import atexit
-    import tempfile
-
     import certifi
 
     default = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
@@ -505,10 +509,106 @@ def trust_store_file(ca_bundle: str) -> str:
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as handle:
                 parts.append(handle.read().strip() + "\n")
-    fd, combined = tempfile.mkstemp(prefix="hve-ca-", suffix=".pem")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("".join(parts))
+    content = "".join(parts).encode("utf-8")
+    folder = _trust_store_folder()
+    if folder is None:
+        combined = _private_trust_store(content)
+    else:
+        combined = os.path.join(folder, f"{hashlib.sha256(content).hexdigest()}.pem")
+        if not _holds(combined, content):
+            _write_atomically(folder, combined, content)
     _TRUST_STORES[key] = combined
+    return combined
+
+
+_TRUST_STORE_WARNED: set[str] = set()
+_STALE_TEMPORARY_SECONDS = 3600
+
+
+def _trust_store_folder() -> str | None:
+    """Return this user's folder for combined trust stores, created 0700; None when it cannot be trusted."""
+    import stat as stat_module
+    import tempfile
+
+    if not hasattr(os, "getuid"):
+        return None
+    uid = os.getuid()
+    folder = os.path.join(tempfile.gettempdir(), f"hve-ca-{uid}")
+    with contextlib.suppress(OSError):  # there already, or cannot be made: the checks below say which
+        os.mkdir(folder, 0o700)  # the umask can only narrow the mode
+    try:
+        info = os.lstat(folder)  # a symlink is not followed: it is refused below
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    else:
+        if not stat_module.S_ISDIR(info.st_mode):
+            problem = "is not a directory (a symlink or a file)"
+        elif info.st_uid != uid:
+            problem = f"belongs to uid {info.st_uid}, not to this user (uid {uid})"
+        elif info.st_mode & 0o077:
+            problem = f"has mode {stat_module.S_IMODE(info.st_mode):04o}: other users may change it"
+        else:
+            return folder
+    if folder not in _TRUST_STORE_WARNED:
+        _TRUST_STORE_WARNED.add(folder)
+        log.warning(
+            "The folder %s for the combined CA file given to requests (extra 'ca_bundle') %s, so it is not used: "
+            "each process writes a private temporary file instead, removed only when the process exits normally. "
+            "Remove that folder (it is made again, mode 0700), or make it this user's with mode 0700.",
+            folder,
+            problem,
+        )
+    return None
+
+
+def _holds(path: str, content: bytes) -> bool:
+    """Whether ``path`` is a regular file of this user's, not writable by others, holding exactly ``content``."""
+    import stat as stat_module
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat_module.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return False
+        return handle.read(len(content) + 1) == content
+
+
+def _write_atomically(folder: str, path: str, content: bytes) -> None:
+    """Write ``content`` to a new 0600 file in ``folder`` and move it onto ``path`` (readers never see half)."""
+    import tempfile
+
+    _remove_stale_temporaries(folder)
+    fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Remove temporary files left by a process killed between writing and moving one (an hour old or more)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMPORARY_SECONDS:
+                        os.remove(entry.path)
+
+
+def _private_trust_store(content: bytes) -> str:
+    """The fallback: a private temporary file, removed at a normal exit (``os._exit`` leaves it)."""
+    import atexit
+    import tempfile
+
+    fd, combined = tempfile.mkstemp(prefix="hve-ca-", suffix=".pem")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
     atexit.register(_remove_quietly, combined)
     return combined
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import tempfile
 
 # Airflow reads its home when first imported: isolate it before anything imports airflow.
@@ -47,6 +48,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and session.config.get_verbosity() < 0:
         reporter.write_line(_airflow_under_test())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Kill the tests/warm.py children still running: started by a test that failed before waiting for them."""
+    warm = sys.modules.get("tests.warm")
+    killed = warm.stop_all() if warm is not None else 0
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if killed and reporter is not None:
+        reporter.write("\n")  # after the progress line
+        reporter.write_line(f"tests/warm.py: killed {killed} command(s) still running at the end of the session")
 
 
 def dag_bag(dag_folder: Any) -> Any:

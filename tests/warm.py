@@ -7,10 +7,16 @@ Here one forkserver (multiprocessing's: a single-threaded interpreter started fr
 the test process, its sandbox threads or its caches) imports Airflow and the provider once per session; every
 command is a fresh child forked from it, with the test's environment as it is at the call, its own stdout and
 stderr and its own exit status. Nothing the test process did (tokens, caches, listeners) is in the child.
+
+A child ends as ``python -m`` would: its ``atexit`` handlers run (multiprocessing ends a child with ``os._exit``,
+which skips them). A child not waited for (its test failed first) is killed when the session ends
+(:func:`stop_all`, from ``pytest_sessionfinish`` and, as a backstop, at the test process's exit).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import multiprocessing
 import os
 import runpy
@@ -27,6 +33,7 @@ PRELOAD = [
     "airflow_provider_hve.alerts.send", "airflow_provider_hve.hooks.hve", "airflow_provider_hve.transport",
 ]  # fmt: skip
 _context: Any = None
+_running: set[Child] = set()  # started and not waited for yet
 
 
 def context() -> Any:
@@ -35,6 +42,9 @@ def context() -> Any:
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
+        # Registered after multiprocessing's own exit handler, so it runs first (LIFO): that one joins every
+        # child that is still running, and would wait forever for a hung one.
+        atexit.register(stop_all)
     return _context
 
 
@@ -66,12 +76,18 @@ def _enter(environ: dict[str, str], stdout: str, stderr: str) -> None:
 def _run_module(environ: dict[str, str], stdout: str, stderr: str, module: str, argv: Sequence[str]) -> None:
     _enter(environ, stdout, stderr)
     sys.argv = [module, *argv]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)  # as `python -m module argv...`
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)  # as `python -m module argv...`
+    finally:
+        atexit._run_exitfuncs()  # multiprocessing ends the child with os._exit, which would skip them
 
 
 def _call(environ: dict[str, str], stdout: str, stderr: str, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
     _enter(environ, stdout, stderr)
-    target(*args)
+    try:
+        target(*args)
+    finally:
+        atexit._run_exitfuncs()  # as above
 
 
 class Child:
@@ -85,9 +101,11 @@ class Child:
         environ = {**(os.environ if env is None else env), "PWD": os.getcwd()}  # as a shell sets it for a child
         self.process = context().Process(target=function, args=(environ, stdout, stderr, *args))
         self.process.start()
+        _running.add(self)
 
     def wait(self, timeout: float) -> Done:
         """Wait for the child; one still running after ``timeout`` is killed, and reported as such."""
+        _running.discard(self)
         self.process.join(timeout)
         hung = self.process.is_alive()
         if hung:
@@ -105,6 +123,21 @@ class Child:
                 return file.read()
         finally:
             os.unlink(path)
+
+
+def stop_all() -> int:
+    """Kill every child started and not waited for (its test failed before it could); return how many ran."""
+    killed = 0
+    while _running:
+        child = _running.pop()
+        if child.process.is_alive():
+            child.process.kill()
+            killed += 1
+        child.process.join(10)
+        for file in child._files:
+            with contextlib.suppress(OSError):
+                os.unlink(file.name)
+    return killed
 
 
 def run_module(module: str, *argv: str, timeout: float = 180, env: dict[str, str] | None = None) -> Done:
