@@ -9,6 +9,11 @@ against the host it connects to: connect to ``127.0.0.1`` (the proxy listens the
 The delay is per chunk read, not per byte and with no bandwidth limit: what a client pipelines reaches the
 server together, ``rtt_ms / 2`` later, as it would over a long but fat link.
 
+It is built to take little CPU from the client and the server it sits between (on a small machine they share the
+cores): asyncio protocols, no task per direction; each side reads into a buffer of its own (``recv_into``), a
+direction holds its chunks in a deque with their due times under one timer, and writes every chunk due at once
+in one write; at 0 ms a chunk is written as soon as it is read.
+
 A broken connection, on demand: with ``--reset-after SECONDS`` the first ``--resets`` connections (default 1)
 are reset that long after the proxy accepted them: both sides get a TCP RST (``SO_LINGER`` 0, then close), and
 whatever the proxy still held for either side (bytes "on the wire") is dropped, as when a path dies under
@@ -24,71 +29,158 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 from types import TracebackType
 from typing import Any
 
+READ_SIZE = 256 * 1024  # bytes read at most at once, per side
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
-    """Copy reader to writer, each chunk ``delay`` seconds after it was read, in order; then close the write side."""
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
-    async def read() -> None:
-        try:
-            while chunk := await reader.read(65536):
-                queue.put_nowait((time.monotonic() + delay, chunk))
-        except (ConnectionError, OSError):
-            pass
-        queue.put_nowait((time.monotonic() + delay, b""))
+class _Direction:
+    """One direction of a proxied connection: what was read on one side, written to ``sink`` ``delay`` s later.
 
-    async def write() -> None:
-        while True:
-            due, chunk = await queue.get()
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+    Chunks wait in a deque with their due time; one timer is armed for the head, and when it fires every chunk
+    then due goes out in a single write (bytes joined), in order. At 0 ms nothing is held: a chunk is written in
+    the callback that read it. ``b""`` stands for the end of the stream (a half close, passed on as one).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.sink: asyncio.Transport | None = None
+        self.held: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.ended = False  # the end of the stream was delivered (or the sink is gone)
+        self.on_end: Any = None
+
+    def put(self, chunk: bytes) -> None:
+        if self.ended:
+            return
+        if self.delay <= 0 and not self.held:
+            self._deliver(chunk)
+            return
+        due = self.loop.time() + self.delay
+        self.held.append((due, chunk))
+        if self.timer is None:
+            self.timer = self.loop.call_at(due, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        held = self.held
+        due: list[bytes] = []
+        while held and held[0][0] <= now:
+            chunk = held.popleft()[1]
             if not chunk:
-                break
-            writer.write(chunk)
-            await writer.drain()
+                if due:
+                    self._deliver(b"".join(due))
+                self._deliver(b"")
+                return
+            due.append(chunk)
+        if due:
+            self._deliver(due[0] if len(due) == 1 else b"".join(due))
+        if held:
+            self.timer = self.loop.call_at(held[0][0], self._flush)
+
+    def _deliver(self, data: bytes) -> None:
+        sink = self.sink
+        if data:
+            if sink is not None and not sink.is_closing():
+                sink.write(data)
+            return
         with contextlib.suppress(OSError):
-            if writer.can_write_eof():
-                writer.write_eof()
+            if sink is not None and not sink.is_closing() and sink.can_write_eof():
+                sink.write_eof()
+        self.drop()
 
-    reading = asyncio.ensure_future(read())
-    try:
-        await write()
-    except (ConnectionError, OSError):
-        reading.cancel()
-    except asyncio.CancelledError:  # a reset: the bytes held are dropped
-        reading.cancel()
-        raise
-    await asyncio.gather(reading, return_exceptions=True)
-
-
-def _nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def drop(self) -> None:
+        """Forget what is held (a reset, or the sink is gone) and end this direction."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.held.clear()
+        if not self.ended:
+            self.ended = True
+            if self.on_end is not None:
+                self.on_end()
 
 
-def _reset(pumps: list[asyncio.Task[None]], writers: tuple[asyncio.StreamWriter, ...], number: int) -> None:
-    """Drop what the pumps hold and send a TCP RST to both sides (``SO_LINGER`` on, 0 s, then close)."""
-    for pump in pumps:
-        pump.cancel()
-    for writer in writers:
-        sock = writer.get_extra_info("socket")
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a proxied connection: what it reads goes to ``outgoing``; ``incoming`` writes to it.
+
+    It reads into one buffer of its own (``recv_into``), so a read costs no fresh 256 KiB allocation.
+    """
+
+    def __init__(self, outgoing: _Direction, incoming: _Direction) -> None:
+        self.outgoing = outgoing
+        self.incoming = incoming
+        self.transport: asyncio.Transport | None = None
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.incoming.sink = transport
+        sock = transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
-    print(f"reset {number}", flush=True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.outgoing.put(bytes(self.buffer[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self.outgoing.put(b"")
+        return True  # a half close: this side may still be written to
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.incoming.drop()  # nothing more reaches this side
+        self.outgoing.put(b"")  # the other side sees the end (an RST from here is passed on as an orderly end)
+
+
+class _Connection:
+    """A client connection and its upstream one: two directions, both delayed; closed when both have ended."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, number: int) -> None:
+        self.number = number
+        self.up = _Direction(loop, delay)  # client -> server
+        self.down = _Direction(loop, delay)  # server -> client
+        self.up.on_end = self.down.on_end = self._ended
+        self.client: _Side | None = None  # the accepted side, set when it is made
+        self.server = _Side(self.down, self.up)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _ended(self) -> None:
+        if self.up.ended and self.down.ended:
+            if self.timer is not None:
+                self.timer.cancel()
+            for side in (self.client, self.server):
+                if side is not None and side.transport is not None:
+                    side.transport.close()
+
+    def reset(self) -> None:
+        """Drop what both directions hold and send a TCP RST to both sides (``SO_LINGER`` on, 0 s, then abort)."""
+        self.timer = None
+        self.up.on_end = self.down.on_end = None
+        self.up.drop()
+        self.down.drop()
+        for side in (self.client, self.server):
+            if side is None or side.transport is None:
+                continue
+            sock = side.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            side.transport.abort()
+        print(f"reset {self.number}", flush=True)
 
 
 async def serve(
@@ -100,35 +192,38 @@ async def serve(
     reset_after: float | None = None,
     resets: int = 1,
 ) -> None:
+    loop = asyncio.get_running_loop()
     delay = rtt_ms / 2000
     accepted = 0
 
-    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        nonlocal accepted
-        accepted += 1
-        number = accepted
+    async def connect(connection: _Connection, client: asyncio.Transport) -> None:
         try:
-            server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
+            await loop.create_connection(lambda: connection.server, upstream_host, upstream_port)
         except OSError:
-            client_writer.close()
+            client.close()
             return
-        _nodelay(client_writer)
-        _nodelay(server_writer)
-        pumps = [
-            asyncio.ensure_future(_pump(client_reader, server_writer, delay)),
-            asyncio.ensure_future(_pump(server_reader, client_writer, delay)),
-        ]
-        timer = None
-        if reset_after is not None and number <= resets:
-            writers = (client_writer, server_writer)
-            timer = asyncio.get_running_loop().call_later(reset_after, _reset, pumps, writers, number)
-        await asyncio.gather(*pumps, return_exceptions=True)
-        if timer is not None:
-            timer.cancel()
-        for writer in (client_writer, server_writer):
-            writer.close()
+        if reset_after is not None and connection.number <= resets:
+            connection.timer = loop.call_later(reset_after, connection.reset)
+        client.resume_reading()  # as a stream proxy would: the client is read once the upstream is there
 
-    server = await asyncio.start_server(handle, listen_host, listen_port)
+    class Accept(_Side):
+        def __init__(self) -> None:
+            nonlocal accepted
+            accepted += 1
+            connection = _Connection(loop, delay, accepted)
+            super().__init__(connection.up, connection.down)
+            self.connection = connection
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            assert isinstance(transport, asyncio.Transport)
+            self.connection.client = self
+            transport.pause_reading()
+            tasks.add(task := loop.create_task(connect(self.connection, transport)))
+            task.add_done_callback(tasks.discard)
+
+    tasks: set[asyncio.Task[None]] = set()
+    server = await loop.create_server(Accept, listen_host, listen_port)
     port = server.sockets[0].getsockname()[1]
     print(f"listening {listen_host} {port}", flush=True)
     async with server:
