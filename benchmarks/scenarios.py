@@ -167,8 +167,9 @@ def run_hve_through_resets(
     report = merge.run(rows)
     seconds = time.perf_counter() - started
     run = ResetRun(count, seconds, report.accepted, len(report.unknown), report.reconnects, proxy.resets_done)
+    label = "hve 1 session, resets" + ("" if window is None else f" W={window}")
     print(
-        f"  {'hve 1 session, resets' + ('' if window is None else f' W={window}'):<28} {endpoint.server:>7} {endpoint.latency:>14} {endpoint.rtt_ms:>3g} ms  "
+        f"  {label:<28} {endpoint.server:>7} {endpoint.latency:>14} {endpoint.rtt_ms:>3g} ms  "
         f"{count:>6} rows  {run.accepted} accepted, {run.unknown} unknown, {run.resets} resets, "
         f"{run.reconnects} reconnects",
         flush=True,

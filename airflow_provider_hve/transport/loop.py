@@ -73,8 +73,17 @@ class SocketLoop:
         if take_buffered is not None and (held := take_buffered()):
             self._queue.receive(held)
 
-    def write(self, transactions: int | None = None) -> list[Transaction]:
-        """Write what the queue lets go (``transactions``: at most that many new ones); return what was written."""
+    def write(
+        self,
+        transactions: int | None = None,
+        handing_over: Callable[[list[Transaction]], None] | None = None,
+    ) -> list[Transaction]:
+        """
+        Write what the queue lets go (``transactions``: at most that many new ones); return what was written.
+
+        ``handing_over`` is called with the transactions just before their bytes go out: replies read while they
+        are written may settle them before this returns.
+        """
         if not self._queue.expecting and (unasked := self._recv(0.0)):
             # Bytes while no reply is due (an unsolicited reply, the end of the connection): found before anything
             # is handed over, they break the session here; read after, they would be taken for the next replies.
@@ -83,6 +92,8 @@ class SocketLoop:
         if not data:
             return []
         written = list(self._queue.just_written)
+        if handing_over is not None:
+            handing_over(written)
         self._send_reading(data)
         self._progress = time.monotonic()
         setattr(self._smtp, LAST_WRITE, self._progress)

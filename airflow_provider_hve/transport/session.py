@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from airflow_provider_hve.transport.envelope import Capabilities, Delivery, check_envelope_address
 from airflow_provider_hve.transport.loop import DEFAULT_TIMEOUT, SocketLoop
 from airflow_provider_hve.transport.queue import ReplyQueue, Settled
-from airflow_provider_hve.transport.transactions import STOPPED_BEFORE_THIS_BATCH
+from airflow_provider_hve.transport.transactions import STOPPED_BEFORE_THIS_BATCH, Transaction
 from airflow_provider_hve.transport.window import DEFAULT_SIZE, Window
 
 if TYPE_CHECKING:
@@ -296,8 +296,12 @@ class BdatPipeline(Pipeline):
             self._loop.wait(room)
 
     def _write(self, transactions: int | None) -> None:
+        self._loop.write(transactions, self._handing_over)
+
+    def _handing_over(self, transactions: list[Transaction]) -> None:
+        """Note them written before their bytes go: a reply read while they are written may settle them."""
         now = time.monotonic()
-        for transaction in self._loop.write(transactions):
+        for transaction in transactions:
             self._window.written(id(transaction), now)
 
     def _settled(self, events: list[Settled], now: float) -> None:

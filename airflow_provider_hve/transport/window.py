@@ -15,8 +15,10 @@ cap: once the server (or the CPU) is the limit, the window is always full and a 
 holds the queue. So, as TCP BBR bounds its congestion window, the window never exceeds :data:`CEILING_GAIN` x
 the highest delivery rate measured x the session's shortest round trip (the link's own delay) + the margin: a
 window beyond that adds no speed, only messages a reset leaves unknown. While the window is what limits the rate,
-the rate is the window over a round trip near the shortest and the bound is about twice the window, so it never
-holds back the growth; once more in flight only waits in a queue, the bound stops it.
+the rate is the window over a round trip near the shortest and the bound is about 1.5 x the window + 2, so it
+does not hold back the growth; once more in flight only waits in a queue, the bound stops it. The floor
+(:data:`MIN_SIZE`) stays: on a near server, where rate x RTT is a transaction or two, whole windows of 8 still
+save the server a wake-up per message.
 
 It never goes below :data:`MIN_SIZE` (or the cap, when that is smaller): on a fast link a few transactions per
 write save the server and the client a wake-up each, and a reset then leaves at most that many unknown.
@@ -102,12 +104,12 @@ class Window:
     def ceiling(self) -> int:
         """
         The most the measurements allow in flight: :data:`CEILING_GAIN` x the highest delivery rate of the last
-        :data:`SAMPLES` transactions x the session's shortest round trip, + :data:`MARGIN`; no bound before a
-        measurement, nor on a near server (its shortest round trip under :data:`NEAR`: there rate x RTT is
-        below one transaction, and the window is written whole to save the server a wake-up per message).
+        :data:`SAMPLES` transactions x the session's shortest round trip, + :data:`MARGIN` (no bound before a
+        measurement). The window's floor (:data:`MIN_SIZE`) still applies: a near server gets whole windows of
+        at least that many.
         """
-        if not self._delivery_rates or self.shortest is None or self.shortest < NEAR:
-            return MAX_SIZE  # a near server: rate x RTT is under one; whole windows are written (batch)
+        if not self._delivery_rates or self.shortest is None:
+            return MAX_SIZE
         return math.ceil(CEILING_GAIN * max(self._delivery_rates) * self.shortest) + MARGIN
 
     @property
