@@ -516,7 +516,11 @@ def trust_store_file(ca_bundle: str) -> str:
     else:
         combined = os.path.join(folder, f"{hashlib.sha256(content).hexdigest()}.pem")
         if not _holds(combined, content):
-            _write_atomically(folder, combined, content)
+            try:
+                _write_atomically(folder, combined, content)
+            except OSError as exc:  # a full disk, a read-only folder: the private file is tried instead
+                _warn_trust_store_folder(folder, f"cannot be written ({exc.strerror or exc})")
+                combined = _private_trust_store(content)
     _TRUST_STORES[key] = combined
     return combined
 
@@ -530,25 +534,35 @@ def _trust_store_folder() -> str | None:
     import stat as stat_module
     import tempfile
 
-    if not hasattr(os, "getuid"):
+    if not hasattr(os, "geteuid"):
         return None
-    uid = os.getuid()
-    folder = os.path.join(tempfile.gettempdir(), f"hve-ca-{uid}")
+    uid = os.geteuid()  # files are made with the effective uid
+    parent = tempfile.gettempdir()
+    folder = os.path.join(parent, f"hve-ca-{uid}")
     with contextlib.suppress(OSError):  # there already, or cannot be made: the checks below say which
         os.mkdir(folder, 0o700)  # the umask can only narrow the mode
     try:
+        above = os.stat(parent)
         info = os.lstat(folder)  # a symlink is not followed: it is refused below
     except OSError as exc:
         problem = f"cannot be read ({exc.strerror})"
     else:
-        if not stat_module.S_ISDIR(info.st_mode):
+        if above.st_mode & 0o002 and not above.st_mode & stat_module.S_ISVTX:
+            problem = f"is in {parent}, which anyone may write and which has no sticky bit (others could swap it)"
+        elif not stat_module.S_ISDIR(info.st_mode):
             problem = "is not a directory (a symlink or a file)"
         elif info.st_uid != uid:
             problem = f"belongs to uid {info.st_uid}, not to this user (uid {uid})"
-        elif info.st_mode & 0o077:
-            problem = f"has mode {stat_module.S_IMODE(info.st_mode):04o}: other users may change it"
+        elif stat_module.S_IMODE(info.st_mode) != 0o700:
+            problem = f"has mode {stat_module.S_IMODE(info.st_mode):04o}, not 0700"
         else:
             return folder
+    _warn_trust_store_folder(folder, problem)
+    return None
+
+
+def _warn_trust_store_folder(folder: str, problem: str) -> None:
+    """Say once per process why the shared trust-store folder is not used."""
     if folder not in _TRUST_STORE_WARNED:
         _TRUST_STORE_WARNED.add(folder)
         log.warning(
@@ -558,7 +572,6 @@ def _trust_store_folder() -> str | None:
             folder,
             problem,
         )
-    return None
 
 
 def _holds(path: str, content: bytes) -> bool:
@@ -569,11 +582,16 @@ def _holds(path: str, content: bytes) -> bool:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat_module.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    try:
+        info = os.fstat(fd)
+        if not stat_module.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
             return False
-        return handle.read(len(content) + 1) == content
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(len(content) + 1) == content
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _write_atomically(folder: str, path: str, content: bytes) -> None:

@@ -140,3 +140,31 @@ def test_a_folder_others_may_change_is_not_used(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert str(folder) in warnings[0] and "Remove that folder" in warnings[0]
+
+
+def test_a_file_that_cannot_be_written_falls_back_to_a_private_one(
+    tmp: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Something in the way of the shared file (here a directory by its name; a full disk or a read-only folder
+    # alike): the private file stands in, with a warning, instead of an error that stops the token request.
+    (bundle,) = bundles(tmp_path)[:1]
+    shared = user_folder(tmp) / f"{hashlib.sha256(expected(0).encode()).hexdigest()}.pem"
+    user_folder(tmp).mkdir(mode=0o700)
+    shared.mkdir()
+    with caplog.at_level(logging.WARNING, logger=auth.log.name):
+        combined = auth.trust_store_file(bundle)
+    assert combined != str(shared) and Path(combined).read_text() == expected(0)
+    assert "cannot be written" in caplog.text
+    os.remove(combined)
+
+
+def test_a_shared_parent_without_the_sticky_bit_is_not_used(
+    tmp: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (bundle,) = bundles(tmp_path)[:1]
+    tmp.chmod(0o777)  # anyone may write, no sticky bit: another user could swap the folder after the checks
+    with caplog.at_level(logging.WARNING, logger=auth.log.name):
+        combined = auth.trust_store_file(bundle)
+    assert not combined.startswith(str(user_folder(tmp))) and Path(combined).read_text() == expected(0)
+    assert "no sticky bit" in caplog.text
+    os.remove(combined)
