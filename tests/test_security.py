@@ -527,8 +527,18 @@ def test_no_recipient_is_parsed_past_the_recipient_limit(monkeypatch: pytest.Mon
         validated.append(addr_spec)
         return original(display_name, addr_spec, text, smtputf8)
 
-    # Every address goes through _validated; only those with a display name reach the header parser.
+    original_bare = addresses._bare_validated
+
+    def counting_bare(addr_spec: str) -> Any:
+        mailbox = original_bare(addr_spec)
+        if mailbox is not None:  # else _validated is called for it
+            validated.append(addr_spec)
+        return mailbox
+
+    # Every address goes through the bare fast path or _validated; only those with a display name reach the
+    # header parser.
     monkeypatch.setattr(addresses, "_validated", counting)
+    monkeypatch.setattr(addresses, "_bare_validated", counting_bare)
     with pytest.raises(HveConfigError, match="more than 3000 recipients"):
         message.build_message(
             sender="a@contoso.example",
