@@ -87,6 +87,7 @@ def sandbox() -> Iterator[HveSandbox]:
 def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts with no cached MSAL app or token, no unknown-extras warning given, empty server records."""
     clear_token_providers()
+    _reset_secrets_maskers()  # the first time: what the masker holds before any test
     hve_connection_module._warned_unknown_extras.clear()
     if "sandbox" in request.fixturenames:
         sb = request.getfixturevalue("sandbox")
@@ -102,6 +103,36 @@ def _fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
     else:
         yield
     clear_token_providers()
+    _reset_secrets_maskers()
+
+
+_MASKERS = ("airflow.sdk._shared.secrets_masker", "airflow._shared.secrets_masker", "airflow.utils.log.secrets_masker")
+_MASKER_START: dict[int, frozenset[str]] = {}
+
+
+def _reset_secrets_maskers() -> None:
+    """
+    Forget the secrets masked by the test that ended. Airflow's masker keeps every secret of the process and
+    compiles one pattern of them all at each new one: across a suite (new tokens each test, ~2 patterns a test)
+    each mask and each log line got slower with every test (O(n^2): hundreds of milliseconds a call by the end).
+    A task process starts with a fresh masker; so does each test: the patterns the masker held when first seen
+    here (2.11 masks its database URL and Fernet key at start) are kept, the rest are dropped.
+    """
+    import re
+
+    for name in _MASKERS:
+        module = sys.modules.get(name)
+        get = getattr(module, "_secrets_masker", None)
+        if get is None:
+            continue
+        try:
+            masker = get()
+        except Exception:  # no masker configured in this process: nothing to forget
+            continue
+        initial = _MASKER_START.setdefault(id(masker), frozenset(masker.patterns))
+        if masker.patterns != initial:
+            masker.patterns = set(initial)
+            masker.replacer = re.compile("|".join(initial)) if initial else None
 
 
 @pytest.fixture(autouse=True)
