@@ -161,9 +161,13 @@ class SendAccount:
         # This attempt or an earlier one may have delivered it to some recipients (a 50-recipient batch of a split
         # message): they are in ``accepted`` and must not get it twice. The batches that completed refused some for
         # good, and some with a 4xx (those not written: 451): only the latter are sent again.
+        if exc.completed:
+            self.pending = []
         for partly in exc.completed:
             self.refused.update({a: r for a, r in partly.refused.items() if not 400 <= r[0] < 500})
-            self.pending = [a for a, r in partly.refused.items() if 400 <= r[0] < 500]
+            self.pending += [a for a, r in partly.refused.items() if 400 <= r[0] < 500]
+        have_it = set(self.accepted)  # never again to a recipient HVE took it for, whatever the error said
+        self.pending = [a for a in self.pending if a not in have_it]
         if exc.in_flight:
             return _caused_by(self._outcome_unknown(exc), exc)
         if not self.pending:

@@ -275,3 +275,17 @@ def test_cancelled_after_a_partial_delivery_names_who_has_it_and_who_does_not() 
         f"attempt: not sent to {B}, {C}.{ALREADY.format(A)}"
     )
     assert (error.unsent, error.accepted) == ([], (A,))
+
+
+def test_a_break_that_names_accepted_recipients_never_sends_to_them_again() -> None:
+    # Whatever shape the error has (accepted named, no completed batch, nothing in flight), a recipient HVE took
+    # the message for is not in the next attempt.
+    send = account([A, B, C])
+    step = send.feed(broken(accepted=[A]))
+    assert isinstance(step, SendAgain) and step.recipients == (B, C)
+
+
+def test_temporary_refusals_of_every_completed_batch_are_sent_again() -> None:
+    send = account([A, B, C])
+    step = send.feed(broken(completed=[delivery([], {A: BUSY}), delivery([], {B: BUSY, C: UNKNOWN_USER})]))
+    assert isinstance(step, SendAgain) and step.recipients == (A, B)
