@@ -13,8 +13,10 @@ the window full it also grows by one (:meth:`Window.full`), until a deferral.
 Growing while the window is full is what TCP Reno does, and like Reno it would fill the server's queue up to the
 cap: once the server (or the CPU) is the limit, the window is always full and a round trip measured under it
 holds the queue. So, as TCP BBR bounds its congestion window, the window never exceeds :data:`CEILING_GAIN` x
-the highest delivery rate measured x the session's shortest round trip (the link's own delay) + the margin: a
-window beyond that adds no speed, only messages a reset leaves unknown. While the window is what limits the rate,
+the rate the last transactions settled at x the session's shortest round trip (the link's own delay) + the
+margin: a window beyond that adds no speed, only messages a reset leaves unknown. The rate is the session's while
+it sends: a client that sends in bursts (a mail merge building the next messages between them) is sized for the
+rate of its bursts. While the window is what limits the rate,
 the rate is the window over a round trip near the shortest and the bound is about 1.5 x the window + 2, so it
 does not hold back the growth; once more in flight only waits in a queue, the bound stops it. The floor
 (:data:`MIN_SIZE`) stays: on a near server, where rate x RTT is a transaction or two, whole windows of 8 still
@@ -48,7 +50,7 @@ MIN_SIZE = 8
 MARGIN = 2
 """Transactions in flight beyond rate x round trip: a reply that comes late does not idle the link."""
 CEILING_GAIN = 1.5
-"""The window's bound: this many times the delivery rate x the shortest round trip (BBR's ``cwnd_gain``, 2 there:
+"""The window's bound: this many times the rate x the shortest round trip (BBR's ``cwnd_gain``, 2 there:
 TCP's acknowledgements come late and in bunches, an SMTP server answers each transaction). With the margin, a
 reset at full speed leaves at most about twice rate x RTT unknown; a modelled link with a client that reads
 replies a whole round trip late still keeps the server busy (tests/unit/test_window_sizing.py)."""
@@ -77,11 +79,9 @@ class Window:
         self.cap = cap
         self.current = 1  # slow start
         self._grown = 0  # added each time the caller found the window full (it, not the link, was the limit)
-        self._written: dict[int, tuple[float, int]] = {}  # key -> when written, transactions delivered by then
-        self._delivered = 0  # transactions settled and taken in the session
+        self._written: dict[int, float] = {}
         self._round_trips: deque[float] = deque(maxlen=SAMPLES)
         self._settled_at: deque[float] = deque(maxlen=SAMPLES)
-        self._delivery_rates: deque[float] = deque(maxlen=SAMPLES)  # per transaction, as BBR samples it
         self.shortest: float | None = None
         """The session's shortest round trip (seconds): the link's own delay, without a server queue."""
 
@@ -103,14 +103,15 @@ class Window:
     @property
     def ceiling(self) -> int:
         """
-        The most the measurements allow in flight: :data:`CEILING_GAIN` x the highest delivery rate of the last
-        :data:`SAMPLES` transactions x the session's shortest round trip, + :data:`MARGIN` (no bound before a
+        The most the measurements allow in flight: :data:`CEILING_GAIN` x the rate the last :data:`SAMPLES`
+        transactions settled at x the session's shortest round trip, + :data:`MARGIN` (no bound before a
         measurement). The window's floor (:data:`MIN_SIZE`) still applies: a near server gets whole windows of
         at least that many.
         """
-        if not self._delivery_rates or self.shortest is None:
+        rate = self._rate()
+        if rate is None or self.shortest is None:
             return MAX_SIZE
-        return math.ceil(CEILING_GAIN * max(self._delivery_rates) * self.shortest) + MARGIN
+        return math.ceil(CEILING_GAIN * rate * self.shortest) + MARGIN
 
     @property
     def batch(self) -> int:
@@ -122,14 +123,19 @@ class Window:
         near = self.shortest is None or self.shortest < NEAR  # the link's delay, not a queue's (a full window's)
         return self.size if near else 1
 
-    def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
-        """Rate x a round trip picked from the samples (transactions), or ``None`` before two were measured."""
-        if len(self._settled_at) < 2 or not self._round_trips:
+    def _rate(self) -> float | None:
+        """Transactions settled per second over the last :data:`SAMPLES`, or ``None`` before two were measured."""
+        if len(self._settled_at) < 2:
             return None
         elapsed = self._settled_at[-1] - self._settled_at[0]
-        if elapsed <= 0:
+        return (len(self._settled_at) - 1) / elapsed if elapsed > 0 else None
+
+    def _rate_times(self, pick: Callable[[Sequence[float]], float]) -> float | None:
+        """Rate x a round trip picked from the samples (transactions), or ``None`` before two were measured."""
+        rate = self._rate()
+        if rate is None or not self._round_trips:
             return None
-        return (len(self._settled_at) - 1) / elapsed * pick(list(self._round_trips))
+        return rate * pick(list(self._round_trips))
 
     def full(self) -> None:
         """Note that the caller had to wait for room: the window, not the link, limits the rate; grow it by one."""
@@ -137,7 +143,7 @@ class Window:
 
     def written(self, key: int, now: float) -> None:
         """Note that transaction ``key`` was written at ``now``."""
-        self._written[key] = (now, self._delivered)
+        self._written[key] = now
 
     def settled(self, key: int, now: float, *, deferred: bool) -> None:
         """Note that transaction ``key`` got its final reply at ``now``; ``deferred``: HVE did not take it."""
@@ -145,13 +151,9 @@ class Window:
         if deferred:
             self.current, self._grown = 1, 0
             return
-        self._delivered += 1
         if written is not None:
-            start, delivered_before = written
-            round_trip = now - start
+            round_trip = now - written
             self._round_trips.append(round_trip)
             self._settled_at.append(now)
             self.shortest = round_trip if self.shortest is None else min(self.shortest, round_trip)
-            if round_trip > 0:  # what was delivered while this transaction was in flight, itself included
-                self._delivery_rates.append((self._delivered - delivered_before) / round_trip)
         self.current = min(self.cap, self.current + 1)
