@@ -16,9 +16,9 @@ holds the queue. So, as TCP BBR bounds its congestion window, the window never e
 the rate the last transactions settled at x the session's shortest round trip (the link's own delay) + the
 margin: a window beyond that adds no speed, only messages a reset leaves unknown. The rate is the session's while
 it sends: a client that sends in bursts (a mail merge building the next messages between them) is sized for the
-rate of its bursts. While the window is what limits the rate,
-the rate is the window over a round trip near the shortest and the bound is about 1.5 x the window + 2, so it
-does not hold back the growth; once more in flight only waits in a queue, the bound stops it. A near server
+rate of its bursts. While the window is what limits the rate, the rate is the window over a round trip near the
+shortest and the bound is about 1.5 x the window + 2, so it does not hold back the growth; once more in flight
+only waits in a queue, the bound stops it. A near server
 (shortest round trip under :data:`NEAR`) has no bound: its windows are written whole (:attr:`Window.batch`), and a
 window bounded to a few transactions there makes each batch a stop-and-wait round (with the bound, Postfix at
 0 ms through the delay proxy fell to 132-140 msg/s against 304-313 at 10 ms in ``make bench``; 1.09x before).
