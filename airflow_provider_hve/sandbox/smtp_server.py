@@ -168,7 +168,7 @@ class HveSmtp(ChunkingSmtp):
             stall = handler.take_stall(name)
             if stall:
                 await asyncio.sleep(stall)
-                if self._hung_up or self.transport is None or self.transport.is_closing():
+                if self._hung_up or self._gone():
                     return
             reply = handler.take_throttle(name)
             if reply is not None:
@@ -185,7 +185,7 @@ class HveSmtp(ChunkingSmtp):
     def _timeout_cb(self) -> None:
         # As Exchange does: a last reply nobody asked for, then the connection closes.
         transport = cast("asyncio.WriteTransport | None", self.transport)
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not self._gone():
             transport.write(f"{IDLE_TIMEOUT}\r\n".encode())
         if self.record is not None:
             self.record.timed_out = True
@@ -198,6 +198,17 @@ class HveSmtp(ChunkingSmtp):
             assert self.session is not None
             self.record = self.hve_handler.new_session(self.session.peer)
             self.hve_handler.connections.add(self)
+
+    def _gone(self) -> bool:
+        """Whether the connection is closing or lost: nothing more may be written.
+
+        After STARTTLS, ``transport`` is the TLS layer's, which learns of a reset only a loop turn after the socket's
+        own transport: writing in between makes asyncio log "socket.send() raised exception." for each reply.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return True
+        below = self._original_transport
+        return below is not None and below.is_closing()
 
     def drop(self) -> None:
         """Close the connection at once, without a reply (:meth:`SmtpServer.refuse_connections`)."""
@@ -250,7 +261,7 @@ class HveSmtp(ChunkingSmtp):
         if self._hung_up:
             # The channel is closing: commands the client pipelined behind the 421 get no answer.
             return
-        if self.transport is None or self.transport.is_closing():
+        if self._gone():
             # The client reset the connection: answering the commands it had pipelined would only make asyncio log
             # "socket.send() raised exception." once per reply.
             return
@@ -297,7 +308,7 @@ class HveSmtp(ChunkingSmtp):
         now = self.loop.time()
         while self._in_flight and (everything or self._in_flight[0][0] <= now):
             _, payload = self._in_flight.popleft()
-            if self.transport is not None and not self.transport.is_closing():
+            if not self._gone():
                 self._writer.write(payload)
         if self._in_flight:
             self._in_flight_timer = self.loop.call_at(self._in_flight[0][0], self._send_in_flight)

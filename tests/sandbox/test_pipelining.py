@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+import pytest
 import requests
 
 from airflow_provider_hve.sandbox import HveSandbox, SmtpSession
+
+from .clients import xoauth2
 
 SmtpFactory = Callable[..., AbstractContextManager[smtplib.SMTP]]
 
@@ -171,3 +177,26 @@ def test_latency_delays_token_endpoint_responses(sb: HveSandbox) -> None:
     delayed = post()
     assert delayed >= 0.045 and delayed - baseline >= 0.04, (baseline, delayed)
     assert sb.stats().token_posts == 3
+
+
+def test_a_client_that_resets_with_commands_pipelined_gets_no_more_writes(
+    sb: HveSandbox, smtp_client: SmtpFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client (or a path) that dies under load leaves commands the server has read but not answered. The server
+    # learns of the reset from its TLS layer a loop turn after the socket: writing the replies in between made
+    # asyncio log "socket.send() raised exception." once per reply (40 lines per reset in make bench).
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    with smtp_client() as client:
+        code, reply = client.docmd("AUTH", "XOAUTH2 " + xoauth2(sb.account, sb.issue_access_token()))
+        assert code == 235, reply
+        assert client.sock is not None
+        client.sock.settimeout(30)
+        client.send(b"NOOP\r\n" * 20_000)  # far more replies than the socket buffers take: the server keeps writing
+        assert client.getreply()[0] == 250  # it is answering them
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # an RST (the reply file holds the socket too: smtplib's close closes both)
+        deadline = time.monotonic() + 10
+        while not session_of(sb).closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert session_of(sb).closed
+    assert "socket.send() raised" not in caplog.text
