@@ -12,7 +12,8 @@ server together, ``rtt_ms / 2`` later, as it would over a long but fat link.
 It is built to take little CPU from the client and the server it sits between (on a small machine they share the
 cores): asyncio protocols, no task per direction; each side reads into a buffer of its own (``recv_into``), a
 direction holds its chunks in a deque with their due times under one timer, and writes every chunk due at once
-in one write; at 0 ms a chunk is written as soon as it is read.
+in one write; at 0 ms a chunk is written as soon as it is read. A side whose socket cannot take more (its send
+buffer over asyncio's high-water mark) stops the other side's reading until it drains.
 
 A broken connection, on demand: with ``--reset-after SECONDS`` the first ``--resets`` connections (default 1)
 are reset that long after the proxy accepted them: both sides get a TCP RST (``SO_LINGER`` 0, then close), and
@@ -121,6 +122,7 @@ class _Side(asyncio.BufferedProtocol):
         self.outgoing = outgoing
         self.incoming = incoming
         self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None  # the other socket of the connection: what it reads is written here
         self.buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,6 +142,15 @@ class _Side(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self.outgoing.put(b"")
         return True  # a half close: this side may still be written to
+
+    def pause_writing(self) -> None:
+        # Backpressure: this socket's send buffer is over asyncio's high-water mark; stop reading what fills it.
+        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
+            self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.incoming.drop()  # nothing more reaches this side
@@ -202,8 +213,10 @@ async def serve(
         except OSError:
             client.close()
             return
-        if reset_after is not None and connection.number <= resets:
-            connection.timer = loop.call_later(reset_after, connection.reset)
+        if client.is_closing():  # reset (or gone) while the upstream connection was being made
+            if connection.server.transport is not None:
+                connection.server.transport.abort()
+            return
         client.resume_reading()  # as a stream proxy would: the client is read once the upstream is there
 
     class Accept(_Side):
@@ -218,6 +231,9 @@ async def serve(
             super().connection_made(transport)
             assert isinstance(transport, asyncio.Transport)
             self.connection.client = self
+            self.peer, self.connection.server.peer = self.connection.server, self
+            if reset_after is not None and self.connection.number <= resets:
+                self.connection.timer = loop.call_later(reset_after, self.connection.reset)
             transport.pause_reading()
             tasks.add(task := loop.create_task(connect(self.connection, transport)))
             task.add_done_callback(tasks.discard)

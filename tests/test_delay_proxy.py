@@ -8,14 +8,17 @@ sleeps before it forwards), never an upper one. The reset control is checked by 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import smtplib
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -92,3 +95,45 @@ def test_reset_sends_rst_to_the_first_connections_only(sandbox: HveSandbox) -> N
         while proxy.resets_done < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proxy.resets_done == 1
+
+
+def test_a_client_that_does_not_read_stops_the_proxy_reading_the_server() -> None:
+    # Backpressure: without it the proxy would hold whatever a fast side sends for a slow one (its memory grows
+    # with the stream); with it, the fast side's writes block once the buffers on the way are full.
+    sent = 0
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def flood() -> None:
+        nonlocal sent
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            block = b"x" * (1 << 20)
+            while not stop.is_set() and sent < (512 << 20):
+                conn.sendall(block)
+                sent += len(block)
+
+    server = threading.Thread(target=flood, daemon=True)
+    server.start()
+    try:
+        with DelayProxy("127.0.0.1", listener.getsockname()[1], 10) as proxy:
+            client = socket.create_connection((proxy.host, proxy.port), timeout=30)
+            try:
+                time.sleep(2)  # the client reads nothing
+                held = sent
+                time.sleep(1)
+                assert sent == held, f"the server could still send {sent - held:,} bytes into the proxy"
+                assert held < (64 << 20), f"{held:,} bytes sent to a client that read none"
+                rss_kib = _rss_kib(proxy)
+                assert rss_kib < 200 * 1024, f"the proxy holds {rss_kib:,} KiB"
+            finally:
+                client.close()
+    finally:
+        stop.set()
+        listener.close()
+        server.join(10)
+
+
+def _rss_kib(proxy: Any) -> int:
+    status = Path(f"/proc/{proxy._process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
