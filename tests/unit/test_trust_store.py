@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,19 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if not p.is_dir())
 
 
+def exit_code(pid: int, timeout: float = 30.0) -> int:
+    """The forked child's exit code; a child still running after ``timeout`` s is killed (and fails the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} still running after {timeout:g} s (killed)")
+
+
 def user_folder(tmp: Path) -> Path:
     return tmp / f"hve-ca-{os.getuid()}"
 
@@ -67,8 +82,7 @@ def test_processes_ending_in_os_exit_leave_one_file_per_content(tmp: Path, tmp_p
             finally:
                 os._exit(code)
         children.append(pid)
-    for pid in children:
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert [exit_code(pid) for pid in children] == [0] * len(children)
 
     left = files_under(tmp)
     assert sorted(p.read_text() for p in left) == sorted([expected(0), expected(1)])
