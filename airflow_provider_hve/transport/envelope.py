@@ -200,14 +200,7 @@ def prepare(
     for address in recipients:
         check_envelope_address(address, "recipients", smtputf8=server.smtputf8)
     delivery = Delivery(key=key, message_id=message_id)
-    eight_bit = not payload.isascii()
-    if eight_bit and not server.eight_bit and utf8_headers is None:
-        # (UTF-8 headers go as they are: a server that offers SMTPUTF8 takes 8-bit content, RFC 6531 3.1.)
-        payload, eight_bit = seven_bit(payload), False
-    # CRLF line ends before anything is counted: SIZE= and the BDAT octet count are of what is sent.
-    payload = _BARE_LINE_ENDS.sub(b"\r\n", payload)
-    if not payload.endswith(b"\r\n"):
-        payload += b"\r\n"
+    payload, eight_bit = _wire_form(payload, server, utf8=utf8_headers is not None)
     if server.max_size and len(payload) > server.max_size:
         reply = (
             f"5.3.4 Not sent: the message is {len(payload):,} bytes and the server accepts at most "
@@ -222,6 +215,20 @@ def prepare(
     if utf8_headers is not None or not (sender.isascii() and all(a.isascii() for a in recipients)):
         parameters += " SMTPUTF8"  # an internationalised address or UTF-8 headers (checked: the server offers it)
     return Prepared(delivery, batches(recipients), payload, parameters)
+
+
+def _wire_form(payload: bytes, server: Capabilities, *, utf8: bool) -> tuple[bytes, bool]:
+    """The payload as it goes on the wire (CRLF line ends, 7-bit where the server takes no 8-bit content) and
+    whether it is 8-bit. ``utf8``: it has UTF-8 headers (checked: the server offers SMTPUTF8)."""
+    eight_bit = not payload.isascii()
+    if eight_bit and not server.eight_bit and not utf8:
+        # (UTF-8 headers go as they are: a server that offers SMTPUTF8 takes 8-bit content, RFC 6531 3.1.)
+        payload, eight_bit = seven_bit(payload), False
+    # CRLF line ends before anything is counted: SIZE= and the BDAT octet count are of what is sent.
+    payload = _BARE_LINE_ENDS.sub(b"\r\n", payload)
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    return payload, eight_bit
 
 
 def batches(recipients: Sequence[str]) -> list[Sequence[str]]:
