@@ -124,7 +124,7 @@ bench-build: $(STAMP)
 bench-import: $(STAMP)
 	$(BIN)/python benchmarks/bench_import.py
 
-## bench-window: BDAT window sizes at 20 ms RTT: throughput (median of 3 rounds) against the rows a broken connection leaves unknown, ~5 min
+## bench-window: bdat_window caps at 20 ms RTT (delay proxy): the rate (median of 3 rounds) against the rows a reset leaves unknown, ~4 min
 bench-window: $(STAMP)
 	$(BIN)/python benchmarks/bench_window.py
 

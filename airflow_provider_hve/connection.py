@@ -32,7 +32,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_SEND_RETRIES = 3
 # The most BDAT transactions written and unanswered (see airflow_provider_hve.transport.window and docs/reliability.md);
 # the transport holds the same numbers (DEFAULT_WINDOW, MAX_WINDOW; tests/unit/test_layers.py checks they agree).
-DEFAULT_BDAT_WINDOW = 16
+DEFAULT_BDAT_WINDOW = 24
 MAX_BDAT_WINDOW = 256
 MAX_SEND_RETRIES = 10
 # Where AKS workload identity (and Azure's other federated setups) mount the service-account token.

@@ -142,7 +142,7 @@ def get_provider_info() -> dict[str, Any]:
                         "integer",
                         "Messages written before their replies are read when the server offers CHUNKING; bigger "
                         "is faster, but more outcomes are unknown if the connection breaks. 1: one at a time.",
-                        default=16,
+                        default=24,
                         minimum=1,
                         maximum=256,
                     ),

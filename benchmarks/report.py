@@ -25,6 +25,10 @@ class Target:
     threshold: float | None
     op: str = ">="
     skipped: str | None = None
+    limit: float | None = None
+    """The most this machine allows for the ratio, measured in the same run with this client out of the way (a
+    ``>=`` target only); ``limit_why`` says how. A FAIL whose limit is itself below the threshold says so."""
+    limit_why: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -34,6 +38,16 @@ class Target:
             return "SKIP"
         ok = self.measured >= self.threshold if self.op == ">=" else self.measured <= self.threshold
         return "PASS" if ok else "FAIL"
+
+    @property
+    def explained(self) -> str:
+        """The verdict, with the machine's own limit where that alone is below the threshold."""
+        if self.skipped is not None:
+            return f"SKIP ({self.skipped})"
+        verdict = self.verdict
+        if verdict == "FAIL" and self.limit is not None and self.threshold is not None and self.limit < self.threshold:
+            return f"FAIL (this machine allows at most {self.shown(self.limit)}: {self.limit_why})"
+        return verdict
 
     def shown(self, value: float | None) -> str:
         if value is None:
@@ -88,7 +102,7 @@ def print_report(
     print("| target | measured | required | verdict |")
     print("|---|---:|---:|---|")
     for target in targets:
-        verdict = target.verdict if target.skipped is None else f"SKIP ({target.skipped})"
+        verdict = target.explained
         required = "-" if target.threshold is None else f"{target.op} {target.shown(target.threshold)}"
         print(f"| {target.name} | {target.shown(target.measured)} | {required} | {verdict} |")
     real = [t for t in targets if t.threshold is not None]

@@ -43,7 +43,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
 
-DEFAULT_SIZE = 16
+DEFAULT_SIZE = 24
 """The default cap (the connection's ``bdat_window`` extra)."""
 MAX_SIZE = 256
 """The largest cap allowed."""
