@@ -140,8 +140,9 @@ def get_provider_info() -> dict[str, Any]:
                     "bdat_window": _field(
                         "BDAT window",
                         "integer",
-                        "Messages written before their replies are read when the server offers CHUNKING; bigger "
-                        "is faster, but more outcomes are unknown if the connection breaks. 1: one at a time.",
+                        "The most messages written and not yet answered when the server offers CHUNKING; bigger "
+                        "is faster over a long link, but more outcomes are unknown if the connection breaks. 1: one "
+                        "at a time.",
                         default=24,
                         minimum=1,
                         maximum=256,

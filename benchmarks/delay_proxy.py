@@ -213,7 +213,7 @@ async def serve(
         except OSError:
             client.close()
             return
-        if client.is_closing():  # reset (or gone) while the upstream connection was being made
+        if client.is_closing():  # reset while the upstream connection was being made
             if connection.server.transport is not None:
                 connection.server.transport.abort()
             return

@@ -26,8 +26,9 @@ class Target:
     op: str = ">="
     skipped: str | None = None
     limit: float | None = None
-    """The most this machine allows for the ratio, measured in the same run with this client out of the way (a
-    ``>=`` target only); ``limit_why`` says how. A FAIL whose limit is itself below the threshold says so."""
+    """An estimate of what this machine allows for the ratio, from other runs of the same client in the same run
+    (a ``>=`` target only; ``limit_why`` says which). It is not a proven bound: a FAIL says so only while the
+    measured ratio is within it and the estimate itself is below the threshold."""
     limit_why: str | None = None
 
     @property
@@ -45,8 +46,15 @@ class Target:
         if self.skipped is not None:
             return f"SKIP ({self.skipped})"
         verdict = self.verdict
-        if verdict == "FAIL" and self.limit is not None and self.threshold is not None and self.limit < self.threshold:
-            return f"FAIL (this machine allows at most {self.shown(self.limit)}: {self.limit_why})"
+        if (
+            verdict == "FAIL"
+            and self.op == ">="
+            and self.limit is not None
+            and self.threshold is not None
+            and self.measured is not None
+            and self.measured <= self.limit < self.threshold
+        ):
+            return f"FAIL (on this machine, about {self.shown(self.limit)} at best: {self.limit_why})"
         return verdict
 
     def shown(self, value: float | None) -> str:

@@ -282,14 +282,15 @@ class HveSmtp(ChunkingSmtp):
             self.record.round_trips += 1
         delay = self.hve_handler.latency_ms / 1000
         if delay <= 0 and not self._in_flight:
-            await super().push(reply)
+            if not self._gone():  # (the round-trip check above may have let the loop run: re-checked)
+                await super().push(reply)
         else:
             due = max(self.loop.time() + delay, self._last_due)
             self._last_due = due
             if deliver_now:
                 await asyncio.sleep(due - self.loop.time())
                 self._send_in_flight(everything=True)
-                if self.transport is None:
+                if self._gone():
                     return
                 await super().push(reply)
             else:

@@ -191,7 +191,7 @@ def test_a_client_that_resets_with_commands_pipelined_gets_no_more_writes(
         assert code == 235, reply
         assert client.sock is not None
         client.sock.settimeout(30)
-        client.send(b"NOOP\r\n" * 20_000)  # far more replies than the socket buffers take: the server keeps writing
+        client.send(b"NOOP\r\n" * 5_000)  # a quarter of a second of replies: the server is still writing at the reset
         assert client.getreply()[0] == 250  # it is answering them
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # an RST (the reply file holds the socket too: smtplib's close closes both)
@@ -199,4 +199,4 @@ def test_a_client_that_resets_with_commands_pipelined_gets_no_more_writes(
         while not session_of(sb).closed and time.monotonic() < deadline:
             time.sleep(0.01)
     assert session_of(sb).closed
-    assert "socket.send() raised" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.WARNING] == []

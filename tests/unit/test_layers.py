@@ -91,6 +91,12 @@ def test_the_transport_and_connection_agree_on_the_window() -> None:
     from airflow_provider_hve.transport import DEFAULT_WINDOW, MAX_WINDOW
 
     assert (DEFAULT_BDAT_WINDOW, MAX_BDAT_WINDOW) == (DEFAULT_WINDOW, MAX_WINDOW)
+    # And the connection form (get_provider_info is kept free of imports, so it spells the numbers out).
+    from airflow_provider_hve.get_provider_info import get_provider_info
+
+    (hve,) = [t for t in get_provider_info()["connection-types"] if t["connection-type"] == "hve"]
+    field = hve["conn-fields"]["bdat_window"]["schema"]
+    assert (field["default"], field["maximum"]) == (DEFAULT_BDAT_WINDOW, MAX_BDAT_WINDOW)
 
 
 def test_no_private_name_is_imported_across_modules() -> None:

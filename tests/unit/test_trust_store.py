@@ -51,17 +51,27 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if not p.is_dir())
 
 
-def exit_code(pid: int, timeout: float = 30.0) -> int:
-    """The forked child's exit code; a child still running after ``timeout`` s is killed (and fails the test)."""
+def exit_codes(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The forked children's exit codes; children still running after ``timeout`` s in all are killed (and fail
+    the test), every one of them waited for."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} still running after {timeout:g} s (killed)")
+    codes: dict[int, int] = {}
+    try:
+        while len(codes) < len(pids) and time.monotonic() < deadline:
+            for pid in pids:
+                if pid not in codes:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+    finally:
+        for pid in pids:
+            if pid not in codes:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    hung = [pid for pid in pids if pid not in codes]
+    assert not hung, f"children {hung} still running after {timeout:g} s (killed)"
+    return [codes[pid] for pid in pids]
 
 
 def user_folder(tmp: Path) -> Path:
@@ -82,7 +92,7 @@ def test_processes_ending_in_os_exit_leave_one_file_per_content(tmp: Path, tmp_p
             finally:
                 os._exit(code)
         children.append(pid)
-    assert [exit_code(pid) for pid in children] == [0] * len(children)
+    assert exit_codes(children) == [0] * len(children)
 
     left = files_under(tmp)
     assert sorted(p.read_text() for p in left) == sorted([expected(0), expected(1)])
