@@ -85,16 +85,17 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.en
 
 from report import Target, print_report, write_json  # noqa: E402
 from scenarios import (  # noqa: E402
-    Endpoint,
     ResetRun,
     Row,
     configure_smtp_provider,
     measure,
     peak_memory,
+    reset_rows,
     run_bare_smtplib,
     run_hve,
     run_hve_through_resets,
     run_smtp_provider,
+    sandbox_endpoint,
 )
 
 RTT_MS = 20.0
@@ -130,11 +131,6 @@ def parse_args() -> argparse.Namespace:
     if len(args.memory_counts) != 2:
         parser.error("--memory-counts takes two counts: SMALL,LARGE")
     return args
-
-
-def sandbox_endpoint(sandbox: Any, latency: str, rtt_ms: float, port: int | None = None) -> Endpoint:
-    host = "localhost" if port is None else "127.0.0.1"
-    return Endpoint("sandbox", latency, rtt_ms, host, port or sandbox.smtp_port, sandbox.ca_bundle, sandbox.account)
 
 
 def best(rows: list[Row]) -> Row:
@@ -282,10 +278,7 @@ def reset_target(
     ``bdat_window`` cap other than the default (a context row: the window, not its cap, bounds what is unknown)."""
     from delay_proxy import DelayProxy
 
-    # Enough rows that the merge is still sending when the last reset comes: a connection of --reset-after
-    # seconds per reset at the full rate, and as much again to spare (the reconnects pause; the merge also
-    # slows down after each reset while the window grows again).
-    count = max(200, int(rate * args.reset_after * (args.resets + 1) * 1.5))
+    count = reset_rows(rate, args.reset_after, args.resets)
     with DelayProxy("127.0.0.1", sandbox.smtp_port, RTT_MS, reset_after=args.reset_after, resets=args.resets) as proxy:
         far = sandbox_endpoint(sandbox, "delay proxy", RTT_MS, proxy.port)
         run = run_hve_through_resets(sandbox, far, count, proxy, window)

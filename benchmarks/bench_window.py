@@ -34,23 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
 
-from scenarios import Endpoint, run_hve, run_hve_through_resets  # noqa: E402
+from scenarios import measure, reset_rows, run_hve, run_hve_through_resets, sandbox_endpoint  # noqa: E402
 
 RTT_MS = 20.0
-
-
-def timed(sandbox: Any, endpoint: Endpoint, count: int, window: int) -> float:
-    """The rate (msg/s) of a one-session merge of ``count`` rows with ``bdat_window=window``, all delivered."""
-    import time
-
-    run = run_hve(sandbox, endpoint, count, 1, window)
-    sandbox.reset()
-    started = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - started
-    if sandbox.wait_for_messages(count, timeout=60) < count:
-        raise SystemExit(f"W={window}: not every message arrived")
-    return count / seconds
 
 
 def main() -> int:
@@ -74,30 +60,32 @@ def main() -> int:
     unknown: dict[int, float] = {}
     with SandboxProcess(latency_ms=0, mailbox_dir=tempfile.mkdtemp(prefix="hve-bench-mailbox-")) as sandbox:
 
-        def endpoint(port: int | None, rtt_ms: float) -> Endpoint:
-            host, latency = ("localhost", "none") if port is None else ("127.0.0.1", "delay proxy")
-            port = sandbox.smtp_port if port is None else port
-            return Endpoint("sandbox", latency, rtt_ms, host, port, sandbox.ca_bundle, sandbox.account)
+        def rate(where: Any, label: str, window: int) -> float:
+            return measure(
+                sandbox, where, label, args.count, lambda: run_hve(sandbox, where, args.count, 1, window)
+            ).rate
 
         with (
             DelayProxy("127.0.0.1", sandbox.smtp_port, RTT_MS) as far_proxy,
             DelayProxy("127.0.0.1", sandbox.smtp_port, 0) as near_proxy,
         ):
-            far, near, direct = endpoint(far_proxy.port, RTT_MS), endpoint(near_proxy.port, 0), endpoint(None, 0)
+            far = sandbox_endpoint(sandbox, "delay proxy", RTT_MS, far_proxy.port)
+            near = sandbox_endpoint(sandbox, "delay proxy", 0, near_proxy.port)
+            direct = sandbox_endpoint(sandbox, "none", 0)
             for round_ in range(1, args.repeat + 1):
-                for key, where, window in [("direct 0", direct, DEFAULT_WINDOW), ("proxy 0", near, DEFAULT_WINDOW)]:
-                    rates[key].append(timed(sandbox, where, args.count, window))
+                print(f"round {round_} of {args.repeat}", flush=True)
+                rates["direct 0"].append(rate(direct, "hve 1 session", DEFAULT_WINDOW))
+                rates["proxy 0"].append(rate(near, "hve 1 session", DEFAULT_WINDOW))
                 for window in windows:
-                    rates[window].append(timed(sandbox, far, args.count, window))
-                line = ", ".join(f"{k if isinstance(k, str) else f'W={k}'} {v[-1]:,.0f}" for k, v in rates.items())
-                print(f"  round {round_} (msg/s): {line}", flush=True)
+                    rates[window].append(rate(far, f"hve 1 session W={window}", window))
         median = {key: statistics.median(runs) for key, runs in rates.items()}
         for window in windows:
-            count = max(200, int(median[window] * args.reset_after * (args.resets + 1) * 1.5))
+            count = reset_rows(median[window], args.reset_after, args.resets)
             with DelayProxy(
                 "127.0.0.1", sandbox.smtp_port, RTT_MS, reset_after=args.reset_after, resets=args.resets
             ) as proxy:
-                run = run_hve_through_resets(sandbox, endpoint(proxy.port, RTT_MS), count, proxy, window)
+                far = sandbox_endpoint(sandbox, "delay proxy", RTT_MS, proxy.port)
+                run = run_hve_through_resets(sandbox, far, count, proxy, window)
             if run.resets:
                 unknown[window] = run.unknown / run.resets
     print(

@@ -145,12 +145,19 @@ class _Side(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         # Backpressure: this socket's send buffer is over asyncio's high-water mark; stop reading what fills it.
-        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
-            self.peer.transport.pause_reading()
+        self._peer_reading(False)
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
-            self.peer.transport.resume_reading()
+        self._peer_reading(True)
+
+    def _peer_reading(self, on: bool) -> None:
+        peer = None if self.peer is None else self.peer.transport
+        if peer is None or peer.is_closing():
+            return
+        if on:
+            peer.resume_reading()
+        else:
+            peer.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.incoming.drop()  # nothing more reaches this side

@@ -52,6 +52,21 @@ class Endpoint:
     account: str
 
 
+def sandbox_endpoint(sandbox: Any, latency: str, rtt_ms: float, port: int | None = None) -> Endpoint:
+    """The sandbox, straight (``port`` None) or through a proxy listening on 127.0.0.1:``port``."""
+    host = "localhost" if port is None else "127.0.0.1"
+    return Endpoint("sandbox", latency, rtt_ms, host, port or sandbox.smtp_port, sandbox.ca_bundle, sandbox.account)
+
+
+def reset_rows(rate: float, reset_after: float, resets: int) -> int:
+    """
+    Rows for a merge that is still sending when the proxy's last reset comes: a connection of ``reset_after``
+    seconds per reset at ``rate``, and as much again to spare (the reconnects pause; the merge also slows down
+    after each reset while the window grows again).
+    """
+    return max(200, int(rate * reset_after * (resets + 1) * 1.5))
+
+
 def recipients(count: int) -> list[dict[str, Any]]:
     return [{"email": f"user{n:06d}@contoso.example", "name": f"User {n}", "balance": n * 3} for n in range(count)]
 
